@@ -1,0 +1,80 @@
+# Every target runs inside .venv (made by `make install`).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NPROC := $(shell nproc 2>/dev/null || echo 2)
+
+SAMPLE := data/sample
+INPUT ?= $(SAMPLE)
+SPLIT ?= DET/train
+VAL_SPLIT ?= DET/val
+OUT ?= out
+OUTPUT ?= $(OUT)/shards/train
+VAL_OUTPUT ?= $(OUT)/shards/val
+JOB ?= $(OUT)/job
+BACKBONE ?= InceptionResNetV2
+WEIGHTS ?= none
+NUM_SHARDS ?= 4
+EPOCHS ?= 8
+RUNNER ?= DirectRunner
+BEAM_ARGS ?= --runner $(RUNNER) --direct_running_mode=multi_processing --direct_num_workers=$(NPROC)
+PREPROCESS_ARGS ?=
+TEST_ARGS ?=
+
+.PHONY: install sample-data preprocess preprocess-portable train propose evaluate demo test test-fast bench draw clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+sample-data: $(STAMP)
+	$(BIN)/rpn-sample-data --output $(SAMPLE)
+
+$(SAMPLE)/Data: | $(STAMP)
+	$(BIN)/rpn-sample-data --output $(SAMPLE)
+
+preprocess: $(STAMP) $(if $(filter $(SAMPLE),$(INPUT)),$(SAMPLE)/Data)
+	$(BIN)/rpn-preprocess --input $(INPUT) --split $(SPLIT) --output $(OUTPUT) \
+	  --backbone $(BACKBONE) --weights $(WEIGHTS) --num_shards $(NUM_SHARDS) $(PREPROCESS_ARGS) $(BEAM_ARGS)
+	$(BIN)/rpn-preprocess --input $(INPUT) --split $(VAL_SPLIT) --output $(VAL_OUTPUT) \
+	  --backbone $(BACKBONE) --weights $(WEIGHTS) --num_shards 1 $(PREPROCESS_ARGS) $(BEAM_ARGS)
+
+# The same pipeline on Beam's portable job service with an external worker
+# pool (how Flink runs Python pipelines); the script starts and stops both.
+preprocess-portable: $(STAMP) $(if $(filter $(SAMPLE),$(INPUT)),$(SAMPLE)/Data)
+	$(BIN)/python -m pipeline.portable -- --input $(INPUT) --split $(SPLIT) \
+	  --output $(OUT)/shards/portable --backbone $(BACKBONE) --weights $(WEIGHTS) \
+	  --num_shards $(NUM_SHARDS) $(PREPROCESS_ARGS)
+
+draw: $(STAMP)
+	$(BIN)/rpn-draw --shards $(OUTPUT) --input $(INPUT) --split $(SPLIT) --output $(OUT)/pictures/anchors $(DRAW_ARGS)
+
+train: $(STAMP)
+	$(BIN)/rpn-train --data $(OUTPUT) --val_data $(VAL_OUTPUT) --job_dir $(JOB) --epochs $(EPOCHS) $(TRAIN_ARGS)
+
+propose: $(STAMP)
+	$(BIN)/rpn-propose --job_dir $(JOB) --input $(INPUT) --split $(VAL_SPLIT) --output $(OUT)/proposals $(PROPOSE_ARGS)
+
+evaluate: $(STAMP)
+	$(BIN)/rpn-evaluate --proposals $(OUT)/proposals --input $(INPUT) --split $(VAL_SPLIT)
+
+demo: $(STAMP)
+	$(BIN)/python -m pipeline.demo --out $(OUT) --backbone $(BACKBONE) --weights $(WEIGHTS) --epochs $(EPOCHS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests -q -ra $(TEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests -q -ra -m "not slow" $(TEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(OUT) data

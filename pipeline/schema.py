@@ -1,0 +1,73 @@
+"""The record schema shared by the pipeline (writing) and the trainer (reading).
+
+One tf.train.Example per sampled feature-map point:
+  tile      bytes   raw little-endian [3, 3, C] array, dtype from the manifest
+  labels    int64   x A   1 positive, 0 negative, -1 not sampled/ignored/outside
+  deltas    float   x 4A  (dx, dy, dw, dh) per anchor, anchor-major
+  image_id  bytes   image path relative to the split root, no extension
+  location  int64   x 2   (y, x) of the point in the feature map
+
+No Beam here; TensorFlow is imported only where a function needs it.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+
+TILE_KEY = "tile"
+LABELS_KEY = "labels"
+DELTAS_KEY = "deltas"
+IMAGE_ID_KEY = "image_id"
+LOCATION_KEY = "location"
+TILE_SIZE = 3
+
+TILE_DTYPES = ("float32", "float16")
+
+
+def make_example(tile: np.ndarray, labels: np.ndarray, deltas: np.ndarray,
+                 image_id: str, location) -> bytes:
+  """Serialized tf.train.Example for one point (tile already in its dtype)."""
+  from tensorflow.core.example import example_pb2
+  example = example_pb2.Example()
+  feature = example.features.feature
+  feature[TILE_KEY].bytes_list.value.append(
+      np.ascontiguousarray(tile, dtype=tile.dtype.newbyteorder("<")).tobytes())
+  feature[LABELS_KEY].int64_list.value.extend(np.asarray(labels, np.int64).tolist())
+  feature[DELTAS_KEY].float_list.value.extend(np.asarray(deltas, np.float32).tolist())
+  feature[IMAGE_ID_KEY].bytes_list.value.append(image_id.encode("utf-8"))
+  feature[LOCATION_KEY].int64_list.value.extend([int(location[0]), int(location[1])])
+  return example.SerializeToString(deterministic=True)
+
+
+def feature_spec(num_anchors: int) -> Dict:
+  """tf.io.parse_example spec for records with `num_anchors` anchors a point."""
+  import tensorflow as tf
+  return {
+      TILE_KEY: tf.io.FixedLenFeature([], tf.string),
+      LABELS_KEY: tf.io.FixedLenFeature([num_anchors], tf.int64),
+      DELTAS_KEY: tf.io.FixedLenFeature([4 * num_anchors], tf.float32),
+      IMAGE_ID_KEY: tf.io.FixedLenFeature([], tf.string),
+      LOCATION_KEY: tf.io.FixedLenFeature([2], tf.int64),
+  }
+
+
+def parse_examples(serialized, num_anchors: int, channels: int, tile_dtype: str = "float32"):
+  """Parse a batch (1-D string tensor) of records into a dict of dense tensors.
+
+  Works eagerly and inside Dataset.map. tile -> float32 [B, 3, 3, C] (float16
+  tiles are widened), labels int32 [B, A], deltas float32 [B, 4A].
+  """
+  import tensorflow as tf
+  if tile_dtype not in TILE_DTYPES:
+    raise ValueError(f"tile dtype {tile_dtype!r} not in {TILE_DTYPES}")
+  parsed = tf.io.parse_example(serialized, feature_spec(num_anchors))
+  tiles = tf.io.decode_raw(parsed[TILE_KEY], tf.dtypes.as_dtype(tile_dtype), little_endian=True)
+  tiles = tf.reshape(tiles, [-1, TILE_SIZE, TILE_SIZE, channels])
+  return {
+      TILE_KEY: tf.cast(tiles, tf.float32),
+      LABELS_KEY: tf.cast(parsed[LABELS_KEY], tf.int32),
+      DELTAS_KEY: parsed[DELTAS_KEY],
+      IMAGE_ID_KEY: parsed[IMAGE_ID_KEY],
+      LOCATION_KEY: tf.cast(parsed[LOCATION_KEY], tf.int32),
+  }

@@ -1,0 +1,40 @@
+"""RPN preprocessing pipeline (Apache Beam) and trainer (Keras) for Faster R-CNN.
+
+`--setup_file ./setup.py` ships this package to Dataflow / Flink workers.
+TensorFlow comes from an extra so that CPU and GPU users pick their build:
+`pip install .[cpu]` (tensorflow-cpu) or `pip install .[gpu]` (tensorflow with CUDA).
+"""
+import setuptools
+
+TF_VERSION = "2.21.*"
+
+setuptools.setup(
+    name="rpn-pipeline",
+    version="0.1.0",
+    description="Beam pipeline turning ILSVRC images into RPN training TFRecords, and an RPN trainer",
+    python_requires=">=3.10",
+    packages=["pipeline", "trainer"],
+    install_requires=[
+        "apache-beam[tfrecord]>=2.77,<3",
+        "numpy>=1.26,<2.5",
+        "pillow>=10",
+        "defusedxml>=0.7",
+        "google-crc32c>=1.5",
+    ],
+    extras_require={
+        "cpu": [f"tensorflow-cpu=={TF_VERSION}"],
+        "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}"],
+        "gcp": ["apache-beam[gcp,tfrecord]>=2.77,<3"],
+        "test": [f"tensorflow-cpu=={TF_VERSION}", "pytest>=8", "pytest-timeout>=2"],
+    },
+    entry_points={
+        "console_scripts": [
+            "rpn-preprocess=pipeline.run:main",
+            "rpn-sample-data=pipeline.sample_data:main",
+            "rpn-draw=pipeline.draw:main",
+            "rpn-train=trainer.train:main",
+            "rpn-propose=trainer.propose:main",
+            "rpn-evaluate=trainer.evaluate:main",
+        ],
+    },
+)
