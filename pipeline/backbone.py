@@ -28,6 +28,8 @@ class BackboneSpec:
   channels: int
 
 
+TINY_BACKBONE = "TinyTestNet"
+
 BACKBONES = {
     "InceptionResNetV2": BackboneSpec("InceptionResNetV2", "inception_resnet_v2", 75, 1536),
     "InceptionV3": BackboneSpec("InceptionV3", "inception_v3", 75, 2048),
@@ -35,6 +37,10 @@ BACKBONES = {
     "ResNet50": BackboneSpec("ResNet50", "resnet50", 32, 2048),
     "VGG16": BackboneSpec("VGG16", "vgg16", 32, 512),
     "MobileNetV2": BackboneSpec("MobileNetV2", "mobilenet_v2", 32, 1280),
+    # Two strided convolutions (stride 32, 16 channels): not a real feature
+    # extractor, but the same Keras code path in milliseconds, for tests and
+    # for benchmarks of the pipeline's own overhead.
+    TINY_BACKBONE: BackboneSpec(TINY_BACKBONE, "", 32, 16),
 }
 
 
@@ -73,6 +79,15 @@ def build_backbone(name: str = "InceptionResNetV2", weights: str = "imagenet", s
   """
   import keras
   spec = backbone_spec(name)
+  if name == TINY_BACKBONE:
+    if weights != "none":
+      raise ValueError(f"{TINY_BACKBONE} has no pretrained weights: use --weights none")
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((None, None, 3)),
+        keras.layers.Conv2D(spec.channels, 8, strides=8, activation="relu"),
+        keras.layers.Conv2D(spec.channels, 4, strides=4, activation="relu"),
+    ], name=TINY_BACKBONE)
   constructor = getattr(keras.applications, spec.constructor)
   if weights == "imagenet":
     try:
@@ -113,8 +128,11 @@ class FeatureExtractor:
     self.spec = backbone_spec(backbone)
     self.model = build_backbone(backbone, weights, seed)
     self.model.trainable = False
-    preprocess_input = importlib.import_module(
-        f"keras.applications.{self.spec.preprocess_module}").preprocess_input
+    if self.spec.preprocess_module:
+      preprocess_input = importlib.import_module(
+          f"keras.applications.{self.spec.preprocess_module}").preprocess_input
+    else:
+      preprocess_input = lambda x: x / 127.5 - 1.0
     self.traces = 0
 
     def forward(images):

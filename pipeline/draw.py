@@ -1,0 +1,127 @@
+"""`rpn-draw`: a picture of what the pipeline decided for an image.
+
+    rpn-draw --shards DIR --input ROOT [--split DET/train] [--image_id ID ...]
+             [--count 4] --output PICTURES_DIR
+
+For each image: the gt boxes (green), the feature-map grid (dots; white where
+the point has at least one inside anchor), the inside anchors (faint grey),
+and the anchors sampled as positives (red) and negatives (blue). The targets
+are recomputed from the manifest's settings and the image's seed, exactly as
+the pipeline did, and checked against the image's line in images.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from pipeline import config as config_lib
+
+GT_COLOUR = (40, 220, 60, 255)
+POSITIVE_COLOUR = (235, 40, 40, 255)
+NEGATIVE_COLOUR = (60, 120, 255, 150)
+INSIDE_COLOUR = (200, 200, 200, 40)
+
+
+def read_images_jsonl(shards_dir: str) -> List[dict]:
+  from apache_beam.io.filesystems import FileSystems
+  with FileSystems.open(FileSystems.join(shards_dir, config_lib.IMAGES_NAME)) as f:
+    return [json.loads(line) for line in f.read().decode("utf-8").splitlines() if line.strip()]
+
+
+def draw_targets(image: np.ndarray, gt_boxes: np.ndarray, result, feature_width: int):
+  """RGB picture of one image's anchors and sampled labels (see module doc)."""
+  from PIL import Image, ImageDraw
+  base = Image.fromarray(image).convert("RGBA")
+  overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
+  draw = ImageDraw.Draw(overlay)
+  anchors, inside, labels = result.anchors, result.inside, result.labels
+  for box in anchors[inside]:
+    draw.rectangle([float(v) for v in box], outline=INSIDE_COLOUR, width=1)
+  for box in anchors[labels == config_lib.NEGATIVE]:
+    draw.rectangle([float(v) for v in box], outline=NEGATIVE_COLOUR, width=1)
+  for box in anchors[labels == config_lib.POSITIVE]:
+    draw.rectangle([float(v) for v in box], outline=POSITIVE_COLOUR, width=2)
+  num_points = len(anchors) // result.num_anchors
+  point_inside = inside.reshape(num_points, result.num_anchors).any(axis=1)
+  for p in range(num_points):
+    y, x = divmod(p, feature_width)
+    cx, cy = (x + 0.5) * result.stride_x, (y + 0.5) * result.stride_y
+    colour = (255, 255, 255, 255) if point_inside[p] else (120, 120, 120, 200)
+    draw.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], fill=colour)
+  for box in gt_boxes:
+    draw.rectangle([float(v) for v in box], outline=GT_COLOUR, width=3)
+  picture = Image.alpha_composite(base, overlay).convert("RGB")
+  legend = (f"gt {len(gt_boxes)}  inside anchors {int(inside.sum())}  "
+            f"positives {result.num_fg} (red)  negatives {result.num_bg} (blue)")
+  canvas = Image.new("RGB", (picture.width, picture.height + 18), (0, 0, 0))
+  canvas.paste(picture, (0, 18))
+  ImageDraw.Draw(canvas).text((4, 3), legend, fill=(255, 255, 255))
+  return canvas
+
+
+def draw_image(shards_dir: str, manifest: dict, line: dict, image_path: str,
+               annotation_path: Optional[str]):
+  """Recomputes the targets of one image as the pipeline did; returns the picture."""
+  from pipeline import backbone, ilsvrc, targets
+  image, gt_boxes, _, _ = ilsvrc.load_example(image_path, annotation_path,
+                                              manifest.get("max_pixels", 40_000_000))
+  image, gt_boxes, _ = backbone.prepare_image(
+      image, gt_boxes, manifest["min_input_side"], manifest["resize"]["min_side"],
+      manifest["resize"]["max_side"])
+  t = manifest["targets"]
+  result = targets.compute_targets(
+      line["width"], line["height"], line["feature_height"], line["feature_width"],
+      np.asarray(line["gt_boxes"], np.float64).reshape(-1, 4), line["image_id"],
+      scales=manifest["anchor"]["scales"], ratios=manifest["anchor"]["ratios"],
+      fg_iou_thresh=t["fg_iou_thresh"], bg_iou_thresh=t["bg_iou_thresh"],
+      batch_size=t["batch_size"], fg_fraction=t["fg_fraction"], seed=t["seed"])
+  if (result.num_fg, result.num_bg) != (line["num_fg"], line["num_bg"]):
+    raise RuntimeError(
+        f"{line['image_id']}: recomputed {result.num_fg} positives / {result.num_bg} negatives, "
+        f"images.jsonl says {line['num_fg']} / {line['num_bg']}: settings differ from the run")
+  return draw_targets(image, np.asarray(line["gt_boxes"]).reshape(-1, 4), result,
+                      line["feature_width"])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(prog="rpn-draw", description=__doc__.split("\n\n")[0])
+  parser.add_argument("--shards", required=True, help="output directory of rpn-preprocess")
+  parser.add_argument("--input", help="dataset root (ILSVRC 2015+ layout)")
+  parser.add_argument("--split", default="DET/train")
+  parser.add_argument("--images", help="image directory (2014 layout)")
+  parser.add_argument("--annotations", help="annotation directory (2014 layout)")
+  parser.add_argument("--image_id", nargs="*", help="images to draw (default: the first --count)")
+  parser.add_argument("--count", type=int, default=4)
+  parser.add_argument("--output", required=True, help="directory for the PNGs")
+  args = parser.parse_args(argv)
+  from apache_beam.io.filesystems import FileSystems
+  from pipeline import ilsvrc
+  with FileSystems.open(FileSystems.join(args.shards, config_lib.MANIFEST_NAME)) as f:
+    manifest = json.loads(f.read())
+  images_dir, annotations_dir = ilsvrc.layout_roots(args.input, args.split, args.images,
+                                                    args.annotations)
+  lines = {line["image_id"]: line for line in read_images_jsonl(args.shards)}
+  wanted = args.image_id or sorted(lines)[:args.count]
+  paths = {ilsvrc.relative_id(p, images_dir): p
+           for p in ilsvrc.list_files(images_dir, ilsvrc.IMAGE_EXTENSIONS)}
+  os.makedirs(args.output, exist_ok=True)
+  for image_id in wanted:
+    if image_id not in lines or image_id not in paths:
+      print(f"rpn-draw: {image_id}: not among the images of this run", file=sys.stderr)
+      return 2
+    annotation = FileSystems.join(annotations_dir, image_id + ilsvrc.ANNOTATION_EXTENSION)
+    picture = draw_image(args.shards, manifest, lines[image_id], paths[image_id],
+                         annotation if FileSystems.exists(annotation) else None)
+    out = os.path.join(args.output, image_id.replace("/", "__") + ".png")
+    picture.save(out)
+    print(out)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,81 @@
+"""pipeline.backbone: one trace for every size, padding, weights handling."""
+import numpy as np
+import pytest
+
+from pipeline import backbone
+
+
+def test_one_trace_serves_every_image_size():
+  extractor = backbone.FeatureExtractor(backbone.TINY_BACKBONE, "none", seed=0)
+  sizes = [(32, 32), (240, 320), (375, 500), (333, 500), (80, 1000), (512, 64)]
+  for height, width in sizes:
+    fmap = extractor(np.zeros((height, width, 3), np.uint8))
+    # Two valid strided convs: (n - 8) // 8 + 1 then (m - 4) // 4 + 1.
+    expected_h = ((height - 8) // 8 + 1 - 4) // 4 + 1
+    expected_w = ((width - 8) // 8 + 1 - 4) // 4 + 1
+    assert fmap.shape == (expected_h, expected_w, 16)
+    assert fmap.dtype == np.float32
+  assert extractor.traces == 1
+
+
+def test_random_init_is_seeded():
+  image = np.random.default_rng(1).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+  a = backbone.FeatureExtractor(backbone.TINY_BACKBONE, "none", seed=3)(image)
+  b = backbone.FeatureExtractor(backbone.TINY_BACKBONE, "none", seed=3)(image)
+  c = backbone.FeatureExtractor(backbone.TINY_BACKBONE, "none", seed=4)(image)
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+
+
+def test_inception_resnet_v2_smallest_input():
+  extractor = backbone.FeatureExtractor("InceptionResNetV2", "none", seed=0)
+  assert extractor.min_input_side == 75
+  assert extractor(np.zeros((75, 75, 3), np.uint8)).shape == (1, 1, 1536)
+  with pytest.raises(ValueError, match="smaller than 75"):
+    extractor(np.zeros((74, 200, 3), np.uint8))
+
+
+def test_prepare_image_pads_small_images_bottom_right():
+  image = np.full((50, 300, 3), 7, np.uint8)
+  boxes = np.array([[10.0, 5.0, 60.0, 40.0]])
+  out, out_boxes, scale = backbone.prepare_image(image, boxes, min_input_side=75)
+  assert out.shape == (75, 300, 3) and scale == 1.0
+  assert (out[:50] == 7).all() and (out[50:] == 0).all()
+  np.testing.assert_array_equal(out_boxes, boxes)  # padding never moves boxes
+
+
+def test_prepare_image_resize_min_and_max_side():
+  image = np.zeros((100, 400, 3), np.uint8)
+  boxes = np.array([[0.0, 0.0, 400.0, 100.0]])
+  out, out_boxes, scale = backbone.prepare_image(image, boxes, 32, min_side=200, max_side=600)
+  # min_side asks for x2 (800 wide), max_side caps the long side: 600 / 400 = 1.5.
+  assert scale == 1.5 and out.shape == (150, 600, 3)
+  np.testing.assert_allclose(out_boxes, [[0, 0, 600, 150]])
+  same, _, one = backbone.prepare_image(image, boxes, 32)
+  assert one == 1.0 and same is image  # resizing is off by default
+
+
+def test_unknown_backbone_and_missing_weights_file(tmp_path):
+  with pytest.raises(ValueError, match="unknown backbone 'ResNet9000'"):
+    backbone.backbone_spec("ResNet9000")
+  with pytest.raises(backbone.WeightsUnavailableError, match="not found"):
+    backbone.build_backbone("MobileNetV2", str(tmp_path / "nope.weights.h5"))
+
+
+def test_weights_file_round_trip(tmp_path):
+  model = backbone.build_backbone("MobileNetV2", "none", seed=5)
+  path = str(tmp_path / "mobilenet.weights.h5")
+  model.save_weights(path)
+  loaded = backbone.build_backbone("MobileNetV2", path, seed=99)
+  x = np.random.default_rng(0).normal(size=(1, 64, 64, 3)).astype(np.float32)
+  np.testing.assert_allclose(model(x).numpy(), loaded(x).numpy(), atol=1e-6)
+
+
+def test_imagenet_download_failure_says_what_to_do(monkeypatch):
+  import keras
+
+  def offline(**kwargs):
+    raise OSError("URL fetch failure: name or service not known")
+  monkeypatch.setattr(keras.applications, "InceptionResNetV2", offline)
+  with pytest.raises(backbone.WeightsUnavailableError, match="--weights PATH"):
+    backbone.build_backbone("InceptionResNetV2", "imagenet")
