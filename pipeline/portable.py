@@ -58,8 +58,12 @@ def _stop(process: subprocess.Popen) -> None:
 def local_portable_services(log_dir: Optional[str] = None) -> Iterator[Tuple[str, str]]:
   """Starts a worker pool and a job service; yields (job_endpoint, worker_pool)."""
   log_dir = log_dir or tempfile.mkdtemp(prefix="rpn-portable-")
+  os.makedirs(log_dir, exist_ok=True)
   pool_port, job_port = free_port(), free_port()
-  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  # The pool starts SDK workers as `python ...` from PATH: make that this
+  # interpreter (the venv's), which has apache_beam and this package.
+  env = dict(os.environ, PYTHONUNBUFFERED="1",
+             PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
   processes: List[subprocess.Popen] = []
   try:
     pool_log = os.path.join(log_dir, "worker_pool.log")

@@ -1,0 +1,141 @@
+"""Running rpn-preprocess in tests and reading back what it wrote."""
+from __future__ import annotations
+
+import collections
+import glob
+import json
+import math
+import os
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+from pipeline import backbone
+
+TINY = backbone.TINY_BACKBONE
+SHARED_SAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
+                              "ilsvrc_samples")
+
+
+def preprocess(input_root: str, output: str, split: str = "DET/train",
+               extra: Sequence[str] = (), runner_args: Sequence[str] = ("--runner=DirectRunner",),
+               num_shards: int = 2) -> dict:
+  """rpn-preprocess with the tiny Keras backbone; returns the manifest."""
+  from pipeline import run
+  return run.run(["--input", input_root, "--split", split, "--output", output,
+                  "--backbone", TINY, "--weights", "none", "--num_shards", str(num_shards),
+                  *extra, *runner_args])
+
+
+def read_records(output: str) -> List[bytes]:
+  """Every serialized Example in the shards of `output` (compression from the manifest)."""
+  import tensorflow as tf
+  with open(os.path.join(output, "manifest.json")) as f:
+    manifest = json.load(f)
+  files = sorted(glob.glob(os.path.join(output, "tiles-*")))
+  compression = "GZIP" if manifest["compression"] == "GZIP" else ""
+  return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type=compression)]
+
+
+def read_jsonl(path: str) -> List[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def decode_record(serialized: bytes, channels: int, dtype: str = "float32") -> dict:
+  import tensorflow as tf
+  feature = tf.train.Example.FromString(serialized).features.feature
+  return {
+      "tile": np.frombuffer(feature["tile"].bytes_list.value[0],
+                            np.dtype(dtype).newbyteorder("<")).reshape(3, 3, channels),
+      "labels": np.array(feature["labels"].int64_list.value),
+      "deltas": np.array(feature["deltas"].float_list.value, np.float32),
+      "image_id": feature["image_id"].bytes_list.value[0].decode(),
+      "location": tuple(feature["location"].int64_list.value),
+  }
+
+
+def anchor_box(y: int, x: int, a: int, stride_x: float, stride_y: float,
+               scales=(3, 6, 12), ratios=(0.5, 1, 2)) -> List[float]:
+  """DESIGN.md's anchor formula written out again, independently of anchors.py."""
+  ratio, scale = ratios[a // len(scales)], scales[a % len(scales)]
+  w, h = scale * stride_x / math.sqrt(ratio), scale * stride_y * math.sqrt(ratio)
+  cx, cy = (x + 0.5) * stride_x, (y + 0.5) * stride_y
+  return [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+  iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+  ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+  inter = iw * ih
+  union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+  return inter / union if union > 0 else 0.0
+
+
+def check_records_follow_conventions(output: str) -> Dict[str, int]:
+  """Asserts every record agrees with DESIGN.md; returns per-image record counts."""
+  with open(os.path.join(output, "manifest.json")) as f:
+    manifest = json.load(f)
+  images = {line["image_id"]: line for line in read_jsonl(os.path.join(output, "images.jsonl"))}
+  per_image = collections.Counter()
+  fg, bg = collections.Counter(), collections.Counter()
+  seen = set()
+  for serialized in read_records(output):
+    record = decode_record(serialized, manifest["feature_channels"], manifest["dtype"])
+    key = (record["image_id"], record["location"])
+    assert key not in seen, f"duplicated point {key}"
+    seen.add(key)
+    line = images[record["image_id"]]
+    y, x = record["location"]
+    assert 0 <= y < line["feature_height"] and 0 <= x < line["feature_width"]
+    labels, deltas = record["labels"], record["deltas"].reshape(9, 4)
+    assert set(labels.tolist()) <= {-1, 0, 1} and (labels != -1).any()
+    gt = line["gt_boxes"]
+    for a in range(9):
+      box = anchor_box(y, x, a, line["stride_x"], line["stride_y"])
+      inside = box[0] >= 0 and box[1] >= 0 and box[2] <= line["width"] and box[3] <= line["height"]
+      if labels[a] != -1:
+        assert inside, f"sampled anchor outside the image: {key} a={a} {box}"
+      if labels[a] == 0:
+        assert all(iou(box, g) < 0.3 for g in gt), f"negative with IoU >= 0.3: {key} a={a}"
+        bg[record["image_id"]] += 1
+      if labels[a] == 1:
+        fg[record["image_id"]] += 1
+        # Undo the delta encoding by hand: the anchor moves onto a gt box.
+        aw, ah = box[2] - box[0], box[3] - box[1]
+        cx, cy = box[0] + aw / 2 + deltas[a, 0] * aw, box[1] + ah / 2 + deltas[a, 1] * ah
+        w, h = aw * math.exp(deltas[a, 2]), ah * math.exp(deltas[a, 3])
+        decoded = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+        assert any(np.allclose(decoded, g, atol=1e-2) for g in gt), f"{key} a={a}: {decoded}"
+        assert max(iou(box, g) for g in gt) > 0
+      else:
+        assert (deltas[a] == 0).all()
+    per_image[record["image_id"]] += 1
+  for image_id, line in images.items():
+    assert per_image[image_id] == line["num_locations"]
+    assert fg[image_id] == line["num_fg"] <= 128
+    assert bg[image_id] == line["num_bg"]
+    assert line["num_fg"] + line["num_bg"] <= 256
+    if not line["gt_boxes"]:
+      assert line["num_fg"] == 0
+  return dict(per_image)
+
+
+def check_accounting(output: str, manifest: dict) -> None:
+  """images_found == ok + failed + skipped; records equal the Examples in the shards;
+  images.jsonl and errors.jsonl name every image once."""
+  counts = manifest["counts"]
+  assert counts["images_found"] == (counts["images_ok"] + counts["images_failed"]
+                                    + counts["images_skipped"]), counts
+  assert counts["records"] == len(read_records(output))
+  images = read_jsonl(os.path.join(output, "images.jsonl"))
+  errors = read_jsonl(os.path.join(output, "errors.jsonl"))
+  assert len(images) == counts["images_ok"]
+  image_errors = [e for e in errors if e["outcome"] in ("failed", "skipped")]
+  assert len(image_errors) == counts["images_failed"] + counts["images_skipped"]
+  named = [line["image_id"] for line in images] + [e["image_id"] for e in image_errors]
+  assert len(named) == len(set(named)) == counts["images_found"]
+  for error in errors:
+    assert error["path"] and error["stage"] and error["reason"]
+  shard_names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(output, "tiles-*")))
+  assert shard_names == manifest["shard_files"]

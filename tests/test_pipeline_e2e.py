@@ -1,0 +1,157 @@
+"""rpn-preprocess end to end on DirectRunner: outputs follow DESIGN.md to the letter."""
+import collections
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tests import dataset_fixtures as fixtures
+from tests import pipeline_helpers as helpers
+
+
+@pytest.fixture(scope="module")
+def generated_run(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("data"))
+  written = fixtures.write_dataset(root, num_images=6, seed=1)
+  output = str(tmp_path_factory.mktemp("out") / "shards")
+  manifest = helpers.preprocess(root, output)
+  return root, written, output, manifest
+
+
+def test_manifest_contract(generated_run):
+  _, _, output, manifest = generated_run
+  for key in ("backbone", "weights", "feature_channels", "tile_size", "dtype", "compression",
+              "anchor", "targets", "stride_mode", "shard_pattern", "counts"):
+    assert key in manifest, key
+  assert manifest["tile_size"] == 3 and manifest["stride_mode"] == "ratio"
+  assert manifest["anchor"]["scales"] == [3.0, 6.0, 12.0]
+  assert manifest["anchor"]["ratios"] == [0.5, 1.0, 2.0]
+  assert manifest["targets"] == {"fg_iou_thresh": 0.7, "bg_iou_thresh": 0.3, "batch_size": 256,
+                                 "fg_fraction": 0.5, "seed": 0}
+  assert manifest["shard_files"] == ["tiles-00000-of-00002.tfrecord",
+                                     "tiles-00001-of-00002.tfrecord"]
+  for key in ("images_found", "images_ok", "images_failed", "images_skipped", "boxes_dropped",
+              "records", "fg_anchors", "bg_anchors"):
+    assert isinstance(manifest["counts"][key], int), key
+
+
+def test_every_input_accounted_for(generated_run):
+  _, written, output, manifest = generated_run
+  helpers.check_accounting(output, manifest)
+  assert manifest["counts"]["images_found"] == len(written) == manifest["counts"]["images_ok"]
+
+
+def test_records_follow_the_conventions(generated_run):
+  _, _, output, manifest = generated_run
+  per_image = helpers.check_records_follow_conventions(output)
+  assert sum(per_image.values()) == manifest["counts"]["records"]
+  assert manifest["counts"]["fg_anchors"] > 0
+
+
+def test_images_jsonl_boxes_and_frame(generated_run):
+  _, written, output, _ = generated_run
+  lines = {l["image_id"]: l for l in helpers.read_jsonl(os.path.join(output, "images.jsonl"))}
+  assert set(lines) == set(written)
+  for image_id, truth in written.items():
+    line = lines[image_id]
+    assert (line["width"], line["height"]) == (truth["width"], truth["height"])
+    # XML holds 0-based inclusive indices: x2 = xmax + 1.
+    expected = [[b[0], b[1], b[2] + 1, b[3] + 1] for b in truth["boxes"]]
+    assert line["gt_boxes"] == expected
+    assert line["stride_x"] == pytest.approx(line["width"] / line["feature_width"])
+    assert line["stride_y"] == pytest.approx(line["height"] / line["feature_height"])
+
+
+def test_tiles_are_windows_of_the_padded_feature_map(generated_run):
+  from pipeline import backbone, ilsvrc
+  root, _, output, manifest = generated_run
+  extractor = backbone.FeatureExtractor(helpers.TINY, "none", seed=0)
+  records = [helpers.decode_record(r, manifest["feature_channels"])
+             for r in helpers.read_records(output)]
+  by_image = collections.defaultdict(list)
+  for record in records:
+    by_image[record["image_id"]].append(record)
+  image_id = sorted(by_image)[0]
+  image = ilsvrc.decode_image(open(os.path.join(root, "Data/DET/train", image_id + ".JPEG"),
+                                   "rb").read())
+  padded = np.pad(extractor(image), ((1, 1), (1, 1), (0, 0)))
+  for record in by_image[image_id]:
+    y, x = record["location"]
+    np.testing.assert_array_equal(record["tile"], padded[y:y + 3, x:x + 3])
+
+
+def test_rerun_is_identical_and_replaces_old_shards(generated_run, tmp_path):
+  root, _, output, _ = generated_run
+  first = collections.Counter(helpers.read_records(output))
+  rerun = str(tmp_path / "rerun")
+  helpers.preprocess(root, rerun, num_shards=3)
+  assert collections.Counter(helpers.read_records(rerun)) == first
+  # Into the same directory with another shard count: the old shards are gone.
+  manifest = helpers.preprocess(root, rerun, num_shards=1)
+  assert sorted(os.listdir(rerun)) == ["errors.jsonl", "images.jsonl", "manifest.json",
+                                       "tiles-00000-of-00001.tfrecord"]
+  assert collections.Counter(helpers.read_records(rerun)) == first
+  helpers.check_accounting(rerun, manifest)
+
+
+def test_float16_gzip_shards(generated_run, tmp_path):
+  root, _, output, manifest32 = generated_run
+  out = str(tmp_path / "f16")
+  manifest = helpers.preprocess(root, out, extra=["--tile_dtype", "float16",
+                                                  "--compression", "GZIP"])
+  assert manifest["dtype"] == "float16" and manifest["compression"] == "GZIP"
+  assert all(name.endswith(".tfrecord.gz") for name in manifest["shard_files"])
+  assert manifest["counts"]["records"] == manifest32["counts"]["records"]
+  helpers.check_records_follow_conventions(out)
+
+
+def test_real_ilsvrc_vid_frames(tmp_path):
+  if not os.path.isdir(helpers.SHARED_SAMPLES):
+    pytest.skip(f"real ILSVRC samples not found at {helpers.SHARED_SAMPLES}")
+  output = str(tmp_path / "vid")
+  manifest = helpers.preprocess(helpers.SHARED_SAMPLES, output, split="VID/train")
+  helpers.check_accounting(output, manifest)
+  helpers.check_records_follow_conventions(output)
+  assert manifest["counts"]["images_ok"] == 8
+  lines = {l["image_id"]: l for l in helpers.read_jsonl(os.path.join(output, "images.jsonl"))}
+  frame = lines["ILSVRC2015_VID_train_0000/ILSVRC2015_train_00078000/000000"]
+  assert (frame["width"], frame["height"]) == (320, 240)
+  # Hand-read from 000000.xml (VID order xmax, xmin, ymax, ymin): first object
+  # xmin 90 xmax 144 ymin 31 ymax 132 -> [90, 31, 145, 133].
+  assert [90, 31, 145, 133] in frame["gt_boxes"] and len(frame["gt_boxes"]) == 3
+
+
+def test_image_set_and_missing_annotations(tmp_path):
+  root = str(tmp_path / "data")
+  written = fixtures.write_dataset(root, num_images=4, seed=2)
+  ids = sorted(written)
+  os.remove(os.path.join(root, "Annotations/DET/train", ids[1] + ".xml"))
+  image_set = tmp_path / "train.txt"
+  image_set.write_text("".join(f"{i} {n + 1}\n" for n, i in enumerate(ids[:3])) + "missing/id 9\n")
+  skip = helpers.preprocess(root, str(tmp_path / "skip"), extra=["--image_set", str(image_set)])
+  assert skip["counts"]["images_found"] == 3  # ids[3] is not in the set
+  assert skip["counts"]["images_skipped"] == 1 and skip["counts"]["images_ok"] == 2
+  helpers.check_accounting(str(tmp_path / "skip"), skip)
+  errors = helpers.read_jsonl(str(tmp_path / "skip" / "errors.jsonl"))
+  assert {e["reason"] for e in errors} >= {
+      "no annotation file (--missing_annotations skip)",
+      "listed in the image set but no image file found"}
+  negative = helpers.preprocess(root, str(tmp_path / "neg"),
+                                extra=["--missing_annotations", "negative"])
+  assert negative["counts"]["images_ok"] == 4 and negative["counts"]["images_skipped"] == 0
+  lines = {l["image_id"]: l for l in helpers.read_jsonl(str(tmp_path / "neg" / "images.jsonl"))}
+  assert lines[ids[1]]["gt_boxes"] == [] and lines[ids[1]]["num_fg"] == 0
+  assert lines[ids[1]]["num_bg"] > 0
+
+
+def test_tarball_2014_layout(tmp_path):
+  root = str(tmp_path / "data")
+  fixtures.write_dataset(root, num_images=2, seed=3)
+  output = str(tmp_path / "out")
+  from pipeline import run
+  manifest = run.run(["--images", os.path.join(root, "Data/DET/train"),
+                      "--annotations", os.path.join(root, "Annotations/DET/train"),
+                      "--output", output, "--backbone", helpers.TINY, "--weights", "none"])
+  assert manifest["counts"]["images_ok"] == 2
+  helpers.check_accounting(output, manifest)

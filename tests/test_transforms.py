@@ -1,0 +1,132 @@
+"""DoFns called directly (setup / process) with a tiny fake backbone."""
+import numpy as np
+import pytest
+from apache_beam.pvalue import TaggedOutput
+
+from pipeline import config as config_lib
+from pipeline import transforms as T
+from tests import dataset_fixtures as fixtures
+
+
+class FakeExtractor:
+  """Feature map = mean colour of each 32x32 cell, 4 channels (RGB, 1)."""
+  channels = 4
+  min_input_side = 32
+
+  def __call__(self, image):
+    h, w = image.shape[0] // 32, image.shape[1] // 32
+    cells = image[:h * 32, :w * 32].reshape(h, 32, w, 32, 3).mean(axis=(1, 3)) / 255.0
+    return np.concatenate([cells, np.ones((h, w, 1))], axis=-1).astype(np.float32)
+
+
+def _split(outputs):
+  main, tagged = [], {}
+  for out in outputs:
+    if isinstance(out, TaggedOutput):
+      tagged.setdefault(out.tag, []).append(out.value)
+    else:
+      main.append(out)
+  return main, tagged
+
+
+def test_pair_inputs_outcomes():
+  fn = T.PairInputsFn("skip", use_image_set=False)
+  main, tagged = _split(fn.process(("a", {"images": ["/d/a.JPEG"], "annotations": ["/x/a.xml"]})))
+  assert main == [T.ImageInput("a", "/d/a.JPEG", "/x/a.xml")] and not tagged
+  main, tagged = _split(fn.process(("b", {"images": ["/d/b.JPEG"], "annotations": []})))
+  assert not main and tagged["errors"][0]["outcome"] == "skipped"
+  main, tagged = _split(fn.process(("c", {"images": [], "annotations": ["/x/c.xml"]})))
+  assert not main and tagged["errors"][0]["outcome"] == "unpaired"
+  main, tagged = _split(fn.process(("d", {"images": ["/d/d.png", "/d/d.JPEG"],
+                                          "annotations": ["/x/d.xml"]})))
+  assert main == [T.ImageInput("d", "/d/d.JPEG", "/x/d.xml")]
+  assert tagged["errors"][0]["path"] == "/d/d.png"
+  assert "duplicate image id" in tagged["errors"][0]["reason"]
+  negative = T.PairInputsFn("negative", use_image_set=False)
+  main, _ = _split(negative.process(("b", {"images": ["/d/b.JPEG"], "annotations": []})))
+  assert main == [T.ImageInput("b", "/d/b.JPEG", None)]
+  with_set = T.PairInputsFn("skip", use_image_set=True)
+  assert not list(with_set.process(("e", {"images": ["/d/e.JPEG"], "annotations": ["/x/e.xml"],
+                                          "listed": []})))
+
+
+def test_load_image_reports_bad_input_with_stage(tmp_path):
+  root = str(tmp_path)
+  fixtures.write_pair(root, "DET/train", "bad", None, "<annotation>", image_bytes=b"not a jpeg")
+  fn = T.LoadImageFn(config_lib.BackboneConfig(weights="none"), 75)
+  item = T.ImageInput("bad", f"{root}/Data/DET/train/bad.JPEG",
+                      f"{root}/Annotations/DET/train/bad.xml")
+  main, tagged = _split(fn.process(item))
+  assert not main
+  (error,) = tagged["errors"]
+  assert error["outcome"] == "failed" and error["stage"] in ("decode", "annotation")
+  assert error["reason"]
+
+
+def _load(root, image_id, width, height, boxes):
+  image = fixtures.random_image(np.random.default_rng(0), width, height, boxes)
+  fixtures.write_pair(root, "DET/train", image_id, image,
+                      fixtures.det_xml(image_id, width, height, boxes))
+  item = T.ImageInput(image_id, f"{root}/Data/DET/train/{image_id}.JPEG",
+                      f"{root}/Annotations/DET/train/{image_id}.xml")
+  (loaded,) = T.LoadImageFn(config_lib.BackboneConfig(weights="none"), 75).process(item)
+  return loaded
+
+
+def _features(loaded):
+  features_fn = T.ComputeFeaturesFn(config_lib.BackboneConfig(weights="none"), 0,
+                                    extractor_factory=FakeExtractor)
+  features_fn.setup()
+  (features,) = features_fn.process(loaded)
+  return features
+
+
+def _targets(features):
+  targets_fn = T.SampleTargetsFn(config_lib.AnchorConfig(), config_lib.TargetConfig(), "float32")
+  targets_fn.setup()
+  return _split(targets_fn.process(features))
+
+
+def test_small_image_is_padded_not_dropped(tmp_path):
+  loaded = _load(str(tmp_path), "small", 200, 60, [(40, 10, 140, 50)])
+  # 60 px tall < 75 px: padded at the bottom to 75, boxes unchanged.
+  assert loaded.image.shape == (75, 200, 3) and loaded.stats.get("images_padded") == 1
+  np.testing.assert_array_equal(loaded.gt_boxes, [[40, 10, 141, 51]])
+  features = _features(loaded)
+  assert features.feature_map.shape == (2, 6, 4) and (features.width, features.height) == (200, 75)
+  records, tagged = _targets(features)
+  # Strides 33.3 x 37.5: the smallest anchor (scale 3, ratio 1) is 100 x 112.5 px,
+  # taller than the 75 px frame, so no anchor is inside: an ok image with no records.
+  (line,) = tagged["images"]
+  assert records == [] and line["num_locations"] == 0 and line["num_bg"] == 0
+
+
+def test_load_features_targets_chain(tmp_path):
+  features = _features(_load(str(tmp_path), "img", 320, 256, [(40, 30, 200, 180)]))
+  assert features.feature_map.shape == (8, 10, 4)
+  records, tagged = _targets(features)
+  (line,) = tagged["images"]
+  (stats,) = tagged["stats"]
+  assert line["feature_height"] == 8 and line["feature_width"] == 10
+  assert line["num_locations"] == len(records) == stats["records_expected"] > 0
+  assert line["gt_boxes"] == [[40.0, 30.0, 201.0, 181.0]]
+  assert stats["images_ok"] == 1 and stats["fg_anchors"] == line["num_fg"] > 0
+  # Same input, same records: nothing depends on order or attempts.
+  again, _ = _targets(features)
+  assert again == records
+
+
+def test_dead_letter_becomes_an_error_line():
+  item = T.ImageInput("x", "/d/x.JPEG", None)
+  error = T.dead_letter_to_error("features")((item, (MemoryError, MemoryError("boom"), [])))
+  assert error == {"path": "/d/x.JPEG", "stage": "features", "reason": "MemoryError: boom",
+                   "outcome": "failed", "image_id": "x"}
+  assert T.error_counts(error) == {"images_failed": 1, "failed_features": 1}
+
+
+def test_sum_counts():
+  combine = T.SumCounts()
+  acc = combine.create_accumulator()
+  acc = combine.add_input(acc, {"a": 1, "b": 2})
+  other = combine.add_input(combine.create_accumulator(), {"a": 3})
+  assert combine.extract_output(combine.merge_accumulators([acc, other])) == {"a": 4, "b": 2}
