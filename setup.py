@@ -22,10 +22,10 @@ setuptools.setup(
         "google-crc32c>=1.5",
     ],
     extras_require={
-        "cpu": [f"tensorflow-cpu=={TF_VERSION}"],
-        "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}"],
+        "cpu": [f"tensorflow-cpu=={TF_VERSION}", "tensorboard"],
+        "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}", "tensorboard"],
         "gcp": ["apache-beam[gcp,tfrecord]>=2.77,<3"],
-        "test": [f"tensorflow-cpu=={TF_VERSION}", "pytest>=8", "pytest-timeout>=2"],
+        "test": [f"tensorflow-cpu=={TF_VERSION}", "tensorboard", "pytest>=8", "pytest-timeout>=2"],
     },
     entry_points={
         "console_scripts": [

@@ -314,6 +314,8 @@ def run(argv: Optional[Sequence[str]] = None, extractor_factory=None) -> dict:
   weights = cfg.backbone.weights
   if weights not in ("imagenet", "none") and not FileSystems.exists(weights):
     raise FileNotFoundError(f"--weights {weights}: no such file")
+  if not any(a.startswith("--default_sdk_harness_log_level") for a in beam_args):
+    beam_args = list(beam_args) + ["--default_sdk_harness_log_level=WARNING"]
   options = PipelineOptions(beam_args)
   options.view_as(SetupOptions).save_main_session = False
   deleted = clear_outputs(cfg.output)

@@ -190,7 +190,7 @@ class ComputeFeaturesFn(beam.DoFn):
 
   def __init__(self, backbone_config: config_lib.BackboneConfig, weights_seed: int,
                shared_handle: Optional[shared.Shared] = None, extractor_factory=None,
-               log_every_s: float = 30.0):
+               log_every_s: float = 10.0):
     self._config = backbone_config
     self._seed = weights_seed
     self._shared = shared_handle or shared.Shared()
@@ -219,7 +219,7 @@ class ComputeFeaturesFn(beam.DoFn):
     self._millis.update(int(1000 * (now - start)))
     self._images.inc()
     self._done += 1
-    if now - self._last_log >= self._log_every_s:
+    if self._done == 1 or now - self._last_log >= self._log_every_s:
       self._last_log = now
       _LOGGER.warning("ComputeFeatures: %d images in %.0f s on this worker (%.2f images/s)",
                       self._done, now - self._start, self._done / (now - self._start))

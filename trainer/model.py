@@ -1,0 +1,101 @@
+"""The RPN head: a tile model for training and a fully convolutional twin for inference.
+
+Shape shorthand: B batch, C feature channels, A anchors per point (9),
+Hf, Wf feature-map height and width.
+
+  tile model:      tile [B, 3, 3, C] --3x3 conv (valid), ReLU--> [B, 1, 1, 512]
+                   --1x1 sigmoid--> scores [B, A];  --1x1 linear--> deltas [B, 4A]
+  inference model: map [B, Hf, Wf, C] --the same layers, 3x3 conv 'same'-->
+                   scores [B, Hf, Wf, A], deltas [B, Hf, Wf, 4A]
+
+Because a tile is the zero-padded 3x3 window around (y, x), the inference
+model's output at (y, x) equals the tile model's output for that tile.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Tuple
+
+WEIGHTS_NAME = "rpn.weights.h5"
+MANIFEST_NAME = "manifest.json"
+TRAIN_CONFIG_NAME = "train_config.json"
+
+
+def _layers(channels_hidden: int, num_anchors: int, padding: str):
+  import keras
+  conv = keras.layers.Conv2D(channels_hidden, 3, padding=padding, activation="relu",
+                             name="rpn_conv")
+  cls = keras.layers.Conv2D(num_anchors, 1, activation="sigmoid", name="rpn_cls",
+                            dtype="float32")
+  bbox = keras.layers.Conv2D(4 * num_anchors, 1, name="rpn_bbox", dtype="float32")
+  return conv, cls, bbox
+
+
+def build_tile_model(channels: int, num_anchors: int = 9, hidden: int = 512):
+  """Tile [B, 3, 3, C] -> {"scores": [B, A], "deltas": [B, 4A]}."""
+  import keras
+  tile = keras.Input((3, 3, channels), name="tile")
+  conv, cls, bbox = _layers(hidden, num_anchors, "valid")
+  x = conv(tile)
+  scores = keras.layers.Reshape((num_anchors,), name="scores")(cls(x))
+  deltas = keras.layers.Reshape((4 * num_anchors,), name="deltas")(bbox(x))
+  return keras.Model(tile, {"scores": scores, "deltas": deltas}, name="rpn_tile")
+
+
+def build_inference_model(tile_model, channels: int):
+  """Feature map [B, Hf, Wf, C] -> {"scores": [B, Hf, Wf, A], "deltas": [B, Hf, Wf, 4A]},
+  with the tile model's weights."""
+  import keras
+  source = {layer.name: layer for layer in tile_model.layers}
+  hidden = source["rpn_conv"].filters
+  num_anchors = source["rpn_cls"].filters
+  feature_map = keras.Input((None, None, channels), name="feature_map")
+  conv, cls, bbox = _layers(hidden, num_anchors, "same")
+  x = conv(feature_map)
+  model = keras.Model(feature_map, {"scores": cls(x), "deltas": bbox(x)}, name="rpn_full")
+  for layer in (conv, cls, bbox):
+    layer.set_weights(source[layer.name].get_weights())
+  return model
+
+
+def save_rpn(job_dir: str, tile_model, manifest: dict, train_config: dict) -> None:
+  """Writes JOB/rpn.weights.h5, JOB/manifest.json (verbatim) and JOB/train_config.json."""
+  import tempfile
+  import tensorflow as tf
+  tf.io.gfile.makedirs(job_dir)
+  with tempfile.TemporaryDirectory() as tmp:
+    local = os.path.join(tmp, WEIGHTS_NAME)
+    tile_model.save_weights(local)
+    tf.io.gfile.copy(local, os.path.join(job_dir, WEIGHTS_NAME), overwrite=True)
+  for name, content in ((MANIFEST_NAME, manifest), (TRAIN_CONFIG_NAME, train_config)):
+    with tf.io.gfile.GFile(os.path.join(job_dir, name), "w") as f:
+      f.write(json.dumps(content, indent=2, sort_keys=True) + "\n")
+
+
+def load_rpn(job_dir: str) -> Tuple[object, object, dict, dict]:
+  """(tile_model, inference_model, manifest, train_config) of a job dir."""
+  import tempfile
+  import tensorflow as tf
+  paths = {name: os.path.join(job_dir, name)
+           for name in (WEIGHTS_NAME, MANIFEST_NAME, TRAIN_CONFIG_NAME)}
+  for name, path in paths.items():
+    if not tf.io.gfile.exists(path):
+      raise FileNotFoundError(
+          f"{path}: missing; {job_dir} is not the job dir of a finished rpn-train run")
+  with tf.io.gfile.GFile(paths[MANIFEST_NAME]) as f:
+    manifest = json.load(f)
+  with tf.io.gfile.GFile(paths[TRAIN_CONFIG_NAME]) as f:
+    train_config = json.load(f)
+  channels = int(manifest["feature_channels"])
+  tile_model = build_tile_model(channels, int(manifest["anchor"]["num_anchors"]),
+                                int(train_config.get("hidden", 512)))
+  with tempfile.TemporaryDirectory() as tmp:
+    local = os.path.join(tmp, WEIGHTS_NAME)
+    tf.io.gfile.copy(paths[WEIGHTS_NAME], local, overwrite=True)
+    try:
+      tile_model.load_weights(local)
+    except Exception as e:
+      raise ValueError(f"{paths[WEIGHTS_NAME]}: does not fit an RPN for "
+                       f"{channels}-channel features ({type(e).__name__}: {e})") from e
+  return tile_model, build_inference_model(tile_model, channels), manifest, train_config
