@@ -1,16 +1,16 @@
-"""Anchor labels, sampling, deltas and per-point records of one image.
+"""Anchor labels, sampling, deltas and the per-point records of one image.
+
+Boxes are x1, y1, x2, y2 in pixels of the image as fed to the backbone; labels
+are POSITIVE (1), NEGATIVE (0) or IGNORE (-1, not sampled / ignored / outside);
+deltas are (dx, dy, dw, dh) as in boxes.encode_deltas.
 
 Shape shorthand:
   A  anchors per point        K  points (feature_height * feature_width)
   N  = K * A anchors          G  gt boxes
   P  distinct sampled points  C  feature channels
-Boxes are x1, y1, x2, y2 in pixels of the frame fed to the backbone.
 """
-from __future__ import annotations
-
 import dataclasses
 import hashlib
-from typing import Sequence, Tuple
 
 import numpy as np
 
@@ -18,134 +18,177 @@ from pipeline import anchors as anchors_lib
 from pipeline import boxes as boxes_lib
 from pipeline.config import IGNORE, NEGATIVE, POSITIVE
 
+# An inside anchor whose IoU with a gt box is within this of that gt box's best
+# IoU over the inside anchors is one of its argmax anchors (ties included).
 TIE_TOLERANCE = 1e-6
 
 
 def image_seed(seed: int, image_id: str) -> int:
-  """Stable per-image seed: first 8 bytes (big-endian) of sha256("{seed}:{image_id}")."""
+  """Stable per-image seed: sha256(f"{seed}:{image_id}"), first 8 bytes, big-endian.
+
+  Never Python's hash(), which is salted per process.
+  """
   digest = hashlib.sha256(f"{seed}:{image_id}".encode("utf-8")).digest()
   return int.from_bytes(digest[:8], "big")
 
 
 def label_anchors(anchors: np.ndarray, inside: np.ndarray, gt_boxes: np.ndarray,
                   fg_iou_thresh: float = 0.7, bg_iou_thresh: float = 0.3
-                  ) -> Tuple[np.ndarray, np.ndarray]:
-  """Labels int8 [N] in {-1, 0, 1} and matched gt index int64 [N] (-1: none).
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """Labels int8 [N] in {-1, 0, 1} and matched gt index int64 [N] of anchors [N, 4].
 
-  Inside anchors only: IoU < bg_iou_thresh with every gt -> 0; then, for each
-  gt whose best IoU over the inside anchors is > 0, every inside anchor within
-  1e-6 of that best (ties included) -> 1; then IoU >= fg_iou_thresh -> 1.
-  matched is the argmax gt of each inside anchor (py-faster-rcnn's rule),
-  also for the anchors made positive by the gt-argmax rule.
+  Inside anchors only (IoU in float64), in this order:
+    1. IoU < bg_iou_thresh with every gt box -> 0;
+    2. for each gt box whose best IoU over the inside anchors is > 0, every
+       inside anchor within TIE_TOLERANCE of that best IoU (ties included) -> 1;
+    3. IoU >= fg_iou_thresh with some gt box -> 1.
+  Anchors that none of these touch stay -1, outside anchors are always -1, and
+  with no gt box every inside anchor is 0.
+
+  matched is py-faster-rcnn's rule: the argmax over gt boxes of each inside
+  anchor's IoU (lowest gt index on equal IoU), also for anchors that step 2
+  made positive for another gt box; -1 for outside anchors and when G == 0.
   """
-  num = len(anchors)
-  labels = np.full(num, IGNORE, np.int8)
-  matched = np.full(num, -1, np.int64)
-  inside_idx = np.flatnonzero(inside)
+  anchors = np.asarray(anchors, np.float64).reshape(-1, 4)
   gt_boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4)
+  labels = np.full(len(anchors), IGNORE, np.int8)
+  matched = np.full(len(anchors), -1, np.int64)
+  inside_idx = np.flatnonzero(np.asarray(inside, bool).reshape(-1))
   if len(inside_idx) == 0:
     return labels, matched
   if len(gt_boxes) == 0:
     labels[inside_idx] = NEGATIVE
     return labels, matched
   iou = boxes_lib.box_iou(anchors[inside_idx], gt_boxes)  # [n_inside, G]
-  best_gt = iou.argmax(axis=1)
-  best_iou = iou[np.arange(len(inside_idx)), best_gt]
+  best_gt = iou.argmax(axis=1)  # [n_inside]
+  best_iou = iou[np.arange(len(inside_idx)), best_gt]  # [n_inside]
+  gt_best = iou.max(axis=0)  # [G]
   sub = np.full(len(inside_idx), IGNORE, np.int8)
   sub[best_iou < bg_iou_thresh] = NEGATIVE
-  gt_best = iou.max(axis=0)  # [G]
-  has_overlap = gt_best > 0
-  ties = (iou >= gt_best[None, :] - TIE_TOLERANCE) & has_overlap[None, :]
-  sub[ties.any(axis=1)] = POSITIVE
+  is_gt_argmax = (iou >= gt_best[None, :] - TIE_TOLERANCE) & (gt_best > 0)[None, :]
+  sub[is_gt_argmax.any(axis=1)] = POSITIVE
   sub[best_iou >= fg_iou_thresh] = POSITIVE
   labels[inside_idx] = sub
   matched[inside_idx] = best_gt
   return labels, matched
 
 
-def sample_labels(labels: np.ndarray, batch_size: int, fg_fraction: float,
-                  rng: np.random.Generator) -> np.ndarray:
-  """At most int(fg_fraction * batch_size) positives, negatives up to batch_size; rest -1."""
-  out = labels.copy()
-  fg = np.flatnonzero(out == POSITIVE)
+def sample_labels(labels: np.ndarray, batch_size: int = 256, fg_fraction: float = 0.5,
+                  rng: np.random.Generator = None) -> np.ndarray:
+  """A copy of labels [N] with at most batch_size anchors left non-IGNORE.
+
+  Keeps at most int(fg_fraction * batch_size) positives, a random subset
+  rng.choice(idx, size, replace=False) of their ascending indices; then, the
+  same way, negatives up to batch_size minus the positives kept. Every other
+  positive or negative becomes IGNORE. rng is required (it has a default only
+  so that the signature can keep the other defaults); seed it with
+  image_seed so that the choice is deterministic.
+  """
+  if rng is None:
+    raise ValueError("sample_labels needs rng, e.g. "
+                     "np.random.default_rng(image_seed(seed, image_id))")
+  labels = np.asarray(labels)
+  out = np.full_like(labels, IGNORE)
+  fg = np.flatnonzero(labels == POSITIVE)
   max_fg = int(fg_fraction * batch_size)
   if len(fg) > max_fg:
-    out[rng.choice(fg, len(fg) - max_fg, replace=False)] = IGNORE
-  max_bg = batch_size - int((out == POSITIVE).sum())
-  bg = np.flatnonzero(out == NEGATIVE)
+    fg = rng.choice(fg, max_fg, replace=False)
+  out[fg] = POSITIVE
+  bg = np.flatnonzero(labels == NEGATIVE)
+  max_bg = batch_size - len(fg)
   if len(bg) > max_bg:
-    out[rng.choice(bg, len(bg) - max_bg, replace=False)] = IGNORE
+    bg = rng.choice(bg, max_bg, replace=False)
+  out[bg] = NEGATIVE
   return out
 
 
 def anchor_deltas(anchors: np.ndarray, gt_boxes: np.ndarray, matched: np.ndarray,
                   labels: np.ndarray) -> np.ndarray:
-  """float32 [N, 4]: encode_deltas to the matched gt for labels == 1, zeros elsewhere."""
+  """float32 [N, 4]: encode_deltas of each anchor to its matched gt box where
+  labels == 1, zeros elsewhere."""
+  anchors = np.asarray(anchors, np.float64).reshape(-1, 4)
   deltas = np.zeros((len(anchors), 4), np.float32)
-  fg = np.flatnonzero(labels == POSITIVE)
+  fg = np.flatnonzero(np.asarray(labels) == POSITIVE)
   if len(fg):
-    gt = np.asarray(gt_boxes, np.float64).reshape(-1, 4)[matched[fg]]
+    gt = np.asarray(gt_boxes, np.float64).reshape(-1, 4)[np.asarray(matched)[fg]]
     deltas[fg] = boxes_lib.encode_deltas(anchors[fg], gt)
   return deltas
 
 
 def point_targets(labels: np.ndarray, deltas: np.ndarray, num_anchors: int
-                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Distinct points with a sampled anchor: points [P], labels [P, A], deltas [P, 4A]."""
-  per_point = labels.reshape(-1, num_anchors)
-  points = np.flatnonzero((per_point != IGNORE).any(axis=1)).astype(np.int64)
-  point_labels = per_point[points].astype(np.int64)
-  point_deltas = deltas.reshape(-1, 4 * num_anchors)[points].astype(np.float32)
-  return points, point_labels, point_deltas
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Per-point targets from per-anchor labels [K * A] and deltas [K * A, 4].
+
+  Returns points int64 [P] (ascending, the distinct points with at least one
+  anchor labelled != -1), point_labels int64 [P, A] and point_deltas float32
+  [P, 4A], anchor-major (anchor a's four values at 4a .. 4a + 3).
+  """
+  per_point = np.asarray(labels).reshape(-1, num_anchors)  # [K, A]
+  points = np.flatnonzero((per_point != IGNORE).any(axis=1)).astype(np.int64)  # [P]
+  point_labels = per_point[points].astype(np.int64)  # [P, A]
+  point_deltas = np.asarray(deltas).reshape(-1, 4 * num_anchors)[points]  # [P, 4A]
+  return points, point_labels, point_deltas.astype(np.float32)
 
 
 def extract_tiles(feature_map: np.ndarray, points: np.ndarray, feature_width: int) -> np.ndarray:
-  """[P, 3, 3, C]: tile(y, x) = pad(feature_map, 1)[y:y + 3, x:x + 3]."""
-  padded = np.pad(feature_map, ((1, 1), (1, 1), (0, 0)))
-  y, x = np.divmod(np.asarray(points, np.int64), feature_width)
+  """Tiles [P, 3, 3, C] (feature_map's dtype) of feature_map [H, W, C] at points [P].
+
+  tile(y, x) = pad(feature_map, 1 zero row/column each side)[y:y + 3, x:x + 3],
+  the 3x3 window centred on (y, x), with p = y * feature_width + x.
+  """
+  if feature_map.ndim != 3:
+    raise ValueError(f"feature_map must be [H, W, C], got shape {feature_map.shape}")
+  padded = np.pad(feature_map, ((1, 1), (1, 1), (0, 0)))  # [H + 2, W + 2, C]
+  y, x = np.divmod(np.asarray(points, np.int64).reshape(-1), feature_width)  # [P] each
   offsets = np.arange(3)
-  rows = (y[:, None, None] + offsets[None, :, None])  # [P, 3, 1]
-  cols = (x[:, None, None] + offsets[None, None, :])  # [P, 1, 3]
-  return padded[rows, cols]
+  rows = y[:, None, None] + offsets[None, :, None]  # [P, 3, 1]
+  cols = x[:, None, None] + offsets[None, None, :]  # [P, 1, 3]
+  return padded[rows, cols]  # [P, 3, 3, C]
 
 
 @dataclasses.dataclass
 class ImageTargets:
-  stride_x: float
+  """Everything compute_targets works out for one image (shapes in the shorthand)."""
+  stride_x: float  # pixels
   stride_y: float
-  num_anchors: int
-  anchors: np.ndarray  # [N, 4]
-  inside: np.ndarray  # [N] bool
-  labels: np.ndarray  # [N] int8, after sampling
-  points: np.ndarray  # [P] int64
-  locations: np.ndarray  # [P, 2] int64 (y, x)
-  point_labels: np.ndarray  # [P, A] int64
-  point_deltas: np.ndarray  # [P, 4A] float32
-  num_fg: int
-  num_bg: int
-  num_inside: int
+  num_anchors: int  # A
+  anchors: np.ndarray  # float64 [N, 4]
+  inside: np.ndarray  # bool [N]
+  labels: np.ndarray  # int8 [N], after sampling
+  points: np.ndarray  # int64 [P], ascending
+  locations: np.ndarray  # int64 [P, 2], (y, x) of each point
+  point_labels: np.ndarray  # int64 [P, A]
+  point_deltas: np.ndarray  # float32 [P, 4A], anchor-major
+  num_fg: int  # positives after sampling
+  num_bg: int  # negatives after sampling
+  num_inside: int  # inside anchors
 
 
 def compute_targets(width: float, height: float, feature_height: int, feature_width: int,
-                    gt_boxes: np.ndarray, image_id: str, *, scales: Sequence[float],
-                    ratios: Sequence[float], fg_iou_thresh: float, bg_iou_thresh: float,
-                    batch_size: int, fg_fraction: float, seed: int) -> ImageTargets:
-  """All targets of one image (no feature map: tiles are cut with extract_tiles)."""
+                    gt_boxes: np.ndarray, image_id: str, *, scales, ratios,
+                    fg_iou_thresh: float, bg_iou_thresh: float, batch_size: int,
+                    fg_fraction: float, seed: int) -> ImageTargets:
+  """All targets of one width x height image with a feature_height x feature_width map.
+
+  Strides in stride_mode "ratio"; sampling seeded by image_seed(seed, image_id).
+  The feature map is not needed: cut the tiles with extract_tiles(..., points, ...).
+  """
   stride_x, stride_y = anchors_lib.ratio_strides(width, height, feature_width, feature_height)
   anchors = anchors_lib.grid_anchors(feature_height, feature_width, stride_x, stride_y,
-                                     scales, ratios)
-  inside = anchors_lib.inside_mask(anchors, width, height)
-  gt_boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4)
+                                     scales, ratios)  # [N, 4]
+  inside = anchors_lib.inside_mask(anchors, width, height)  # [N]
+  gt_boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4)  # [G, 4]
   labels, matched = label_anchors(anchors, inside, gt_boxes, fg_iou_thresh, bg_iou_thresh)
   rng = np.random.default_rng(image_seed(seed, image_id))
   labels = sample_labels(labels, batch_size, fg_fraction, rng)
-  deltas = anchor_deltas(anchors, gt_boxes, matched, labels)
+  deltas = anchor_deltas(anchors, gt_boxes, matched, labels)  # [N, 4]
   num_anchors = len(scales) * len(ratios)
   points, point_labels, point_deltas = point_targets(labels, deltas, num_anchors)
-  locations = np.stack(np.divmod(points, feature_width), axis=1).astype(np.int64).reshape(-1, 2)
+  locations = np.stack(np.divmod(points, feature_width), axis=1).astype(np.int64)  # [P, 2]
   return ImageTargets(
       stride_x=stride_x, stride_y=stride_y, num_anchors=num_anchors, anchors=anchors,
-      inside=inside, labels=labels, points=points, locations=locations,
+      inside=inside, labels=labels, points=points, locations=locations.reshape(-1, 2),
       point_labels=point_labels, point_deltas=point_deltas,
-      num_fg=int((labels == POSITIVE).sum()), num_bg=int((labels == NEGATIVE).sum()),
-      num_inside=int(inside.sum()))
+      num_fg=int(np.count_nonzero(labels == POSITIVE)),
+      num_bg=int(np.count_nonzero(labels == NEGATIVE)),
+      num_inside=int(np.count_nonzero(inside)))

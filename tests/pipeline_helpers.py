@@ -93,7 +93,10 @@ def check_records_follow_conventions(output: str) -> Dict[str, int]:
     gt = line["gt_boxes"]
     for a in range(9):
       box = anchor_box(y, x, a, line["stride_x"], line["stride_y"])
-      inside = box[0] >= 0 and box[1] >= 0 and box[2] <= line["width"] and box[3] <= line["height"]
+      # DESIGN.md inside rule, with anchors.py's 1e-9 relative tolerance for float error.
+      tol_x, tol_y = 1e-9 * line["width"], 1e-9 * line["height"]
+      inside = (box[0] >= -tol_x and box[1] >= -tol_y and box[2] <= line["width"] + tol_x
+                and box[3] <= line["height"] + tol_y)
       if labels[a] != -1:
         assert inside, f"sampled anchor outside the image: {key} a={a} {box}"
       if labels[a] == 0:
