@@ -31,9 +31,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m pipeline.demo")
   parser.add_argument("--out", default="out")
   parser.add_argument("--sample", default=SAMPLE)
-  parser.add_argument("--backbone", default="InceptionResNetV2")
+  parser.add_argument("--backbone", default="TinyTestNet")
   parser.add_argument("--weights", default="none")
-  parser.add_argument("--epochs", type=int, default=8)
+  parser.add_argument("--epochs", type=int, default=10)
   parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
@@ -76,7 +76,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   _, _, _, train_config = model_lib.load_rpn(job)
   tile_model = model_lib.build_tile_model(
       manifest["feature_channels"], manifest["anchor"]["num_anchors"],
-      train_config.get("hidden", 512))
+      train_config.get("hidden", 512), train_config["feature_mean"],
+      train_config["feature_variance"])
   model_lib.save_rpn(untrained, tile_model, manifest, dict(train_config, epochs=0))
 
   results = {}

@@ -1,6 +1,6 @@
 """A small synthetic dataset in the ILSVRC 2015 DET layout (numpy + Pillow only).
 
-    python -m pipeline.sample_data --output data/sample [--train 48] [--val 24] [--seed 0]
+    python -m pipeline.sample_data --output data/sample [--train 240] [--val 48] [--seed 0]
 
 writes
 
@@ -270,7 +270,7 @@ def write_split(output: str, split: str, num_images: int, seed: int) -> Dict[str
           "max_side": max((max(s) for s in sizes), default=0)}
 
 
-def write_sample_dataset(output: str, num_train: int = 48, num_val: int = 24,
+def write_sample_dataset(output: str, num_train: int = 240, num_val: int = 48,
                          seed: int = 0) -> Dict[str, object]:
   """Writes the sample dataset under `output`; returns a summary dict.
 
@@ -304,8 +304,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--output", type=str, default="data/sample",
                       help="dataset root to write (ILSVRC 2015 DET layout)")
-  parser.add_argument("--train", type=int, default=48, help="number of DET/train images")
-  parser.add_argument("--val", type=int, default=24, help="number of DET/val images")
+  parser.add_argument("--train", type=int, default=240, help="number of DET/train images")
+  parser.add_argument("--val", type=int, default=48, help="number of DET/val images")
   parser.add_argument("--seed", type=int, default=0, help="random seed")
   args = parser.parse_args(argv)
   summary = write_sample_dataset(args.output, args.train, args.val, args.seed)

@@ -10,6 +10,16 @@ Hf, Wf feature-map height and width.
 
 Because a tile is the zero-padded 3x3 window around (y, x), the inference
 model's output at (y, x) equals the tile model's output for that tile.
+
+Both models first standardise the features per channel with fixed statistics
+of the training shards (`feature_mean`, `feature_variance`: computed once by
+rpn-train, saved in train_config.json, not trained). The method feeds raw
+features; with badly scaled features (random backbone weights give values
+around 1e-2) Adam then drives the ReLU units into a state where positives
+score below negatives for many epochs, and standardising fixes that. So that
+tile and map outputs stay equal, the inference model zero-pads the raw map by
+one point, standardises, then applies the 3x3 conv with `valid` padding: the
+same as a `same` conv over the raw map, padding included, as the tile sees it.
 """
 from __future__ import annotations
 
@@ -32,12 +42,38 @@ def _layers(channels_hidden: int, num_anchors: int, padding: str):
   return conv, cls, bbox
 
 
-def build_tile_model(channels: int, num_anchors: int = 9, hidden: int = 512):
+def _standardise(channels: int, feature_mean=None, feature_variance=None):
+  """Fixed per-channel (x - mean) / sqrt(variance) layer (identity by default)."""
+  import keras
+  import numpy as np
+  mean = np.zeros(channels) if feature_mean is None else np.asarray(feature_mean, np.float64)
+  variance = (np.ones(channels) if feature_variance is None
+              else np.asarray(feature_variance, np.float64))
+  if mean.shape != (channels,) or variance.shape != (channels,):
+    raise ValueError(f"feature statistics of shape {mean.shape} / {variance.shape} do not fit "
+                     f"{channels} channels")
+  return keras.layers.Normalization(mean=mean.astype(np.float32),
+                                    variance=variance.astype(np.float32), name="standardise")
+
+
+def feature_statistics(center_features, floor: float = 1e-3):
+  """(mean, variance) per channel of feature vectors [N, C]; the variance is
+  floored at `floor` times its mean so that near-constant channels are not
+  blown up."""
+  import numpy as np
+  x = np.asarray(center_features, np.float64)
+  mean, variance = x.mean(axis=0), x.var(axis=0)
+  variance = np.maximum(variance, floor * variance.mean() + 1e-12)
+  return mean, variance
+
+
+def build_tile_model(channels: int, num_anchors: int = 9, hidden: int = 512,
+                     feature_mean=None, feature_variance=None):
   """Tile [B, 3, 3, C] -> {"scores": [B, A], "deltas": [B, 4A]}."""
   import keras
   tile = keras.Input((3, 3, channels), name="tile")
   conv, cls, bbox = _layers(hidden, num_anchors, "valid")
-  x = conv(tile)
+  x = conv(_standardise(channels, feature_mean, feature_variance)(tile))
   scores = keras.layers.Reshape((num_anchors,), name="scores")(cls(x))
   deltas = keras.layers.Reshape((4 * num_anchors,), name="deltas")(bbox(x))
   return keras.Model(tile, {"scores": scores, "deltas": deltas}, name="rpn_tile")
@@ -50,9 +86,11 @@ def build_inference_model(tile_model, channels: int):
   source = {layer.name: layer for layer in tile_model.layers}
   hidden = source["rpn_conv"].filters
   num_anchors = source["rpn_cls"].filters
+  norm = source["standardise"]
   feature_map = keras.Input((None, None, channels), name="feature_map")
-  conv, cls, bbox = _layers(hidden, num_anchors, "same")
-  x = conv(feature_map)
+  conv, cls, bbox = _layers(hidden, num_anchors, "valid")
+  padded = keras.layers.ZeroPadding2D(1)(feature_map)
+  x = conv(_standardise(channels, norm.input_mean, norm.input_variance)(padded))
   model = keras.Model(feature_map, {"scores": cls(x), "deltas": bbox(x)}, name="rpn_full")
   for layer in (conv, cls, bbox):
     layer.set_weights(source[layer.name].get_weights())
@@ -89,7 +127,9 @@ def load_rpn(job_dir: str) -> Tuple[object, object, dict, dict]:
     train_config = json.load(f)
   channels = int(manifest["feature_channels"])
   tile_model = build_tile_model(channels, int(manifest["anchor"]["num_anchors"]),
-                                int(train_config.get("hidden", 512)))
+                                int(train_config.get("hidden", 512)),
+                                train_config.get("feature_mean"),
+                                train_config.get("feature_variance"))
   with tempfile.TemporaryDirectory() as tmp:
     local = os.path.join(tmp, WEIGHTS_NAME)
     tf.io.gfile.copy(paths[WEIGHTS_NAME], local, overwrite=True)

@@ -68,6 +68,11 @@ class ProposalConfig:
   post_nms_top_n: int = 300  # 0: no limit
   nms_thresh: float = 0.7
   min_size: float = 16.0  # pixels of the frame
+  # "inside": only anchors inside the frame, the ones training labels (an RPN
+  # learns nothing about the others: with few large anchors inside ILSVRC-sized
+  # images, their untrained scores would crowd out the rest); "all": every
+  # anchor, clipped, as py-faster-rcnn does at test time.
+  anchors: str = "inside"
 
 
 class JobError(ValueError):
@@ -269,6 +274,9 @@ class Proposer:
     scores, deltas, anchors = self.head(frame)
     height, width = frame.shape[:2]
     c = self.config
+    if c.anchors == "inside":
+      inside = anchors_lib.inside_mask(anchors, width, height)
+      scores, deltas, anchors = scores[inside], deltas[inside], anchors[inside]
     return propose_boxes(scores, deltas, anchors, width, height, c.pre_nms_top_n,
                          c.post_nms_top_n, c.nms_thresh, c.min_size)
 
@@ -384,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--nms_thresh", type=float, default=defaults.nms_thresh)
   parser.add_argument("--min_size", type=float, default=defaults.min_size,
                       help="drop boxes narrower or lower than this, in pixels of the frame")
+  parser.add_argument("--anchors", choices=("inside", "all"), default=defaults.anchors,
+                      help="propose from the anchors inside the image (those training "
+                      "labels) or from all anchors, clipped")
   parser.add_argument("--draw", type=int, default=8,
                       help="pictures of the first N images (top 20 proposals, gt boxes)")
   parser.add_argument("--weights", default=None,
@@ -402,7 +413,7 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
   from trainer import draw
   args = build_parser().parse_args(argv)
   config = ProposalConfig(args.pre_nms_top_n, args.post_nms_top_n, args.nms_thresh,
-                          args.min_size)
+                          args.min_size, args.anchors)
   if config.pre_nms_top_n < 0 or config.post_nms_top_n < 0 or not 0 < config.nms_thresh <= 1:
     raise ValueError(f"need pre_nms_top_n, post_nms_top_n >= 0 and 0 < nms_thresh <= 1, "
                      f"got {config}")

@@ -67,6 +67,21 @@ def _load_data(data_dir: str, skip_corrupt: bool):
   return manifest, files, report
 
 
+def _feature_statistics(files, manifest, seed: int, max_tiles: int = 20000):
+  """Per-channel mean and variance of the centre features of up to max_tiles
+  training tiles (a shuffled sample across shards)."""
+  import numpy as np
+  sample = data_lib.make_dataset(files, manifest, 1024, shuffle=True, seed=seed,
+                                 shuffle_buffer_mb=64)
+  centres, total = [], 0
+  for tiles, _ in sample:
+    centres.append(tiles.numpy()[:, 1, 1, :])
+    total += len(centres[-1])
+    if total >= max_tiles:
+      break
+  return model_lib.feature_statistics(np.concatenate(centres))
+
+
 def compile_model(model, learning_rate: float, box_loss_weight: float) -> None:
   import keras
   losses, weights = losses_lib.rpn_losses(box_loss_weight)
@@ -95,9 +110,11 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
   train_ds = data_lib.make_dataset(files, manifest, args.batch_size, shuffle=True,
                                    repeat=args.steps_per_epoch is not None,
                                    shuffle_buffer_mb=args.shuffle_buffer_mb, seed=args.seed)
+  feature_mean, feature_variance = _feature_statistics(files, manifest, args.seed)
   with _strategy().scope():
     model = model_lib.build_tile_model(int(manifest["feature_channels"]),
-                                       int(manifest["anchor"]["num_anchors"]), args.hidden)
+                                       int(manifest["anchor"]["num_anchors"]), args.hidden,
+                                       feature_mean, feature_variance)
     compile_model(model, args.learning_rate, args.box_loss_weight)
   tf.io.gfile.makedirs(args.job_dir)
   callbacks = [
@@ -123,7 +140,9 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
   train_config = {key: getattr(args, key) for key in (
       "epochs", "batch_size", "learning_rate", "box_loss_weight", "hidden", "steps_per_epoch",
       "mixed_precision", "seed")}
-  train_config.update(data=args.data, val_data=args.val_data, shards_skipped=report["shards_skipped"])
+  train_config.update(data=args.data, val_data=args.val_data, shards_skipped=report["shards_skipped"],
+                      feature_mean=[float(v) for v in feature_mean],
+                      feature_variance=[float(v) for v in feature_variance])
   manifest = {k: v for k, v in manifest.items() if not k.startswith("_")}
   model_lib.save_rpn(args.job_dir, model, manifest, train_config)
   last = {k: float(v[-1]) for k, v in history.history.items()} if history.history else {}
