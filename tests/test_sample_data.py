@@ -23,7 +23,7 @@ def tree_bytes(root):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("sample"))
-  summary = sample_data.write_sample_dataset(root, 48, 24, 0)  # the defaults
+  summary = sample_data.write_sample_dataset(root, 48, 24, 0)
   return root, summary
 
 

@@ -70,11 +70,12 @@ def check_compatible(reference: Dict, other: Dict, what: str = "data") -> None:
           f"was made for {key} = {reference.get(key)!r} ({reference.get('_dir', 'reference')})")
 
 
-def scan_shard(path: str, compression: str) -> Tuple[int, str]:
+def scan_shard(path: str, compression: str, verify_payload: bool = False) -> Tuple[int, str]:
   """(records, problem) of one TFRecord file, checking its framing record by record.
 
-  Reads each 12-byte header (length, masked crc32c of the length) and skips the
-  payload, so a truncated or overwritten file is found without parsing it.
+  Reads each 12-byte header (length, masked crc32c of the length) and the
+  payload's length, so a truncated or overwritten file is found without
+  parsing it; verify_payload also checks each payload's crc32c (reads all).
   problem is "" for a sound file.
   """
   import gzip
@@ -101,12 +102,15 @@ def scan_shard(path: str, compression: str) -> Tuple[int, str]:
         payload = f.read(length + 4)
         if len(payload) < length + 4:
           return records, f"truncated record {records} ({len(payload)} of {length + 4} bytes)"
+        if verify_payload and masked(payload[:-4]) != struct.unpack("<I", payload[-4:])[0]:
+          return records, f"corrupt record {records} (payload checksum mismatch)"
         records += 1
     except (OSError, EOFError) as e:  # gzip errors
       return records, f"unreadable after record {records}: {e}"
 
 
-def check_shards(manifest: Dict, skip_corrupt: bool = False) -> Tuple[List[str], Dict]:
+def check_shards(manifest: Dict, skip_corrupt: bool = False,
+                 verify_payload: bool = False) -> Tuple[List[str], Dict]:
   """Scans every shard; returns (usable shard paths, report).
 
   A bad shard raises ManifestError naming it, unless skip_corrupt, when it is
@@ -115,7 +119,8 @@ def check_shards(manifest: Dict, skip_corrupt: bool = False) -> Tuple[List[str],
   from concurrent.futures import ThreadPoolExecutor
   paths = shard_paths(manifest)
   with ThreadPoolExecutor(8) as pool:
-    results = list(pool.map(lambda p: scan_shard(p, manifest["compression"]), paths))
+    results = list(pool.map(
+        lambda p: scan_shard(p, manifest["compression"], verify_payload), paths))
   bad = {p: problem for p, (_, problem) in zip(paths, results) if problem}
   if bad and not skip_corrupt:
     path, problem = next(iter(bad.items()))

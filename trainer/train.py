@@ -82,6 +82,17 @@ def _feature_statistics(files, manifest, seed: int, max_tiles: int = 20000):
   return model_lib.feature_statistics(np.concatenate(centres))
 
 
+def _corrupt_data_error(manifest, error, *others) -> manifest_lib.ManifestError:
+  """A shard's payload is corrupt (or went bad after the check): name the file."""
+  problems = {}
+  for m in (manifest,) + tuple(o for o in others if o):
+    problems.update(manifest_lib.check_shards(m, skip_corrupt=True, verify_payload=True)[1]["problems"])
+  found = "; ".join(f"{path}: {problem}" for path, problem in problems.items())
+  return manifest_lib.ManifestError(
+      f"corrupt data while training ({error.message.splitlines()[0]}): "
+      f"{found or 'no shard fails the full check now'}")
+
+
 def compile_model(model, learning_rate: float, box_loss_weight: float) -> None:
   import keras
   losses, weights = losses_lib.rpn_losses(box_loss_weight)
@@ -96,7 +107,7 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
   import tensorflow as tf
   keras.utils.set_random_seed(args.seed)
   manifest, files, report = _load_data(args.data, args.skip_corrupt_shards)
-  val = None
+  val = val_manifest = None
   if args.val_data:
     val_manifest, val_files, _ = _load_data(args.val_data, args.skip_corrupt_shards)
     manifest_lib.check_compatible(manifest, val_manifest, "--val_data")
@@ -110,7 +121,10 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
   train_ds = data_lib.make_dataset(files, manifest, args.batch_size, shuffle=True,
                                    repeat=args.steps_per_epoch is not None,
                                    shuffle_buffer_mb=args.shuffle_buffer_mb, seed=args.seed)
-  feature_mean, feature_variance = _feature_statistics(files, manifest, args.seed)
+  try:
+    feature_mean, feature_variance = _feature_statistics(files, manifest, args.seed)
+  except tf.errors.DataLossError as e:
+    raise _corrupt_data_error(manifest, e) from e
   with _strategy().scope():
     model = model_lib.build_tile_model(int(manifest["feature_channels"]),
                                        int(manifest["anchor"]["num_anchors"]), args.hidden,
@@ -132,11 +146,7 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
                         steps_per_epoch=args.steps_per_epoch, callbacks=callbacks,
                         verbose=1 if sys.stdout.isatty() else 2)
   except tf.errors.DataLossError as e:
-    # A shard went bad after the check (or its payload is corrupt): find it.
-    _, report = manifest_lib.check_shards(manifest, skip_corrupt=True)
-    raise manifest_lib.ManifestError(
-        f"corrupt data while training ({e.message.splitlines()[0]}); shards that fail the "
-        f"check: {report['problems'] or 'none found by the framing check'}") from e
+    raise _corrupt_data_error(manifest, e, val_manifest if args.val_data else None) from e
   train_config = {key: getattr(args, key) for key in (
       "epochs", "batch_size", "learning_rate", "box_loss_weight", "hidden", "steps_per_epoch",
       "mixed_precision", "seed")}
