@@ -1,0 +1,77 @@
+"""Bad input through the whole pipeline: each input is used or listed in
+errors.jsonl with its stage and reason; the run goes on; nothing is lost."""
+import io
+import os
+
+import numpy as np
+from PIL import Image
+
+from tests import dataset_fixtures as fixtures
+from tests import pipeline_helpers as helpers
+
+SPLIT = "DET/train"
+
+
+def _jpeg(image, **kwargs):
+  out = io.BytesIO()
+  image.save(out, format=kwargs.pop("format", "JPEG"), **kwargs)
+  return out.getvalue()
+
+
+def test_bad_and_odd_inputs_end_to_end(tmp_path):
+  root = str(tmp_path / "data")
+  rng = np.random.default_rng(0)
+  good = fixtures.random_image(rng, 320, 240, [(50, 40, 200, 180)])
+  good_xml = lambda i: fixtures.det_xml(i, 320, 240, [(50, 40, 199, 179)])
+  png = _jpeg(Image.fromarray(good), format="PNG")
+  cases = {
+      # image_id: (image bytes, xml, expected outcome or stage)
+      "ok_plain": (_jpeg(Image.fromarray(good)), good_xml("ok_plain"), "ok"),
+      "ok_png_named_jpeg": (png, good_xml("ok_png_named_jpeg"), "ok"),
+      "ok_cmyk": (_jpeg(Image.fromarray(good).convert("CMYK")), good_xml("ok_cmyk"), "ok"),
+      "ok_gray": (_jpeg(Image.fromarray(good).convert("L")), good_xml("ok_gray"), "ok"),
+      "ok_palette": (_jpeg(Image.fromarray(good).convert("P"), format="PNG"),
+                     good_xml("ok_palette"), "ok"),
+      "ok_tiny": (_jpeg(Image.fromarray(good[:20, :25])), fixtures.det_xml("t", 25, 20, []), "ok"),
+      "ok_elongated": (_jpeg(Image.fromarray(rng.integers(0, 255, (80, 1000, 3), np.uint8))),
+                       fixtures.det_xml("e", 1000, 80, [(10, 10, 300, 70)]), "ok"),
+      "ok_boxes_outside": (_jpeg(Image.fromarray(good)), fixtures.det_xml(
+          "o", 320, 240, [(-20, 10, 100, 100), (400, 10, 500, 100), (120, 90, 60, 150),
+                          (50, 40, 199, 179)]), "ok"),
+      "bad_empty": (b"", good_xml("bad_empty"), "decode"),
+      "bad_truncated": (_jpeg(Image.fromarray(good))[:600], good_xml("bad_truncated"), "decode"),
+      "bad_random_bytes": (rng.bytes(5000), good_xml("bad_random_bytes"), "decode"),
+      "bad_xml": (_jpeg(Image.fromarray(good)), "<annotation><size>", "annotation"),
+      "bad_xxe": (_jpeg(Image.fromarray(good)),
+                  '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+                  "<annotation><filename>&x;</filename></annotation>", "annotation"),
+  }
+  for image_id, (data, xml, _) in cases.items():
+    fixtures.write_pair(root, SPLIT, image_id, None, xml, image_bytes=data)
+  # A bomb: a PNG declaring 7000 x 7000 pixels (> 40 M) in a few bytes.
+  from tests.test_ilsvrc import png_header_only
+  bomb = png_header_only(7000, 7000)
+  fixtures.write_pair(root, SPLIT, "bad_bomb", None, good_xml("bad_bomb"), image_bytes=bomb)
+  cases["bad_bomb"] = (bomb, None, "decode")
+  output = str(tmp_path / "out")
+  manifest = helpers.preprocess(root, output)
+  helpers.check_accounting(output, manifest)
+  helpers.check_records_follow_conventions(output)
+  images = {l["image_id"]: l for l in helpers.read_jsonl(os.path.join(output, "images.jsonl"))}
+  errors = {e["image_id"]: e for e in helpers.read_jsonl(os.path.join(output, "errors.jsonl"))}
+  for image_id, (_, _, expected) in cases.items():
+    if expected == "ok":
+      assert image_id in images, (image_id, errors.get(image_id))
+    else:
+      assert errors[image_id]["stage"] == expected, errors[image_id]
+      assert errors[image_id]["outcome"] == "failed" and errors[image_id]["reason"]
+  assert "7000x7000" in errors["bad_bomb"]["reason"]
+  assert "root:" not in open(os.path.join(output, "errors.jsonl")).read()  # /etc/passwd unread
+  counts = manifest["counts"]
+  assert counts["images_failed"] == sum(1 for c in cases.values() if c[2] != "ok")
+  assert counts["images_padded"] == 1  # ok_tiny: 25 x 20 padded to 32 x 32 (the tiny net's least)
+  assert images["ok_tiny"]["width"] == 32 and images["ok_tiny"]["height"] == 32
+  # ok_boxes_outside: one clipped, one wholly outside, one with xmin > xmax.
+  assert images["ok_boxes_outside"]["gt_boxes"] == [[0.0, 10.0, 101.0, 101.0],
+                                                    [50.0, 40.0, 200.0, 180.0]]
+  assert counts["boxes_clipped"] == 1 and counts["boxes_dropped"] == 2
