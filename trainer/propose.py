@@ -71,7 +71,8 @@ class ProposalConfig:
   # "inside": only anchors inside the frame, the ones training labels (an RPN
   # learns nothing about the others: with few large anchors inside ILSVRC-sized
   # images, their untrained scores would crowd out the rest); "all": every
-  # anchor, clipped, as py-faster-rcnn does at test time.
+  # anchor, clipped, as py-faster-rcnn does at test time. An image with no
+  # inside anchor at all (smaller than the smallest anchor) uses all of them.
   anchors: str = "inside"
 
 
@@ -276,7 +277,8 @@ class Proposer:
     c = self.config
     if c.anchors == "inside":
       inside = anchors_lib.inside_mask(anchors, width, height)
-      scores, deltas, anchors = scores[inside], deltas[inside], anchors[inside]
+      if inside.any():  # an image too small for any anchor falls back to all of them
+        scores, deltas, anchors = scores[inside], deltas[inside], anchors[inside]
     return propose_boxes(scores, deltas, anchors, width, height, c.pre_nms_top_n,
                          c.post_nms_top_n, c.nms_thresh, c.min_size)
 
