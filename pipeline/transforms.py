@@ -337,18 +337,6 @@ def error_line(error: Dict[str, Any]) -> str:
 
 def sum_box_stats(counts: Dict[str, int]) -> Dict[str, int]:
   """Adds the derived `boxes_dropped` total to the counts."""
-  dropped_keys = ("boxes_invalid", "boxes_min_gt_max", "boxes_outside", "boxes_zero_area")
   out = dict(counts)
-  out["boxes_dropped"] = sum(int(counts.get(k, 0)) for k in dropped_keys)
+  out["boxes_dropped"] = sum(int(counts.get(k, 0)) for k in ilsvrc.DROPPED_BOX_KEYS)
   return out
-
-
-def count_items(pcoll: beam.PCollection, label: str):
-  return pcoll | label >> beam.combiners.Count.Globally()
-
-
-def iter_counts(items: Iterable[Dict[str, int]]) -> Dict[str, int]:
-  total = collections.Counter()
-  for item in items:
-    total.update(item)
-  return dict(total)
