@@ -169,11 +169,14 @@ class LoadImageFn(beam.DoFn):
           path, e.stage, str(e), image_id=item.image_id))
       return
     stats = dict(stats)
+    for key, value in stats.items():  # box policy counts, also as Beam metrics
+      _counter(key).inc(value)
     height, width = image.shape[:2]
     image, gt_boxes, _ = backbone.prepare_image(
         image, gt_boxes, self._min_input_side, self._config.min_side, self._config.max_side)
     if image.shape[:2] != (height, width) and min(height, width) < self._min_input_side:
       stats["images_padded"] = stats.get("images_padded", 0) + 1
+      _counter("images_padded").inc()
     yield LoadedImage(item.image_id, item.image_path, image, gt_boxes, stats)
 
 
