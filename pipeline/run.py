@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of shards (0: the runner decides)")
   out.add_argument("--compression", choices=("NONE", "GZIP"), default=output.compression)
   out.add_argument("--tile_dtype", choices=("float32", "float16"), default=output.tile_dtype)
+  out.add_argument("--no_shuffle_records", dest="shuffle_records", action="store_false",
+                   help="write records as they come, without the shuffle across images "
+                   "(the DirectRunner holds every record in memory at that shuffle; with "
+                   "--num_shards 0 too, a local run streams in flat memory)")
   return parser
 
 
@@ -87,6 +91,7 @@ class PreprocessConfig:
   output_format: config_lib.OutputConfig
   split: Optional[str] = None
   input_root: Optional[str] = None
+  shuffle_records: bool = True
 
 
 def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
@@ -112,7 +117,8 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
           batch_size=args.batch_size, fg_fraction=args.fg_fraction, seed=args.seed),
       output_format=config_lib.OutputConfig(
           num_shards=args.num_shards, compression=args.compression, tile_dtype=args.tile_dtype),
-      split=args.split if args.input else None, input_root=args.input)
+      split=args.split if args.input else None, input_root=args.input,
+      shuffle_records=args.shuffle_records)
 
 
 def shard_suffix(compression: str) -> str:
@@ -148,6 +154,7 @@ def manifest_dict(cfg: PreprocessConfig, counts: dict, shard_files: List[str]) -
       "shard_pattern": f"{config_lib.SHARD_PREFIX}-?????-of-{num_shards:05d}"
                        f"{shard_suffix(fmt.compression)}",
       "num_shards": num_shards,
+      "records_shuffled": cfg.shuffle_records,
       "shard_files": shard_files,
       "counts": counts,
   }
@@ -245,9 +252,11 @@ def build_pipeline(p, cfg: PreprocessConfig, extractor_factory=None):
             | "SumCounts" >> beam.CombineGlobally(T.SumCounts()))
 
   fmt = cfg.output_format
+  records = sampled.records
+  if cfg.shuffle_records:
+    records = records | "ShuffleRecords" >> beam.Reshuffle()
   shard_files = (
-      sampled.records
-      | "ShuffleRecords" >> beam.Reshuffle()
+      records
       | "WriteShards" >> WriteToTFRecord(
           FileSystems.join(cfg.output, config_lib.SHARD_PREFIX),
           file_name_suffix=shard_suffix(fmt.compression), num_shards=fmt.num_shards,

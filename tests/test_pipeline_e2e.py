@@ -155,3 +155,15 @@ def test_tarball_2014_layout(tmp_path):
                       "--output", output, "--backbone", helpers.TINY, "--weights", "none"])
   assert manifest["counts"]["images_ok"] == 2
   helpers.check_accounting(output, manifest)
+
+
+def test_streaming_mode_same_records(generated_run, tmp_path):
+  # --num_shards 0 --no_shuffle_records: no shuffle in the record path (flat
+  # memory on DirectRunner); the same records, however many shards it makes.
+  root, _, output, _ = generated_run
+  out = str(tmp_path / "stream")
+  manifest = helpers.preprocess(root, out, num_shards=0, extra=["--no_shuffle_records"])
+  assert manifest["records_shuffled"] is False and manifest["num_shards"] >= 1
+  helpers.check_accounting(out, manifest)
+  assert (collections.Counter(helpers.read_records(out))
+          == collections.Counter(helpers.read_records(output)))
