@@ -121,10 +121,12 @@ class FeatureExtractor:
   """
 
   def __init__(self, backbone: str = "InceptionResNetV2", weights: str = "imagenet",
-               seed: int = 0):
+               seed: int = 0, threads: Optional[int] = None):
     import importlib
     import tensorflow as tf
     import keras
+    if threads:
+      set_threads(threads)
     self.spec = backbone_spec(backbone)
     self.model = build_backbone(backbone, weights, seed)
     self.model.trainable = False
@@ -160,6 +162,20 @@ class FeatureExtractor:
           f"image {image.shape[1]}x{image.shape[0]} is smaller than {self.min_input_side} px, "
           f"the least the backbone accepts: pad it first (prepare_image)")
     return self._forward(image[np.newaxis]).numpy()[0]
+
+
+def set_threads(threads: int) -> bool:
+  """Caps TensorFlow's threads in this process (before TF starts its runtime:
+  in a fresh worker process, at setup). Returns whether it took effect."""
+  import tensorflow as tf
+  try:
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    return True
+  except RuntimeError:  # TF's runtime already started in this process
+    logging.getLogger(__name__).warning(
+        "TensorFlow already started in this process: --backbone_threads %d not applied", threads)
+    return False
 
 
 def prepare_image(image: np.ndarray, boxes: np.ndarray, min_input_side: int,

@@ -48,6 +48,10 @@ class BackboneConfig:
   # Images larger than this many pixels are refused (decompression bombs).
   max_pixels: int = 40_000_000
   stride_mode: str = "ratio"
+  # TensorFlow threads per worker process for the forward pass (None: TF's
+  # default, all cores). With one worker process per core, 1 avoids
+  # oversubscribing the cores.
+  threads: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="resize so the shorter side is this (off by default)")
   model.add_argument("--max_side", type=int, default=backbone.max_side,
                      help="cap the longer side when resizing (off by default)")
+  model.add_argument("--backbone_threads", type=int, default=backbone.threads,
+                     help="TensorFlow threads per worker process (default: all cores); "
+                     "1 when running one worker process per core")
   model.add_argument("--max_pixels", type=int, default=backbone.max_pixels,
                      help="refuse images declaring more pixels (decompression bombs)")
   anchor = parser.add_argument_group("anchors and targets")
@@ -110,7 +113,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
       image_set=args.image_set, missing_annotations=args.missing_annotations,
       backbone=config_lib.BackboneConfig(
           backbone=args.backbone, weights=args.weights, min_side=args.min_side,
-          max_side=args.max_side, max_pixels=args.max_pixels),
+          max_side=args.max_side, max_pixels=args.max_pixels, threads=args.backbone_threads),
       anchors=config_lib.AnchorConfig(scales=tuple(args.scales), ratios=tuple(args.ratios)),
       targets=config_lib.TargetConfig(
           fg_iou_thresh=args.fg_iou_thresh, bg_iou_thresh=args.bg_iou_thresh,

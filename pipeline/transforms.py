@@ -206,7 +206,7 @@ class ComputeFeaturesFn(beam.DoFn):
         return _SharedExtractor(self._factory())
       from pipeline import backbone
       return _SharedExtractor(backbone.FeatureExtractor(
-          self._config.backbone, self._config.weights, self._seed))
+          self._config.backbone, self._config.weights, self._seed, self._config.threads))
     self._holder = self._shared.acquire(load, tag=(self._config, self._seed))
     self._done = 0
     self._start = time.monotonic()
