@@ -1,52 +1,187 @@
-"""tf.data input: shards of rpn-preprocess -> batches for the RPN tile model.
+"""tf.data input: the shards of rpn-preprocess -> batches for the RPN tile model.
 
-Shape shorthand: B batch, C feature channels, A anchors per point.
-Each element: (tiles float32 [B, 3, 3, C],
-               {"scores": labels float32 [B, A] (1, 0, -1 ignored),
-                "deltas": labels and deltas packed float32 [B, A + 4A]}).
-The losses (losses.py) unpack the labels to mask ignored anchors.
+Shape shorthand: B batch, C feature channels, A anchors per point (9).
+Each element is (tiles, targets) as the tile model's fit() takes them:
+  tiles               float32 [B, 3, 3, C]   (float16 tiles are widened)
+  targets["scores"]   float32 [B, A]         labels 1, 0, -1 (ignored)
+  targets["deltas"]   float32 [B, A + 4A]    labels, then (dx, dy, dw, dh) per anchor
+The labels ride along with the box targets so that the box loss (losses.py)
+can pick the positive anchors.
+
+Corrupt shards: check_shards walks every shard's record framing first (fast:
+headers only for uncompressed shards) and names a truncated or overwritten
+file; a payload corrupted inside a sound frame surfaces as tf's
+DataLossError during training, which rpn-train turns into an error naming the
+file (find_corrupt_shards). With skip_corrupt the bad shards are left out (and
+reported), and a payload error skips the rest of that file with a logged
+warning instead of stopping.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+import gzip
+import logging
+import os
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional, Tuple
 
 from pipeline import schema
+from trainer import manifest as manifest_lib
 
 DEFAULT_SHUFFLE_BUFFER_MB = 256
+_HEADER_BYTES = 12  # uint64 length, uint32 masked crc32c of the length
+_FOOTER_BYTES = 4  # uint32 masked crc32c of the payload
+_MAX_INTERLEAVE = 16
+_LOGGER = logging.getLogger(__name__)
+
+
+class CorruptShardError(manifest_lib.ManifestError):
+  """A shard that cannot be read to its end; the message names it."""
 
 
 def record_bytes(manifest: Dict) -> int:
-  """Approximate size of one record: the tile dominates."""
+  """Approximate bytes of one serialized record (the tile dominates)."""
   itemsize = 2 if manifest["dtype"] == "float16" else 4
-  return 9 * int(manifest["feature_channels"]) * itemsize + 400
+  num_anchors = int(manifest["anchor"]["num_anchors"])
+  return 9 * int(manifest["feature_channels"]) * itemsize + 40 * num_anchors + 100
+
+
+def _masked_crc(data: bytes) -> int:
+  from google_crc32c import value as crc32c
+  crc = crc32c(data)
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _open(path: str):
+  import tensorflow as tf
+  return open(path, "rb") if "://" not in path else tf.io.gfile.GFile(path, "rb")
+
+
+def scan_shard(path: str, compression: str, verify_payload: bool = False) -> Tuple[int, str]:
+  """(records, problem) of one TFRecord file; problem is "" for a sound file.
+
+  Walks the framing: each header's length checksum, and that each payload is
+  all there. An uncompressed shard is walked by seeking from header to header
+  (reads ~12 bytes a record) unless verify_payload, which also checks each
+  payload's checksum (reads everything); a GZIP shard is decompressed whole.
+  """
+  import tensorflow as tf
+  sequential = verify_payload or compression == "GZIP"
+  size = None if sequential else tf.io.gfile.stat(path).length
+  records, offset = 0, 0
+  with _open(path) as raw:
+    f = gzip.GzipFile(fileobj=raw) if compression == "GZIP" else raw
+    try:
+      while True:
+        if not sequential:
+          f.seek(offset)
+        header = f.read(_HEADER_BYTES)
+        if not header:
+          return records, ""
+        if len(header) < _HEADER_BYTES:
+          return records, f"truncated header after record {records}"
+        length, length_crc = struct.unpack("<QI", header)
+        if _masked_crc(header[:8]) != length_crc:
+          return records, f"corrupt header of record {records} (at byte {offset})"
+        end = offset + _HEADER_BYTES + length + _FOOTER_BYTES
+        if sequential:
+          payload = f.read(length + _FOOTER_BYTES)
+          if len(payload) < length + _FOOTER_BYTES:
+            return records, f"truncated record {records} ({len(payload)} of " \
+                            f"{length + _FOOTER_BYTES} bytes)"
+          if verify_payload and (_masked_crc(payload[:-_FOOTER_BYTES]) !=
+                                 struct.unpack("<I", payload[-_FOOTER_BYTES:])[0]):
+            return records, f"corrupt record {records} (payload checksum mismatch)"
+        elif end > size:
+          return records, f"truncated record {records} (ends at byte {end} of {size})"
+        records, offset = records + 1, end
+    except (OSError, EOFError, zlib.error) as e:  # gzip stream errors
+      return records, f"unreadable after record {records} ({type(e).__name__}: {e})"
+
+
+def check_shards(data_dir: str, manifest: Dict, skip_corrupt: bool = False,
+                 verify_payload: bool = False) -> Tuple[List[str], Dict]:
+  """Scans every shard of a loaded manifest; returns (usable paths, report).
+
+  A bad shard raises CorruptShardError naming it, unless skip_corrupt: then it
+  is left out, logged, and listed in report["skipped"] ({path: problem}).
+  Sound shards must hold the manifest's counts["records"] in all.
+  """
+  paths = manifest_lib.shard_paths(data_dir, manifest)
+  with ThreadPoolExecutor(max(1, min(16, len(paths)))) as pool:
+    results = list(pool.map(
+        lambda p: scan_shard(p, manifest["compression"], verify_payload), paths))
+  bad = {p: problem for p, (_, problem) in zip(paths, results) if problem}
+  if bad and not skip_corrupt:
+    path, problem = next(iter(bad.items()))
+    raise CorruptShardError(f"{path}: {problem}" + (
+        f" (and {len(bad) - 1} more bad shards)" if len(bad) > 1 else "") +
+        "; rerun rpn-preprocess, or pass --skip_corrupt_shards to train without it")
+  records = sum(n for p, (n, _) in zip(paths, results) if p not in bad)
+  expected = manifest["counts"].get("records")
+  if not bad and expected is not None and records != expected:
+    raise CorruptShardError(f"{manifest_lib.manifest_path(data_dir)}: counts.records is "
+                            f"{expected} but the shards hold {records} records")
+  if bad:
+    _LOGGER.warning("%s: leaving out %d of %d shards (%d records readable in them): %s",
+                    data_dir, len(bad), len(paths),
+                    sum(n for p, (n, _) in zip(paths, results) if p in bad), bad)
+  report = {"shards": len(paths), "records": records, "skipped": bad}
+  return [p for p in paths if p not in bad], report
+
+
+def find_corrupt_shards(data_dir: str, manifest: Dict) -> Dict[str, str]:
+  """{path: problem} of every shard whose framing or payload checksums fail."""
+  return check_shards(data_dir, manifest, skip_corrupt=True, verify_payload=True)[1]["skipped"]
 
 
 def to_model_inputs(parsed: Dict):
-  """Parsed records -> (tiles, targets) in the structure fit() needs."""
+  """Parsed records (schema.parse_examples) -> (tiles, targets) for fit()."""
   import tensorflow as tf
   labels = tf.cast(parsed[schema.LABELS_KEY], tf.float32)
   packed = tf.concat([labels, parsed[schema.DELTAS_KEY]], axis=-1)
   return parsed[schema.TILE_KEY], {"scores": labels, "deltas": packed}
 
 
-def make_dataset(files: List[str], manifest: Dict, batch_size: int, shuffle: bool = True,
+def make_dataset(data_dir: str, manifest: Dict, batch_size: int, shuffle: bool = True,
                  repeat: bool = False, shuffle_buffer_mb: int = DEFAULT_SHUFFLE_BUFFER_MB,
-                 seed: Optional[int] = None, drop_remainder: bool = False):
-  """Streams `files` (checked shard paths) in parallel, shuffled, batched, parsed."""
+                 seed: Optional[int] = None, skip_corrupt: bool = False,
+                 files: Optional[List[str]] = None, num_records: Optional[int] = None,
+                 drop_remainder: bool = False):
+  """The shards of `data_dir` read in parallel, shuffled, batched, then parsed.
+
+  `manifest` is load_manifest(data_dir). `files` (paths already through
+  check_shards, holding num_records records) skips the shard check; by
+  default every shard is checked here. The shuffle buffer holds about
+  shuffle_buffer_mb megabytes of records, and at least 4 batches. Unless
+  skip_corrupt or repeat, the dataset knows its length in batches (Keras
+  shows it in the first epoch's progress bar).
+  """
   import tensorflow as tf
+  if files is None:
+    files, report = check_shards(data_dir, manifest, skip_corrupt)
+    num_records = report["records"]
+  if not files:
+    raise CorruptShardError(f"{data_dir}: no readable shard")
   autotune = tf.data.AUTOTUNE
   compression = "GZIP" if manifest["compression"] == "GZIP" else ""
   num_anchors = int(manifest["anchor"]["num_anchors"])
   channels = int(manifest["feature_channels"])
   dtype = manifest["dtype"]
+
+  def read(path):
+    records = tf.data.TFRecordDataset(path, compression_type=compression,
+                                      buffer_size=8 << 20)
+    # On a DataLossError tf.data moves on to the next file; ignoring it thus
+    # drops the rest of the bad file only (logged by TensorFlow).
+    return records.ignore_errors(log_warning=True) if skip_corrupt else records
+
   ds = tf.data.Dataset.from_tensor_slices(files)
   if shuffle:
     ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-  ds = ds.interleave(
-      lambda f: tf.data.TFRecordDataset(f, compression_type=compression,
-                                        buffer_size=8 << 20),
-      cycle_length=min(len(files), 16), block_length=1, num_parallel_calls=autotune,
-      deterministic=not shuffle)
+  ds = ds.interleave(read, cycle_length=min(len(files), _MAX_INTERLEAVE), block_length=1,
+                     num_parallel_calls=autotune, deterministic=not shuffle)
   if shuffle:
     buffer = max(4 * batch_size, (shuffle_buffer_mb << 20) // record_bytes(manifest))
     ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
@@ -56,4 +191,7 @@ def make_dataset(files: List[str], manifest: Dict, batch_size: int, shuffle: boo
                 deterministic=not shuffle)
   ds = ds.map(lambda s: to_model_inputs(schema.parse_examples(s, num_anchors, channels, dtype)),
               num_parallel_calls=autotune, deterministic=not shuffle)
+  if num_records is not None and not (skip_corrupt or repeat):
+    batches = num_records // batch_size if drop_remainder else -(-num_records // batch_size)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
   return ds.prefetch(autotune)

@@ -1,27 +1,40 @@
 """RPN losses and metrics that ignore anchors labelled -1.
 
 Shape shorthand: B batch, A anchors per point.
-  labels  [B, A]      1 positive, 0 negative, -1 ignored (not sampled / outside)
-  scores  [B, A]      sigmoid objectness
-  packed  [B, A + 4A] labels then (dx, dy, dw, dh) per anchor, anchor-major
-  deltas  [B, 4A]     predicted deltas
+  labels  [B, A]       1 positive, 0 negative, -1 ignored (not sampled / outside)
+  scores  [B, A]       sigmoid objectness
+  packed  [B, A + 4A]  labels, then target (dx, dy, dw, dh) per anchor, anchor-major
+  deltas  [B, 4A]      predicted deltas
 
-Normalisation follows py-faster-rcnn's RPN: both losses are divided by the
-number of sampled anchors in the batch (N_cls, labels 0 or 1):
+How they plug into Keras: the data (data.py) gives y_true {"scores": labels,
+"deltas": packed}; compile() takes {"scores": objectness_loss, "deltas":
+box_loss} with loss_weights {"scores": 1, "deltas": box_loss_weight}, so fit()
+reports scores_loss and deltas_loss apart, and evaluate() and any
+distribution strategy work unchanged.
+
+Normalisation, as py-faster-rcnn's RPN (SoftmaxWithLoss ignoring label -1,
+SmoothL1Loss with inside weights 1 on positives and outside weights 1/N_cls):
+both losses are divided by N_cls, the number of sampled anchors (labels 0 or
+1) in the batch:
   L = sum_sampled BCE / N_cls + box_loss_weight * sum_positive smoothL1 / N_cls
-with smooth L1's sigma = 3 (beta = 1/9). The paper's alternative (N_reg =
-number of anchor locations, lambda = 10) weighs the two terms about alike.
-The method's original code used plain BCE and MSE over all anchors, which
-trains on ignored anchors: not done here.
+smooth L1 with sigma = 3, i.e. beta = 1 / sigma^2 = 1/9 (quadratic below
+|x| < 1/9). Ignored anchors add nothing to either sum nor to N_cls; a batch
+with no sampled anchor gives 0. The paper's alternative, box term / N_reg (the
+number of anchor locations, ~2400) with lambda = 10, weighs the two terms
+about alike. Under MirroredStrategy N_cls is counted per replica.
 """
 from __future__ import annotations
 
-SMOOTH_L1_BETA = 1.0 / 9.0
+import keras
+
+SMOOTH_L1_BETA = 1.0 / 9.0  # sigma = 3
+DEFAULT_BOX_LOSS_WEIGHT = 1.0
+SCORE_THRESHOLD = 0.5  # objectness above which a metric counts an anchor as positive
 
 
-def _num_anchors(packed_or_labels, predicted_deltas):
-  import tensorflow as tf
-  return tf.shape(predicted_deltas)[-1] // 4
+def split_packed(packed, num_anchors: int):
+  """packed [B, 5A] -> (labels [B, A], target deltas [B, 4A])."""
+  return packed[:, :num_anchors], packed[:, num_anchors:]
 
 
 def objectness_loss(labels, scores):
@@ -29,89 +42,123 @@ def objectness_loss(labels, scores):
   import tensorflow as tf
   labels = tf.cast(labels, tf.float32)
   scores = tf.clip_by_value(tf.cast(scores, tf.float32), 1e-7, 1.0 - 1e-7)
-  mask = tf.cast(labels >= 0, tf.float32)
+  sampled = tf.cast(labels >= 0, tf.float32)
   target = tf.maximum(labels, 0.0)
   bce = -(target * tf.math.log(scores) + (1.0 - target) * tf.math.log(1.0 - scores))
-  return tf.reduce_sum(bce * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+  return tf.reduce_sum(bce * sampled) / tf.maximum(tf.reduce_sum(sampled), 1.0)
 
 
 def smooth_l1(x, beta: float = SMOOTH_L1_BETA):
+  """0.5 x^2 / beta where |x| < beta, else |x| - 0.5 beta (elementwise)."""
   import tensorflow as tf
   ax = tf.abs(x)
   return tf.where(ax < beta, 0.5 * ax * ax / beta, ax - 0.5 * beta)
 
 
 def box_loss(packed, deltas, beta: float = SMOOTH_L1_BETA):
-  """Smooth L1 over the 4 deltas of positive anchors / number of sampled anchors."""
+  """Smooth L1 summed over the 4 deltas of positive anchors / number of sampled anchors."""
   import tensorflow as tf
-  packed = tf.cast(packed, tf.float32)
   deltas = tf.cast(deltas, tf.float32)
-  num_anchors = tf.shape(deltas)[-1] // 4
-  labels = packed[:, :num_anchors]
-  targets = packed[:, num_anchors:]
+  labels, targets = split_packed(tf.cast(packed, tf.float32), deltas.shape[-1] // 4)
   positive = tf.repeat(tf.cast(labels > 0, tf.float32), 4, axis=-1)  # [B, 4A], anchor-major
   sampled = tf.reduce_sum(tf.cast(labels >= 0, tf.float32))
   return tf.reduce_sum(smooth_l1(deltas - targets, beta) * positive) / tf.maximum(sampled, 1.0)
 
 
-def rpn_losses(box_loss_weight: float = 1.0):
-  """(losses, loss_weights) dicts for Model.compile."""
+def rpn_losses(box_loss_weight: float = DEFAULT_BOX_LOSS_WEIGHT):
+  """(loss, loss_weights) dicts for Model.compile."""
   return ({"scores": objectness_loss, "deltas": box_loss},
           {"scores": 1.0, "deltas": float(box_loss_weight)})
 
 
-def _masked_counts(labels, scores, threshold: float):
-  import tensorflow as tf
-  labels = tf.cast(labels, tf.float32)
-  predicted = tf.cast(tf.cast(scores, tf.float32) >= threshold, tf.float32)
-  sampled = tf.cast(labels >= 0, tf.float32)
-  positive = tf.cast(labels > 0, tf.float32)
-  tp = tf.reduce_sum(predicted * positive)
-  fp = tf.reduce_sum(predicted * (1.0 - positive) * sampled)
-  fn = tf.reduce_sum((1.0 - predicted) * positive)
-  tn = tf.reduce_sum((1.0 - predicted) * (1.0 - positive) * sampled)
-  return tp, fp, fn, tn
+class _MaskedObjectness(keras.metrics.Metric):
+  """Counts tp, fp, fn, tn over sampled anchors only (labels -1 count nowhere)."""
+
+  def __init__(self, threshold: float = SCORE_THRESHOLD, name: str = None, **kwargs):
+    super().__init__(name=name, **kwargs)
+    self.threshold = threshold
+    self.counts = self.add_variable(shape=(4,), initializer="zeros", name="counts")
+
+  def update_state(self, y_true, y_pred, sample_weight=None):
+    import tensorflow as tf
+    labels = tf.cast(y_true, tf.float32)
+    predicted = tf.cast(tf.cast(y_pred, tf.float32) >= self.threshold, tf.float32)
+    positive = tf.cast(labels > 0, tf.float32)
+    negative = tf.cast(tf.equal(labels, 0.0), tf.float32)
+    self.counts.assign_add(tf.stack([
+        tf.reduce_sum(predicted * positive), tf.reduce_sum(predicted * negative),
+        tf.reduce_sum((1.0 - predicted) * positive), tf.reduce_sum((1.0 - predicted) * negative)]))
+
+  def reset_state(self):
+    self.counts.assign([0.0, 0.0, 0.0, 0.0])
+
+  def get_config(self):
+    return {"threshold": self.threshold, "name": self.name}
+
+  def _counts(self):
+    import tensorflow as tf
+    return tf.unstack(self.counts)
 
 
-def _metric_class(name: str, formula):
-  import keras
+class ObjectnessAccuracy(_MaskedObjectness):
+  """(tp + tn) / sampled anchors."""
 
-  class _Masked(keras.metrics.Metric):
-    """Objectness metric over sampled anchors only (labels -1 ignored), at 0.5."""
+  def __init__(self, threshold: float = SCORE_THRESHOLD, name: str = "objectness_accuracy",
+               **kwargs):
+    super().__init__(threshold, name, **kwargs)
 
-    def __init__(self, threshold: float = 0.5, name: str = name, **kwargs):
-      super().__init__(name=name, **kwargs)
-      self.threshold = threshold
-      self.counts = self.add_variable(shape=(4,), initializer="zeros", name="counts")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-      import tensorflow as tf
-      self.counts.assign_add(tf.stack(_masked_counts(y_true, y_pred, self.threshold)))
-
-    def result(self):
-      import tensorflow as tf
-      tp, fp, fn, tn = tf.unstack(self.counts)
-      return formula(tp, fp, fn, tn)
-
-    def reset_state(self):
-      self.counts.assign([0.0, 0.0, 0.0, 0.0])
-
-    def get_config(self):
-      return {"threshold": self.threshold, "name": self.name}
-
-  _Masked.__name__ = name
-  return _Masked
+  def result(self):
+    import tensorflow as tf
+    tp, fp, fn, tn = self._counts()
+    return tf.math.divide_no_nan(tp + tn, tp + fp + fn + tn)
 
 
-def _ratio(a, b):
-  import tensorflow as tf
-  return tf.math.divide_no_nan(a, b)
+class PositivePrecision(_MaskedObjectness):
+  """tp / (tp + fp): of the sampled anchors scored positive, those labelled 1."""
+
+  def __init__(self, threshold: float = SCORE_THRESHOLD, name: str = "positive_precision",
+               **kwargs):
+    super().__init__(threshold, name, **kwargs)
+
+  def result(self):
+    import tensorflow as tf
+    tp, fp, _, _ = self._counts()
+    return tf.math.divide_no_nan(tp, tp + fp)
+
+
+class PositiveRecall(_MaskedObjectness):
+  """tp / (tp + fn): of the anchors labelled 1, those scored positive."""
+
+  def __init__(self, threshold: float = SCORE_THRESHOLD, name: str = "positive_recall",
+               **kwargs):
+    super().__init__(threshold, name, **kwargs)
+
+  def result(self):
+    import tensorflow as tf
+    tp, _, fn, _ = self._counts()
+    return tf.math.divide_no_nan(tp, tp + fn)
+
+
+class TilesSeen(keras.metrics.Metric):
+  """Number of tiles (records) seen since the last reset: an epoch's size."""
+
+  def __init__(self, name: str = "tiles", **kwargs):
+    super().__init__(name=name, **kwargs)
+    self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+
+  def update_state(self, y_true, y_pred, sample_weight=None):
+    import tensorflow as tf
+    self.total.assign_add(tf.cast(tf.shape(y_true)[0], self.total.dtype))
+
+  def result(self):
+    import tensorflow as tf
+    return tf.identity(self.total)  # a value: the variable itself changes under validation
+
+  def reset_state(self):
+    self.total.assign(0.0)
 
 
 def objectness_metrics():
-  """Accuracy, precision and recall of positives, over sampled anchors only."""
-  accuracy = _metric_class("objectness_accuracy",
-                           lambda tp, fp, fn, tn: _ratio(tp + tn, tp + fp + fn + tn))
-  precision = _metric_class("positive_precision", lambda tp, fp, fn, tn: _ratio(tp, tp + fp))
-  recall = _metric_class("positive_recall", lambda tp, fp, fn, tn: _ratio(tp, tp + fn))
-  return [accuracy(), precision(), recall()]
+  """Metrics for the "scores" output: accuracy, precision and recall of
+  positives over sampled anchors, and the number of tiles seen."""
+  return [ObjectnessAccuracy(), PositivePrecision(), PositiveRecall(), TilesSeen()]

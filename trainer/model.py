@@ -13,13 +13,14 @@ model's output at (y, x) equals the tile model's output for that tile.
 
 Both models first standardise the features per channel with fixed statistics
 of the training shards (`feature_mean`, `feature_variance`: computed once by
-rpn-train, saved in train_config.json, not trained). The method feeds raw
-features; with badly scaled features (random backbone weights give values
-around 1e-2) Adam then drives the ReLU units into a state where positives
-score below negatives for many epochs, and standardising fixes that. So that
-tile and map outputs stay equal, the inference model zero-pads the raw map by
-one point, standardises, then applies the 3x3 conv with `valid` padding: the
-same as a `same` conv over the raw map, padding included, as the tile sees it.
+rpn-train, saved in train_config.json, not trained; identity by default). The
+method feeds raw features; badly scaled ones (random backbone weights give
+values around 1e-2) train much slower: on the sample shards, 6 epochs at
+learning rate 1e-3 reached train loss 0.082 standardised against 0.123 raw,
+and validation recall of positives 0.13 against 0.01. So that tile and map
+outputs stay equal, the inference model zero-pads the raw map by one point,
+standardises, then applies the 3x3 conv with `valid` padding: the same as a
+`same` conv over the raw map, padding included, as the tile sees it.
 """
 from __future__ import annotations
 
@@ -27,9 +28,11 @@ import json
 import os
 from typing import Tuple
 
+from pipeline.config import MANIFEST_NAME, AnchorConfig
+
 WEIGHTS_NAME = "rpn.weights.h5"
-MANIFEST_NAME = "manifest.json"
 TRAIN_CONFIG_NAME = "train_config.json"
+DEFAULT_HIDDEN = 512  # filters of the 3x3 conv, as in the paper
 
 
 def _layers(channels_hidden: int, num_anchors: int, padding: str):
@@ -67,15 +70,21 @@ def feature_statistics(center_features, floor: float = 1e-3):
   return mean, variance
 
 
-def build_tile_model(channels: int, num_anchors: int = 9, hidden: int = 512,
+def build_tile_model(channels: int, num_anchors: int = AnchorConfig().num_anchors, hidden: int = DEFAULT_HIDDEN,
                      feature_mean=None, feature_variance=None):
-  """Tile [B, 3, 3, C] -> {"scores": [B, A], "deltas": [B, 4A]}."""
+  """Tile [B, 3, 3, C] -> {"scores": [B, A], "deltas": [B, 4A]}.
+
+  Layers rpn_conv (3x3 valid, ReLU), rpn_cls (1x1 sigmoid), rpn_bbox (1x1
+  linear), behind a fixed `standardise` layer: identity unless the training
+  statistics feature_mean, feature_variance ([C] each) are given. The heads
+  compute in float32 under a mixed precision policy.
+  """
   import keras
   tile = keras.Input((3, 3, channels), name="tile")
   conv, cls, bbox = _layers(hidden, num_anchors, "valid")
   x = conv(_standardise(channels, feature_mean, feature_variance)(tile))
-  scores = keras.layers.Reshape((num_anchors,), name="scores")(cls(x))
-  deltas = keras.layers.Reshape((4 * num_anchors,), name="deltas")(bbox(x))
+  scores = keras.layers.Reshape((num_anchors,), name="scores", dtype="float32")(cls(x))
+  deltas = keras.layers.Reshape((4 * num_anchors,), name="deltas", dtype="float32")(bbox(x))
   return keras.Model(tile, {"scores": scores, "deltas": deltas}, name="rpn_tile")
 
 
@@ -127,7 +136,7 @@ def load_rpn(job_dir: str) -> Tuple[object, object, dict, dict]:
     train_config = json.load(f)
   channels = int(manifest["feature_channels"])
   tile_model = build_tile_model(channels, int(manifest["anchor"]["num_anchors"]),
-                                int(train_config.get("hidden", 512)),
+                                int(train_config.get("hidden", DEFAULT_HIDDEN)),
                                 train_config.get("feature_mean"),
                                 train_config.get("feature_variance"))
   with tempfile.TemporaryDirectory() as tmp:

@@ -2,19 +2,29 @@
 
     rpn-train --data DIR [--val_data DIR] --job_dir JOB [--epochs 10] [--batch_size 256]
 
-Writes into JOB: rpn.weights.h5 and manifest.json (the data's, verbatim) and
-train_config.json at the end; logs/ (TensorBoard), checkpoints/ (weights per
-epoch), backup/ (resume state: rerunning the same command after an
-interruption continues where it stopped), history.csv.
+Shape shorthand: B tiles per step, C feature channels, A anchors per point.
+Batches are tiles [B, 3, 3, C] with targets {"scores": [B, A], "deltas":
+[B, 5A]} (data.py); the losses and metrics skip anchors labelled -1 (losses.py).
+
+Writes into JOB: manifest.json (the data's, verbatim; first, so that a rerun
+on other data fails fast), logs/ (TensorBoard), checkpoints/ (weights per
+epoch), backup/ (training state after each epoch), history.csv, and at the
+end rpn.weights.h5, train_config.json and metrics.json. Rerunning the same
+command after an interruption resumes from backup/ at the next epoch; the
+backup is kept after the last epoch, so a rerun with a larger --epochs
+trains on from there (use a fresh JOB to start over).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
 from typing import Dict, Optional, Sequence
+
+import keras
 
 from trainer import data as data_lib
 from trainer import losses as losses_lib
@@ -22,6 +32,34 @@ from trainer import manifest as manifest_lib
 from trainer import model as model_lib
 
 _LOGGER = logging.getLogger(__name__)
+STATISTICS_TILES = 20000  # tiles sampled for the per-channel feature statistics
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  epochs: int = 10
+  batch_size: int = 256  # tiles per step
+  learning_rate: float = 1e-3  # Adam
+  box_loss_weight: float = losses_lib.DEFAULT_BOX_LOSS_WEIGHT
+  hidden: int = model_lib.DEFAULT_HIDDEN
+  steps_per_epoch: Optional[int] = None  # None: one pass over the shards
+  shuffle_buffer_mb: int = data_lib.DEFAULT_SHUFFLE_BUFFER_MB
+  mixed_precision: bool = False
+  skip_corrupt_shards: bool = False
+  seed: int = 0
+
+
+_HELP = {
+    "batch_size": "tiles per step",
+    "learning_rate": "Adam learning rate",
+    "box_loss_weight": "weight of the box (smooth L1) loss against the objectness loss",
+    "hidden": "filters of the 3x3 conv",
+    "steps_per_epoch": "steps per epoch (the data repeats); default: one pass over the shards",
+    "shuffle_buffer_mb": "megabytes of records in the shuffle buffer",
+    "mixed_precision": "compute in mixed_float16 (GPUs with tensor cores); outputs stay float32",
+    "skip_corrupt_shards": "leave out shards that cannot be read to the end (logged) "
+                           "instead of failing",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,20 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--data", required=True, help="shard directory of rpn-preprocess")
   parser.add_argument("--val_data", help="held-out shard directory (same backbone and anchors)")
   parser.add_argument("--job_dir", required=True, help="where the model, logs and checkpoints go")
-  parser.add_argument("--epochs", type=int, default=10)
-  parser.add_argument("--batch_size", type=int, default=256, help="tiles per step")
-  parser.add_argument("--learning_rate", type=float, default=1e-3)
-  parser.add_argument("--box_loss_weight", type=float, default=1.0)
-  parser.add_argument("--hidden", type=int, default=512, help="filters of the 3x3 conv")
-  parser.add_argument("--steps_per_epoch", type=int, default=None,
-                      help="default: one pass over the shards")
-  parser.add_argument("--shuffle_buffer_mb", type=int, default=data_lib.DEFAULT_SHUFFLE_BUFFER_MB)
-  parser.add_argument("--mixed_precision", action="store_true",
-                      help="mixed_float16 compute (GPUs with tensor cores)")
-  parser.add_argument("--skip_corrupt_shards", action="store_true",
-                      help="leave out shards that fail the check (reported) instead of failing")
-  parser.add_argument("--seed", type=int, default=0)
+  for field in dataclasses.fields(TrainConfig):
+    flag, help_text = "--" + field.name, _HELP.get(field.name)
+    if field.type in (bool, "bool"):
+      parser.add_argument(flag, action="store_true", help=help_text)
+    else:
+      kind = {"int": int, "float": float, "Optional[int]": int}[str(field.type)]
+      parser.add_argument(flag, type=kind, default=field.default, help=help_text)
   return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+  return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
 def _strategy():
@@ -52,112 +88,156 @@ def _strategy():
   if len(gpus) > 1:
     _LOGGER.warning("training on %d GPUs with MirroredStrategy", len(gpus))
     return tf.distribute.MirroredStrategy()
-  _LOGGER.warning("training on %s", "the GPU" if gpus else "the CPU (no GPU found)")
+  _LOGGER.warning("training on %s", f"the GPU {gpus[0].name}" if gpus else
+                  "the CPU (no GPU found)")
   return tf.distribute.get_strategy()
 
 
 def _load_data(data_dir: str, skip_corrupt: bool):
+  """(manifest, usable shard paths, report) of a checked shard directory."""
   manifest = manifest_lib.load_manifest(data_dir)
-  files, report = manifest_lib.check_shards(manifest, skip_corrupt)
-  if report["shards_skipped"]:
-    _LOGGER.warning("%s: left out %d corrupt shards: %s", data_dir,
-                    len(report["shards_skipped"]), report["problems"])
+  files, report = data_lib.check_shards(data_dir, manifest, skip_corrupt)
   if not files:
-    raise manifest_lib.ManifestError(f"{data_dir}: no usable shard")
+    raise data_lib.CorruptShardError(f"{data_dir}: no readable shard")
   return manifest, files, report
 
 
-def _feature_statistics(files, manifest, seed: int, max_tiles: int = 20000):
-  """Per-channel mean and variance of the centre features of up to max_tiles
-  training tiles (a shuffled sample across shards)."""
+def feature_statistics(data_dir: str, manifest: Dict, files, skip_corrupt: bool = False,
+                       max_tiles: int = STATISTICS_TILES):
+  """Per-channel (mean, variance) of the centre features of the first max_tiles
+  tiles, read in a fixed order (interleaved across shards) so that a resumed
+  run computes the same."""
   import numpy as np
-  sample = data_lib.make_dataset(files, manifest, 1024, shuffle=True, seed=seed,
-                                 shuffle_buffer_mb=64)
+  sample = data_lib.make_dataset(data_dir, manifest, 1024, shuffle=False, files=files,
+                                 skip_corrupt=skip_corrupt)
   centres, total = [], 0
   for tiles, _ in sample:
     centres.append(tiles.numpy()[:, 1, 1, :])
     total += len(centres[-1])
     if total >= max_tiles:
       break
-  return model_lib.feature_statistics(np.concatenate(centres))
+  return model_lib.feature_statistics(np.concatenate(centres)[:max_tiles])
 
 
-def _corrupt_data_error(manifest, error, *others) -> manifest_lib.ManifestError:
-  """A shard's payload is corrupt (or went bad after the check): name the file."""
+def _corrupt_data_error(error, *dirs_and_manifests) -> data_lib.CorruptShardError:
+  """A DataLossError from tf.data, which does not say which file: find it."""
   problems = {}
-  for m in (manifest,) + tuple(o for o in others if o):
-    problems.update(manifest_lib.check_shards(m, skip_corrupt=True, verify_payload=True)[1]["problems"])
+  for data_dir, manifest in dirs_and_manifests:
+    problems.update(data_lib.find_corrupt_shards(data_dir, manifest))
   found = "; ".join(f"{path}: {problem}" for path, problem in problems.items())
-  return manifest_lib.ManifestError(
+  return data_lib.CorruptShardError(
       f"corrupt data while training ({error.message.splitlines()[0]}): "
-      f"{found or 'no shard fails the full check now'}")
+      f"{found or 'no shard fails the full check now'}; rerun rpn-preprocess, or pass "
+      f"--skip_corrupt_shards to train without it")
+
+
+class EpochSizeCheck(keras.callbacks.Callback):
+  """Warns when an epoch saw fewer tiles than the shards hold (records lost to
+  corrupt shards under --skip_corrupt_shards): never a silent partial epoch."""
+
+  def __init__(self, expected_train: Optional[int], expected_val: Optional[int]):
+    super().__init__()
+    self.expected = {"scores_tiles": expected_train, "val_scores_tiles": expected_val}
+
+  def on_epoch_end(self, epoch, logs=None):
+    for key, expected in self.expected.items():
+      seen = (logs or {}).get(key)
+      if expected and seen is not None and int(seen) < expected:
+        _LOGGER.warning("epoch %d: %s saw %d of the %d tiles in its shards (%d lost to "
+                        "corrupt records)", epoch + 1, "validation" if key[:4] == "val_" else
+                        "training", int(seen), expected, expected - int(seen))
 
 
 def compile_model(model, learning_rate: float, box_loss_weight: float) -> None:
-  import keras
-  losses, weights = losses_lib.rpn_losses(box_loss_weight)
-  model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=losses,
-                loss_weights=weights,
-                metrics={"scores": losses_lib.objectness_metrics()})
+  loss, loss_weights = losses_lib.rpn_losses(box_loss_weight)
+  model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
+                loss_weights=loss_weights, metrics={"scores": losses_lib.objectness_metrics()})
 
 
-def train(args: argparse.Namespace) -> Dict[str, float]:
-  """Trains, saves into the job dir; returns the last epoch's logs."""
-  import keras
+def _write_json(path: str, content) -> None:
   import tensorflow as tf
-  keras.utils.set_random_seed(args.seed)
-  manifest, files, report = _load_data(args.data, args.skip_corrupt_shards)
-  val = val_manifest = None
+  with tf.io.gfile.GFile(path, "w") as f:
+    f.write(json.dumps(content, indent=2, sort_keys=True) + "\n")
+
+
+def train(args: argparse.Namespace, callbacks: Sequence = ()) -> Dict[str, float]:
+  """Trains, saves into the job dir; returns the last epoch's logs.
+
+  `callbacks` are added to fit()'s (tests use this to interrupt a run).
+  """
+  import tensorflow as tf
+  config = config_from_args(args)
+  keras.utils.set_random_seed(config.seed)
+  manifest, files, report = _load_data(args.data, config.skip_corrupt_shards)
+  sources = [(args.data, manifest)]
+  val = val_report = None
   if args.val_data:
-    val_manifest, val_files, _ = _load_data(args.val_data, args.skip_corrupt_shards)
-    manifest_lib.check_compatible(manifest, val_manifest, "--val_data")
-    val = data_lib.make_dataset(val_files, val_manifest, args.batch_size, shuffle=False)
-  job_model = os.path.join(args.job_dir, model_lib.MANIFEST_NAME)
-  if tf.io.gfile.exists(job_model):
-    with tf.io.gfile.GFile(job_model) as f:
-      manifest_lib.check_compatible(json.load(f), manifest, "--data")
-  if args.mixed_precision:
-    keras.mixed_precision.set_global_policy("mixed_float16")
-  train_ds = data_lib.make_dataset(files, manifest, args.batch_size, shuffle=True,
-                                   repeat=args.steps_per_epoch is not None,
-                                   shuffle_buffer_mb=args.shuffle_buffer_mb, seed=args.seed)
+    val_manifest, val_files, val_report = _load_data(args.val_data, config.skip_corrupt_shards)
+    manifest_lib.check_compatible(manifest, val_manifest, f"--val_data {args.val_data}")
+    sources.append((args.val_data, val_manifest))
+    val = data_lib.make_dataset(args.val_data, val_manifest, config.batch_size, shuffle=False,
+                                skip_corrupt=config.skip_corrupt_shards, files=val_files,
+                                num_records=val_report["records"])
+  job_manifest = os.path.join(args.job_dir, model_lib.MANIFEST_NAME)
+  if tf.io.gfile.exists(job_manifest):
+    with tf.io.gfile.GFile(job_manifest) as f:
+      manifest_lib.check_compatible(json.load(f), manifest, (
+          f"--data {args.data} (the job dir {args.job_dir} holds a model of other data; "
+          f"use a fresh --job_dir)"))
+  tf.io.gfile.makedirs(os.path.join(args.job_dir, "checkpoints"))
+  _write_json(job_manifest, manifest)
+  train_ds = data_lib.make_dataset(
+      args.data, manifest, config.batch_size, shuffle=True,
+      repeat=config.steps_per_epoch is not None, shuffle_buffer_mb=config.shuffle_buffer_mb,
+      seed=config.seed, skip_corrupt=config.skip_corrupt_shards, files=files,
+      num_records=report["records"])
   try:
-    feature_mean, feature_variance = _feature_statistics(files, manifest, args.seed)
+    feature_mean, feature_variance = feature_statistics(args.data, manifest, files,
+                                                        config.skip_corrupt_shards)
   except tf.errors.DataLossError as e:
-    raise _corrupt_data_error(manifest, e) from e
-  with _strategy().scope():
-    model = model_lib.build_tile_model(int(manifest["feature_channels"]),
-                                       int(manifest["anchor"]["num_anchors"]), args.hidden,
-                                       feature_mean, feature_variance)
-    compile_model(model, args.learning_rate, args.box_loss_weight)
-  tf.io.gfile.makedirs(args.job_dir)
-  callbacks = [
-      keras.callbacks.BackupAndRestore(os.path.join(args.job_dir, "backup")),
+    raise _corrupt_data_error(e, *sources) from e
+  policy = keras.mixed_precision.global_policy()
+  if config.mixed_precision:
+    keras.mixed_precision.set_global_policy("mixed_float16")
+  try:
+    with _strategy().scope():
+      model = model_lib.build_tile_model(int(manifest["feature_channels"]),
+                                         int(manifest["anchor"]["num_anchors"]), config.hidden,
+                                         feature_mean, feature_variance)
+      compile_model(model, config.learning_rate, config.box_loss_weight)
+  finally:
+    keras.mixed_precision.set_global_policy(policy)
+  fit_callbacks = [
+      keras.callbacks.BackupAndRestore(os.path.join(args.job_dir, "backup"),
+                                       double_checkpoint=True, delete_checkpoint=False),
       keras.callbacks.ModelCheckpoint(
           os.path.join(args.job_dir, "checkpoints", "epoch-{epoch:03d}.weights.h5"),
           save_weights_only=True),
       keras.callbacks.TensorBoard(os.path.join(args.job_dir, "logs")),
       keras.callbacks.CSVLogger(os.path.join(args.job_dir, "history.csv"), append=True),
       keras.callbacks.TerminateOnNaN(),
-  ]
-  tf.io.gfile.makedirs(os.path.join(args.job_dir, "checkpoints"))
+      EpochSizeCheck(report["records"] if config.steps_per_epoch is None else None,
+                     val_report["records"] if val_report else None),
+  ] + list(callbacks)
   try:
-    history = model.fit(train_ds, validation_data=val, epochs=args.epochs,
-                        steps_per_epoch=args.steps_per_epoch, callbacks=callbacks,
+    history = model.fit(train_ds, validation_data=val, epochs=config.epochs,
+                        steps_per_epoch=config.steps_per_epoch, callbacks=fit_callbacks,
+                        shuffle=False,  # the dataset shuffles
                         verbose=1 if sys.stdout.isatty() else 2)
   except tf.errors.DataLossError as e:
-    raise _corrupt_data_error(manifest, e, val_manifest if args.val_data else None) from e
-  train_config = {key: getattr(args, key) for key in (
-      "epochs", "batch_size", "learning_rate", "box_loss_weight", "hidden", "steps_per_epoch",
-      "mixed_precision", "seed")}
-  train_config.update(data=args.data, val_data=args.val_data, shards_skipped=report["shards_skipped"],
+    raise _corrupt_data_error(e, *sources) from e
+  train_config = dict(dataclasses.asdict(config), data=args.data, val_data=args.val_data,
+                      num_anchors=int(manifest["anchor"]["num_anchors"]),
+                      channels=int(manifest["feature_channels"]),
+                      smooth_l1_beta=losses_lib.SMOOTH_L1_BETA,
+                      loss_normalisation="N_cls (sampled anchors in the batch)",
+                      shards_skipped=report["skipped"],
+                      epochs_run=[int(e) for e in history.epoch],
                       feature_mean=[float(v) for v in feature_mean],
                       feature_variance=[float(v) for v in feature_variance])
-  manifest = {k: v for k, v in manifest.items() if not k.startswith("_")}
   model_lib.save_rpn(args.job_dir, model, manifest, train_config)
-  last = {k: float(v[-1]) for k, v in history.history.items()} if history.history else {}
-  with tf.io.gfile.GFile(os.path.join(args.job_dir, "metrics.json"), "w") as f:
-    f.write(json.dumps(last, indent=2, sort_keys=True) + "\n")
+  last = {k: float(v[-1]) for k, v in history.history.items() if v}
+  _write_json(os.path.join(args.job_dir, "metrics.json"), last)
   return last
 
 
@@ -166,7 +246,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = build_parser().parse_args(argv)
   try:
     last = train(args)
-  except manifest_lib.ManifestError as e:
+  except manifest_lib.ManifestError as e:  # CorruptShardError included
     print(f"rpn-train: error: {e}", file=sys.stderr)
     return 2
   print("final epoch: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(last.items())))

@@ -1,0 +1,224 @@
+"""trainer.manifest and trainer.data: manifest checks, shard checks, tf.data round trip."""
+import json
+import os
+import shutil
+import struct
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline import schema
+from tests import trainer_fixtures as fixtures
+from trainer import data as data_lib
+from trainer import manifest as manifest_lib
+
+CHANNELS = 8
+
+
+@pytest.fixture(scope="module", params=[("float32", "NONE"), ("float16", "GZIP")],
+                ids=["float32", "float16-gzip"])
+def shard_dir(request, tmp_path_factory):
+  dtype, compression = request.param
+  directory = str(tmp_path_factory.mktemp(f"{dtype}-{compression}"))
+  manifest, records = fixtures.write_shards(directory, num_records=45, channels=CHANNELS,
+                                            num_shards=3, dtype=dtype, compression=compression)
+  return directory, manifest, records
+
+
+def _copy(directory, tmp_path, name="copy"):
+  return shutil.copytree(directory, str(tmp_path / name))
+
+
+def _truncate(path, drop_bytes=100):
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) - drop_bytes)
+
+
+def _flip_byte(path, offset):
+  with open(path, "r+b") as f:
+    f.seek(offset)
+    byte = f.read(1)
+    f.seek(offset)
+    f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def _record_offsets(path):
+  """Byte offset of each record's header in an uncompressed TFRecord file."""
+  offsets, offset, size = [], 0, os.path.getsize(path)
+  with open(path, "rb") as f:
+    while offset < size:
+      offsets.append(offset)
+      f.seek(offset)
+      length = struct.unpack("<Q", f.read(8))[0]
+      offset += 12 + length + 4  # header (length, crc), payload, crc
+  return offsets
+
+
+def test_parse_examples_eagerly_and_in_dataset_map_give_what_was_written(shard_dir):
+  directory, manifest, records = shard_dir
+  loaded = manifest_lib.load_manifest(directory)
+  assert loaded == manifest
+  paths = manifest_lib.shard_paths(directory, manifest)
+  compression = "GZIP" if manifest["compression"] == "GZIP" else ""
+
+  def check(parsed):
+    for i in range(len(parsed["labels"])):
+      key = (parsed["image_id"][i].numpy().decode(), tuple(parsed["location"][i].numpy()))
+      tile, labels, deltas = records.pop(key)
+      # float16 tiles come back widened to float32, value for value.
+      np.testing.assert_array_equal(parsed["tile"][i].numpy(), tile.astype(np.float32))
+      np.testing.assert_array_equal(parsed["labels"][i].numpy(), labels)
+      np.testing.assert_array_equal(parsed["deltas"][i].numpy(), deltas)
+
+  raw = tf.data.TFRecordDataset(paths, compression_type=compression).batch(7)
+  want = dict(records)
+  for serialized in raw:  # eagerly
+    check(schema.parse_examples(serialized, 9, CHANNELS, manifest["dtype"]))
+  assert not records
+  records.update(want)
+  mapped = raw.map(lambda s: schema.parse_examples(s, 9, CHANNELS, manifest["dtype"]))
+  for parsed in mapped:  # traced inside Dataset.map
+    assert parsed["tile"].dtype == tf.float32 and parsed["labels"].dtype == tf.int32
+    check(parsed)
+  assert not records
+  records.update(want)
+
+
+def test_make_dataset_yields_every_record_once_in_the_model_structure(shard_dir):
+  directory, manifest, records = shard_dir
+  want = sorted((tile.astype(np.float32).tobytes(), labels.astype(np.float32).tobytes(),
+                 np.concatenate([labels, deltas]).astype(np.float32).tobytes())
+                for tile, labels, deltas in records.values())
+  for shuffle in (True, False):
+    got = []
+    ds = data_lib.make_dataset(directory, manifest, batch_size=8, shuffle=shuffle, seed=3)
+    for tiles, targets in ds:
+      assert tiles.shape[1:] == (3, 3, CHANNELS) and tiles.dtype == tf.float32
+      assert targets["scores"].shape[1:] == (9,) and targets["deltas"].shape[1:] == (45,)
+      got += [(t.tobytes(), s.tobytes(), d.tobytes()) for t, s, d in
+              zip(tiles.numpy(), targets["scores"].numpy(), targets["deltas"].numpy())]
+    assert sorted(got) == want  # 45 records: 5 full batches and one of 5
+
+
+def test_repeat_and_drop_remainder_give_full_batches(shard_dir):
+  directory, manifest, _ = shard_dir
+  ds = data_lib.make_dataset(directory, manifest, 8, repeat=True, drop_remainder=True, seed=0)
+  assert [int(t.shape[0]) for t, _ in ds.take(12)] == [8] * 12  # 96 tiles > 45 records
+
+
+def test_record_bytes_estimate_is_close_for_the_real_channel_count():
+  manifest = fixtures.make_manifest(channels=1536)
+  tiles, labels, deltas = fixtures.make_records(1, 1536)
+  size = len(schema.make_example(tiles[0], labels[0], deltas[0], "a/b", (3, 4)))
+  # 9 * 1536 * 4 = 55296 bytes of tile: ~55 KB a record.
+  assert abs(data_lib.record_bytes(manifest) - size) < 0.02 * size
+
+
+def test_manifest_errors_name_the_file(shard_dir, tmp_path):
+  directory, manifest, _ = shard_dir
+  with pytest.raises(manifest_lib.ManifestError, match="manifest.json: not found"):
+    manifest_lib.load_manifest(str(tmp_path))
+  # A listed shard is missing.
+  missing = _copy(directory, tmp_path, "missing")
+  victim = manifest["shard_files"][1]
+  os.remove(os.path.join(missing, victim))
+  with pytest.raises(manifest_lib.ManifestError, match=f"{victim}: shard listed in .* missing"):
+    manifest_lib.load_manifest(missing)
+  # A stale shard of another run lies beside the listed ones.
+  stale = _copy(directory, tmp_path, "stale")
+  stale_name = "tiles-00000-of-00005.tfrecord"
+  shutil.copy(os.path.join(stale, manifest["shard_files"][0]), os.path.join(stale, stale_name))
+  with pytest.raises(manifest_lib.ManifestError, match=f"not listed.*{stale_name}"):
+    manifest_lib.load_manifest(stale)
+  # Values: shard count, dtype, compression, missing keys.
+  for change, message in (({"num_shards": 4}, "shard_files lists 3 files but num_shards is 4"),
+                          ({"dtype": "bfloat16"}, "dtype 'bfloat16'"),
+                          ({"compression": "ZLIB"}, "compression 'ZLIB'"),
+                          ({"counts": None, "anchor": None}, None)):
+    bad = _copy(directory, tmp_path, f"bad{len(os.listdir(tmp_path))}")
+    content = dict(manifest, **change)
+    if message is None:
+      del content["counts"], content["anchor"]
+      message = r"missing keys \['anchor', 'counts'\]"
+    with open(os.path.join(bad, "manifest.json"), "w") as f:
+      json.dump(content, f)
+    with pytest.raises(manifest_lib.ManifestError, match=f"manifest.json: {message}"):
+      manifest_lib.load_manifest(bad)
+
+
+def test_check_compatible_names_the_differing_key():
+  a = fixtures.make_manifest()
+  manifest_lib.check_compatible(a, fixtures.make_manifest(dtype="float16", compression="GZIP",
+                                                          num_shards=5))
+  for key, value in (("backbone", "ResNet50"), ("weights", "imagenet"),
+                     ("feature_channels", 16),
+                     ("anchor", dict(a["anchor"], scales=[2, 4, 8]))):
+    with pytest.raises(manifest_lib.ManifestError, match=f"--val_data x: {key} is"):
+      manifest_lib.check_compatible(a, dict(a, **{key: value}), "--val_data x")
+
+
+@pytest.mark.parametrize("compression", ["NONE", "GZIP"])
+def test_truncated_shard_is_named_or_skipped_with_a_count(tmp_path, compression):
+  directory = str(tmp_path / "data")
+  manifest, _ = fixtures.write_shards(directory, num_records=30, channels=CHANNELS,
+                                      num_shards=3, compression=compression)
+  victim = manifest_lib.shard_paths(directory, manifest)[1]
+  _truncate(victim, 100 if compression == "NONE" else 30)
+  with pytest.raises(data_lib.CorruptShardError, match=os.path.basename(victim)):
+    data_lib.check_shards(directory, manifest)
+  with pytest.raises(data_lib.CorruptShardError, match=os.path.basename(victim)):
+    data_lib.make_dataset(directory, manifest, 8)
+  files, report = data_lib.check_shards(directory, manifest, skip_corrupt=True)
+  assert victim not in files and list(report["skipped"]) == [victim]
+  assert report["records"] == 20 and report["shards"] == 3  # 10 records a shard
+  seen = sum(int(t.shape[0]) for t, _ in
+             data_lib.make_dataset(directory, manifest, 8, skip_corrupt=True))
+  assert seen == 20
+
+
+def test_record_count_must_match_the_manifest(tmp_path):
+  directory = str(tmp_path / "data")
+  manifest, _ = fixtures.write_shards(directory, num_records=20, channels=CHANNELS)
+  manifest["counts"]["records"] = 21
+  with pytest.raises(data_lib.CorruptShardError, match="counts.records is 21 but the shards "
+                                                        "hold 20"):
+    data_lib.check_shards(directory, manifest)
+
+
+def test_corrupt_payload_is_found_by_the_full_check_and_skipped_on_request(tmp_path):
+  directory = str(tmp_path / "data")
+  manifest, _ = fixtures.write_shards(directory, num_records=30, channels=CHANNELS,
+                                      num_shards=3)
+  victim = manifest_lib.shard_paths(directory, manifest)[2]
+  _flip_byte(victim, _record_offsets(victim)[4] + 100)  # inside record 4's payload
+  data_lib.check_shards(directory, manifest)  # the fast framing check passes
+  with pytest.raises(tf.errors.DataLossError):
+    for _ in data_lib.make_dataset(directory, manifest, 8):
+      pass
+  problems = data_lib.find_corrupt_shards(directory, manifest)
+  assert list(problems) == [victim] and "record 4" in problems[victim]
+  # Skipping: records 0-3 of the bad shard are kept, the rest of it dropped.
+  seen = sum(int(t.shape[0]) for t, _ in
+             data_lib.make_dataset(directory, manifest, 8, skip_corrupt=True))
+  assert seen == 24
+
+
+def test_reads_the_shards_of_the_real_pipeline(tmp_path):
+  """rpn-preprocess (tiny backbone, float16, GZIP) -> the trainer's input, record for record."""
+  from tests import dataset_fixtures
+  from tests import pipeline_helpers as helpers
+  root, output = str(tmp_path / "ilsvrc"), str(tmp_path / "shards")
+  dataset_fixtures.write_dataset(root, num_images=3, seed=5)
+  helpers.preprocess(root, output, num_shards=2,
+                     extra=["--tile_dtype", "float16", "--compression", "GZIP"])
+  manifest = manifest_lib.load_manifest(output)
+  channels = manifest["feature_channels"]
+  want = sorted(
+      (r["tile"].astype(np.float32).tobytes(), np.asarray(r["labels"], np.float32).tobytes())
+      for r in (helpers.decode_record(s, channels, manifest["dtype"])
+                for s in helpers.read_records(output)))
+  got = []
+  for tiles, targets in data_lib.make_dataset(output, manifest, 16, seed=0):
+    got += [(t.tobytes(), s.tobytes()) for t, s in zip(tiles.numpy(), targets["scores"].numpy())]
+  assert len(got) == manifest["counts"]["records"] > 0 and sorted(got) == want

@@ -1,0 +1,97 @@
+"""trainer.model: the tile model, its fully convolutional twin, saving and loading."""
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from tests import trainer_fixtures as fixtures
+from trainer import model as model_lib
+
+CHANNELS, HIDDEN = 6, 16
+
+
+def _randomise(model, seed=0):
+  """Random weights and biases, so that every anchor's output differs."""
+  rng = np.random.default_rng(seed)
+  for layer in model.layers:
+    if layer.get_weights():
+      layer.set_weights([rng.normal(0, 0.3, w.shape).astype(w.dtype)
+                         for w in layer.get_weights()])
+  return model
+
+
+def _tiles_of(feature_map):
+  """tile(y, x) = pad(map, 1)[y:y+3, x:x+3], row-major: [Hf * Wf, 3, 3, C]."""
+  height, width = feature_map.shape[:2]
+  padded = np.pad(feature_map, ((1, 1), (1, 1), (0, 0)))
+  return np.stack([padded[y:y + 3, x:x + 3] for y in range(height) for x in range(width)])
+
+
+def test_tile_model_interface():
+  model = model_lib.build_tile_model(CHANNELS, 9, HIDDEN)
+  assert model.input.name == "tile" and tuple(model.input.shape) == (None, 3, 3, CHANNELS)
+  names = {layer.name for layer in model.layers}
+  assert {"rpn_conv", "rpn_cls", "rpn_bbox"} <= names
+  out = model(np.zeros((2, 3, 3, CHANNELS), np.float32))
+  assert out["scores"].shape == (2, 9) and out["deltas"].shape == (2, 36)
+  assert model.get_layer("rpn_conv").padding == "valid"
+
+
+@pytest.mark.parametrize("standardised", [False, True])
+def test_inference_model_equals_tile_model_on_every_point(standardised):
+  rng = np.random.default_rng(1)
+  stats = ((rng.normal(size=CHANNELS), rng.uniform(0.5, 2.0, CHANNELS)) if standardised
+           else (None, None))
+  tile_model = _randomise(model_lib.build_tile_model(CHANNELS, 9, HIDDEN, *stats))
+  full = model_lib.build_inference_model(tile_model, CHANNELS)
+  for height, width in ((1, 1), (4, 7), (9, 3)):
+    feature_map = rng.normal(size=(height, width, CHANNELS)).astype(np.float32)
+    out = full(feature_map[None])
+    assert out["scores"].shape == (1, height, width, 9)
+    assert out["deltas"].shape == (1, height, width, 36)
+    expected = tile_model(_tiles_of(feature_map))
+    np.testing.assert_allclose(out["scores"].numpy().reshape(-1, 9), expected["scores"],
+                               atol=1e-5)
+    np.testing.assert_allclose(out["deltas"].numpy().reshape(-1, 36), expected["deltas"],
+                               atol=1e-5)
+
+
+def test_save_and_load_round_trip(tmp_path):
+  job = str(tmp_path / "job")
+  rng = np.random.default_rng(2)
+  mean, variance = rng.normal(size=CHANNELS), rng.uniform(0.5, 2.0, CHANNELS)
+  tile_model = _randomise(model_lib.build_tile_model(CHANNELS, 9, HIDDEN, mean, variance))
+  manifest = fixtures.make_manifest(channels=CHANNELS, extra_field={"kept": [1, 2]})
+  train_config = {"hidden": HIDDEN, "epochs": 3, "feature_mean": mean.tolist(),
+                  "feature_variance": variance.tolist()}
+  model_lib.save_rpn(job, tile_model, manifest, train_config)
+  assert sorted(os.listdir(job)) == ["manifest.json", "rpn.weights.h5", "train_config.json"]
+  with open(os.path.join(job, "manifest.json")) as f:
+    assert json.load(f) == manifest  # verbatim
+  tile2, full2, manifest2, config2 = model_lib.load_rpn(job)
+  assert manifest2 == manifest and config2 == train_config
+  tiles = rng.normal(size=(5, 3, 3, CHANNELS)).astype(np.float32)
+  for key in ("scores", "deltas"):
+    np.testing.assert_allclose(tile2(tiles)[key], tile_model(tiles)[key], atol=1e-6)
+  feature_map = rng.normal(size=(1, 4, 5, CHANNELS)).astype(np.float32)
+  np.testing.assert_allclose(full2(feature_map)["scores"].numpy().reshape(-1, 9),
+                             tile_model(_tiles_of(feature_map[0]))["scores"], atol=1e-5)
+
+
+def test_load_rpn_names_what_is_missing(tmp_path):
+  with pytest.raises(FileNotFoundError, match="rpn.weights.h5: missing"):
+    model_lib.load_rpn(str(tmp_path))
+
+
+def test_mixed_precision_keeps_float32_outputs():
+  policy = keras.mixed_precision.global_policy()
+  keras.mixed_precision.set_global_policy("mixed_float16")
+  try:
+    model = model_lib.build_tile_model(CHANNELS, 9, HIDDEN)
+  finally:
+    keras.mixed_precision.set_global_policy(policy)
+  assert model.get_layer("rpn_conv").compute_dtype == "float16"
+  out = model(np.ones((2, 3, 3, CHANNELS), np.float32))
+  assert out["scores"].dtype == "float32" and out["deltas"].dtype == "float32"

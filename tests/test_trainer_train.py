@@ -1,0 +1,169 @@
+"""trainer.train: rpn-train on generated shards: the loss falls, the job dir is
+complete, an interrupted run resumes, bad data fails with the file named."""
+import csv
+import json
+import os
+import shutil
+
+import keras
+import numpy as np
+import pytest
+
+from tests import trainer_fixtures as fixtures
+from trainer import data as data_lib
+from trainer import manifest as manifest_lib
+from trainer import model as model_lib
+from trainer import train as train_lib
+
+CHANNELS = 8
+
+
+@pytest.fixture(scope="module")
+def learnable(tmp_path_factory):
+  """Shards whose labels and deltas are functions of the tile: train and val."""
+  train_dir = str(tmp_path_factory.mktemp("train"))
+  fixtures.write_shards(train_dir, num_records=1024, channels=CHANNELS, num_shards=4,
+                        learnable=True, seed=1)
+  val_dir = str(tmp_path_factory.mktemp("val"))
+  fixtures.write_shards(val_dir, num_records=256, channels=CHANNELS, num_shards=2,
+                        dtype="float16", compression="GZIP", learnable=True, seed=2)
+  return train_dir, val_dir
+
+
+def _args(data, job, *extra):
+  return train_lib.build_parser().parse_args(
+      ["--data", data, "--job_dir", job, "--batch_size", "64", "--hidden", "16", *extra])
+
+
+def _history(job):
+  with open(os.path.join(job, "history.csv")) as f:
+    return list(csv.DictReader(f))
+
+
+def test_parser_defaults_come_from_the_config():
+  args = train_lib.build_parser().parse_args(["--data", "d", "--job_dir", "j"])
+  assert train_lib.config_from_args(args) == train_lib.TrainConfig()
+  args = train_lib.build_parser().parse_args(
+      ["--data", "d", "--job_dir", "j", "--mixed_precision", "--steps_per_epoch", "5",
+       "--learning_rate", "0.01"])
+  assert args.mixed_precision and args.steps_per_epoch == 5 and args.learning_rate == 0.01
+
+
+def test_short_run_loss_falls_and_job_dir_is_complete(learnable, tmp_path):
+  train_dir, val_dir = learnable
+  job = str(tmp_path / "job")
+  last = train_lib.train(_args(train_dir, job, "--val_data", val_dir, "--epochs", "6",
+                               "--learning_rate", "1e-2"))
+  rows = _history(job)
+  assert [r["epoch"] for r in rows] == ["0", "1", "2", "3", "4", "5"]
+  for key in ("loss", "scores_loss", "deltas_loss", "scores_objectness_accuracy",
+              "scores_positive_precision", "scores_positive_recall", "val_loss"):
+    assert key in rows[0], key
+  assert float(rows[-1]["loss"]) < 0.6 * float(rows[0]["loss"])
+  assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])
+  assert last["scores_objectness_accuracy"] > 0.8
+  assert float(rows[0]["scores_tiles"]) == 1024 and float(rows[0]["val_scores_tiles"]) == 256
+  for name in ("rpn.weights.h5", "manifest.json", "train_config.json", "metrics.json"):
+    assert os.path.isfile(os.path.join(job, name)), name
+  assert os.listdir(os.path.join(job, "logs"))  # TensorBoard events
+  assert len(os.listdir(os.path.join(job, "checkpoints"))) == 6
+  tile_model, full, manifest, config = model_lib.load_rpn(job)
+  assert manifest == manifest_lib.load_manifest(train_dir)
+  assert config["hidden"] == 16 and config["channels"] == CHANNELS
+  assert config["epochs"] == 6 and len(config["feature_mean"]) == CHANNELS
+  assert config["box_loss_weight"] == 1.0
+  # The saved model scores the data as well as the trained one did.
+  tiles, targets = next(iter(data_lib.make_dataset(val_dir, manifest_lib.load_manifest(val_dir),
+                                                   256, shuffle=False)))
+  labels, scores = targets["scores"].numpy(), tile_model(tiles)["scores"].numpy()
+  sampled = labels >= 0
+  assert np.mean((scores[sampled] >= 0.5) == (labels[sampled] == 1)) > 0.8
+
+
+def test_interrupted_run_resumes_from_backup(learnable, tmp_path):
+  train_dir, _ = learnable
+  job = str(tmp_path / "job")
+  snapshot = {}
+
+  class Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+      if epoch == 1:
+        snapshot["weights"] = self.model.get_layer("rpn_conv").get_weights()[0].copy()
+        raise KeyboardInterrupt("killed after epoch 2")
+
+  with pytest.raises(KeyboardInterrupt):
+    train_lib.train(_args(train_dir, job, "--epochs", "3"), callbacks=[Interrupt()])
+  assert not os.path.exists(os.path.join(job, "rpn.weights.h5"))
+  assert "latest.weights.h5" in os.listdir(os.path.join(job, "backup"))
+
+  class Start(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):  # runs after BackupAndRestore's
+      snapshot["restored"] = self.model.get_layer("rpn_conv").get_weights()[0].copy()
+
+  last = train_lib.train(_args(train_dir, job, "--epochs", "3"), callbacks=[Start()])
+  np.testing.assert_array_equal(snapshot["restored"], snapshot["weights"])
+  # Epochs 0 and 1 ran before the interruption; the rerun ran epoch 2 only.
+  assert [r["epoch"] for r in _history(job)] == ["0", "1", "2"]
+  with open(os.path.join(job, "train_config.json")) as f:
+    assert json.load(f)["epochs_run"] == [2]
+  assert "loss" in last
+  # A finished job rerun with more epochs trains on from where it stopped.
+  train_lib.train(_args(train_dir, job, "--epochs", "4"))
+  assert [r["epoch"] for r in _history(job)] == ["0", "1", "2", "3"]
+
+
+def test_mixed_precision_and_fixed_steps_per_epoch(learnable, tmp_path):
+  train_dir, _ = learnable
+  job = str(tmp_path / "job")
+  last = train_lib.train(_args(train_dir, job, "--epochs", "2", "--steps_per_epoch", "20",
+                               "--mixed_precision"))
+  assert keras.mixed_precision.global_policy().name == "float32"  # restored
+  assert last["scores_tiles"] == 20 * 64  # more than the 1024 records: the data repeats
+  assert np.isfinite(last["loss"])
+  tile_model = model_lib.load_rpn(job)[0]  # loads as float32
+  assert tile_model(np.zeros((1, 3, 3, CHANNELS), np.float32))["scores"].dtype == "float32"
+
+
+def test_job_dir_of_other_data_fails_clearly(learnable, tmp_path):
+  train_dir, _ = learnable
+  job = str(tmp_path / "job")
+  other = str(tmp_path / "other")
+  fixtures.write_shards(other, num_records=64, channels=CHANNELS,
+                        manifest_changes={"backbone": "ResNet50"})
+  train_lib.train(_args(other, job, "--epochs", "1"))
+  with pytest.raises(manifest_lib.ManifestError, match=f"--data {train_dir}.*backbone"):
+    train_lib.train(_args(train_dir, job, "--epochs", "1"))
+  assert train_lib.main(["--data", train_dir, "--val_data", other, "--job_dir",
+                         str(tmp_path / "job2")]) == 2
+
+
+def test_bad_shards_are_named_or_skipped(tmp_path, capsys, caplog):
+  data = str(tmp_path / "data")
+  manifest, _ = fixtures.write_shards(data, num_records=96, channels=CHANNELS, num_shards=3)
+  victim = manifest_lib.shard_paths(data, manifest)[0]
+  # A payload byte flipped inside a sound frame: found during training, named.
+  flipped = shutil.copytree(data, str(tmp_path / "flipped"))
+  flipped_victim = os.path.join(flipped, os.path.basename(victim))
+  with open(flipped_victim, "r+b") as f:
+    f.seek(200)
+    byte = f.read(1)
+    f.seek(200)
+    f.write(bytes([byte[0] ^ 0xFF]))
+  with pytest.raises(data_lib.CorruptShardError,
+                     match=f"corrupt data while training.*{flipped_victim}: corrupt record 0"):
+    train_lib.train(_args(flipped, str(tmp_path / "job0"), "--epochs", "1"))
+  # ... or, with --skip_corrupt_shards, the rest of that file is dropped, with a warning.
+  last = train_lib.train(_args(flipped, str(tmp_path / "job00"), "--epochs", "1",
+                               "--skip_corrupt_shards"))
+  assert last["scores_tiles"] == 64  # record 0 of the 32 in the bad shard was the flipped one
+  assert "saw 64 of the 96 tiles in its shards (32 lost" in caplog.text
+  # A truncated shard: rpn-train exits 2 naming it, or trains without it when asked.
+  with open(victim, "r+b") as f:
+    f.truncate(os.path.getsize(victim) - 50)
+  assert train_lib.main(["--data", data, "--job_dir", str(tmp_path / "job1")]) == 2
+  assert os.path.basename(victim) in capsys.readouterr().err
+  job = str(tmp_path / "job2")
+  last = train_lib.train(_args(data, job, "--epochs", "1", "--skip_corrupt_shards"))
+  assert last["scores_tiles"] == 64  # 32 records in each of the 2 sound shards
+  with open(os.path.join(job, "train_config.json")) as f:
+    assert list(json.load(f)["shards_skipped"]) == [victim]
