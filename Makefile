@@ -21,6 +21,7 @@ EPOCHS ?= 10
 # Offline, backbones have random weights; a deep net's random features carry
 # almost no signal (see README), so the demo uses the small random conv net.
 DEMO_BACKBONE ?= TinyTestNet
+DEMO_EPOCHS ?= 20
 RUNNER ?= DirectRunner
 BEAM_ARGS ?= --runner $(RUNNER) --direct_running_mode=multi_processing --direct_num_workers=$(NPROC)
 PREPROCESS_ARGS ?=
@@ -68,7 +69,7 @@ evaluate: $(STAMP)
 	$(BIN)/rpn-evaluate --proposals $(OUT)/proposals --input $(INPUT) --split $(VAL_SPLIT)
 
 demo: $(STAMP)
-	$(BIN)/python -m pipeline.demo --out $(OUT) --backbone $(DEMO_BACKBONE) --weights $(WEIGHTS) --epochs $(EPOCHS)
+	$(BIN)/python -m pipeline.demo --out $(OUT) --backbone $(DEMO_BACKBONE) --weights $(WEIGHTS) --epochs $(DEMO_EPOCHS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests -q -ra $(TEST_ARGS)

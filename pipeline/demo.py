@@ -33,7 +33,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--sample", default=SAMPLE)
   parser.add_argument("--backbone", default="TinyTestNet")
   parser.add_argument("--weights", default="none")
-  parser.add_argument("--epochs", type=int, default=10)
+  parser.add_argument("--epochs", type=int, default=20)
   parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
