@@ -7,6 +7,12 @@ run locally, started and stopped by this module, with this interpreter (the
 venv's python), so the pipeline code and its dependencies are the same.
 
     python -m pipeline.portable [--workers 2] -- <rpn-preprocess flags>
+
+Beam's local job service always runs one SDK worker (it calls the
+FnApiRunner's run_via_runner_api directly, which ignores
+--direct_num_workers). To run several workers in parallel, as a Flink task
+manager does, the job service here is started through `job_service_main`,
+which sets the runner's worker count from RPN_PORTABLE_WORKERS first.
 """
 from __future__ import annotations
 
@@ -55,7 +61,8 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def local_portable_services(log_dir: Optional[str] = None) -> Iterator[Tuple[str, str]]:
+def local_portable_services(log_dir: Optional[str] = None,
+                            workers: int = 2) -> Iterator[Tuple[str, str]]:
   """Starts a worker pool and a job service; yields (job_endpoint, worker_pool)."""
   log_dir = log_dir or tempfile.mkdtemp(prefix="rpn-portable-")
   os.makedirs(log_dir, exist_ok=True)
@@ -76,9 +83,9 @@ def local_portable_services(log_dir: Optional[str] = None) -> Iterator[Tuple[str
     job_log = os.path.join(log_dir, "job_service.log")
     with open(job_log, "w") as log:
       job = subprocess.Popen(
-          [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
+          [sys.executable, "-m", "pipeline.portable", "--job_service",
            f"--port={job_port}", f"--staging_dir={os.path.join(log_dir, 'staging')}"],
-          stdout=log, stderr=subprocess.STDOUT, env=env)
+          stdout=log, stderr=subprocess.STDOUT, env=dict(env, RPN_PORTABLE_WORKERS=str(workers)))
     processes.append(job)
     _wait_for_port(job_port, job, job_log)
     _LOGGER.warning("job service on localhost:%d, worker pool on localhost:%d (logs in %s)",
@@ -99,14 +106,33 @@ def run(argv: Sequence[str], workers: int = 2, log_dir: Optional[str] = None,
         extractor_factory=None) -> dict:
   """Runs rpn-preprocess with `argv` on the local portable services."""
   from pipeline import run as run_lib
-  with local_portable_services(log_dir) as (job_endpoint, worker_pool):
+  with local_portable_services(log_dir, workers) as (job_endpoint, worker_pool):
     return run_lib.run(list(argv) + portable_args(job_endpoint, worker_pool, workers),
                        extractor_factory=extractor_factory)
+
+
+def job_service_main(argv: Sequence[str]) -> None:
+  """Beam's local job service, running RPN_PORTABLE_WORKERS SDK workers per stage."""
+  from apache_beam.runners.portability import local_job_service_main
+  from apache_beam.runners.portability.fn_api_runner import fn_runner
+  workers = int(os.environ.get("RPN_PORTABLE_WORKERS", "1"))
+  original = fn_runner.FnApiRunner.run_via_runner_api
+
+  def run_with_workers(self, pipeline_proto, options):
+    self._num_workers = workers  # what run_pipeline does from --direct_num_workers
+    return original(self, pipeline_proto, options)
+
+  fn_runner.FnApiRunner.run_via_runner_api = run_with_workers
+  local_job_service_main.run(list(argv))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
   argv = list(sys.argv[1:] if argv is None else argv)
+  if argv and argv[0] == "--job_service":
+    logging.getLogger().setLevel(logging.INFO)
+    job_service_main(argv[1:])
+    return 0
   own, rest = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else ([], argv)
   parser = argparse.ArgumentParser(prog="python -m pipeline.portable")
   parser.add_argument("--workers", type=int, default=2)

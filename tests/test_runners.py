@@ -68,6 +68,9 @@ def test_portable_runner_with_external_worker_pool_same_records(dataset, tmp_pat
                            "--num_shards", "3"], workers=2, log_dir=str(tmp_path / "logs"))
   assert manifest["counts"] == ref_manifest["counts"]
   _same_output(reference, output, manifest)
+  with open(tmp_path / "logs" / "worker_pool.log") as f:
+    started = {line.split('worker_id="')[1].split('"')[0] for line in f if "worker_id=" in line}
+  assert started == {"worker_0", "worker_1"}  # two SDK workers served the job
 
 
 def test_killed_run_leaves_nothing_that_looks_complete_and_rerun_recovers(dataset, tmp_path):
