@@ -24,6 +24,9 @@ DEMO_BACKBONE ?= TinyTestNet
 DEMO_EPOCHS ?= 20
 RUNNER ?= DirectRunner
 BEAM_ARGS ?= --runner $(RUNNER) --direct_running_mode=multi_processing --direct_num_workers=$(NPROC)
+# One worker process per core, so one TensorFlow thread each (more only
+# oversubscribes the cores: BENCHMARKS.md, section 2).
+BACKBONE_THREADS ?= 1
 PREPROCESS_ARGS ?=
 TEST_ARGS ?=
 
@@ -45,16 +48,16 @@ $(SAMPLE)/Data: | $(STAMP)
 
 preprocess: $(STAMP) $(if $(filter $(SAMPLE),$(INPUT)),$(SAMPLE)/Data)
 	$(BIN)/rpn-preprocess --input $(INPUT) --split $(SPLIT) --output $(OUTPUT) \
-	  --backbone $(BACKBONE) --weights $(WEIGHTS) --num_shards $(NUM_SHARDS) $(PREPROCESS_ARGS) $(BEAM_ARGS)
+	  --backbone $(BACKBONE) --weights $(WEIGHTS) --num_shards $(NUM_SHARDS) --backbone_threads $(BACKBONE_THREADS) $(PREPROCESS_ARGS) $(BEAM_ARGS)
 	$(BIN)/rpn-preprocess --input $(INPUT) --split $(VAL_SPLIT) --output $(VAL_OUTPUT) \
-	  --backbone $(BACKBONE) --weights $(WEIGHTS) --num_shards 1 $(PREPROCESS_ARGS) $(BEAM_ARGS)
+	  --backbone $(BACKBONE) --weights $(WEIGHTS) --num_shards 1 --backbone_threads $(BACKBONE_THREADS) $(PREPROCESS_ARGS) $(BEAM_ARGS)
 
 # The same pipeline on Beam's portable job service with an external worker
 # pool (how Flink runs Python pipelines); the script starts and stops both.
 preprocess-portable: $(STAMP) $(if $(filter $(SAMPLE),$(INPUT)),$(SAMPLE)/Data)
 	$(BIN)/python -m pipeline.portable -- --input $(INPUT) --split $(SPLIT) \
 	  --output $(OUT)/shards/portable --backbone $(BACKBONE) --weights $(WEIGHTS) \
-	  --num_shards $(NUM_SHARDS) $(PREPROCESS_ARGS)
+	  --num_shards $(NUM_SHARDS) --backbone_threads $(BACKBONE_THREADS) $(PREPROCESS_ARGS)
 
 draw: $(STAMP)
 	$(BIN)/rpn-draw --shards $(OUTPUT) --input $(INPUT) --split $(SPLIT) --output $(OUT)/pictures/anchors $(DRAW_ARGS)

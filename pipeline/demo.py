@@ -49,7 +49,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _done(start)
 
   beam_args = ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
-               f"--direct_num_workers={args.workers}"]
+               f"--direct_num_workers={args.workers}",
+               f"--backbone_threads={max(1, (os.cpu_count() or 2) // args.workers)}"]
   for split, num_shards in (("train", 4), ("val", 1)):
     start = _step(f"rpn-preprocess DET/{split} -> {shards[split]}")
     manifest = run.run(["--input", args.sample, "--split", f"DET/{split}",

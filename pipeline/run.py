@@ -73,10 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of shards (0: the runner decides)")
   out.add_argument("--compression", choices=("NONE", "GZIP"), default=output.compression)
   out.add_argument("--tile_dtype", choices=("float32", "float16"), default=output.tile_dtype)
-  out.add_argument("--no_shuffle_records", dest="shuffle_records", action="store_false",
-                   help="write records as they come, without the shuffle across images "
-                   "(the DirectRunner holds every record in memory at that shuffle; with "
-                   "--num_shards 0 too, a local run streams in flat memory)")
+  out.add_argument("--shuffle_records", action="store_true",
+                   help="shuffle every record across images before the sink (one more "
+                   "GroupByKey over all records: twice the shuffle bytes on Dataflow, and "
+                   "the DirectRunner holds them all in memory). Off by default: the sink's "
+                   "round-robin already spreads each image's records over the shards, and "
+                   "the trainer shuffles what it reads (see BENCHMARKS.md)")
   return parser
 
 
@@ -94,7 +96,7 @@ class PreprocessConfig:
   output_format: config_lib.OutputConfig
   split: Optional[str] = None
   input_root: Optional[str] = None
-  shuffle_records: bool = True
+  shuffle_records: bool = False
 
 
 def config_from_args(args: argparse.Namespace) -> PreprocessConfig:

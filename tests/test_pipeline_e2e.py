@@ -158,12 +158,43 @@ def test_tarball_2014_layout(tmp_path):
 
 
 def test_streaming_mode_same_records(generated_run, tmp_path):
-  # --num_shards 0 --no_shuffle_records: no shuffle in the record path (flat
-  # memory on DirectRunner); the same records, however many shards it makes.
-  root, _, output, _ = generated_run
+  # --num_shards 0 (the default has no record shuffle): no shuffle in the
+  # record path (flat memory on DirectRunner); the same records, however many
+  # shards it makes.
+  root, _, output, manifest_fixed = generated_run
+  assert manifest_fixed["records_shuffled"] is False
   out = str(tmp_path / "stream")
-  manifest = helpers.preprocess(root, out, num_shards=0, extra=["--no_shuffle_records"])
+  manifest = helpers.preprocess(root, out, num_shards=0)
   assert manifest["records_shuffled"] is False and manifest["num_shards"] >= 1
   helpers.check_accounting(out, manifest)
   assert (collections.Counter(helpers.read_records(out))
           == collections.Counter(helpers.read_records(output)))
+
+
+def test_shuffle_records_option_same_records(generated_run, tmp_path):
+  # --shuffle_records adds a Reshuffle of every record before the sink: the
+  # record multiset is unchanged and the manifest says so.
+  root, _, output, _ = generated_run
+  out = str(tmp_path / "shuffled")
+  manifest = helpers.preprocess(root, out, num_shards=3, extra=["--shuffle_records"])
+  assert manifest["records_shuffled"] is True and manifest["num_shards"] == 3
+  helpers.check_accounting(out, manifest)
+  assert (collections.Counter(helpers.read_records(out))
+          == collections.Counter(helpers.read_records(output)))
+
+
+def test_fixed_shards_spread_each_image(generated_run):
+  # Without the record shuffle, the sink's round-robin still puts the records
+  # of one image into different shards, so no shard is one image's run.
+  import tensorflow as tf
+  _, _, output, manifest = generated_run
+  shards_of, count = collections.defaultdict(set), collections.Counter()
+  for name in manifest["shard_files"]:
+    for raw in tf.data.TFRecordDataset(os.path.join(output, name)):
+      example = tf.train.Example.FromString(raw.numpy())
+      image_id = example.features.feature["image_id"].bytes_list.value[0]
+      shards_of[image_id].add(name)
+      count[image_id] += 1
+  several = [i for i in count if count[i] > 1]
+  assert manifest["num_shards"] == 2 and len(several) >= 4
+  assert all(len(shards_of[i]) == 2 for i in several), shards_of
