@@ -59,6 +59,9 @@ class OutputConfig:
   num_shards: int = 16
   compression: str = "NONE"  # NONE | GZIP
   tile_dtype: str = "float32"  # float32 | float16
+  # With num_shards 0 (the runner decides), a shard is closed and a new one
+  # started after this many megabytes of records (before compression).
+  max_shard_mb: float = 1024.0
 
 
 def to_dict(config) -> dict:

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
   out = parser.add_argument_group("output")
   out.add_argument("--num_shards", type=int, default=output.num_shards,
                    help="number of shards (0: the runner decides)")
+  out.add_argument("--max_shard_mb", type=float, default=output.max_shard_mb,
+                   help="with --num_shards 0, start a new shard after this many MB of "
+                   "records (uncompressed); 0: no limit")
   out.add_argument("--compression", choices=("NONE", "GZIP"), default=output.compression)
   out.add_argument("--tile_dtype", choices=("float32", "float16"), default=output.tile_dtype)
   out.add_argument("--shuffle_records", action="store_true",
@@ -108,8 +111,8 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
   if not (0 <= args.bg_iou_thresh <= args.fg_iou_thresh <= 1):
     raise ValueError(f"need 0 <= bg_iou_thresh ({args.bg_iou_thresh}) <= fg_iou_thresh "
                      f"({args.fg_iou_thresh}) <= 1")
-  if args.batch_size <= 0 or args.num_shards < 0:
-    raise ValueError("--batch_size must be > 0 and --num_shards >= 0")
+  if args.batch_size <= 0 or args.num_shards < 0 or args.max_shard_mb < 0:
+    raise ValueError("--batch_size must be > 0, --num_shards and --max_shard_mb >= 0")
   return PreprocessConfig(
       images_dir=images_dir, annotations_dir=annotations_dir, output=args.output.rstrip("/"),
       image_set=args.image_set, missing_annotations=args.missing_annotations,
@@ -121,7 +124,8 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
           fg_iou_thresh=args.fg_iou_thresh, bg_iou_thresh=args.bg_iou_thresh,
           batch_size=args.batch_size, fg_fraction=args.fg_fraction, seed=args.seed),
       output_format=config_lib.OutputConfig(
-          num_shards=args.num_shards, compression=args.compression, tile_dtype=args.tile_dtype),
+          num_shards=args.num_shards, compression=args.compression, tile_dtype=args.tile_dtype,
+          max_shard_mb=args.max_shard_mb),
       split=args.split if args.input else None, input_root=args.input,
       shuffle_records=args.shuffle_records)
 
@@ -159,6 +163,7 @@ def manifest_dict(cfg: PreprocessConfig, counts: dict, shard_files: List[str]) -
       "shard_pattern": f"{config_lib.SHARD_PREFIX}-?????-of-{num_shards:05d}"
                        f"{shard_suffix(fmt.compression)}",
       "num_shards": num_shards,
+      "max_shard_mb": fmt.max_shard_mb if fmt.num_shards == 0 else None,
       "records_shuffled": cfg.shuffle_records,
       "shard_files": shard_files,
       "counts": counts,
@@ -260,13 +265,17 @@ def build_pipeline(p, cfg: PreprocessConfig, extractor_factory=None):
   records = sampled.records
   if cfg.shuffle_records:
     records = records | "ShuffleRecords" >> beam.Reshuffle()
-  shard_files = (
-      records
-      | "WriteShards" >> WriteToTFRecord(
-          FileSystems.join(cfg.output, config_lib.SHARD_PREFIX),
-          file_name_suffix=shard_suffix(fmt.compression), num_shards=fmt.num_shards,
-          shard_name_template="-SSSSS-of-NNNNN",
-          compression_type=("gzip" if fmt.compression == "GZIP" else "uncompressed")))
+  write_shards = WriteToTFRecord(
+      FileSystems.join(cfg.output, config_lib.SHARD_PREFIX),
+      file_name_suffix=shard_suffix(fmt.compression), num_shards=fmt.num_shards,
+      shard_name_template="-SSSSS-of-NNNNN",
+      compression_type=("gzip" if fmt.compression == "GZIP" else "uncompressed"))
+  if fmt.num_shards == 0 and fmt.max_shard_mb:
+    # FileBasedSink's max_bytes_per_shard, which WriteToTFRecord does not take
+    # as an argument: without it a runner-sharded local run writes one file
+    # per worker bundle (hundreds of GB for ILSVRC).
+    write_shards._sink.max_bytes_per_shard = int(fmt.max_shard_mb * (1 << 20))
+  shard_files = records | "WriteShards" >> write_shards
   record_count = sampled.records | "CountRecords" >> beam.combiners.Count.Globally()
   images_file = (sampled[T.IMAGES] | "ImageLines" >> beam.Map(T.to_json_line)
                  | "WriteImages" >> textio.WriteToText(

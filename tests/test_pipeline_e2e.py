@@ -171,6 +171,25 @@ def test_streaming_mode_same_records(generated_run, tmp_path):
           == collections.Counter(helpers.read_records(output)))
 
 
+def test_runner_sharding_caps_shard_size(generated_run, tmp_path):
+  # --num_shards 0 with --max_shard_mb: a shard is closed once it holds that
+  # many bytes of records, so a big local run does not write one huge file
+  # per worker; the records are the same.
+  import tensorflow as tf
+  root, _, output, _ = generated_run
+  out = str(tmp_path / "capped")
+  limit = 0.05  # MB; the tiny backbone's records are about 1 KB
+  manifest = helpers.preprocess(root, out, num_shards=0, extra=["--max_shard_mb", str(limit)])
+  helpers.check_accounting(out, manifest)
+  assert manifest["max_shard_mb"] == limit and manifest["num_shards"] >= 4
+  largest = max(sum(len(r.numpy()) for r in tf.data.TFRecordDataset(os.path.join(out, name)))
+                for name in manifest["shard_files"])
+  record = max(len(r) for r in helpers.read_records(out))
+  assert largest < limit * (1 << 20) + record + 16  # closed at the first record over the cap
+  assert (collections.Counter(helpers.read_records(out))
+          == collections.Counter(helpers.read_records(output)))
+
+
 def test_shuffle_records_option_same_records(generated_run, tmp_path):
   # --shuffle_records adds a Reshuffle of every record before the sink: the
   # record multiset is unchanged and the manifest says so.
