@@ -240,9 +240,9 @@ def build_pipeline(p, cfg: PreprocessConfig, extractor_factory=None):
       .with_exception_handling())
   sampled = (features.good | "SampleTargets" >> beam.ParDo(
       T.SampleTargetsFn(cfg.anchors, cfg.targets, cfg.output_format.tile_dtype))
-      .with_outputs(T.IMAGES, T.STATS, main="records").with_exception_handling())
+      .with_outputs(T.IMAGES, T.STATS, T.ERRORS, main="records").with_exception_handling())
 
-  errors = ((paired[T.ERRORS], loaded[T.ERRORS],
+  errors = ((paired[T.ERRORS], loaded[T.ERRORS], sampled[T.ERRORS],
              loaded.bad | "LoadDeadLetters" >> beam.Map(T.dead_letter_to_error("load")),
              features.bad | "FeatureDeadLetters" >> beam.Map(T.dead_letter_to_error("features")),
              sampled.bad | "TargetDeadLetters" >> beam.Map(T.dead_letter_to_error("targets")))

@@ -245,6 +245,7 @@ class SampleTargetsFn(beam.DoFn):
     self._fg = _counter("fg_anchors")
     self._bg = _counter("bg_anchors")
     self._ok = _counter("images_ok")
+    self._skipped = _counter("images_skipped")
 
   def process(self, item: ImageFeatures):
     import numpy as np
@@ -262,6 +263,24 @@ class SampleTargetsFn(beam.DoFn):
       yield schema.make_example(tiles[i], result.point_labels[i], result.point_deltas[i],
                                 item.image_id, result.locations[i])
     num_records = len(result.points)
+    if num_records == 0:
+      # images.jsonl lists images that produced records (DESIGN.md): one that
+      # cannot (no anchor lies inside it, e.g. a padded tiny or a very
+      # elongated image) is skipped, with the reason, and still counted.
+      self._skipped.inc()
+      anchors = feature_height * feature_width * len(self._anchors.scales) * len(
+          self._anchors.ratios)
+      yield beam.pvalue.TaggedOutput(ERRORS, error_record(
+          item.image_path, "targets",
+          f"no anchor to sample: {result.num_inside} of {anchors} "
+          f"anchors lie inside the {item.width}x{item.height} frame (feature map "
+          f"{feature_height}x{feature_width}, stride {result.stride_x:.1f} x "
+          f"{result.stride_y:.1f} px, smallest anchor scale {min(self._anchors.scales):g} strides)",
+          outcome=SKIPPED, image_id=item.image_id))
+      counts = collections.Counter(item.stats)
+      counts.update({"images_no_anchors": 1})
+      yield beam.pvalue.TaggedOutput(STATS, dict(counts))
+      return
     self._records.inc(num_records)
     self._fg.inc(result.num_fg)
     self._bg.inc(result.num_bg)

@@ -32,9 +32,15 @@ def test_bad_and_odd_inputs_end_to_end(tmp_path):
       "ok_gray": (_jpeg(Image.fromarray(good).convert("L")), good_xml("ok_gray"), "ok"),
       "ok_palette": (_jpeg(Image.fromarray(good).convert("P"), format="PNG"),
                      good_xml("ok_palette"), "ok"),
-      "ok_tiny": (_jpeg(Image.fromarray(good[:20, :25])), fixtures.det_xml("t", 25, 20, []), "ok"),
-      "ok_elongated": (_jpeg(Image.fromarray(rng.integers(0, 255, (80, 1000, 3), np.uint8))),
-                       fixtures.det_xml("e", 1000, 80, [(10, 10, 300, 70)]), "ok"),
+      # Padded to the tiny net's least, 32 x 32; no anchor fits in it: skipped.
+      "tiny": (_jpeg(Image.fromarray(good[:20, :25])), fixtures.det_xml("t", 25, 20, []),
+               "skipped"),
+      "ok_elongated": (_jpeg(Image.fromarray(rng.integers(0, 255, (160, 1000, 3), np.uint8))),
+                       fixtures.det_xml("e", 1000, 160, [(10, 10, 300, 140)]), "ok"),
+      # 1000 x 80: every anchor (3 strides and more, stride 40 px high) is
+      # taller than the image, so no anchor is inside: skipped with the reason.
+      "flat": (_jpeg(Image.fromarray(rng.integers(0, 255, (80, 1000, 3), np.uint8))),
+               fixtures.det_xml("f", 1000, 80, [(10, 10, 300, 70)]), "skipped"),
       "ok_boxes_outside": (_jpeg(Image.fromarray(good)), fixtures.det_xml(
           "o", 320, 240, [(-20, 10, 100, 100), (400, 10, 500, 100), (120, 90, 60, 150),
                           (50, 40, 199, 179)]), "ok"),
@@ -62,15 +68,21 @@ def test_bad_and_odd_inputs_end_to_end(tmp_path):
   for image_id, (_, _, expected) in cases.items():
     if expected == "ok":
       assert image_id in images, (image_id, errors.get(image_id))
+    elif expected == "skipped":
+      assert image_id not in images
+      assert errors[image_id]["outcome"] == "skipped" and errors[image_id]["stage"] == "targets"
     else:
       assert errors[image_id]["stage"] == expected, errors[image_id]
       assert errors[image_id]["outcome"] == "failed" and errors[image_id]["reason"]
   assert "7000x7000" in errors["bad_bomb"]["reason"]
   assert "root:" not in open(os.path.join(output, "errors.jsonl")).read()  # /etc/passwd unread
   counts = manifest["counts"]
-  assert counts["images_failed"] == sum(1 for c in cases.values() if c[2] != "ok")
-  assert counts["images_padded"] == 1  # ok_tiny: 25 x 20 padded to 32 x 32 (the tiny net's least)
-  assert images["ok_tiny"]["width"] == 32 and images["ok_tiny"]["height"] == 32
+  assert counts["images_failed"] == sum(1 for c in cases.values() if c[2] not in ("ok", "skipped"))
+  assert counts["images_skipped"] == counts["images_no_anchors"] == 2
+  assert images["ok_elongated"]["num_locations"] > 0 and images["ok_elongated"]["num_fg"] > 0
+  assert counts["images_padded"] == 1  # tiny: 25 x 20 padded to 32 x 32 (the tiny net's least)
+  assert "inside the 32x32 frame" in errors["tiny"]["reason"]
+  assert "inside the 1000x80 frame" in errors["flat"]["reason"]
   # ok_boxes_outside: one clipped, one wholly outside, one with xmin > xmax.
   assert images["ok_boxes_outside"]["gt_boxes"] == [[0.0, 10.0, 101.0, 101.0],
                                                     [50.0, 40.0, 200.0, 180.0]]

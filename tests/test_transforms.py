@@ -96,9 +96,29 @@ def test_small_image_is_padded_not_dropped(tmp_path):
   assert features.feature_map.shape == (2, 6, 4) and (features.width, features.height) == (200, 75)
   records, tagged = _targets(features)
   # Strides 33.3 x 37.5: the smallest anchor (scale 3, ratio 1) is 100 x 112.5 px,
-  # taller than the 75 px frame, so no anchor is inside: an ok image with no records.
+  # taller than the 75 px frame, so no anchor is inside: no records, and the
+  # image is skipped with the reason (images.jsonl lists images with records).
+  (error,) = tagged["errors"]
+  (stats,) = tagged["stats"]
+  assert records == [] and "images" not in tagged
+  assert error["outcome"] == "skipped" and error["stage"] == "targets"
+  assert error["reason"].startswith("no anchor to sample: 0 of 108 anchors lie inside the "
+                                    "200x75 frame")
+  assert T.error_counts(error) == {"images_skipped": 1}
+  assert stats == {"images_padded": 1, "images_no_anchors": 1}  # no images_ok
+
+
+def test_padded_image_gives_records_with_small_anchors(tmp_path):
+  # With anchors small enough to fit (scales 0.5, 1, 2 strides), the padded
+  # frame is labelled like any other: records, and the frame's size recorded.
+  features = _features(_load(str(tmp_path), "small", 200, 60, [(40, 10, 140, 50)]))
+  targets_fn = T.SampleTargetsFn(config_lib.AnchorConfig(scales=(0.5, 1.0, 2.0)),
+                                 config_lib.TargetConfig(), "float32")
+  targets_fn.setup()
+  records, tagged = _split(targets_fn.process(features))
   (line,) = tagged["images"]
-  assert records == [] and line["num_locations"] == 0 and line["num_bg"] == 0
+  assert (line["width"], line["height"]) == (200, 75)
+  assert line["num_locations"] == len(records) > 0 and line["num_fg"] > 0
 
 
 def test_load_features_targets_chain(tmp_path):
