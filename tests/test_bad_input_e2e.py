@@ -41,6 +41,19 @@ def test_bad_and_odd_inputs_end_to_end(tmp_path):
       # taller than the image, so no anchor is inside: skipped with the reason.
       "flat": (_jpeg(Image.fromarray(rng.integers(0, 255, (80, 1000, 3), np.uint8))),
                fixtures.det_xml("f", 1000, 80, [(10, 10, 300, 70)]), "skipped"),
+      "ok_rgba": (_jpeg(Image.fromarray(good).convert("RGBA"), format="PNG"),
+                  good_xml("ok_rgba"), "ok"),
+      "ok_16bit": (_jpeg(Image.fromarray((good[..., 0].astype(np.uint16) * 257)), format="PNG"),
+                   good_xml("ok_16bit"), "ok"),
+      # Annotation oddities that are used, each counted in the manifest.
+      "ok_size_mismatch": (_jpeg(Image.fromarray(good)), fixtures.det_xml(
+          "m", 640, 480, [(100, 80, 399, 359)]), "ok"),
+      "ok_size_missing": (_jpeg(Image.fromarray(good)), "".join(
+          line for line in good_xml("s").splitlines(keepends=True) if "<size>" not in line), "ok"),
+      "ok_not_wnid": (_jpeg(Image.fromarray(good)), fixtures.det_xml(
+          "w", 320, 240, [(50, 40, 199, 179)], name="Scottish_deerhound"), "ok"),
+      "ok_float_coords": (_jpeg(Image.fromarray(good)), fixtures.det_xml(
+          "c", 320, 240, [(50.5, 40, 199.25, 179)]), "ok"),
       "ok_boxes_outside": (_jpeg(Image.fromarray(good)), fixtures.det_xml(
           "o", 320, 240, [(-20, 10, 100, 100), (400, 10, 500, 100), (120, 90, 60, 150),
                           (50, 40, 199, 179)]), "ok"),
@@ -75,6 +88,7 @@ def test_bad_and_odd_inputs_end_to_end(tmp_path):
       assert errors[image_id]["stage"] == expected, errors[image_id]
       assert errors[image_id]["outcome"] == "failed" and errors[image_id]["reason"]
   assert "7000x7000" in errors["bad_bomb"]["reason"]
+  assert "max_pixels" in errors["bad_bomb"]["reason"]  # refused by the limit, not by a failed decode
   assert "root:" not in open(os.path.join(output, "errors.jsonl")).read()  # /etc/passwd unread
   counts = manifest["counts"]
   assert counts["images_failed"] == sum(1 for c in cases.values() if c[2] not in ("ok", "skipped"))
@@ -87,3 +101,13 @@ def test_bad_and_odd_inputs_end_to_end(tmp_path):
   assert images["ok_boxes_outside"]["gt_boxes"] == [[0.0, 10.0, 101.0, 101.0],
                                                     [50.0, 40.0, 200.0, 180.0]]
   assert counts["boxes_clipped"] == 1 and counts["boxes_dropped"] == 2
+  # Each used oddity is counted once in the manifest.
+  assert counts["size_mismatch"] == 1 and counts["size_missing"] == 1
+  assert counts["names_not_wnid"] == 1 and counts["boxes_float_coords"] == 1
+  # <size> 640 x 480 on a 320 x 240 image: the box scaled by 1/2 into the real frame.
+  assert images["ok_size_mismatch"]["gt_boxes"] == [[50.0, 40.0, 200.0, 180.0]]
+  assert (images["ok_size_missing"]["width"], images["ok_size_missing"]["height"]) == (320, 240)
+  elongated = images["ok_elongated"]
+  assert (elongated["width"], elongated["height"]) == (1000, 160)
+  assert elongated["feature_width"] >= 6 * elongated["feature_height"]  # 1000 / 160 = 6.25
+  assert elongated["gt_boxes"] == [[10.0, 10.0, 301.0, 141.0]]

@@ -95,6 +95,38 @@ def test_rerun_is_identical_and_replaces_old_shards(generated_run, tmp_path):
   helpers.check_accounting(rerun, manifest)
 
 
+def test_run_dying_before_its_manifest_leaves_none_and_rerun_recovers(
+    generated_run, tmp_path, monkeypatch):
+  # A run that dies after writing its shards but before manifest.json (always
+  # written last) leaves no manifest, so the trainer refuses the directory;
+  # a rerun into it gives the complete output, with no shard of either run.
+  from pipeline import run
+  from trainer import manifest as manifest_lib
+  root, _, output, _ = generated_run
+  out = str(tmp_path / "dies")
+  helpers.preprocess(root, out, num_shards=3)  # a complete earlier run in the directory
+  write_text = run.write_text
+
+  def failing_write_text(path, text):
+    if path.endswith("manifest.json"):
+      raise OSError("disk went away")
+    write_text(path, text)
+  monkeypatch.setattr(run, "write_text", failing_write_text)
+  with pytest.raises(Exception, match="disk went away"):
+    helpers.preprocess(root, out, num_shards=2)
+  names = os.listdir(out)
+  assert "manifest.json" not in names and "tiles-00000-of-00003.tfrecord" not in names
+  with pytest.raises(manifest_lib.ManifestError, match="manifest.json"):
+    manifest_lib.load_manifest(out)
+  monkeypatch.undo()
+  manifest = helpers.preprocess(root, out, num_shards=2)
+  assert sorted(n for n in os.listdir(out) if n.startswith("tiles-")) == [
+      "tiles-00000-of-00002.tfrecord", "tiles-00001-of-00002.tfrecord"]
+  helpers.check_accounting(out, manifest)
+  assert (collections.Counter(helpers.read_records(out))
+          == collections.Counter(helpers.read_records(output)))
+
+
 def test_float16_gzip_shards(generated_run, tmp_path):
   root, _, output, manifest32 = generated_run
   out = str(tmp_path / "f16")

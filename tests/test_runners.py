@@ -11,23 +11,46 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from tests import dataset_fixtures as fixtures
 from tests import pipeline_helpers as helpers
 
 pytestmark = pytest.mark.slow
+SAMPLE_16 = ("--batch_size", "16")
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("data"))
   fixtures.write_dataset(root, num_images=10, seed=7)
-  # One bad image and one hostile XML ride along: errors must match too.
-  fixtures.write_pair(root, "DET/train", "ILSVRC2014_train_0000/zz_corrupt", None,
-                      fixtures.det_xml("zz_corrupt", 100, 100, []), image_bytes=b"\xff\xd8\xff garbage")
+  # Bad inputs ride along, so errors and accounting are compared too: a
+  # corrupt image, a hostile XML, an image without XML, an XML without image.
+  folder = "DET/train"
+  prefix = "ILSVRC2014_train_0000/"
+  image = fixtures.random_image(np.random.default_rng(1), 200, 150, [(20, 20, 120, 100)])
+  fixtures.write_pair(root, folder, prefix + "zz_corrupt", None,
+                      fixtures.det_xml("zz_corrupt", 100, 100, []),
+                      image_bytes=b"\xff\xd8\xff garbage")
+  fixtures.write_pair(root, folder, prefix + "zz_xxe", image,
+                      '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+                      "<annotation><filename>&x;</filename></annotation>")
+  fixtures.write_pair(root, folder, prefix + "zz_no_xml", image, None)
+  fixtures.write_pair(root, folder, prefix + "zz_orphan", None,
+                      fixtures.det_xml("zz_orphan", 200, 150, [(20, 20, 120, 100)]))
   reference = str(tmp_path_factory.mktemp("ref"))
-  manifest = helpers.preprocess(root, reference, num_shards=2)
+  manifest = helpers.preprocess(root, reference, num_shards=2, extra=SAMPLE_16)
+  counts = manifest["counts"]
+  assert (counts["images_found"], counts["images_failed"], counts["images_skipped"]) == (13, 2, 1)
+  outcomes = collections.Counter(
+      e["outcome"] for e in helpers.read_jsonl(os.path.join(reference, "errors.jsonl")))
+  assert outcomes == {"failed": 2, "skipped": 1, "unpaired": 1}
+  # With 16 anchors an image the sampler chooses among the candidates (in
+  # most images), so the comparisons below exercise the seeded sampling.
+  lines = helpers.read_jsonl(os.path.join(reference, "images.jsonl"))
+  sampled = [line["num_fg"] + line["num_bg"] for line in lines]
+  assert sum(1 for n in sampled if n == 16) >= 6, sampled
   return root, reference, manifest
 
 
@@ -52,7 +75,7 @@ def _same_output(reference, output, manifest):
 def test_direct_runner_multi_process_same_records(dataset, tmp_path):
   root, reference, ref_manifest = dataset
   output = str(tmp_path / "multi")
-  manifest = helpers.preprocess(root, output, num_shards=5, runner_args=(
+  manifest = helpers.preprocess(root, output, num_shards=5, extra=SAMPLE_16, runner_args=(
       "--runner=DirectRunner", "--direct_running_mode=multi_processing",
       "--direct_num_workers=2"))
   assert manifest["counts"] == ref_manifest["counts"]
@@ -65,7 +88,7 @@ def test_portable_runner_with_external_worker_pool_same_records(dataset, tmp_pat
   output = str(tmp_path / "portable")
   manifest = portable.run(["--input", root, "--split", "DET/train", "--output", output,
                            "--backbone", helpers.TINY, "--weights", "none",
-                           "--num_shards", "3"], workers=2, log_dir=str(tmp_path / "logs"))
+                           "--num_shards", "3", *SAMPLE_16], workers=2, log_dir=str(tmp_path / "logs"))
   assert manifest["counts"] == ref_manifest["counts"]
   _same_output(reference, output, manifest)
   with open(tmp_path / "logs" / "worker_pool.log") as f:
@@ -79,7 +102,7 @@ def test_killed_run_leaves_nothing_that_looks_complete_and_rerun_recovers(datase
   command = [sys.executable, "-m", "pipeline.run", "--input", root, "--output", output,
              "--backbone", helpers.TINY, "--weights", "none", "--num_shards", "2",
              "--runner=DirectRunner", "--direct_running_mode=multi_processing",
-             "--direct_num_workers=2"]
+             "--direct_num_workers=2", *SAMPLE_16]
   process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
   # Kill it while it works: once Beam has started writing temp files, or after 8 s.
@@ -95,6 +118,6 @@ def test_killed_run_leaves_nothing_that_looks_complete_and_rerun_recovers(datase
   from trainer import manifest as manifest_lib
   with pytest.raises(manifest_lib.ManifestError, match="manifest.json"):
     manifest_lib.load_manifest(output)
-  manifest = helpers.preprocess(root, output, num_shards=2)
+  manifest = helpers.preprocess(root, output, num_shards=2, extra=SAMPLE_16)
   _same_output(reference, output, manifest)
   assert not any(n.startswith("beam-temp") for n in os.listdir(output))

@@ -1,6 +1,5 @@
 """Tests of pipeline/targets.py: labels, sampling, deltas, per-point records, tiles."""
 import math
-import time
 
 import numpy as np
 import pytest
@@ -344,14 +343,3 @@ def test_compute_targets_tiny_map():
   assert result.num_inside == 0 and result.points.shape == (0,)
   assert result.locations.shape == (0, 2) and result.point_labels.shape == (0, 9)
   assert result.point_deltas.shape == (0, 36)
-
-
-def test_compute_targets_time_printed():
-  """Prints the time per image on a typical 14x10 map (not asserted)."""
-  rng = np.random.default_rng(8)
-  gt = _random_gt(rng, 10, 450, 320)
-  start = time.perf_counter()
-  for i in range(50):
-    _compute(450, 320, 10, 14, gt, f"img_{i}")
-  print(f"compute_targets: {(time.perf_counter() - start) / 50 * 1e3:.2f} ms per image "
-        "(14x10 map, 9 anchors, 10 gt boxes)")

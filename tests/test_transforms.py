@@ -150,3 +150,23 @@ def test_sum_counts():
   acc = combine.add_input(acc, {"a": 1, "b": 2})
   other = combine.add_input(combine.create_accumulator(), {"a": 3})
   assert combine.extract_output(combine.merge_accumulators([acc, other])) == {"a": 4, "b": 2}
+
+
+def test_targets_do_not_depend_on_order_or_attempts(tmp_path):
+  # Beam may retry a bundle or hand images over in any order: one DoFn
+  # instance processing an image again, or after other images, gives the
+  # same records, line and counts. batch_size 16 makes the sampler choose.
+  a = _features(_load(str(tmp_path), "a", 320, 256, [(40, 30, 200, 180)]))
+  b = _features(_load(str(tmp_path), "b", 300, 220, [(10, 20, 150, 200), (160, 30, 290, 90)]))
+  targets_fn = T.SampleTargetsFn(config_lib.AnchorConfig(), config_lib.TargetConfig(batch_size=16),
+                                 "float32")
+  targets_fn.setup()
+  first_a = _split(targets_fn.process(a))
+  first_b = _split(targets_fn.process(b))
+  assert first_a[1]["images"][0]["num_fg"] + first_a[1]["images"][0]["num_bg"] == 16
+  assert _split(targets_fn.process(a)) == first_a  # a retried attempt
+  fresh = T.SampleTargetsFn(config_lib.AnchorConfig(), config_lib.TargetConfig(batch_size=16),
+                            "float32")
+  fresh.setup()
+  assert _split(fresh.process(b)) == first_b  # another worker, another order
+  assert _split(fresh.process(a)) == first_a
