@@ -6,7 +6,7 @@ import glob
 import json
 import math
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -124,9 +124,20 @@ def check_records_follow_conventions(output: str) -> Dict[str, int]:
   return dict(per_image)
 
 
-def check_accounting(output: str, manifest: dict) -> None:
+def image_ids_on_disk(images_dir: str) -> List[str]:
+  """The ids of the image files under images_dir (relative path, no extension)."""
+  ids = []
+  for folder, _, names in os.walk(images_dir):
+    for name in names:
+      rel = os.path.relpath(os.path.join(folder, name), images_dir)
+      ids.append(os.path.splitext(rel)[0].replace(os.sep, "/"))
+  return ids
+
+
+def check_accounting(output: str, manifest: dict, images_dir: Optional[str] = None) -> None:
   """images_found == ok + failed + skipped; records equal the Examples in the shards;
-  images.jsonl and errors.jsonl name every image once."""
+  images.jsonl and errors.jsonl name every image once (with images_dir: exactly
+  the image files found there by os.walk, independently of the pipeline)."""
   counts = manifest["counts"]
   assert counts["images_found"] == (counts["images_ok"] + counts["images_failed"]
                                     + counts["images_skipped"]), counts
@@ -138,6 +149,8 @@ def check_accounting(output: str, manifest: dict) -> None:
   assert len(image_errors) == counts["images_failed"] + counts["images_skipped"]
   named = [line["image_id"] for line in images] + [e["image_id"] for e in image_errors]
   assert len(named) == len(set(named)) == counts["images_found"]
+  if images_dir is not None:
+    assert sorted(named) == sorted(image_ids_on_disk(images_dir))
   for error in errors:
     assert error["path"] and error["stage"] and error["reason"]
   shard_names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(output, "tiles-*")))

@@ -74,7 +74,7 @@ def test_bad_and_odd_inputs_end_to_end(tmp_path):
   cases["bad_bomb"] = (bomb, None, "decode")
   output = str(tmp_path / "out")
   manifest = helpers.preprocess(root, output)
-  helpers.check_accounting(output, manifest)
+  helpers.check_accounting(output, manifest, os.path.join(root, "Data", SPLIT))
   helpers.check_records_follow_conventions(output)
   images = {l["image_id"]: l for l in helpers.read_jsonl(os.path.join(output, "images.jsonl"))}
   errors = {e["image_id"]: e for e in helpers.read_jsonl(os.path.join(output, "errors.jsonl"))}

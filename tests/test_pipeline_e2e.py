@@ -37,8 +37,8 @@ def test_manifest_contract(generated_run):
 
 
 def test_every_input_accounted_for(generated_run):
-  _, written, output, manifest = generated_run
-  helpers.check_accounting(output, manifest)
+  root, written, output, manifest = generated_run
+  helpers.check_accounting(output, manifest, os.path.join(root, "Data", "DET", "train"))
   assert manifest["counts"]["images_found"] == len(written) == manifest["counts"]["images_ok"]
 
 

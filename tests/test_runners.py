@@ -64,8 +64,8 @@ def _images(output):
                 key=lambda line: line["image_id"])
 
 
-def _same_output(reference, output, manifest):
-  helpers.check_accounting(output, manifest)
+def _same_output(reference, output, manifest, root):
+  helpers.check_accounting(output, manifest, os.path.join(root, "Data", "DET", "train"))
   assert (collections.Counter(helpers.read_records(output))
           == collections.Counter(helpers.read_records(reference)))
   assert _images(output) == _images(reference)
@@ -79,7 +79,7 @@ def test_direct_runner_multi_process_same_records(dataset, tmp_path):
       "--runner=DirectRunner", "--direct_running_mode=multi_processing",
       "--direct_num_workers=2"))
   assert manifest["counts"] == ref_manifest["counts"]
-  _same_output(reference, output, manifest)
+  _same_output(reference, output, manifest, root)
 
 
 def test_portable_runner_with_external_worker_pool_same_records(dataset, tmp_path):
@@ -90,7 +90,7 @@ def test_portable_runner_with_external_worker_pool_same_records(dataset, tmp_pat
                            "--backbone", helpers.TINY, "--weights", "none",
                            "--num_shards", "3", *SAMPLE_16], workers=2, log_dir=str(tmp_path / "logs"))
   assert manifest["counts"] == ref_manifest["counts"]
-  _same_output(reference, output, manifest)
+  _same_output(reference, output, manifest, root)
   with open(tmp_path / "logs" / "worker_pool.log") as f:
     started = {line.split('worker_id="')[1].split('"')[0] for line in f if "worker_id=" in line}
   assert started == {"worker_0", "worker_1"}  # two SDK workers served the job
@@ -119,5 +119,5 @@ def test_killed_run_leaves_nothing_that_looks_complete_and_rerun_recovers(datase
   with pytest.raises(manifest_lib.ManifestError, match="manifest.json"):
     manifest_lib.load_manifest(output)
   manifest = helpers.preprocess(root, output, num_shards=2, extra=SAMPLE_16)
-  _same_output(reference, output, manifest)
+  _same_output(reference, output, manifest, root)
   assert not any(n.startswith("beam-temp") for n in os.listdir(output))
