@@ -5,6 +5,7 @@ Shards assign records from a random start, so outputs are compared as record
 multisets (byte for byte), whatever the number of shards.
 """
 import collections
+import glob
 import os
 import signal
 import subprocess
@@ -105,14 +106,17 @@ def test_killed_run_leaves_nothing_that_looks_complete_and_rerun_recovers(datase
              "--direct_num_workers=2", *SAMPLE_16]
   process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
-  # Kill it while it works: once Beam has started writing temp files, or after 8 s.
-  deadline = time.monotonic() + 8
-  while time.monotonic() < deadline and process.poll() is None:
-    if os.path.isdir(output) and any(n.startswith("beam-temp") for n in os.listdir(output)):
-      break
-    time.sleep(0.05)
+  # Kill it while it writes: once a shard file is being written in Beam's
+  # temp directory (or after 20 s, whatever state it is in then).
+  deadline = time.monotonic() + 20
+  writing = []
+  while time.monotonic() < deadline and process.poll() is None and not writing:
+    writing = glob.glob(os.path.join(output, "beam-temp-tiles*", "*"))
+    time.sleep(0.02)
   os.killpg(process.pid, signal.SIGKILL)
   process.wait()
+  print(f"killed while writing {len(writing)} temp shard file(s)")
+  assert not glob.glob(os.path.join(output, "tiles-*"))  # no shard looks complete
   assert not os.path.exists(os.path.join(output, "manifest.json"))
   # The trainer refuses a directory without a manifest.
   from trainer import manifest as manifest_lib
