@@ -59,11 +59,6 @@ def _best_rate(fn, paths, passes):
   return max(rates), rates
 
 
-def _make_dataset(data_lib, data_dir, manifest, paths, **kwargs):
-  """trainer.data.make_dataset over `paths` (already checked)."""
-  return data_lib.make_dataset(data_dir, manifest, files=paths, **kwargs)
-
-
 def measure_input(data_dir: str, passes: int, step_iters: int):
   import numpy as np
   import tensorflow as tf
@@ -94,8 +89,8 @@ def measure_input(data_dir: str, passes: int, step_iters: int):
   out["check_shards_records_per_s"] = records / check_s
 
   def epoch_rate(shuffle):
-    ds = _make_dataset(data_lib, data_dir, manifest, paths, batch_size=BATCH, shuffle=shuffle,
-                       seed=0)
+    ds = data_lib.make_dataset(data_dir, manifest, files=paths, batch_size=BATCH,
+                               shuffle=shuffle, seed=0)
     rates = []
     for _ in range(passes):
       start = time.perf_counter()
@@ -124,8 +119,8 @@ def measure_input(data_dir: str, passes: int, step_iters: int):
     # that its 256 MB shuffle buffer (~4.8k float32 records, about a whole
     # 128-image dataset) fills once and then streams: timed from batch
     # `skip_batches` to `skip_batches` before the end (neither fill nor drain).
-    ds = _make_dataset(data_lib, data_dir, manifest, paths * copies, batch_size=BATCH,
-                       shuffle=True, seed=0)
+    ds = data_lib.make_dataset(data_dir, manifest, files=paths * copies, batch_size=BATCH,
+                               shuffle=True, seed=0)
     batches = []
     for tiles, _ in ds:
       batches.append((time.perf_counter(), int(tiles.shape[0])))
@@ -144,15 +139,14 @@ def measure_input(data_dir: str, passes: int, step_iters: int):
   # One training step of the tile model, the trainer's own compile().
   import keras
   keras.utils.set_random_seed(0)
-  ds = _make_dataset(data_lib, data_dir, manifest, paths, batch_size=BATCH, shuffle=False,
-                     drop_remainder=True)
+  ds = data_lib.make_dataset(data_dir, manifest, files=paths, batch_size=BATCH, shuffle=False,
+                             drop_remainder=True)
   tiles, targets = next(iter(ds))
-  stats = {}
-  if hasattr(train, "feature_statistics"):  # the input normalisation rpn-train fits first
-    mean, variance = train.feature_statistics(data_dir, manifest, paths)
-    stats = {"feature_mean": mean, "feature_variance": variance}
+  # The input normalisation rpn-train fits first.
+  mean, variance = train.feature_statistics(data_dir, manifest, paths)
   model = model_lib.build_tile_model(int(manifest["feature_channels"]),
-                                     int(manifest["anchor"]["num_anchors"]), **stats)
+                                     int(manifest["anchor"]["num_anchors"]),
+                                     feature_mean=mean, feature_variance=variance)
   train.compile_model(model, 1e-3, 1.0)
   for _ in range(3):
     model.train_on_batch(tiles, targets)
@@ -196,7 +190,8 @@ def main(argv=None) -> int:
     rc = train.main(["--data", args.data, "--job_dir", args.job_dir,
                      "--epochs", str(args.epochs), *extra])
     seconds = time.monotonic() - start
-    result = {"rc": rc, "records": records, "shuffle_buffer_mb": args.shuffle_buffer_mb, "epochs": args.epochs, "train_s": seconds,
+    result = {"rc": rc, "records": records, "shuffle_buffer_mb": args.shuffle_buffer_mb,
+              "epochs": args.epochs, "train_s": seconds,
               "records_per_s_incl_startup": records * args.epochs / seconds}
   result["process_s"] = time.monotonic() - PROCESS_START
   common.write_result(args.result, result)

@@ -257,30 +257,29 @@ class SampleTargetsFn(beam.DoFn):
         fg_iou_thresh=self._targets.fg_iou_thresh, bg_iou_thresh=self._targets.bg_iou_thresh,
         batch_size=self._targets.batch_size, fg_fraction=self._targets.fg_fraction,
         seed=self._targets.seed)
-    feature_map = item.feature_map.astype(np.dtype(self._tile_dtype), copy=False)
-    tiles = targets.extract_tiles(feature_map, result.points, feature_width)
-    for i in range(len(result.points)):
-      yield schema.make_example(tiles[i], result.point_labels[i], result.point_deltas[i],
-                                item.image_id, result.locations[i])
     num_records = len(result.points)
+    counts = collections.Counter(item.stats)
     if num_records == 0:
       # images.jsonl lists images that produced records (DESIGN.md): one that
       # cannot (no anchor lies inside it, e.g. a padded tiny or a very
       # elongated image) is skipped, with the reason, and still counted.
       self._skipped.inc()
-      anchors = feature_height * feature_width * len(self._anchors.scales) * len(
-          self._anchors.ratios)
       yield beam.pvalue.TaggedOutput(ERRORS, error_record(
           item.image_path, "targets",
-          f"no anchor to sample: {result.num_inside} of {anchors} "
-          f"anchors lie inside the {item.width}x{item.height} frame (feature map "
+          f"no anchor to sample: {result.num_inside} of {len(result.anchors)} anchors lie "
+          f"inside the {item.width}x{item.height} frame (feature map "
           f"{feature_height}x{feature_width}, stride {result.stride_x:.1f} x "
-          f"{result.stride_y:.1f} px, smallest anchor scale {min(self._anchors.scales):g} strides)",
+          f"{result.stride_y:.1f} px, smallest anchor scale "
+          f"{min(self._anchors.scales):g} strides)",
           outcome=SKIPPED, image_id=item.image_id))
-      counts = collections.Counter(item.stats)
-      counts.update({"images_no_anchors": 1})
+      counts["images_no_anchors"] += 1
       yield beam.pvalue.TaggedOutput(STATS, dict(counts))
       return
+    feature_map = item.feature_map.astype(np.dtype(self._tile_dtype), copy=False)
+    tiles = targets.extract_tiles(feature_map, result.points, feature_width)
+    for i in range(num_records):
+      yield schema.make_example(tiles[i], result.point_labels[i], result.point_deltas[i],
+                                item.image_id, result.locations[i])
     self._records.inc(num_records)
     self._fg.inc(result.num_fg)
     self._bg.inc(result.num_bg)
@@ -298,7 +297,6 @@ class SampleTargetsFn(beam.DoFn):
         "num_bg": int(result.num_bg),
         "num_locations": int(num_records),
     })
-    counts = collections.Counter(item.stats)
     counts.update({"images_ok": 1, "fg_anchors": int(result.num_fg),
                    "bg_anchors": int(result.num_bg), "records_expected": num_records,
                    "inside_anchors": int(result.num_inside)})

@@ -88,7 +88,8 @@ def test_bad_and_odd_inputs_end_to_end(tmp_path):
       assert errors[image_id]["stage"] == expected, errors[image_id]
       assert errors[image_id]["outcome"] == "failed" and errors[image_id]["reason"]
   assert "7000x7000" in errors["bad_bomb"]["reason"]
-  assert "max_pixels" in errors["bad_bomb"]["reason"]  # refused by the limit, not by a failed decode
+  # Refused by the limit, not by a failed decode.
+  assert "max_pixels" in errors["bad_bomb"]["reason"]
   assert "root:" not in open(os.path.join(output, "errors.jsonl")).read()  # /etc/passwd unread
   counts = manifest["counts"]
   assert counts["images_failed"] == sum(1 for c in cases.values() if c[2] not in ("ok", "skipped"))

@@ -89,7 +89,8 @@ def test_portable_runner_with_external_worker_pool_same_records(dataset, tmp_pat
   output = str(tmp_path / "portable")
   manifest = portable.run(["--input", root, "--split", "DET/train", "--output", output,
                            "--backbone", helpers.TINY, "--weights", "none",
-                           "--num_shards", "3", *SAMPLE_16], workers=2, log_dir=str(tmp_path / "logs"))
+                           "--num_shards", "3", *SAMPLE_16],
+                          workers=2, log_dir=str(tmp_path / "logs"))
   assert manifest["counts"] == ref_manifest["counts"]
   _same_output(reference, output, manifest, root)
   with open(tmp_path / "logs" / "worker_pool.log") as f:
