@@ -77,7 +77,7 @@ evaluate: $(STAMP)
 	$(BIN)/rpn-evaluate --proposals $(OUT)/proposals --input $(INPUT) --split $(VAL_SPLIT)
 
 demo: $(STAMP)
-	$(BIN)/python -m pipeline.demo --out $(OUT) --backbone $(DEMO_BACKBONE) --weights $(WEIGHTS) --epochs $(DEMO_EPOCHS)
+	$(BIN)/python -m trainer.demo --out $(OUT) --backbone $(DEMO_BACKBONE) --weights $(WEIGHTS) --epochs $(DEMO_EPOCHS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests -q -ra $(TEST_ARGS)

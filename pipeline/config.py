@@ -15,6 +15,8 @@ MANIFEST_NAME = "manifest.json"
 IMAGES_NAME = "images.jsonl"
 ERRORS_NAME = "errors.jsonl"
 MANIFEST_VERSION = 1
+# Images declaring more pixels are refused before decoding (decompression bombs).
+DEFAULT_MAX_PIXELS = 40_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +47,7 @@ class BackboneConfig:
   # Optional resize before the backbone; off by default, as in the method.
   min_side: Optional[int] = None
   max_side: Optional[int] = None
-  # Images larger than this many pixels are refused (decompression bombs).
-  max_pixels: int = 40_000_000
+  max_pixels: int = DEFAULT_MAX_PIXELS
   stride_mode: str = "ratio"
   # TensorFlow threads per worker process for the forward pass (None: TF's
   # default, all cores). With one worker process per core, 1 avoids
@@ -64,7 +65,38 @@ class OutputConfig:
   max_shard_mb: float = 1024.0
 
 
+@dataclasses.dataclass(frozen=True)
+class ProposalConfig:
+  """Turning the RPN's outputs into proposals (py-faster-rcnn's test-time defaults)."""
+  pre_nms_top_n: int = 6000  # 0: no limit
+  post_nms_top_n: int = 300  # 0: no limit
+  nms_thresh: float = 0.7
+  min_size: float = 16.0  # pixels of the frame
+  # "inside": only anchors inside the frame, the ones training labels (an RPN
+  # learns nothing about the others); "all": every anchor, clipped, as
+  # py-faster-rcnn does at test time. An image with no inside anchor at all
+  # (smaller than the smallest anchor) uses all of them.
+  anchors: str = "inside"
+
+
 def to_dict(config) -> dict:
   """A JSON-ready dict of a config dataclass (tuples become lists)."""
   out = dataclasses.asdict(config)
   return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+  """Everything one `rpn-preprocess` run needs, parsed and validated."""
+  images_dir: str
+  annotations_dir: str
+  output: str
+  image_set: Optional[str] = None
+  missing_annotations: str = "skip"  # skip | negative
+  backbone: BackboneConfig = BackboneConfig()
+  anchors: AnchorConfig = AnchorConfig()
+  targets: TargetConfig = TargetConfig()
+  output_format: OutputConfig = OutputConfig()
+  split: Optional[str] = None
+  input_root: Optional[str] = None
+  shuffle_records: bool = False

@@ -12,14 +12,16 @@ the pipeline did, and checked against the image's line in images.jsonl.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import List, Optional, Sequence
 
 import numpy as np
+from PIL import Image, ImageDraw
 
+from pipeline import backbone, ilsvrc, storage, targets
 from pipeline import config as config_lib
+from pipeline import manifest as manifest_lib
 
 GT_COLOUR = (40, 220, 60, 255)
 POSITIVE_COLOUR = (235, 40, 40, 255)
@@ -28,14 +30,11 @@ INSIDE_COLOUR = (200, 200, 200, 40)
 
 
 def read_images_jsonl(shards_dir: str) -> List[dict]:
-  from apache_beam.io.filesystems import FileSystems
-  with FileSystems.open(FileSystems.join(shards_dir, config_lib.IMAGES_NAME)) as f:
-    return [json.loads(line) for line in f.read().decode("utf-8").splitlines() if line.strip()]
+  return storage.read_jsonl(storage.join(shards_dir, config_lib.IMAGES_NAME))
 
 
 def draw_targets(image: np.ndarray, gt_boxes: np.ndarray, result, feature_width: int):
   """RGB picture of one image's anchors and sampled labels (see module doc)."""
-  from PIL import Image, ImageDraw
   base = Image.fromarray(image).convert("RGBA")
   overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
   draw = ImageDraw.Draw(overlay)
@@ -67,12 +66,11 @@ def draw_targets(image: np.ndarray, gt_boxes: np.ndarray, result, feature_width:
 def draw_image(shards_dir: str, manifest: dict, line: dict, image_path: str,
                annotation_path: Optional[str]):
   """Recomputes the targets of one image as the pipeline did; returns the picture."""
-  from pipeline import backbone, ilsvrc, targets
   image, gt_boxes, _, _ = ilsvrc.load_example(image_path, annotation_path,
-                                              manifest.get("max_pixels", 40_000_000))
+                                              manifest_lib.max_pixels(manifest))
+  resize = manifest_lib.resize(manifest)
   image, gt_boxes, _ = backbone.prepare_image(
-      image, gt_boxes, manifest["min_input_side"], manifest["resize"]["min_side"],
-      manifest["resize"]["max_side"])
+      image, gt_boxes, manifest["min_input_side"], resize["min_side"], resize["max_side"])
   t = manifest["targets"]
   result = targets.compute_targets(
       line["width"], line["height"], line["feature_height"], line["feature_width"],
@@ -99,10 +97,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--count", type=int, default=4)
   parser.add_argument("--output", required=True, help="directory for the PNGs")
   args = parser.parse_args(argv)
-  from apache_beam.io.filesystems import FileSystems
-  from pipeline import ilsvrc
-  with FileSystems.open(FileSystems.join(args.shards, config_lib.MANIFEST_NAME)) as f:
-    manifest = json.loads(f.read())
+  try:
+    manifest = manifest_lib.load(args.shards)
+  except manifest_lib.ManifestError as e:
+    print(f"rpn-draw: error: {e}", file=sys.stderr)
+    return 2
   images_dir, annotations_dir = ilsvrc.layout_roots(args.input, args.split, args.images,
                                                     args.annotations)
   lines = {line["image_id"]: line for line in read_images_jsonl(args.shards)}
@@ -114,9 +113,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if image_id not in lines or image_id not in paths:
       print(f"rpn-draw: {image_id}: not among the images of this run", file=sys.stderr)
       return 2
-    annotation = FileSystems.join(annotations_dir, image_id + ilsvrc.ANNOTATION_EXTENSION)
+    annotation = storage.join(annotations_dir, image_id + ilsvrc.ANNOTATION_EXTENSION)
     picture = draw_image(args.shards, manifest, lines[image_id], paths[image_id],
-                         annotation if FileSystems.exists(annotation) else None)
+                         annotation if storage.exists(annotation) else None)
     out = os.path.join(args.output, image_id.replace("/", "__") + ".png")
     picture.save(out)
     print(out)

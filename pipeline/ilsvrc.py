@@ -33,9 +33,10 @@ from PIL import Image
 import defusedxml
 import defusedxml.ElementTree as SafeElementTree
 
+from pipeline import config
+
 IMAGE_EXTENSIONS = (".JPEG", ".jpeg", ".jpg", ".JPG", ".png", ".PNG")
 ANNOTATION_EXTENSION = ".xml"
-DEFAULT_MAX_PIXELS = 40_000_000
 
 WNID_PATTERN = re.compile(r"n\d{8}")
 _INT_PATTERN = re.compile(r"[+-]?\d+")
@@ -410,7 +411,7 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
   return np.ascontiguousarray(rgb.reshape(rgb.shape[0], rgb.shape[1], 3))
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image(data: bytes, max_pixels: int = config.DEFAULT_MAX_PIXELS) -> np.ndarray:
   """Encoded image bytes (JPEG, PNG, any format Pillow reads) -> uint8 [H, W, 3].
 
   The format is detected from the content (ILSVRC has PNGs named .JPEG). Every
@@ -456,7 +457,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
 
 
 def load_example(image_path: str, annotation_path: Optional[str],
-                 max_pixels: int = DEFAULT_MAX_PIXELS
+                 max_pixels: int = config.DEFAULT_MAX_PIXELS
                  ) -> Tuple[np.ndarray, np.ndarray, List[str], Dict[str, int]]:
   """(image uint8 [H, W, 3], boxes float64 [M, 4] in its frame, M names, stats).
 

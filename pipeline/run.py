@@ -1,7 +1,10 @@
 """`rpn-preprocess`: ILSVRC images + XML boxes -> sharded RPN training TFRecords.
 
     rpn-preprocess --input ROOT --output DIR [--split DET/train] [--weights none] \
-        [--num_shards 16] [Beam pipeline options, e.g. --runner DataflowRunner ...]
+        [--num_shards N] [Beam pipeline options, e.g. --runner DataflowRunner ...]
+
+With no runner options it runs on this machine in its fastest safe mode: every
+core, one worker process each, shards decided by the runner (flat memory).
 
 Writes into DIR: tiles-SSSSS-of-NNNNN.tfrecord[.gz], images.jsonl, errors.jsonl
 and, last of all, manifest.json (its presence marks a complete run). Files of
@@ -12,12 +15,28 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import json
 import logging
+import os
+import shutil
 import sys
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import (
+    DirectOptions,
+    PipelineOptions,
+    SetupOptions,
+    StandardOptions,
+)
+
+from pipeline import backbone as backbone_lib
 from pipeline import config as config_lib
+from pipeline import ilsvrc
+from pipeline import manifest as manifest_lib
+from pipeline import transforms
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -51,9 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="resize so the shorter side is this (off by default)")
   model.add_argument("--max_side", type=int, default=backbone.max_side,
                      help="cap the longer side when resizing (off by default)")
-  model.add_argument("--backbone_threads", type=int, default=backbone.threads,
-                     help="TensorFlow threads per worker process (default: all cores); "
-                     "1 when running one worker process per core")
+  model.add_argument("--backbone_threads", type=int, default=None,
+                     help="TensorFlow threads per worker process (default: the cores shared "
+                     "among local worker processes; 1 on Dataflow; TensorFlow's own otherwise)")
   model.add_argument("--max_pixels", type=int, default=backbone.max_pixels,
                      help="refuse images declaring more pixels (decompression bombs)")
   anchor = parser.add_argument_group("anchors and targets")
@@ -69,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
   anchor.add_argument("--seed", type=int, default=targets.seed,
                       help="seeds the per-image sampling (with the image id) and random weights")
   out = parser.add_argument_group("output")
-  out.add_argument("--num_shards", type=int, default=output.num_shards,
-                   help="number of shards (0: the runner decides)")
+  out.add_argument("--num_shards", type=int, default=None,
+                   help="number of shards; 0: the runner decides (default on DirectRunner: "
+                   f"flat memory), {output.num_shards} on other runners")
   out.add_argument("--max_shard_mb", type=float, default=output.max_shard_mb,
                    help="with --num_shards 0, start a new shard after this many MB of "
                    "records (uncompressed); 0: no limit")
@@ -85,25 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
-@dataclasses.dataclass(frozen=True)
-class PreprocessConfig:
-  """Everything `build_pipeline` needs, parsed and validated."""
-  images_dir: str
-  annotations_dir: str
-  output: str
-  image_set: Optional[str]
-  missing_annotations: str
-  backbone: config_lib.BackboneConfig
-  anchors: config_lib.AnchorConfig
-  targets: config_lib.TargetConfig
-  output_format: config_lib.OutputConfig
-  split: Optional[str] = None
-  input_root: Optional[str] = None
-  shuffle_records: bool = False
-
-
-def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
-  from pipeline import ilsvrc
+def config_from_args(args: argparse.Namespace,
+                     setup: Optional["RunnerSetup"] = None) -> config_lib.PreprocessConfig:
+  """The run's config; flags left unset take the defaults of the runner `setup`."""
+  setup = setup or RunnerSetup([], local=True, backbone_threads=None)
   images_dir, annotations_dir = ilsvrc.layout_roots(
       input_root=args.input, split=args.split, images=args.images, annotations=args.annotations)
   if not (0 < args.fg_fraction <= 1):
@@ -111,63 +116,74 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
   if not (0 <= args.bg_iou_thresh <= args.fg_iou_thresh <= 1):
     raise ValueError(f"need 0 <= bg_iou_thresh ({args.bg_iou_thresh}) <= fg_iou_thresh "
                      f"({args.fg_iou_thresh}) <= 1")
-  if args.batch_size <= 0 or args.num_shards < 0 or args.max_shard_mb < 0:
+  num_shards = args.num_shards
+  if num_shards is None:
+    num_shards = setup.num_shards
+  threads = setup.backbone_threads if args.backbone_threads is None else args.backbone_threads
+  if args.batch_size <= 0 or num_shards < 0 or args.max_shard_mb < 0:
     raise ValueError("--batch_size must be > 0, --num_shards and --max_shard_mb >= 0")
-  return PreprocessConfig(
+  return config_lib.PreprocessConfig(
       images_dir=images_dir, annotations_dir=annotations_dir, output=args.output.rstrip("/"),
       image_set=args.image_set, missing_annotations=args.missing_annotations,
       backbone=config_lib.BackboneConfig(
           backbone=args.backbone, weights=args.weights, min_side=args.min_side,
-          max_side=args.max_side, max_pixels=args.max_pixels, threads=args.backbone_threads),
+          max_side=args.max_side, max_pixels=args.max_pixels, threads=threads),
       anchors=config_lib.AnchorConfig(scales=tuple(args.scales), ratios=tuple(args.ratios)),
       targets=config_lib.TargetConfig(
           fg_iou_thresh=args.fg_iou_thresh, bg_iou_thresh=args.bg_iou_thresh,
           batch_size=args.batch_size, fg_fraction=args.fg_fraction, seed=args.seed),
       output_format=config_lib.OutputConfig(
-          num_shards=args.num_shards, compression=args.compression, tile_dtype=args.tile_dtype,
+          num_shards=num_shards, compression=args.compression, tile_dtype=args.tile_dtype,
           max_shard_mb=args.max_shard_mb),
       split=args.split if args.input else None, input_root=args.input,
       shuffle_records=args.shuffle_records)
 
 
-def shard_suffix(compression: str) -> str:
-  return ".tfrecord.gz" if compression == "GZIP" else ".tfrecord"
+# ---------------------------------------------------------------------------
+# Runner options
 
 
-def manifest_dict(cfg: PreprocessConfig, counts: dict, shard_files: List[str]) -> dict:
-  """manifest.json: everything needed to read and to reproduce the shards."""
-  from pipeline import backbone as backbone_lib
-  spec = backbone_lib.backbone_spec(cfg.backbone.backbone)
-  fmt = cfg.output_format
-  num_shards = len(shard_files)
-  return {
-      "version": config_lib.MANIFEST_VERSION,
-      "created_by": "rpn-preprocess",
-      "backbone": cfg.backbone.backbone,
-      "weights": cfg.backbone.weights,
-      "weights_seed": cfg.targets.seed,
-      "feature_channels": spec.channels,
-      "tile_size": 3,
-      "dtype": fmt.tile_dtype,
-      "compression": fmt.compression,
-      "anchor": dict(config_lib.to_dict(cfg.anchors), num_anchors=cfg.anchors.num_anchors),
-      "targets": config_lib.to_dict(cfg.targets),
-      "stride_mode": cfg.backbone.stride_mode,
-      "resize": {"min_side": cfg.backbone.min_side, "max_side": cfg.backbone.max_side},
-      "min_input_side": spec.min_input_side,
-      "padding": "small images padded with zeros at the bottom and right up to min_input_side",
-      "max_pixels": cfg.backbone.max_pixels,
-      "input": {"root": cfg.input_root, "split": cfg.split, "images": cfg.images_dir,
-                "annotations": cfg.annotations_dir, "image_set": cfg.image_set,
-                "missing_annotations": cfg.missing_annotations},
-      "shard_pattern": f"{config_lib.SHARD_PREFIX}-?????-of-{num_shards:05d}"
-                       f"{shard_suffix(fmt.compression)}",
-      "num_shards": num_shards,
-      "max_shard_mb": fmt.max_shard_mb if fmt.num_shards == 0 else None,
-      "records_shuffled": cfg.shuffle_records,
-      "shard_files": shard_files,
-      "counts": counts,
-  }
+@dataclasses.dataclass(frozen=True)
+class RunnerSetup:
+  """The Beam arguments to run with, and the defaults they imply."""
+  beam_args: List[str]
+  local: bool  # DirectRunner: runner-decided shards keep its memory flat
+  backbone_threads: Optional[int]  # None: TensorFlow's default (all cores)
+
+  @property
+  def num_shards(self) -> int:
+    return 0 if self.local else config_lib.OutputConfig().num_shards
+
+
+def runner_setup(beam_args: Sequence[str], cores: Optional[int] = None) -> RunnerSetup:
+  """The fastest safe local mode unless the Beam arguments say otherwise.
+
+  No --direct_* option and no runner other than DirectRunner: multi-process
+  DirectRunner, one worker process per core, one TensorFlow thread each, and
+  runner-decided shards (the fastest local mode measured, in flat memory;
+  BENCHMARKS.md). Given --direct_* options are kept: several worker
+  processes share the cores' threads; one process uses them all. Another
+  runner keeps Beam's defaults and gets OutputConfig's fixed shard count;
+  Dataflow runs one SDK process per vCPU, so one TensorFlow thread each.
+  """
+  cores = cores or os.cpu_count() or 1
+  args = list(beam_args)
+  if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
+    args.append("--default_sdk_harness_log_level=WARNING")
+  if not any(a.startswith("--sdk_harness_log_level_overrides") for a in args):
+    args.append("--sdk_harness_log_level_overrides="
+                + json.dumps({transforms.PROGRESS_LOGGER.name: "INFO"}))
+  runner = PipelineOptions(args).view_as(StandardOptions).runner or "DirectRunner"
+  if runner not in ("DirectRunner", "direct"):
+    dataflow = runner in ("DataflowRunner", "dataflow")
+    return RunnerSetup(args, local=False, backbone_threads=1 if dataflow else None)
+  if not any(a.startswith("--direct_") for a in beam_args):
+    args += ["--direct_running_mode=multi_processing", f"--direct_num_workers={cores}"]
+  direct = PipelineOptions(args).view_as(DirectOptions)
+  workers = direct.direct_num_workers or 1
+  if direct.direct_running_mode == "multi_processing" and workers > 1:
+    return RunnerSetup(args, local=True, backbone_threads=max(1, cores // workers))
+  return RunnerSetup(args, local=True, backbone_threads=None)
 
 
 # ---------------------------------------------------------------------------
@@ -179,7 +195,6 @@ OUTPUT_GLOBS = (f"{config_lib.SHARD_PREFIX}-*", config_lib.MANIFEST_NAME,
 
 def clear_outputs(output: str) -> List[str]:
   """Deletes the files an earlier run left in `output`; returns what it deleted."""
-  from apache_beam.io.filesystems import FileSystems
   deleted = []
   for pattern in OUTPUT_GLOBS:
     for match in FileSystems.match([FileSystems.join(output, pattern)])[0].metadata_list:
@@ -187,132 +202,54 @@ def clear_outputs(output: str) -> List[str]:
   # beam-temp-* are directories on local filesystems: match returns their files.
   if deleted:
     FileSystems.delete(sorted(set(deleted)))
-  import os
   if "://" not in output and os.path.isdir(output):
-    import glob
-    import shutil
     for temp_dir in glob.glob(os.path.join(output, "beam-temp-*")):
       shutil.rmtree(temp_dir, ignore_errors=True)
   return deleted
-
-
-def write_text(path: str, text: str) -> None:
-  """Writes `text` to `path` through a temp file and a rename (atomic on local)."""
-  from apache_beam.io.filesystems import FileSystems
-  temp = path + ".tmp"
-  with FileSystems.create(temp) as f:
-    f.write(text.encode("utf-8"))
-  FileSystems.rename([temp], [path])
 
 
 # ---------------------------------------------------------------------------
 # The pipeline
 
 
-def build_pipeline(p, cfg: PreprocessConfig, extractor_factory=None):
-  """Adds the preprocessing steps to pipeline `p`; returns the main PCollections."""
-  import apache_beam as beam
-  from apache_beam.io.filesystems import FileSystems
-  from apache_beam.io.tfrecordio import WriteToTFRecord
-  from apache_beam.io import textio
-  from pipeline import backbone as backbone_lib
-  from pipeline import ilsvrc
-  from pipeline import transforms as T
+def build_pipeline(p, cfg: config_lib.PreprocessConfig, extractor_factory=None):
+  """Adds the preprocessing steps to pipeline `p`; returns the main PCollections.
 
-  spec = backbone_lib.backbone_spec(cfg.backbone.backbone)
-  images = p | "ListImages" >> T.ListFiles(cfg.images_dir, ilsvrc.IMAGE_EXTENSIONS)
-  annotations = p | "ListAnnotations" >> T.ListFiles(
-      cfg.annotations_dir, (ilsvrc.ANNOTATION_EXTENSION,))
-  grouped_inputs = {"images": images, "annotations": annotations}
-  if cfg.image_set:
-    grouped_inputs["listed"] = (
-        p | "ReadImageSet" >> beam.io.ReadFromText(cfg.image_set)
-        | "ParseImageSet" >> beam.FlatMap(lambda line: [(i, True) for i in ilsvrc.parse_image_set(line)]))
-  paired = (grouped_inputs | "GroupById" >> beam.CoGroupByKey()
-            | "PairInputs" >> beam.ParDo(T.PairInputsFn(
-                cfg.missing_annotations, bool(cfg.image_set))).with_outputs(T.ERRORS, main="ok"))
-
-  loaded = (paired.ok | "LoadImages" >> beam.ParDo(
-      T.LoadImageFn(cfg.backbone, spec.min_input_side))
-      .with_outputs(T.ERRORS, main="ok").with_exception_handling())
-  features = (loaded.ok | "ComputeFeatures" >> beam.ParDo(
-      T.ComputeFeaturesFn(cfg.backbone, cfg.targets.seed, extractor_factory=extractor_factory))
-      .with_exception_handling())
-  sampled = (features.good | "SampleTargets" >> beam.ParDo(
-      T.SampleTargetsFn(cfg.anchors, cfg.targets, cfg.output_format.tile_dtype))
-      .with_outputs(T.IMAGES, T.STATS, T.ERRORS, main="records").with_exception_handling())
-
-  errors = ((paired[T.ERRORS], loaded[T.ERRORS], sampled[T.ERRORS],
-             loaded.bad | "LoadDeadLetters" >> beam.Map(T.dead_letter_to_error("load")),
-             features.bad | "FeatureDeadLetters" >> beam.Map(T.dead_letter_to_error("features")),
-             sampled.bad | "TargetDeadLetters" >> beam.Map(T.dead_letter_to_error("targets")))
-            | "AllErrors" >> beam.Flatten())
-
-  # With a set of ids, only the listed images are inputs.
-  if cfg.image_set:
-    listed_images = (paired.ok, paired[T.ERRORS] | "ListedImageErrors" >> beam.Filter(
-        lambda e: e["outcome"] in (T.FAILED, T.SKIPPED)))
-    found_count = (listed_images | "ListedImages" >> beam.Flatten()
-                   | "CountFound" >> beam.combiners.Count.Globally())
-  else:
-    found_count = images | "CountFound" >> beam.combiners.Count.Globally()
-
-  counts = ((sampled[T.STATS], errors | "ErrorCounts" >> beam.Map(T.error_counts))
-            | "AllCounts" >> beam.Flatten()
-            | "SumCounts" >> beam.CombineGlobally(T.SumCounts()))
-
-  fmt = cfg.output_format
-  records = sampled.records
-  if cfg.shuffle_records:
-    records = records | "ShuffleRecords" >> beam.Reshuffle()
-  write_shards = WriteToTFRecord(
-      FileSystems.join(cfg.output, config_lib.SHARD_PREFIX),
-      file_name_suffix=shard_suffix(fmt.compression), num_shards=fmt.num_shards,
-      shard_name_template="-SSSSS-of-NNNNN",
-      compression_type=("gzip" if fmt.compression == "GZIP" else "uncompressed"))
-  if fmt.num_shards == 0 and fmt.max_shard_mb:
-    # FileBasedSink's max_bytes_per_shard, which WriteToTFRecord does not take
-    # as an argument: without it a runner-sharded local run writes one file
-    # per worker bundle (hundreds of GB for ILSVRC).
-    write_shards._sink.max_bytes_per_shard = int(fmt.max_shard_mb * (1 << 20))
-  shard_files = records | "WriteShards" >> write_shards
-  record_count = sampled.records | "CountRecords" >> beam.combiners.Count.Globally()
-  images_file = (sampled[T.IMAGES] | "ImageLines" >> beam.Map(T.to_json_line)
-                 | "WriteImages" >> textio.WriteToText(
-                     FileSystems.join(cfg.output, config_lib.IMAGES_NAME),
-                     shard_name_template="", num_shards=1))
-  errors_file = (errors | "ErrorLines" >> beam.Map(T.error_line)
-                 | "WriteErrors" >> textio.WriteToText(
-                     FileSystems.join(cfg.output, config_lib.ERRORS_NAME),
-                     shard_name_template="", num_shards=1))
-
-  def write_manifest(_, counts, found, records, shards, images_written, errors_written):
-    import os
-    del images_written, errors_written  # side inputs only to order this step last
-    counts = T.sum_box_stats(counts)
-    counts.update({"images_found": found, "records": records})
-    for key in ("images_ok", "images_failed", "images_skipped", "fg_anchors", "bg_anchors"):
-      counts.setdefault(key, 0)
-    names = sorted(os.path.basename(s) for s in shards)
-    manifest = manifest_dict(cfg, dict(sorted(counts.items())), names)
-    write_text(FileSystems.join(cfg.output, config_lib.MANIFEST_NAME),
-               json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return manifest
-
-  manifest = (p | "Start" >> beam.Create([None])
-              | "WriteManifest" >> beam.Map(
-                  write_manifest,
-                  counts=beam.pvalue.AsSingleton(counts),
-                  found=beam.pvalue.AsSingleton(found_count),
-                  records=beam.pvalue.AsSingleton(record_count),
-                  shards=beam.pvalue.AsList(shard_files),
-                  images_written=beam.pvalue.AsList(images_file),
-                  errors_written=beam.pvalue.AsList(errors_file)))
-  return {"records": sampled.records, "images": sampled[T.IMAGES], "errors": errors,
-          "counts": counts, "manifest": manifest}
+  ReadInputs -> ImagesToRecords -> WriteOutputs (shards, jsonl files, then the
+  manifest); every step's errors go to errors.jsonl and the counts.
+  """
+  inputs = p | "ReadInputs" >> transforms.ReadInputs(cfg)
+  images = inputs["images"] | "ImagesToRecords" >> transforms.ImagesToRecords(
+      cfg, extractor_factory)
+  errors = (inputs["errors"], images["errors"]) | "AllErrors" >> beam.Flatten()
+  outputs = dict(images, errors=errors, found=inputs["found"])
+  manifest = outputs | "WriteOutputs" >> transforms.WriteOutputs(cfg)
+  return dict(outputs, manifest=manifest)
 
 
-def _summary(manifest: dict) -> str:
+@dataclasses.dataclass(frozen=True)
+class PreprocessResult:
+  """What one run produced: the manifest it wrote and the Beam metrics."""
+  manifest: Dict
+  metrics: Dict  # counter name -> value; distribution name -> {sum, count, min, max}
+
+
+def pipeline_metrics(result) -> Dict:
+  """Counters and distributions of a finished PipelineResult, summed over steps."""
+  metrics: Dict = {}
+  query = result.metrics().query()
+  for counter in query["counters"]:
+    name = counter.key.metric.name
+    metrics[name] = metrics.get(name, 0) + counter.committed
+  for dist in query["distributions"]:
+    d = dist.committed
+    if d is not None and d.count:
+      metrics[dist.key.metric.name] = {"sum": d.sum, "count": d.count, "min": d.min,
+                                       "max": d.max}
+  return metrics
+
+
+def summary(manifest: dict) -> str:
   c = manifest["counts"]
   lines = [
       f"images: {c['images_found']} found = {c['images_ok']} ok + {c['images_failed']} failed"
@@ -324,42 +261,36 @@ def _summary(manifest: dict) -> str:
   return "\n".join(lines)
 
 
-def run(argv: Optional[Sequence[str]] = None, extractor_factory=None) -> dict:
-  """Parses flags, clears old outputs, runs the pipeline; returns the manifest."""
-  import apache_beam as beam
-  from apache_beam.io.filesystems import FileSystems
-  from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
-  from pipeline import backbone as backbone_lib
-
+def run(argv: Optional[Sequence[str]] = None, extractor_factory=None) -> PreprocessResult:
+  """Parses flags, clears old outputs, runs the pipeline; returns what it wrote."""
   args, beam_args = build_parser().parse_known_args(argv)
-  cfg = config_from_args(args)
+  setup = runner_setup(beam_args)
+  cfg = config_from_args(args, setup)
   backbone_lib.backbone_spec(cfg.backbone.backbone)  # fails fast on a bad name
   weights = cfg.backbone.weights
   if weights not in ("imagenet", "none") and not FileSystems.exists(weights):
     raise FileNotFoundError(f"--weights {weights}: no such file")
-  if not any(a.startswith("--default_sdk_harness_log_level") for a in beam_args):
-    beam_args = list(beam_args) + ["--default_sdk_harness_log_level=WARNING"]
-  options = PipelineOptions(beam_args)
+  options = PipelineOptions(setup.beam_args)
   options.view_as(SetupOptions).save_main_session = False
   deleted = clear_outputs(cfg.output)
   if deleted:
     _LOGGER.warning("cleared %d files of an earlier run from %s", len(deleted), cfg.output)
-  with beam.Pipeline(options=options) as p:
-    build_pipeline(p, cfg, extractor_factory=extractor_factory)
-  manifest_path = FileSystems.join(cfg.output, config_lib.MANIFEST_NAME)
-  with FileSystems.open(manifest_path) as f:
-    manifest = json.loads(f.read().decode("utf-8"))
-  return manifest
+  p = beam.Pipeline(options=options)
+  build_pipeline(p, cfg, extractor_factory=extractor_factory)
+  result = p.run()
+  result.wait_until_finish()
+  return PreprocessResult(manifest_lib.load(cfg.output), pipeline_metrics(result))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+  transforms.PROGRESS_LOGGER.setLevel(logging.INFO)  # the progress line; Beam stays quiet
   try:
-    manifest = run(argv)
+    result = run(argv)
   except (ValueError, FileNotFoundError) as e:
     print(f"rpn-preprocess: error: {e}", file=sys.stderr)
     return 2
-  print(_summary(manifest))
+  print(summary(result.manifest))
   return 0
 
 

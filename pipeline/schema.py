@@ -42,7 +42,7 @@ def make_example(tile: np.ndarray, labels: np.ndarray, deltas: np.ndarray,
 
 def feature_spec(num_anchors: int) -> Dict:
   """tf.io.parse_example spec for records with `num_anchors` anchors a point."""
-  import tensorflow as tf
+  import tensorflow as tf  # lazy: the pipeline imports this module without TensorFlow
   return {
       TILE_KEY: tf.io.FixedLenFeature([], tf.string),
       LABELS_KEY: tf.io.FixedLenFeature([num_anchors], tf.int64),
@@ -58,7 +58,7 @@ def parse_examples(serialized, num_anchors: int, channels: int, tile_dtype: str 
   Works eagerly and inside Dataset.map. tile -> float32 [B, 3, 3, C] (float16
   tiles are widened), labels int32 [B, A], deltas float32 [B, 4A].
   """
-  import tensorflow as tf
+  import tensorflow as tf  # lazy: the pipeline imports this module without TensorFlow
   if tile_dtype not in TILE_DTYPES:
     raise ValueError(f"tile dtype {tile_dtype!r} not in {TILE_DTYPES}")
   parsed = tf.io.parse_example(serialized, feature_spec(num_anchors))

@@ -17,17 +17,25 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
 import threading
 import time
-from typing import Any, Dict, Iterable, NamedTuple, Optional
+from typing import Any, Dict, NamedTuple, Optional
 
 import apache_beam as beam
-from apache_beam.io import fileio
+import numpy as np
+from apache_beam.io import fileio, textio
+from apache_beam.io.tfrecordio import WriteToTFRecord
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
+from pipeline import backbone
 from pipeline import config as config_lib
 from pipeline import ilsvrc
+from pipeline import manifest as manifest_lib
+from pipeline import schema
+from pipeline import storage
+from pipeline import targets
 
 NAMESPACE = "rpn"
 ERRORS = "errors"
@@ -62,6 +70,47 @@ class ImageFeatures(NamedTuple):
   gt_boxes: Any
   feature_map: Any  # float32 [Hf, Wf, C]
   stats: Dict[str, int]
+
+
+class WorkerProgress:
+  """A plain progress line per worker process: images done, rate, errors so far.
+
+  One per process (PROGRESS below): every DoFn instance of the process adds
+  to it. Logged at INFO on the `pipeline.progress` logger at most every
+  `every_s` seconds; rpn-preprocess turns that logger on, also on workers.
+  """
+
+  def __init__(self, every_s: float = 10.0):
+    self._every_s = every_s
+    self._lock = threading.Lock()
+    self._start = self._last = None
+    self._done = self._errors = 0
+
+  def image_done(self) -> None:
+    self._add(done=1)
+
+  def error(self) -> None:
+    self._add(errors=1)
+
+  def _add(self, done: int = 0, errors: int = 0) -> None:
+    with self._lock:
+      now = time.monotonic()
+      if self._start is None:
+        self._start = self._last = now
+      self._done += done
+      self._errors += errors
+      if self._done + self._errors > 1 and now - self._last < self._every_s:
+        return
+      self._last = now
+      elapsed = now - self._start
+      rate = f", {self._done / elapsed:.2f} images/s" if elapsed >= 1 else ""
+      line = (f"progress (worker {os.getpid()}): {self._done} images done in {elapsed:.0f} s"
+              f"{rate}, {self._errors} errors so far")
+    PROGRESS_LOGGER.info(line)
+
+
+PROGRESS_LOGGER = logging.getLogger("pipeline.progress")
+PROGRESS = WorkerProgress()
 
 
 def error_record(path: str, stage: str, reason: str, outcome: str = FAILED,
@@ -157,7 +206,6 @@ class LoadImageFn(beam.DoFn):
     self._min_input_side = min_input_side
 
   def process(self, item: ImageInput):
-    from pipeline import backbone
     try:
       image, gt_boxes, _, stats = ilsvrc.load_example(
           item.image_path, item.annotation_path, self._config.max_pixels)
@@ -165,6 +213,7 @@ class LoadImageFn(beam.DoFn):
       _counter("images_failed").inc()
       _counter(f"failed_{e.stage}").inc()
       path = item.annotation_path if e.stage == "annotation" else item.image_path
+      PROGRESS.error()
       yield beam.pvalue.TaggedOutput(ERRORS, error_record(
           path, e.stage, str(e), image_id=item.image_id))
       return
@@ -192,25 +241,19 @@ class ComputeFeaturesFn(beam.DoFn):
   """LoadedImage -> ImageFeatures, with one frozen backbone per worker process."""
 
   def __init__(self, backbone_config: config_lib.BackboneConfig, weights_seed: int,
-               shared_handle: Optional[shared.Shared] = None, extractor_factory=None,
-               log_every_s: float = 10.0):
+               shared_handle: Optional[shared.Shared] = None, extractor_factory=None):
     self._config = backbone_config
     self._seed = weights_seed
     self._shared = shared_handle or shared.Shared()
     self._factory = extractor_factory  # tests pass a tiny fake backbone
-    self._log_every_s = log_every_s
 
   def setup(self):
     def load():
       if self._factory is not None:
         return _SharedExtractor(self._factory())
-      from pipeline import backbone
       return _SharedExtractor(backbone.FeatureExtractor(
           self._config.backbone, self._config.weights, self._seed, self._config.threads))
     self._holder = self._shared.acquire(load, tag=(self._config, self._seed))
-    self._done = 0
-    self._start = time.monotonic()
-    self._last_log = self._start
     self._images = _counter("images_featurized")
     self._millis = Metrics.distribution(NAMESPACE, "backbone_ms")
 
@@ -221,11 +264,7 @@ class ComputeFeaturesFn(beam.DoFn):
     now = time.monotonic()
     self._millis.update(int(1000 * (now - start)))
     self._images.inc()
-    self._done += 1
-    if self._done == 1 or now - self._last_log >= self._log_every_s:
-      self._last_log = now
-      _LOGGER.warning("ComputeFeatures: %d images in %.0f s on this worker (%.2f images/s)",
-                      self._done, now - self._start, self._done / (now - self._start))
+    PROGRESS.image_done()
     height, width = item.image.shape[:2]
     yield ImageFeatures(item.image_id, item.image_path, width, height, item.gt_boxes,
                         feature_map, item.stats)
@@ -248,8 +287,6 @@ class SampleTargetsFn(beam.DoFn):
     self._skipped = _counter("images_skipped")
 
   def process(self, item: ImageFeatures):
-    import numpy as np
-    from pipeline import schema, targets
     feature_height, feature_width = item.feature_map.shape[:2]
     result = targets.compute_targets(
         item.width, item.height, feature_height, feature_width, item.gt_boxes, item.image_id,
@@ -264,6 +301,7 @@ class SampleTargetsFn(beam.DoFn):
       # cannot (no anchor lies inside it, e.g. a padded tiny or a very
       # elongated image) is skipped, with the reason, and still counted.
       self._skipped.inc()
+      PROGRESS.error()
       yield beam.pvalue.TaggedOutput(ERRORS, error_record(
           item.image_path, "targets",
           f"no anchor to sample: {result.num_inside} of {len(result.anchors)} anchors lie "
@@ -310,6 +348,7 @@ def dead_letter_to_error(stage: str):
     path = getattr(element, "image_path", None) or str(element)[:200]
     image_id = getattr(element, "image_id", None)
     name = getattr(exc_type, "__name__", str(exc_type))
+    PROGRESS.error()
     _counter("images_failed").inc()
     _counter(f"failed_{stage}").inc()
     return error_record(path, stage, f"{name}: {exc_value}", image_id=image_id)
@@ -360,3 +399,163 @@ def sum_box_stats(counts: Dict[str, int]) -> Dict[str, int]:
   out = dict(counts)
   out["boxes_dropped"] = sum(int(counts.get(k, 0)) for k in ilsvrc.DROPPED_BOX_KEYS)
   return out
+
+
+# ---------------------------------------------------------------------------
+# Composite transforms: what build_pipeline strings together
+
+
+class ReadInputs(beam.PTransform):
+  """PBegin -> {"images": ImageInput, "errors": error records, "found": [count]}.
+
+  Lists images and annotations (and the image set, when given), pairs them by
+  id; "found" counts the images that are inputs of this run (with an image
+  set, only the listed ones).
+  """
+
+  def __init__(self, cfg: config_lib.PreprocessConfig):
+    super().__init__()
+    self._cfg = cfg
+
+  def expand(self, pbegin):
+    cfg = self._cfg
+    grouped = {
+        "images": pbegin | "ListImages" >> ListFiles(cfg.images_dir, ilsvrc.IMAGE_EXTENSIONS),
+        "annotations": pbegin | "ListAnnotations" >> ListFiles(
+            cfg.annotations_dir, (ilsvrc.ANNOTATION_EXTENSION,)),
+    }
+    if cfg.image_set:
+      grouped["listed"] = (pbegin | "ReadImageSet" >> beam.io.ReadFromText(cfg.image_set)
+                           | "ParseImageSet" >> beam.FlatMap(_listed_ids))
+    paired = (grouped | "GroupById" >> beam.CoGroupByKey()
+              | "PairInputs" >> beam.ParDo(PairInputsFn(
+                  cfg.missing_annotations, bool(cfg.image_set))).with_outputs(ERRORS, main="ok"))
+    if cfg.image_set:
+      inputs = (paired.ok, paired[ERRORS] | "ListedImageErrors" >> beam.Filter(
+          lambda e: e["outcome"] in (FAILED, SKIPPED))) | "ListedImages" >> beam.Flatten()
+    else:
+      inputs = grouped["images"]
+    return {"images": paired.ok, "errors": paired[ERRORS],
+            "found": inputs | "CountFound" >> beam.combiners.Count.Globally()}
+
+
+def _listed_ids(line: str):
+  return [(image_id, True) for image_id in ilsvrc.parse_image_set(line)]
+
+
+class ImagesToRecords(beam.PTransform):
+  """ImageInput -> {"records": serialized Examples, "images": images.jsonl dicts,
+  "stats": count dicts, "errors": error records}.
+
+  Load (decode, parse, box policy, pad), features (the frozen backbone), then
+  targets (anchors, labels, sampling, tiles); any step's failure is an errors
+  record (Beam's dead letters for exceptions nobody expected).
+  """
+
+  def __init__(self, cfg: config_lib.PreprocessConfig, extractor_factory=None):
+    super().__init__()
+    self._cfg = cfg
+    self._factory = extractor_factory
+
+  def expand(self, images):
+    cfg = self._cfg
+    spec = backbone.backbone_spec(cfg.backbone.backbone)
+    loaded = (images | "LoadImages" >> beam.ParDo(
+        LoadImageFn(cfg.backbone, spec.min_input_side))
+        .with_outputs(ERRORS, main="ok").with_exception_handling())
+    features = (loaded.ok | "ComputeFeatures" >> beam.ParDo(
+        ComputeFeaturesFn(cfg.backbone, cfg.targets.seed, extractor_factory=self._factory))
+        .with_exception_handling())
+    sampled = (features.good | "SampleTargets" >> beam.ParDo(
+        SampleTargetsFn(cfg.anchors, cfg.targets, cfg.output_format.tile_dtype))
+        .with_outputs(IMAGES, STATS, ERRORS, main="records").with_exception_handling())
+    errors = ((loaded[ERRORS], sampled[ERRORS],
+               loaded.bad | "LoadDeadLetters" >> beam.Map(dead_letter_to_error("load")),
+               features.bad | "FeatureDeadLetters" >> beam.Map(dead_letter_to_error("features")),
+               sampled.bad | "TargetDeadLetters" >> beam.Map(dead_letter_to_error("targets")))
+              | "ImageErrors" >> beam.Flatten())
+    return {"records": sampled.records, "images": sampled[IMAGES], "stats": sampled[STATS],
+            "errors": errors}
+
+
+def write_to_tfrecord(prefix: str, output_format: config_lib.OutputConfig) -> WriteToTFRecord:
+  """WriteToTFRecord of the product's shards, closed at --max_shard_mb when the
+  runner decides the shards (--num_shards 0).
+
+  FileBasedSink has `max_bytes_per_shard`, but WriteToTFRecord takes no such
+  argument; without it a runner-sharded local run writes one file per worker
+  bundle. So it is set on the sink WriteToTFRecord keeps in `_sink`: checked
+  against apache-beam 2.77 (tests/test_transforms.py fails if that changes).
+  """
+  fmt = output_format
+  write = WriteToTFRecord(
+      prefix, file_name_suffix=manifest_lib.shard_suffix(fmt.compression),
+      num_shards=fmt.num_shards, shard_name_template="-SSSSS-of-NNNNN",
+      compression_type=("gzip" if fmt.compression == "GZIP" else "uncompressed"))
+  if fmt.num_shards == 0 and fmt.max_shard_mb:
+    sink = write._sink
+    if not hasattr(sink, "max_bytes_per_shard"):
+      raise RuntimeError("this apache-beam's TFRecord sink has no max_bytes_per_shard; "
+                         "see pipeline.transforms.write_to_tfrecord")
+    sink.max_bytes_per_shard = int(fmt.max_shard_mb * (1 << 20))
+  return write
+
+
+class WriteOutputs(beam.PTransform):
+  """{"records", "images", "stats", "errors", "found"} -> [manifest dict].
+
+  Writes the shards, images.jsonl and errors.jsonl, then, last, manifest.json
+  with the counts (side inputs on every other output order it after them).
+  """
+
+  def __init__(self, cfg: config_lib.PreprocessConfig):
+    super().__init__()
+    self._cfg = cfg
+
+  def expand(self, outputs):
+    cfg = self._cfg
+    records = outputs["records"]
+    counts = ((outputs["stats"], outputs["errors"] | "ErrorCounts" >> beam.Map(error_counts))
+              | "AllCounts" >> beam.Flatten()
+              | "SumCounts" >> beam.CombineGlobally(SumCounts()))
+    if cfg.shuffle_records:
+      records = records | "ShuffleRecords" >> beam.Reshuffle()
+    shards = records | "WriteShards" >> write_to_tfrecord(
+        storage.join(cfg.output, config_lib.SHARD_PREFIX), cfg.output_format)
+    written = [
+        outputs[key] | f"{name}Lines" >> beam.Map(to_line)
+        | f"Write{name}" >> textio.WriteToText(storage.join(cfg.output, file_name),
+                                               shard_name_template="", num_shards=1)
+        for key, name, file_name, to_line in (
+            ("images", "Images", config_lib.IMAGES_NAME, to_json_line),
+            ("errors", "Errors", config_lib.ERRORS_NAME, error_line))]
+    spec = backbone.backbone_spec(cfg.backbone.backbone)
+    return (pbegin_of(records) | "Start" >> beam.Create([None])
+            | "WriteManifest" >> beam.Map(
+                write_manifest, cfg=cfg, feature_channels=spec.channels,
+                min_input_side=spec.min_input_side,
+                counts=beam.pvalue.AsSingleton(counts),
+                found=beam.pvalue.AsSingleton(outputs["found"]),
+                records=beam.pvalue.AsSingleton(
+                    outputs["records"] | "CountRecords" >> beam.combiners.Count.Globally()),
+                shards=beam.pvalue.AsList(shards),
+                images_written=beam.pvalue.AsList(written[0]),
+                errors_written=beam.pvalue.AsList(written[1])))
+
+
+def pbegin_of(pcoll) -> beam.pvalue.PBegin:
+  return beam.pvalue.PBegin(pcoll.pipeline)
+
+
+def write_manifest(_, cfg, feature_channels, min_input_side, counts, found, records, shards,
+                   images_written, errors_written) -> Dict[str, Any]:
+  """Completes the counts and writes manifest.json; returns the manifest."""
+  del images_written, errors_written  # side inputs only to order this step last
+  counts = sum_box_stats(counts)
+  counts.update({"images_found": found, "records": records})
+  for key in ("images_ok", "images_failed", "images_skipped", "fg_anchors", "bg_anchors"):
+    counts.setdefault(key, 0)
+  manifest = manifest_lib.build(cfg, counts, [os.path.basename(s) for s in shards],
+                                feature_channels, min_input_side)
+  manifest_lib.write(cfg.output, manifest)
+  return manifest

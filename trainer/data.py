@@ -26,8 +26,10 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Tuple
 
+import tensorflow as tf
+
 from pipeline import schema
-from trainer import manifest as manifest_lib
+from pipeline import manifest as manifest_lib
 
 DEFAULT_SHUFFLE_BUFFER_MB = 256
 _HEADER_BYTES = 12  # uint64 length, uint32 masked crc32c of the length
@@ -43,8 +45,9 @@ class CorruptShardError(manifest_lib.ManifestError):
 def record_bytes(manifest: Dict) -> int:
   """Approximate bytes of one serialized record (the tile dominates)."""
   itemsize = 2 if manifest["dtype"] == "float16" else 4
-  num_anchors = int(manifest["anchor"]["num_anchors"])
-  return 9 * int(manifest["feature_channels"]) * itemsize + 40 * num_anchors + 100
+  num_anchors = manifest_lib.num_anchors(manifest)
+  tile_values = schema.TILE_SIZE ** 2 * int(manifest["feature_channels"])
+  return tile_values * itemsize + 40 * num_anchors + 100
 
 
 def _masked_crc(data: bytes) -> int:
@@ -54,7 +57,6 @@ def _masked_crc(data: bytes) -> int:
 
 
 def _open(path: str):
-  import tensorflow as tf
   return open(path, "rb") if "://" not in path else tf.io.gfile.GFile(path, "rb")
 
 
@@ -66,7 +68,6 @@ def scan_shard(path: str, compression: str, verify_payload: bool = False) -> Tup
   (reads ~12 bytes a record) unless verify_payload, which also checks each
   payload's checksum (reads everything); a GZIP shard is decompressed whole.
   """
-  import tensorflow as tf
   sequential = verify_payload or compression == "GZIP"
   size = None if sequential else tf.io.gfile.stat(path).length
   records, offset = 0, 0
@@ -121,7 +122,7 @@ def check_shards(data_dir: str, manifest: Dict, skip_corrupt: bool = False,
   records = sum(n for p, (n, _) in zip(paths, results) if p not in bad)
   expected = manifest["counts"].get("records")
   if not bad and expected is not None and records != expected:
-    raise CorruptShardError(f"{manifest_lib.manifest_path(data_dir)}: counts.records is "
+    raise CorruptShardError(f"{manifest_lib.path_in(data_dir)}: counts.records is "
                             f"{expected} but the shards hold {records} records")
   if bad:
     _LOGGER.warning("%s: leaving out %d of %d shards (%d records readable in them): %s",
@@ -138,7 +139,6 @@ def find_corrupt_shards(data_dir: str, manifest: Dict) -> Dict[str, str]:
 
 def to_model_inputs(parsed: Dict):
   """Parsed records (schema.parse_examples) -> (tiles, targets) for fit()."""
-  import tensorflow as tf
   labels = tf.cast(parsed[schema.LABELS_KEY], tf.float32)
   packed = tf.concat([labels, parsed[schema.DELTAS_KEY]], axis=-1)
   return parsed[schema.TILE_KEY], {"scores": labels, "deltas": packed}
@@ -158,7 +158,6 @@ def make_dataset(data_dir: str, manifest: Dict, batch_size: int, shuffle: bool =
   skip_corrupt or repeat, the dataset knows its length in batches (Keras
   shows it in the first epoch's progress bar).
   """
-  import tensorflow as tf
   if files is None:
     files, report = check_shards(data_dir, manifest, skip_corrupt)
     num_records = report["records"]
@@ -166,7 +165,7 @@ def make_dataset(data_dir: str, manifest: Dict, batch_size: int, shuffle: bool =
     raise CorruptShardError(f"{data_dir}: no readable shard")
   autotune = tf.data.AUTOTUNE
   compression = "GZIP" if manifest["compression"] == "GZIP" else ""
-  num_anchors = int(manifest["anchor"]["num_anchors"])
+  num_anchors = manifest_lib.num_anchors(manifest)
   channels = int(manifest["feature_channels"])
   dtype = manifest["dtype"]
 

@@ -26,6 +26,7 @@ about alike. Under MirroredStrategy N_cls is counted per replica.
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
 SMOOTH_L1_BETA = 1.0 / 9.0  # sigma = 3
 DEFAULT_BOX_LOSS_WEIGHT = 1.0
@@ -39,7 +40,6 @@ def split_packed(packed, num_anchors: int):
 
 def objectness_loss(labels, scores):
   """Binary cross-entropy summed over sampled anchors / number of sampled anchors."""
-  import tensorflow as tf
   labels = tf.cast(labels, tf.float32)
   scores = tf.clip_by_value(tf.cast(scores, tf.float32), 1e-7, 1.0 - 1e-7)
   sampled = tf.cast(labels >= 0, tf.float32)
@@ -50,14 +50,12 @@ def objectness_loss(labels, scores):
 
 def smooth_l1(x, beta: float = SMOOTH_L1_BETA):
   """0.5 x^2 / beta where |x| < beta, else |x| - 0.5 beta (elementwise)."""
-  import tensorflow as tf
   ax = tf.abs(x)
   return tf.where(ax < beta, 0.5 * ax * ax / beta, ax - 0.5 * beta)
 
 
 def box_loss(packed, deltas, beta: float = SMOOTH_L1_BETA):
   """Smooth L1 summed over the 4 deltas of positive anchors / number of sampled anchors."""
-  import tensorflow as tf
   deltas = tf.cast(deltas, tf.float32)
   labels, targets = split_packed(tf.cast(packed, tf.float32), deltas.shape[-1] // 4)
   positive = tf.repeat(tf.cast(labels > 0, tf.float32), 4, axis=-1)  # [B, 4A], anchor-major
@@ -80,7 +78,6 @@ class _MaskedObjectness(keras.metrics.Metric):
     self.counts = self.add_variable(shape=(4,), initializer="zeros", name="counts")
 
   def update_state(self, y_true, y_pred, sample_weight=None):
-    import tensorflow as tf
     labels = tf.cast(y_true, tf.float32)
     predicted = tf.cast(tf.cast(y_pred, tf.float32) >= self.threshold, tf.float32)
     positive = tf.cast(labels > 0, tf.float32)
@@ -96,7 +93,6 @@ class _MaskedObjectness(keras.metrics.Metric):
     return {"threshold": self.threshold, "name": self.name}
 
   def _counts(self):
-    import tensorflow as tf
     return tf.unstack(self.counts)
 
 
@@ -108,7 +104,6 @@ class ObjectnessAccuracy(_MaskedObjectness):
     super().__init__(threshold, name, **kwargs)
 
   def result(self):
-    import tensorflow as tf
     tp, fp, fn, tn = self._counts()
     return tf.math.divide_no_nan(tp + tn, tp + fp + fn + tn)
 
@@ -121,7 +116,6 @@ class PositivePrecision(_MaskedObjectness):
     super().__init__(threshold, name, **kwargs)
 
   def result(self):
-    import tensorflow as tf
     tp, fp, _, _ = self._counts()
     return tf.math.divide_no_nan(tp, tp + fp)
 
@@ -134,7 +128,6 @@ class PositiveRecall(_MaskedObjectness):
     super().__init__(threshold, name, **kwargs)
 
   def result(self):
-    import tensorflow as tf
     tp, _, fn, _ = self._counts()
     return tf.math.divide_no_nan(tp, tp + fn)
 
@@ -147,11 +140,9 @@ class TilesSeen(keras.metrics.Metric):
     self.total = self.add_variable(shape=(), initializer="zeros", name="total")
 
   def update_state(self, y_true, y_pred, sample_weight=None):
-    import tensorflow as tf
     self.total.assign_add(tf.cast(tf.shape(y_true)[0], self.total.dtype))
 
   def result(self):
-    import tensorflow as tf
     return tf.identity(self.total)  # a value: the variable itself changes under validation
 
   def reset_state(self):

@@ -13,21 +13,24 @@ model's output at (y, x) equals the tile model's output for that tile.
 
 Both models first standardise the features per channel with fixed statistics
 of the training shards (`feature_mean`, `feature_variance`: computed once by
-rpn-train, saved in train_config.json, not trained; identity by default). The
-method feeds raw features; badly scaled ones (random backbone weights give
-values around 1e-2) train much slower: on the sample shards, 6 epochs at
-learning rate 1e-3 reached train loss 0.082 standardised against 0.123 raw,
-and validation recall of positives 0.13 against 0.01. So that tile and map
-outputs stay equal, the inference model zero-pads the raw map by one point,
-standardises, then applies the 3x3 conv with `valid` padding: the same as a
-`same` conv over the raw map, padding included, as the tile sees it.
+rpn-train, saved in train_config.json, not trained; identity by default),
+because badly scaled features train much slower (BENCHMARKS.md, "Feature
+standardisation"). So that tile and map outputs stay equal, the inference
+model zero-pads the raw map by one point, standardises, then applies the 3x3
+conv with `valid` padding: the same as a `same` conv over the raw map, padding
+included, as the tile sees it.
 """
 from __future__ import annotations
 
-import json
 import os
+import tempfile
 from typing import Tuple
 
+import keras
+import numpy as np
+
+from pipeline import schema
+from pipeline import storage
 from pipeline.config import MANIFEST_NAME, AnchorConfig
 
 WEIGHTS_NAME = "rpn.weights.h5"
@@ -36,7 +39,6 @@ DEFAULT_HIDDEN = 512  # filters of the 3x3 conv, as in the paper
 
 
 def _layers(channels_hidden: int, num_anchors: int, padding: str):
-  import keras
   conv = keras.layers.Conv2D(channels_hidden, 3, padding=padding, activation="relu",
                              name="rpn_conv")
   cls = keras.layers.Conv2D(num_anchors, 1, activation="sigmoid", name="rpn_cls",
@@ -47,8 +49,6 @@ def _layers(channels_hidden: int, num_anchors: int, padding: str):
 
 def _standardise(channels: int, feature_mean=None, feature_variance=None):
   """Fixed per-channel (x - mean) / sqrt(variance) layer (identity by default)."""
-  import keras
-  import numpy as np
   mean = np.zeros(channels) if feature_mean is None else np.asarray(feature_mean, np.float64)
   variance = (np.ones(channels) if feature_variance is None
               else np.asarray(feature_variance, np.float64))
@@ -63,15 +63,14 @@ def feature_statistics(center_features, floor: float = 1e-3):
   """(mean, variance) per channel of feature vectors [N, C]; the variance is
   floored at `floor` times its mean so that near-constant channels are not
   blown up."""
-  import numpy as np
   x = np.asarray(center_features, np.float64)
   mean, variance = x.mean(axis=0), x.var(axis=0)
   variance = np.maximum(variance, floor * variance.mean() + 1e-12)
   return mean, variance
 
 
-def build_tile_model(channels: int, num_anchors: int = AnchorConfig().num_anchors, hidden: int = DEFAULT_HIDDEN,
-                     feature_mean=None, feature_variance=None):
+def build_tile_model(channels: int, num_anchors: int = AnchorConfig().num_anchors,
+                     hidden: int = DEFAULT_HIDDEN, feature_mean=None, feature_variance=None):
   """Tile [B, 3, 3, C] -> {"scores": [B, A], "deltas": [B, 4A]}.
 
   Layers rpn_conv (3x3 valid, ReLU), rpn_cls (1x1 sigmoid), rpn_bbox (1x1
@@ -79,8 +78,8 @@ def build_tile_model(channels: int, num_anchors: int = AnchorConfig().num_anchor
   statistics feature_mean, feature_variance ([C] each) are given. The heads
   compute in float32 under a mixed precision policy.
   """
-  import keras
-  tile = keras.Input((3, 3, channels), name="tile")
+  size = schema.TILE_SIZE
+  tile = keras.Input((size, size, channels), name="tile")
   conv, cls, bbox = _layers(hidden, num_anchors, "valid")
   x = conv(_standardise(channels, feature_mean, feature_variance)(tile))
   scores = keras.layers.Reshape((num_anchors,), name="scores", dtype="float32")(cls(x))
@@ -91,7 +90,6 @@ def build_tile_model(channels: int, num_anchors: int = AnchorConfig().num_anchor
 def build_inference_model(tile_model, channels: int):
   """Feature map [B, Hf, Wf, C] -> {"scores": [B, Hf, Wf, A], "deltas": [B, Hf, Wf, 4A]},
   with the tile model's weights."""
-  import keras
   source = {layer.name: layer for layer in tile_model.layers}
   hidden = source["rpn_conv"].filters
   num_anchors = source["rpn_cls"].filters
@@ -108,32 +106,36 @@ def build_inference_model(tile_model, channels: int):
 
 def save_rpn(job_dir: str, tile_model, manifest: dict, train_config: dict) -> None:
   """Writes JOB/rpn.weights.h5, JOB/manifest.json (verbatim) and JOB/train_config.json."""
-  import tempfile
-  import tensorflow as tf
-  tf.io.gfile.makedirs(job_dir)
+  storage.makedirs(job_dir)
   with tempfile.TemporaryDirectory() as tmp:
     local = os.path.join(tmp, WEIGHTS_NAME)
     tile_model.save_weights(local)
-    tf.io.gfile.copy(local, os.path.join(job_dir, WEIGHTS_NAME), overwrite=True)
+    with open(local, "rb") as f:
+      storage.write_bytes(storage.join(job_dir, WEIGHTS_NAME), f.read())
   for name, content in ((MANIFEST_NAME, manifest), (TRAIN_CONFIG_NAME, train_config)):
-    with tf.io.gfile.GFile(os.path.join(job_dir, name), "w") as f:
-      f.write(json.dumps(content, indent=2, sort_keys=True) + "\n")
+    storage.write_json(storage.join(job_dir, name), content)
+
+
+def save_untrained_rpn(job_dir: str, manifest: dict, train_config: dict) -> None:
+  """Saves an RPN with freshly initialised weights, built as `train_config` says
+  (hidden filters, feature statistics): the baseline to compare a trained one with."""
+  tile_model = build_tile_model(
+      int(manifest["feature_channels"]), int(manifest["anchor"]["num_anchors"]),
+      int(train_config.get("hidden", DEFAULT_HIDDEN)), train_config.get("feature_mean"),
+      train_config.get("feature_variance"))
+  save_rpn(job_dir, tile_model, manifest, dict(train_config, epochs=0, epochs_run=[]))
 
 
 def load_rpn(job_dir: str) -> Tuple[object, object, dict, dict]:
   """(tile_model, inference_model, manifest, train_config) of a job dir."""
-  import tempfile
-  import tensorflow as tf
-  paths = {name: os.path.join(job_dir, name)
+  paths = {name: storage.join(job_dir, name)
            for name in (WEIGHTS_NAME, MANIFEST_NAME, TRAIN_CONFIG_NAME)}
   for name, path in paths.items():
-    if not tf.io.gfile.exists(path):
+    if not storage.exists(path):
       raise FileNotFoundError(
           f"{path}: missing; {job_dir} is not the job dir of a finished rpn-train run")
-  with tf.io.gfile.GFile(paths[MANIFEST_NAME]) as f:
-    manifest = json.load(f)
-  with tf.io.gfile.GFile(paths[TRAIN_CONFIG_NAME]) as f:
-    train_config = json.load(f)
+  manifest = storage.read_json(paths[MANIFEST_NAME])
+  train_config = storage.read_json(paths[TRAIN_CONFIG_NAME])
   channels = int(manifest["feature_channels"])
   tile_model = build_tile_model(channels, int(manifest["anchor"]["num_anchors"]),
                                 int(train_config.get("hidden", DEFAULT_HIDDEN)),
@@ -141,7 +143,8 @@ def load_rpn(job_dir: str) -> Tuple[object, object, dict, dict]:
                                 train_config.get("feature_variance"))
   with tempfile.TemporaryDirectory() as tmp:
     local = os.path.join(tmp, WEIGHTS_NAME)
-    tf.io.gfile.copy(paths[WEIGHTS_NAME], local, overwrite=True)
+    with open(local, "wb") as f:
+      f.write(storage.read_bytes(paths[WEIGHTS_NAME]))
     try:
       tile_model.load_weights(local)
     except Exception as e:

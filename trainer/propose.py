@@ -36,24 +36,30 @@ import dataclasses
 import io
 import json
 import logging
-import os
 import sys
 import time
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+import tensorflow as tf
+from apache_beam.io.filesystems import FileSystems
 
 from pipeline import anchors as anchors_lib
-from pipeline import boxes as boxes_lib
+from pipeline import backbone as backbone_lib
+from pipeline import config
+from pipeline import ilsvrc
+from pipeline import manifest as manifest_lib
+from pipeline import proposals as proposals_lib
+from pipeline import storage
+from trainer import draw
 from trainer import evaluate as evaluate_lib
-from trainer import model as model_lib  # imports TensorFlow only when a model is built
+from trainer import model as model_lib
 
 WEIGHTS_NAME = model_lib.WEIGHTS_NAME
 MANIFEST_NAME = model_lib.MANIFEST_NAME
 TRAIN_CONFIG_NAME = model_lib.TRAIN_CONFIG_NAME
 JOB_FILES = (WEIGHTS_NAME, MANIFEST_NAME, TRAIN_CONFIG_NAME)
 PROPOSALS_NAME = evaluate_lib.PROPOSALS_NAME
-ERRORS_NAME = "errors.jsonl"
 SETTINGS_NAME = "propose.json"
 PICTURES_DIR = "pictures"
 PICTURE_TOP = 20  # proposals drawn per picture
@@ -61,76 +67,12 @@ PICTURE_TOP = 20  # proposals drawn per picture
 _LOGGER = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class ProposalConfig:
-  """Post-processing of the RPN's outputs (py-faster-rcnn's test-time defaults)."""
-  pre_nms_top_n: int = 6000  # 0: no limit
-  post_nms_top_n: int = 300  # 0: no limit
-  nms_thresh: float = 0.7
-  min_size: float = 16.0  # pixels of the frame
-  # "inside": only anchors inside the frame, the ones training labels (an RPN
-  # learns nothing about the others: with few large anchors inside ILSVRC-sized
-  # images, their untrained scores would crowd out the rest); "all": every
-  # anchor, clipped, as py-faster-rcnn does at test time. An image with no
-  # inside anchor at all (smaller than the smallest anchor) uses all of them.
-  anchors: str = "inside"
-
-
 class JobError(ValueError):
   """The job directory cannot be used (missing file, mismatched manifest or model)."""
 
 
 # ---------------------------------------------------------------------------
-# Numeric part (numpy only)
-
-
-def propose_boxes(scores: np.ndarray, deltas: np.ndarray, anchors: np.ndarray, width: float,
-                  height: float, pre_nms_top_n: int = ProposalConfig.pre_nms_top_n,
-                  post_nms_top_n: int = ProposalConfig.post_nms_top_n,
-                  nms_thresh: float = ProposalConfig.nms_thresh,
-                  min_size: float = ProposalConfig.min_size) -> Tuple[np.ndarray, np.ndarray]:
-  """(boxes float64 [N, 4], scores float64 [N]) of one image, best score first.
-
-  scores [K], deltas [K, 4] (dx, dy, dw, dh), anchors [K, 4] in the W x H frame.
-  Decode (dw, dh clamped), clip to [0, W] x [0, H], drop non-finite boxes and
-  boxes narrower or lower than min_size pixels, keep the top pre_nms_top_n by
-  score, NMS at nms_thresh, keep the top post_nms_top_n (a top-N of 0 or None
-  keeps all). Equal scores keep anchor order.
-  """
-  scores = np.asarray(scores, np.float64).reshape(-1)
-  deltas = np.asarray(deltas, np.float64).reshape(-1, 4)
-  anchors = np.asarray(anchors, np.float64).reshape(-1, 4)
-  if not len(scores) == len(deltas) == len(anchors):
-    raise ValueError(f"scores {scores.shape}, deltas {deltas.shape} and anchors "
-                     f"{anchors.shape} do not have the same number of anchors")
-  boxes = boxes_lib.decode_deltas(anchors, deltas)
-  boxes = boxes_lib.clip_boxes(boxes, width, height)
-  finite = np.flatnonzero(np.isfinite(scores) & np.isfinite(boxes).all(axis=1))
-  boxes, scores = boxes[finite], scores[finite]
-  keep = np.asarray(boxes_lib.remove_small_boxes(boxes, min_size), np.int64)
-  boxes, scores = boxes[keep], scores[keep]
-  order = np.argsort(-scores, kind="stable")
-  if pre_nms_top_n:
-    order = order[:pre_nms_top_n]
-  boxes, scores = boxes[order], scores[order]
-  keep = np.asarray(boxes_lib.nms(boxes, scores, nms_thresh), np.int64)
-  if post_nms_top_n:
-    keep = keep[:post_nms_top_n]
-  return boxes[keep], scores[keep]
-
-
-# ---------------------------------------------------------------------------
 # The job
-
-
-def _join(directory: str, name: str) -> str:
-  from apache_beam.io.filesystems import FileSystems
-  return FileSystems.join(directory, name)
-
-
-def _exists(path: str) -> bool:
-  from apache_beam.io.filesystems import FileSystems
-  return FileSystems.exists(path)
 
 
 def read_job_manifest(job_dir: str) -> dict:
@@ -139,40 +81,19 @@ def read_job_manifest(job_dir: str) -> dict:
   Raises JobError naming the missing file, or the manifest field that does not
   fit its backbone (another backbone's channels, unknown stride mode, ...).
   """
-  from pipeline import backbone as backbone_lib
-  if not _exists(job_dir):
+  if not storage.exists(job_dir):
     raise JobError(f"job directory not found: {job_dir}")
   for name in JOB_FILES:
-    if not _exists(_join(job_dir, name)):
-      raise JobError(f"job directory {job_dir} has no {name} ({_join(job_dir, name)} not "
-                     f"found): is it the --job_dir of a finished rpn-train run?")
-  path = _join(job_dir, MANIFEST_NAME)
+    path = storage.join(job_dir, name)
+    if not storage.exists(path):
+      raise JobError(f"job directory {job_dir} has no {name} ({path} not found): is it the "
+                     f"--job_dir of a finished rpn-train run?")
+  path = storage.join(job_dir, MANIFEST_NAME)
   try:
-    manifest = json.loads(evaluate_lib.read_text(path))
-  except json.JSONDecodeError as e:
-    raise JobError(f"{path} is not JSON: {e}") from None
-  missing = [k for k in ("backbone", "weights", "feature_channels", "anchor", "min_input_side")
-             if k not in manifest]
-  if missing:
-    raise JobError(f"{path} lacks {missing}: not a manifest written by rpn-preprocess")
-  try:
-    spec = backbone_lib.backbone_spec(manifest["backbone"])
-  except ValueError as e:
-    raise JobError(f"{path}: {e}") from None
-  if int(manifest["feature_channels"]) != spec.channels:
-    raise JobError(f"{path}: feature_channels {manifest['feature_channels']} does not match "
-                   f"backbone {manifest['backbone']} ({spec.channels} channels)")
-  if int(manifest["min_input_side"]) < spec.min_input_side:
-    raise JobError(f"{path}: min_input_side {manifest['min_input_side']} is below the "
-                   f"{spec.min_input_side} px backbone {manifest['backbone']} accepts")
-  if manifest.get("stride_mode", "ratio") != "ratio":
-    raise JobError(f"{path}: stride_mode {manifest['stride_mode']!r} is not supported "
-                   f"(only 'ratio')")
-  anchor = manifest["anchor"]
-  num_anchors = len(anchor["scales"]) * len(anchor["ratios"])
-  if int(anchor.get("num_anchors", num_anchors)) != num_anchors:
-    raise JobError(f"{path}: anchor num_anchors {anchor['num_anchors']} != "
-                   f"{len(anchor['scales'])} scales x {len(anchor['ratios'])} ratios")
+    manifest = manifest_lib.read(path)
+    manifest_lib.check_backbone(manifest, path)
+  except manifest_lib.ManifestError as e:
+    raise JobError(str(e)) from None
   return manifest
 
 
@@ -184,9 +105,8 @@ def prepare_frame(image: np.ndarray, gt_boxes: np.ndarray, manifest: dict
   min_input_side (backbone.prepare_image). box_scale is frame pixels per pixel
   of the decoded image (1, 1 without resize; padding moves no coordinate).
   """
-  from pipeline import backbone as backbone_lib
   height, width = image.shape[:2]
-  resize = manifest.get("resize") or {}
+  resize = manifest_lib.resize(manifest)
   # The whole image as one more box gives the resized size.
   whole = np.array([[0.0, 0.0, width, height]])
   frame, frame_boxes, _ = backbone_lib.prepare_image(
@@ -205,21 +125,20 @@ class Proposer:
   """
 
   def __init__(self, job_dir: str, weights: Optional[str] = None,
-               config: ProposalConfig = ProposalConfig()):
-    from pipeline import backbone as backbone_lib
+               proposal_config: config.ProposalConfig = config.ProposalConfig()):
     manifest = read_job_manifest(job_dir)
-    import tensorflow as tf
     try:
       _, inference_model, _, train_config = model_lib.load_rpn(job_dir)
     except (ValueError, OSError, KeyError, TypeError) as e:
-      raise JobError(f"cannot load the RPN from {_join(job_dir, WEIGHTS_NAME)} "
+      raise JobError(f"cannot load the RPN from {storage.join(job_dir, WEIGHTS_NAME)} "
                      f"({type(e).__name__}: {e})") from None
-    self.manifest, self.train_config, self.config = manifest, train_config, config
+    self.manifest, self.train_config = manifest, train_config
+    self.config = proposal_config
     self.channels = int(manifest["feature_channels"])
-    self.num_anchors = len(manifest["anchor"]["scales"]) * len(manifest["anchor"]["ratios"])
+    self.num_anchors = manifest_lib.num_anchors(manifest)
     model_channels = inference_model.inputs[0].shape[-1]
     if model_channels is not None and int(model_channels) != self.channels:
-      raise JobError(f"the RPN in {_join(job_dir, WEIGHTS_NAME)} takes {model_channels} "
+      raise JobError(f"the RPN in {storage.join(job_dir, WEIGHTS_NAME)} takes {model_channels} "
                      f"channels but the manifest's backbone {manifest['backbone']} gives "
                      f"{self.channels}")
     self.weights = weights or manifest["weights"]
@@ -274,13 +193,7 @@ class Proposer:
     """(boxes [N, 4], scores [N]) of a frame, best first."""
     scores, deltas, anchors = self.head(frame)
     height, width = frame.shape[:2]
-    c = self.config
-    if c.anchors == "inside":
-      inside = anchors_lib.inside_mask(anchors, width, height)
-      if inside.any():  # an image too small for any anchor falls back to all of them
-        scores, deltas, anchors = scores[inside], deltas[inside], anchors[inside]
-    return propose_boxes(scores, deltas, anchors, width, height, c.pre_nms_top_n,
-                         c.post_nms_top_n, c.nms_thresh, c.min_size)
+    return proposals_lib.propose(scores, deltas, anchors, width, height, self.config)
 
 
 # ---------------------------------------------------------------------------
@@ -296,8 +209,6 @@ def _glob_root(pattern: str) -> str:
 def list_inputs(input_root: Optional[str], split: str, images_glob: Optional[str]
                 ) -> List[Tuple[str, str, Optional[str]]]:
   """(image_id, image_path, annotation_path or None) of every image to propose for."""
-  from apache_beam.io.filesystems import FileSystems
-  from pipeline import ilsvrc
   if bool(input_root) == bool(images_glob):
     raise ValueError("give exactly one of --input ROOT (ILSVRC layout, with annotations) "
                      "or --images GLOB")
@@ -314,7 +225,7 @@ def list_inputs(input_root: Optional[str], split: str, images_glob: Optional[str
       out.append((image_id, path, annotations.get(image_id)))
     return out
   root = _glob_root(images_glob)
-  paths = sorted(m.path for m in FileSystems.match([images_glob])[0].metadata_list)
+  paths = storage.glob(images_glob)
   if not paths:
     raise ValueError(f"--images {images_glob}: no file matches")
   return [(ilsvrc.relative_id(p, root), p, None) for p in paths]
@@ -350,8 +261,6 @@ def proposal_line(image_id: str, frame: np.ndarray, boxes: np.ndarray, scores: n
 def iter_proposals(proposer: Proposer, inputs, max_pixels: int
                    ) -> Iterator[Tuple[str, object, object]]:
   """("ok", line, (frame, boxes, scores, gt)) or ("error", record, None) per input."""
-  import tensorflow as tf
-  from pipeline import ilsvrc
   for image_id, image_path, annotation_path in inputs:
     try:
       image, gt_boxes, _, _ = ilsvrc.load_example(image_path, annotation_path, max_pixels)
@@ -376,7 +285,7 @@ def iter_proposals(proposer: Proposer, inputs, max_pixels: int
 
 
 def build_parser() -> argparse.ArgumentParser:
-  defaults = ProposalConfig()
+  defaults = config.ProposalConfig()
   parser = argparse.ArgumentParser(
       prog="rpn-propose", description=__doc__.split("\n\n")[0],
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -410,25 +319,22 @@ def _write_json_line(f, record: dict) -> None:
 
 def run(argv: Optional[Sequence[str]] = None) -> dict:
   """Parses flags, proposes for every image, writes the outputs; returns propose.json."""
-  from apache_beam.io.filesystems import FileSystems
-  from pipeline import ilsvrc
-  from trainer import draw
   args = build_parser().parse_args(argv)
-  config = ProposalConfig(args.pre_nms_top_n, args.post_nms_top_n, args.nms_thresh,
-                          args.min_size, args.anchors)
-  if config.pre_nms_top_n < 0 or config.post_nms_top_n < 0 or not 0 < config.nms_thresh <= 1:
+  proposal_config = config.ProposalConfig(args.pre_nms_top_n, args.post_nms_top_n,
+                                          args.nms_thresh, args.min_size, args.anchors)
+  if (proposal_config.pre_nms_top_n < 0 or proposal_config.post_nms_top_n < 0
+      or not 0 < proposal_config.nms_thresh <= 1):
     raise ValueError(f"need pre_nms_top_n, post_nms_top_n >= 0 and 0 < nms_thresh <= 1, "
-                     f"got {config}")
+                     f"got {proposal_config}")
   inputs = list_inputs(args.input, args.split, args.images)
-  proposer = Proposer(args.job_dir, args.weights, config)
+  proposer = Proposer(args.job_dir, args.weights, proposal_config)
   output = args.output.rstrip("/")
-  if "://" not in output:
-    os.makedirs(output, exist_ok=True)
+  storage.makedirs(output)
   counts = {"images_found": len(inputs), "images_ok": 0, "images_failed": 0, "proposals": 0}
   drawn, start = 0, time.monotonic()
-  max_pixels = int(proposer.manifest.get("max_pixels", ilsvrc.DEFAULT_MAX_PIXELS))
-  with FileSystems.create(_join(output, PROPOSALS_NAME)) as proposals_file, \
-      FileSystems.create(_join(output, ERRORS_NAME)) as errors_file:
+  max_pixels = manifest_lib.max_pixels(proposer.manifest)
+  with FileSystems.create(storage.join(output, PROPOSALS_NAME)) as proposals_file, \
+      FileSystems.create(storage.join(output, config.ERRORS_NAME)) as errors_file:
     for outcome, record, extra in iter_proposals(proposer, inputs, max_pixels):
       if outcome == "error":
         counts["images_failed"] += 1
@@ -444,8 +350,8 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
                                       title=record["image_id"])
         buffer = io.BytesIO()
         picture.save(buffer, format="PNG")
-        evaluate_lib.write_bytes(
-            _join(output, f"{PICTURES_DIR}/{picture_name(record['image_id'])}"),
+        storage.write_bytes(
+            storage.join(output, PICTURES_DIR, picture_name(record["image_id"])),
             buffer.getvalue())
         drawn += 1
       done = counts["images_ok"] + counts["images_failed"]
@@ -456,14 +362,13 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
       "job_dir": args.job_dir,
       "input": args.input, "split": args.split if args.input else None, "images": args.images,
       "backbone": proposer.manifest["backbone"], "weights": proposer.weights,
-      "proposal": dataclasses.asdict(config),
+      "proposal": dataclasses.asdict(proposal_config),
       "counts": counts,
       "pictures": drawn,
       "head_traces": proposer.traces,
       "seconds": round(time.monotonic() - start, 3),
   }
-  evaluate_lib.write_bytes(_join(output, SETTINGS_NAME),
-                           (json.dumps(settings, indent=2) + "\n").encode("utf-8"))
+  storage.write_json(storage.join(output, SETTINGS_NAME), settings)
   settings["output"] = output
   return settings
 
@@ -479,7 +384,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   print(f"images: {c['images_found']} found = {c['images_ok']} ok + {c['images_failed']} "
         f"failed; {c['proposals']} proposals "
         f"({c['proposals'] / max(1, c['images_ok']):.1f} per image) in {settings['seconds']:.1f} s")
-  print(f"wrote {settings['output']}/{PROPOSALS_NAME}, {ERRORS_NAME}, {SETTINGS_NAME} and "
+  print(f"wrote {settings['output']}/{PROPOSALS_NAME}, {config.ERRORS_NAME}, {SETTINGS_NAME} and "
         f"{settings['pictures']} pictures")
   return 0
 

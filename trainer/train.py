@@ -25,10 +25,13 @@ import sys
 from typing import Dict, Optional, Sequence
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 from trainer import data as data_lib
 from trainer import losses as losses_lib
-from trainer import manifest as manifest_lib
+from pipeline import manifest as manifest_lib
+from pipeline import storage
 from trainer import model as model_lib
 
 _LOGGER = logging.getLogger(__name__)
@@ -83,7 +86,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def _strategy():
-  import tensorflow as tf
   gpus = tf.config.list_physical_devices("GPU")
   if len(gpus) > 1:
     _LOGGER.warning("training on %d GPUs with MirroredStrategy", len(gpus))
@@ -95,7 +97,7 @@ def _strategy():
 
 def _load_data(data_dir: str, skip_corrupt: bool):
   """(manifest, usable shard paths, report) of a checked shard directory."""
-  manifest = manifest_lib.load_manifest(data_dir)
+  manifest = manifest_lib.load(data_dir)
   files, report = data_lib.check_shards(data_dir, manifest, skip_corrupt)
   if not files:
     raise data_lib.CorruptShardError(f"{data_dir}: no readable shard")
@@ -107,7 +109,6 @@ def feature_statistics(data_dir: str, manifest: Dict, files, skip_corrupt: bool 
   """Per-channel (mean, variance) of the centre features of the first max_tiles
   tiles, read in a fixed order (interleaved across shards) so that a resumed
   run computes the same."""
-  import numpy as np
   sample = data_lib.make_dataset(data_dir, manifest, 1024, shuffle=False, files=files,
                                  skip_corrupt=skip_corrupt)
   centres, total = [], 0
@@ -154,18 +155,11 @@ def compile_model(model, learning_rate: float, box_loss_weight: float) -> None:
                 loss_weights=loss_weights, metrics={"scores": losses_lib.objectness_metrics()})
 
 
-def _write_json(path: str, content) -> None:
-  import tensorflow as tf
-  with tf.io.gfile.GFile(path, "w") as f:
-    f.write(json.dumps(content, indent=2, sort_keys=True) + "\n")
-
-
 def train(args: argparse.Namespace, callbacks: Sequence = ()) -> Dict[str, float]:
   """Trains, saves into the job dir; returns the last epoch's logs.
 
   `callbacks` are added to fit()'s (tests use this to interrupt a run).
   """
-  import tensorflow as tf
   config = config_from_args(args)
   keras.utils.set_random_seed(config.seed)
   manifest, files, report = _load_data(args.data, config.skip_corrupt_shards)
@@ -179,13 +173,12 @@ def train(args: argparse.Namespace, callbacks: Sequence = ()) -> Dict[str, float
                                 skip_corrupt=config.skip_corrupt_shards, files=val_files,
                                 num_records=val_report["records"])
   job_manifest = os.path.join(args.job_dir, model_lib.MANIFEST_NAME)
-  if tf.io.gfile.exists(job_manifest):
-    with tf.io.gfile.GFile(job_manifest) as f:
-      manifest_lib.check_compatible(json.load(f), manifest, (
+  if storage.exists(job_manifest):
+    manifest_lib.check_compatible(storage.read_json(job_manifest), manifest, (
           f"--data {args.data} (the job dir {args.job_dir} holds a model of other data; "
           f"use a fresh --job_dir)"))
-  tf.io.gfile.makedirs(os.path.join(args.job_dir, "checkpoints"))
-  _write_json(job_manifest, manifest)
+  storage.makedirs(os.path.join(args.job_dir, "checkpoints"))
+  storage.write_json(job_manifest, manifest)
   train_ds = data_lib.make_dataset(
       args.data, manifest, config.batch_size, shuffle=True,
       repeat=config.steps_per_epoch is not None, shuffle_buffer_mb=config.shuffle_buffer_mb,
@@ -202,7 +195,7 @@ def train(args: argparse.Namespace, callbacks: Sequence = ()) -> Dict[str, float
   try:
     with _strategy().scope():
       model = model_lib.build_tile_model(int(manifest["feature_channels"]),
-                                         int(manifest["anchor"]["num_anchors"]), config.hidden,
+                                         manifest_lib.num_anchors(manifest), config.hidden,
                                          feature_mean, feature_variance)
       compile_model(model, config.learning_rate, config.box_loss_weight)
   finally:
@@ -227,7 +220,7 @@ def train(args: argparse.Namespace, callbacks: Sequence = ()) -> Dict[str, float
   except tf.errors.DataLossError as e:
     raise _corrupt_data_error(e, *sources) from e
   train_config = dict(dataclasses.asdict(config), data=args.data, val_data=args.val_data,
-                      num_anchors=int(manifest["anchor"]["num_anchors"]),
+                      num_anchors=manifest_lib.num_anchors(manifest),
                       channels=int(manifest["feature_channels"]),
                       smooth_l1_beta=losses_lib.SMOOTH_L1_BETA,
                       loss_normalisation="N_cls (sampled anchors in the batch)",
@@ -237,7 +230,7 @@ def train(args: argparse.Namespace, callbacks: Sequence = ()) -> Dict[str, float
                       feature_variance=[float(v) for v in feature_variance])
   model_lib.save_rpn(args.job_dir, model, manifest, train_config)
   last = {k: float(v[-1]) for k, v in history.history.items() if v}
-  _write_json(os.path.join(args.job_dir, "metrics.json"), last)
+  storage.write_json(os.path.join(args.job_dir, "metrics.json"), last)
   return last
 
 

@@ -8,12 +8,16 @@ of both, printed side by side.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 import time
 from typing import Optional, Sequence
+
+from pipeline import draw, run, sample_data, storage
+from pipeline import manifest as manifest_lib
+from trainer import evaluate, propose, recall, train
+from trainer import model as model_lib
 
 SAMPLE = "data/sample"
 
@@ -28,18 +32,14 @@ def _done(start: float) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m pipeline.demo")
+  parser = argparse.ArgumentParser(prog="python -m trainer.demo")
   parser.add_argument("--out", default="out")
   parser.add_argument("--sample", default=SAMPLE)
   parser.add_argument("--backbone", default="TinyTestNet")
   parser.add_argument("--weights", default="none")
   parser.add_argument("--epochs", type=int, default=20)
-  parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-
-  from pipeline import draw, run, sample_data
-  from trainer import evaluate, model as model_lib, propose, train
 
   out = args.out
   shards = {split: os.path.join(out, "shards", split) for split in ("train", "val")}
@@ -48,15 +48,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sample_data.main(["--output", args.sample])
     _done(start)
 
-  beam_args = ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
-               f"--direct_num_workers={args.workers}",
-               f"--backbone_threads={max(1, (os.cpu_count() or 2) // args.workers)}"]
+  # No runner options: rpn-preprocess's local default (all cores, one process each).
   for split, num_shards in (("train", 4), ("val", 1)):
     start = _step(f"rpn-preprocess DET/{split} -> {shards[split]}")
-    manifest = run.run(["--input", args.sample, "--split", f"DET/{split}",
-                        "--output", shards[split], "--backbone", args.backbone,
-                        "--weights", args.weights, "--num_shards", str(num_shards)] + beam_args)
-    print(run._summary(manifest))
+    result = run.run(["--input", args.sample, "--split", f"DET/{split}",
+                      "--output", shards[split], "--backbone", args.backbone,
+                      "--weights", args.weights, "--num_shards", str(num_shards)])
+    print(run.summary(result.manifest))
     _done(start)
 
   start = _step("rpn-draw: anchors and sampled labels of 3 training images")
@@ -72,14 +70,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
   # The same RPN before training: same architecture, initial weights.
   untrained = os.path.join(out, "job_untrained")
-  with open(os.path.join(shards["train"], "manifest.json")) as f:
-    manifest = json.load(f)
   _, _, _, train_config = model_lib.load_rpn(job)
-  tile_model = model_lib.build_tile_model(
-      manifest["feature_channels"], manifest["anchor"]["num_anchors"],
-      train_config.get("hidden", 512), train_config["feature_mean"],
-      train_config["feature_variance"])
-  model_lib.save_rpn(untrained, tile_model, manifest, dict(train_config, epochs=0))
+  model_lib.save_untrained_rpn(untrained, manifest_lib.load(shards["train"]), train_config)
 
   results = {}
   for name, job_dir in (("untrained RPN", untrained), ("trained RPN", job)):
@@ -90,12 +82,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _done(start)
     start = _step(f"rpn-evaluate ({name})")
     evaluate.main(["--proposals", proposals, "--input", args.sample, "--split", "DET/val"])
-    with open(os.path.join(proposals, "recall.json")) as f:
-      results[name] = json.load(f)
+    results[name] = storage.read_json(os.path.join(proposals, evaluate.RECALL_NAME))
     _done(start)
 
   print("\n=== proposal recall on the held-out DET/val split")
-  print(evaluate.format_comparison(results))
+  print(recall.format_comparison(results))
   print(f"\npictures: {os.path.join(out, 'pictures', 'anchors')} (anchors, labels), "
         f"{os.path.join(out, 'proposals', 'trained', 'pictures')} (proposals), "
         f"{os.path.join(out, 'proposals', 'trained')} (recall plot)")

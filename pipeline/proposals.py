@@ -1,0 +1,82 @@
+"""Filtering the RPN's outputs of one image into proposals (numpy only).
+
+Shape shorthand: K anchors of the image, N proposals kept.
+Units: boxes are x1, y1, x2, y2 in continuous pixels of the frame fed to the
+backbone; deltas are (dx, dy, dw, dh) as boxes.encode_deltas makes them.
+
+The steps of py-faster-rcnn's proposal layer: decode, clip, drop tiny boxes,
+top-N by score, NMS, top-N; before them, optionally, keep the anchors that lie
+inside the frame (the ones training labels).
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+
+from pipeline import anchors as anchors_lib
+from pipeline import boxes as boxes_lib
+from pipeline import config
+
+_DEFAULTS = config.ProposalConfig()
+
+
+def select_anchors(scores: np.ndarray, deltas: np.ndarray, anchors: np.ndarray, width: float,
+                   height: float, which: str = _DEFAULTS.anchors
+                   ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(scores, deltas, anchors) of the anchors to propose from.
+
+  which "inside": the anchors inside the W x H frame, or all of them when none
+  is inside (an image smaller than the smallest anchor); "all": all of them.
+  """
+  if which not in ("inside", "all"):
+    raise ValueError(f"anchors must be 'inside' or 'all', got {which!r}")
+  if which == "inside":
+    inside = anchors_lib.inside_mask(anchors, width, height)
+    if inside.any():
+      return scores[inside], deltas[inside], anchors[inside]
+  return scores, deltas, anchors
+
+
+def propose_boxes(scores: np.ndarray, deltas: np.ndarray, anchors: np.ndarray, width: float,
+                  height: float, pre_nms_top_n: int = _DEFAULTS.pre_nms_top_n,
+                  post_nms_top_n: int = _DEFAULTS.post_nms_top_n,
+                  nms_thresh: float = _DEFAULTS.nms_thresh,
+                  min_size: float = _DEFAULTS.min_size) -> Tuple[np.ndarray, np.ndarray]:
+  """(boxes float64 [N, 4], scores float64 [N]) of one image, best score first.
+
+  scores [K], deltas [K, 4] (dx, dy, dw, dh), anchors [K, 4] in the W x H frame.
+  Decode (dw, dh clamped), clip to [0, W] x [0, H], drop non-finite boxes and
+  boxes narrower or lower than min_size pixels, keep the top pre_nms_top_n by
+  score, NMS at nms_thresh, keep the top post_nms_top_n (a top-N of 0 or None
+  keeps all). Equal scores keep anchor order.
+  """
+  scores = np.asarray(scores, np.float64).reshape(-1)
+  deltas = np.asarray(deltas, np.float64).reshape(-1, 4)
+  anchors = np.asarray(anchors, np.float64).reshape(-1, 4)
+  if not len(scores) == len(deltas) == len(anchors):
+    raise ValueError(f"scores {scores.shape}, deltas {deltas.shape} and anchors "
+                     f"{anchors.shape} do not have the same number of anchors")
+  boxes = boxes_lib.decode_deltas(anchors, deltas)
+  boxes = boxes_lib.clip_boxes(boxes, width, height)
+  finite = np.flatnonzero(np.isfinite(scores) & np.isfinite(boxes).all(axis=1))
+  boxes, scores = boxes[finite], scores[finite]
+  keep = np.asarray(boxes_lib.remove_small_boxes(boxes, min_size), np.int64)
+  boxes, scores = boxes[keep], scores[keep]
+  order = np.argsort(-scores, kind="stable")
+  if pre_nms_top_n:
+    order = order[:pre_nms_top_n]
+  boxes, scores = boxes[order], scores[order]
+  keep = np.asarray(boxes_lib.nms(boxes, scores, nms_thresh), np.int64)
+  if post_nms_top_n:
+    keep = keep[:post_nms_top_n]
+  return boxes[keep], scores[keep]
+
+
+def propose(scores: np.ndarray, deltas: np.ndarray, anchors: np.ndarray, width: float,
+            height: float, cfg: config.ProposalConfig = _DEFAULTS
+            ) -> Tuple[np.ndarray, np.ndarray]:
+  """select_anchors, then propose_boxes, with the settings of `cfg`."""
+  scores, deltas, anchors = select_anchors(scores, deltas, anchors, width, height, cfg.anchors)
+  return propose_boxes(scores, deltas, anchors, width, height, cfg.pre_nms_top_n,
+                       cfg.post_nms_top_n, cfg.nms_thresh, cfg.min_size)
