@@ -16,30 +16,32 @@ VAL_OUTPUT ?= $(OUT)/shards/val
 JOB ?= $(OUT)/job
 BACKBONE ?= InceptionResNetV2
 WEIGHTS ?= none
-# 0: the runner decides the shards (closed at --max_shard_mb, 1 GB), which
-# keeps a local run's memory flat; a fixed count makes the DirectRunner hold
-# every record in memory before writing (BENCHMARKS.md). Use a fixed count on
-# Dataflow or Flink.
-NUM_SHARDS ?= 0
-VAL_NUM_SHARDS ?= 0
+# Left empty, rpn-preprocess takes its own defaults: on this machine one worker
+# process per core with one TensorFlow thread each, and shards decided by the
+# runner (closed at --max_shard_mb, 1 GB), which keeps memory flat; 16 fixed
+# shards on other runners. At scale, e.g. RUNNER=DataflowRunner NUM_SHARDS=256
+# BEAM_ARGS="--project P --region R --temp_location gs://...".
+NUM_SHARDS ?=
+VAL_NUM_SHARDS ?= $(NUM_SHARDS)
 EPOCHS ?= 10
 # Offline, backbones have random weights; a deep net's random features carry
 # almost no signal (see README), so the demo uses the small random conv net.
 DEMO_BACKBONE ?= TinyTestNet
 DEMO_EPOCHS ?= 20
-RUNNER ?= DirectRunner
-BEAM_ARGS ?= --runner $(RUNNER) --direct_running_mode=multi_processing --direct_num_workers=$(NPROC)
-# One worker process per core, so one TensorFlow thread each (more only
-# oversubscribes the cores: BENCHMARKS.md, section 2).
-BACKBONE_THREADS ?= 1
+RUNNER ?=
+BEAM_ARGS ?=
+BACKBONE_THREADS ?=
 PREPROCESS_ARGS ?=
+PREPROCESS_FLAGS = --backbone $(BACKBONE) --weights $(WEIGHTS) \
+  $(if $(RUNNER),--runner $(RUNNER)) $(if $(BACKBONE_THREADS),--backbone_threads $(BACKBONE_THREADS)) \
+  $(PREPROCESS_ARGS) $(BEAM_ARGS)
 TEST_ARGS ?=
 
-.PHONY: install sample-data preprocess preprocess-portable train propose evaluate demo test test-fast bench draw clean
+.PHONY: install sample-data preprocess preprocess-portable train propose evaluate demo lint test test-fast bench draw clean
 
 install: $(STAMP)
 
-$(STAMP): setup.py
+$(STAMP): setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
@@ -53,16 +55,16 @@ $(SAMPLE)/Data: | $(STAMP)
 
 preprocess: $(STAMP) $(if $(filter $(SAMPLE),$(INPUT)),$(SAMPLE)/Data)
 	$(BIN)/rpn-preprocess --input $(INPUT) --split $(SPLIT) --output $(OUTPUT) \
-	  --backbone $(BACKBONE) --weights $(WEIGHTS) --num_shards $(NUM_SHARDS) --backbone_threads $(BACKBONE_THREADS) $(PREPROCESS_ARGS) $(BEAM_ARGS)
+	  $(if $(NUM_SHARDS),--num_shards $(NUM_SHARDS)) $(PREPROCESS_FLAGS)
 	$(BIN)/rpn-preprocess --input $(INPUT) --split $(VAL_SPLIT) --output $(VAL_OUTPUT) \
-	  --backbone $(BACKBONE) --weights $(WEIGHTS) --num_shards $(VAL_NUM_SHARDS) --backbone_threads $(BACKBONE_THREADS) $(PREPROCESS_ARGS) $(BEAM_ARGS)
+	  $(if $(VAL_NUM_SHARDS),--num_shards $(VAL_NUM_SHARDS)) $(PREPROCESS_FLAGS)
 
 # The same pipeline on Beam's portable job service with an external worker
 # pool (how Flink runs Python pipelines); the script starts and stops both.
 preprocess-portable: $(STAMP) $(if $(filter $(SAMPLE),$(INPUT)),$(SAMPLE)/Data)
 	$(BIN)/python -m pipeline.portable -- --input $(INPUT) --split $(SPLIT) \
 	  --output $(OUT)/shards/portable --backbone $(BACKBONE) --weights $(WEIGHTS) \
-	  --num_shards $(NUM_SHARDS) --backbone_threads $(BACKBONE_THREADS) $(PREPROCESS_ARGS)
+	  --num_shards $(or $(NUM_SHARDS),0) --backbone_threads $(or $(BACKBONE_THREADS),1) $(PREPROCESS_ARGS)
 
 draw: $(STAMP)
 	$(BIN)/rpn-draw --shards $(OUTPUT) --input $(INPUT) --split $(SPLIT) --output $(OUT)/pictures/anchors $(DRAW_ARGS)
@@ -79,10 +81,14 @@ evaluate: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m trainer.demo --out $(OUT) --backbone $(DEMO_BACKBONE) --weights $(WEIGHTS) --epochs $(DEMO_EPOCHS)
 
-test: $(STAMP)
+# ruff (lint and import order, configured in pyproject.toml) runs before the tests.
+lint: $(STAMP)
+	$(BIN)/ruff check pipeline trainer tests bench
+
+test: lint
 	$(BIN)/python -m pytest tests -q -ra $(TEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: lint
 	$(BIN)/python -m pytest tests -q -ra -m "not slow" $(TEST_ARGS)
 
 bench: $(STAMP)

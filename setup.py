@@ -10,7 +10,7 @@ TF_VERSION = "2.21.*"
 
 setuptools.setup(
     name="rpn-pipeline",
-    version="0.1.0",
+    version="0.2.0",
     description="Beam pipeline turning ILSVRC images into RPN training TFRecords, and an RPN trainer",
     python_requires=">=3.10",
     packages=["pipeline", "trainer"],
@@ -25,7 +25,8 @@ setuptools.setup(
         "cpu": [f"tensorflow-cpu=={TF_VERSION}", "tensorboard"],
         "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}", "tensorboard"],
         "gcp": ["apache-beam[gcp,tfrecord]>=2.77,<3"],
-        "test": [f"tensorflow-cpu=={TF_VERSION}", "tensorboard", "pytest>=8", "pytest-timeout>=2"],
+        "test": [f"tensorflow-cpu=={TF_VERSION}", "tensorboard", "pytest>=8", "pytest-timeout>=2",
+                 "ruff>=0.15"],
     },
     entry_points={
         "console_scripts": [

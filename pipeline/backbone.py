@@ -123,8 +123,9 @@ class FeatureExtractor:
   def __init__(self, backbone: str = "InceptionResNetV2", weights: str = "imagenet",
                seed: int = 0, threads: Optional[int] = None):
     import importlib
-    import tensorflow as tf
+
     import keras
+    import tensorflow as tf
     if threads:
       set_threads(threads)
     self.spec = backbone_spec(backbone)
@@ -134,7 +135,8 @@ class FeatureExtractor:
       preprocess_input = importlib.import_module(
           f"keras.applications.{self.spec.preprocess_module}").preprocess_input
     else:
-      preprocess_input = lambda x: x / 127.5 - 1.0
+      def preprocess_input(x):
+        return x / 127.5 - 1.0
     self.traces = 0
 
     def forward(images):

@@ -28,10 +28,10 @@ import re
 import struct
 from typing import Dict, Iterable, List, Optional, Tuple
 
-import numpy as np
-from PIL import Image
 import defusedxml
 import defusedxml.ElementTree as SafeElementTree
+import numpy as np
+from PIL import Image
 
 from pipeline import config
 

@@ -14,9 +14,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional
 
-from pipeline import config
-from pipeline import schema
-from pipeline import storage
+from pipeline import config, schema, storage
 
 REQUIRED_KEYS = ("version", "backbone", "weights", "feature_channels", "tile_size", "dtype",
                  "compression", "anchor", "targets", "num_shards", "shard_files", "counts")

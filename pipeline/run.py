@@ -26,17 +26,16 @@ from typing import Dict, List, Optional, Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (
-    DirectOptions,
-    PipelineOptions,
-    SetupOptions,
-    StandardOptions,
+  DirectOptions,
+  PipelineOptions,
+  SetupOptions,
+  StandardOptions,
 )
 
 from pipeline import backbone as backbone_lib
 from pipeline import config as config_lib
-from pipeline import ilsvrc
+from pipeline import ilsvrc, transforms
 from pipeline import manifest as manifest_lib
-from pipeline import transforms
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -123,7 +123,8 @@ def _overlap(a: Sequence[int], b: Sequence[int]) -> float:
   ih = min(a[3], b[3]) - max(a[1], b[1]) + 1
   if iw <= 0 or ih <= 0:
     return 0.0
-  area = lambda r: (r[2] - r[0] + 1) * (r[3] - r[1] + 1)
+  def area(r):
+    return (r[2] - r[0] + 1) * (r[3] - r[1] + 1)
   return iw * ih / float(min(area(a), area(b)))
 
 

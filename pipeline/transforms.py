@@ -29,13 +29,9 @@ from apache_beam.io.tfrecordio import WriteToTFRecord
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
-from pipeline import backbone
+from pipeline import backbone, ilsvrc, schema, storage, targets
 from pipeline import config as config_lib
-from pipeline import ilsvrc
 from pipeline import manifest as manifest_lib
-from pipeline import schema
-from pipeline import storage
-from pipeline import targets
 
 NAMESPACE = "rpn"
 ERRORS = "errors"

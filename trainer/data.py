@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-import os
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -28,8 +27,8 @@ from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
-from pipeline import schema
 from pipeline import manifest as manifest_lib
+from pipeline import schema
 
 DEFAULT_SHUFFLE_BUFFER_MB = 256
 _HEADER_BYTES = 12  # uint64 length, uint32 masked crc32c of the length
@@ -113,13 +112,13 @@ def check_shards(data_dir: str, manifest: Dict, skip_corrupt: bool = False,
   with ThreadPoolExecutor(max(1, min(16, len(paths)))) as pool:
     results = list(pool.map(
         lambda p: scan_shard(p, manifest["compression"], verify_payload), paths))
-  bad = {p: problem for p, (_, problem) in zip(paths, results) if problem}
+  bad = {p: problem for p, (_, problem) in zip(paths, results, strict=True) if problem}
   if bad and not skip_corrupt:
     path, problem = next(iter(bad.items()))
     raise CorruptShardError(f"{path}: {problem}" + (
         f" (and {len(bad) - 1} more bad shards)" if len(bad) > 1 else "") +
         "; rerun rpn-preprocess, or pass --skip_corrupt_shards to train without it")
-  records = sum(n for p, (n, _) in zip(paths, results) if p not in bad)
+  records = sum(n for p, (n, _) in zip(paths, results, strict=True) if p not in bad)
   expected = manifest["counts"].get("records")
   if not bad and expected is not None and records != expected:
     raise CorruptShardError(f"{manifest_lib.path_in(data_dir)}: counts.records is "
@@ -127,7 +126,7 @@ def check_shards(data_dir: str, manifest: Dict, skip_corrupt: bool = False,
   if bad:
     _LOGGER.warning("%s: leaving out %d of %d shards (%d records readable in them): %s",
                     data_dir, len(bad), len(paths),
-                    sum(n for p, (n, _) in zip(paths, results) if p in bad), bad)
+                    sum(n for p, (n, _) in zip(paths, results, strict=True) if p in bad), bad)
   report = {"shards": len(paths), "records": records, "skipped": bad}
   return [p for p in paths if p not in bad], report
 

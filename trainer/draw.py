@@ -53,7 +53,7 @@ def draw_proposals(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
   boxes = np.asarray(boxes, np.float64).reshape(-1, 4)[:top]
   scores = np.asarray(scores, np.float64).reshape(-1)[:top]
   # Worst first, so the best proposals end up on top.
-  for box, score in reversed(list(zip(boxes, scores))):
+  for box, score in reversed(list(zip(boxes, scores, strict=True))):
     _rectangle(draw, box, score_colour(score, 230), 1)
   gt = np.zeros((0, 4)) if gt_boxes is None else np.asarray(gt_boxes, np.float64).reshape(-1, 4)
   for box in gt:
@@ -99,7 +99,7 @@ def draw_recall_plot(curves: Dict[str, Tuple[Sequence[float], Sequence[float]]],
     draw.line([left, py, left + plot_w, py], fill=GRID_COLOUR)
     draw.line([left - 4, py, left, py], fill=AXIS_COLOUR)
     draw.text((left - 30, py - 6), f"{y:.1f}", fill=AXIS_COLOUR)
-  ticks = sorted(set(round(x, 4) for x in all_x)) or [x_min, x_max]
+  ticks = sorted({round(x, 4) for x in all_x}) or [x_min, x_max]
   for x in ticks:
     px, _ = to_px(x, 0.0)
     draw.line([px, top, px, top + plot_h], fill=GRID_COLOUR)
@@ -113,7 +113,7 @@ def draw_recall_plot(curves: Dict[str, Tuple[Sequence[float], Sequence[float]]],
   # Curves and legend.
   for i, (label, (xs, ys)) in enumerate(curves.items()):
     colour = CURVE_COLOURS[i % len(CURVE_COLOURS)]
-    points = [to_px(float(x), float(y)) for x, y in zip(xs, ys) if y is not None]
+    points = [to_px(float(x), float(y)) for x, y in zip(xs, ys, strict=True) if y is not None]
     if len(points) > 1:
       draw.line(points, fill=colour, width=2)
     for px, py in points:

@@ -21,8 +21,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from pipeline import ilsvrc
-from pipeline import storage
+from pipeline import ilsvrc, storage
 from trainer import draw
 from trainer import recall as recall_lib
 
@@ -122,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--output", default=None,
                       help="where recall.json and recall.png go (default: --proposals)")
   parser.add_argument("--top_n", type=lambda s: tuple(int(v) for v in s.split(",")),
-                      default=recall_lib.TOP_NS, help="comma-separated numbers of proposals per image")
+                      default=recall_lib.TOP_NS,
+                      help="comma-separated numbers of proposals per image")
   return parser
 
 

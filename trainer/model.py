@@ -29,8 +29,8 @@ from typing import Tuple
 import keras
 import numpy as np
 
-from pipeline import schema
-from pipeline import storage
+from pipeline import manifest as manifest_lib
+from pipeline import schema, storage
 from pipeline.config import MANIFEST_NAME, AnchorConfig
 
 WEIGHTS_NAME = "rpn.weights.h5"
@@ -120,7 +120,7 @@ def save_untrained_rpn(job_dir: str, manifest: dict, train_config: dict) -> None
   """Saves an RPN with freshly initialised weights, built as `train_config` says
   (hidden filters, feature statistics): the baseline to compare a trained one with."""
   tile_model = build_tile_model(
-      int(manifest["feature_channels"]), int(manifest["anchor"]["num_anchors"]),
+      int(manifest["feature_channels"]), manifest_lib.num_anchors(manifest),
       int(train_config.get("hidden", DEFAULT_HIDDEN)), train_config.get("feature_mean"),
       train_config.get("feature_variance"))
   save_rpn(job_dir, tile_model, manifest, dict(train_config, epochs=0, epochs_run=[]))
@@ -130,14 +130,14 @@ def load_rpn(job_dir: str) -> Tuple[object, object, dict, dict]:
   """(tile_model, inference_model, manifest, train_config) of a job dir."""
   paths = {name: storage.join(job_dir, name)
            for name in (WEIGHTS_NAME, MANIFEST_NAME, TRAIN_CONFIG_NAME)}
-  for name, path in paths.items():
+  for path in paths.values():
     if not storage.exists(path):
       raise FileNotFoundError(
           f"{path}: missing; {job_dir} is not the job dir of a finished rpn-train run")
   manifest = storage.read_json(paths[MANIFEST_NAME])
   train_config = storage.read_json(paths[TRAIN_CONFIG_NAME])
   channels = int(manifest["feature_channels"])
-  tile_model = build_tile_model(channels, int(manifest["anchor"]["num_anchors"]),
+  tile_model = build_tile_model(channels, manifest_lib.num_anchors(manifest),
                                 int(train_config.get("hidden", DEFAULT_HIDDEN)),
                                 train_config.get("feature_mean"),
                                 train_config.get("feature_variance"))

@@ -46,11 +46,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import anchors as anchors_lib
 from pipeline import backbone as backbone_lib
-from pipeline import config
-from pipeline import ilsvrc
+from pipeline import config, ilsvrc, storage
 from pipeline import manifest as manifest_lib
 from pipeline import proposals as proposals_lib
-from pipeline import storage
 from trainer import draw
 from trainer import evaluate as evaluate_lib
 from trainer import model as model_lib
@@ -125,7 +123,8 @@ class Proposer:
   """
 
   def __init__(self, job_dir: str, weights: Optional[str] = None,
-               proposal_config: config.ProposalConfig = config.ProposalConfig()):
+               proposal_config: Optional[config.ProposalConfig] = None):
+    proposal_config = proposal_config or config.ProposalConfig()
     manifest = read_job_manifest(job_dir)
     try:
       _, inference_model, _, train_config = model_lib.load_rpn(job_dir)

@@ -69,7 +69,7 @@ def evaluate_recall(proposals_per_image: Sequence[np.ndarray],
     raise ValueError(f"{len(proposals_per_image)} proposal arrays but "
                      f"{len(gt_per_image)} gt arrays")
   overlaps, num_used = [], []
-  for proposals, gt_boxes in zip(proposals_per_image, gt_per_image):
+  for proposals, gt_boxes in zip(proposals_per_image, gt_per_image, strict=True):
     gt_boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4)
     if len(gt_boxes) == 0:
       continue  # images without gt contribute nothing

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -28,10 +27,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer import data as data_lib
-from trainer import losses as losses_lib
 from pipeline import manifest as manifest_lib
 from pipeline import storage
+from trainer import data as data_lib
+from trainer import losses as losses_lib
 from trainer import model as model_lib
 
 _LOGGER = logging.getLogger(__name__)
