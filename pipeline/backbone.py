@@ -17,6 +17,7 @@ import tempfile
 from typing import Optional, Tuple
 
 import numpy as np
+from PIL import Image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +61,7 @@ def _local_copy(path: str) -> str:
   """A local file with the content of `path` (gs://, s3:// ... or local)."""
   if os.path.exists(path):
     return path
-  import tensorflow as tf
+  import tensorflow as tf  # lazy: see the module doc
   if not tf.io.gfile.exists(path):
     raise WeightsUnavailableError(f"weights file not found: {path}")
   suffix = ".weights.h5" if path.endswith(".weights.h5") else os.path.splitext(path)[1]
@@ -77,7 +78,7 @@ def build_backbone(name: str = "InceptionResNetV2", weights: str = "imagenet", s
   `seed` so that every worker builds the same net), or a path to a weights
   file (.h5 / .weights.h5, local or any filesystem TensorFlow reads).
   """
-  import keras
+  import keras  # lazy: see the module doc
   spec = backbone_spec(name)
   if name == TINY_BACKBONE:
     if weights != "none":
@@ -124,8 +125,8 @@ class FeatureExtractor:
                seed: int = 0, threads: Optional[int] = None):
     import importlib
 
-    import keras
-    import tensorflow as tf
+    import keras  # lazy: see the module doc
+    import tensorflow as tf  # lazy: see the module doc
     if threads:
       set_threads(threads)
     self.spec = backbone_spec(backbone)
@@ -169,7 +170,7 @@ class FeatureExtractor:
 def set_threads(threads: int) -> bool:
   """Caps TensorFlow's threads in this process (before TF starts its runtime:
   in a fresh worker process, at setup). Returns whether it took effect."""
-  import tensorflow as tf
+  import tensorflow as tf  # lazy: see the module doc
   try:
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
@@ -198,7 +199,6 @@ def prepare_image(image: np.ndarray, boxes: np.ndarray, min_input_side: int,
     if max_side and max(height, width) * scale > max_side:
       scale = max_side / max(height, width)
     if scale != 1.0:
-      from PIL import Image
       new_w = max(1, int(round(width * scale)))
       new_h = max(1, int(round(height * scale)))
       image = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))

@@ -165,7 +165,7 @@ def parse_image_set(text: str) -> List[str]:
 
 def read_bytes(path: str) -> bytes:
   """Whole content of `path` through Beam's FileSystems (no decompression)."""
-  from apache_beam.io.filesystems import CompressionTypes, FileSystems
+  from apache_beam.io.filesystems import CompressionTypes, FileSystems  # lazy: module doc
 
   with FileSystems.open(path, mime_type="application/octet-stream",
                         compression_type=CompressionTypes.UNCOMPRESSED) as f:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional
 
-from pipeline import config, schema, storage
+from pipeline import backbone, config, schema, storage
 
 REQUIRED_KEYS = ("version", "backbone", "weights", "feature_channels", "tile_size", "dtype",
                  "compression", "anchor", "targets", "num_shards", "shard_files", "counts")
@@ -155,7 +155,6 @@ def check_backbone(manifest: Dict, path: str) -> None:
 
   Needed where the backbone is run again on new images (rpn-propose, rpn-draw).
   """
-  from pipeline import backbone  # its spec table; TensorFlow stays unimported
   try:
     spec = backbone.backbone_spec(manifest["backbone"])
   except ValueError as e:

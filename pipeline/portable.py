@@ -27,6 +27,11 @@ import tempfile
 import time
 from typing import Iterator, List, Optional, Sequence, Tuple
 
+from apache_beam.runners.portability import local_job_service_main
+from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+from pipeline import run as run_lib
+
 _LOGGER = logging.getLogger(__name__)
 
 
@@ -103,9 +108,8 @@ def portable_args(job_endpoint: str, worker_pool: str, workers: int) -> List[str
 
 
 def run(argv: Sequence[str], workers: int = 2, log_dir: Optional[str] = None,
-        extractor_factory=None) -> dict:
+        extractor_factory=None) -> run_lib.PreprocessResult:
   """Runs rpn-preprocess with `argv` on the local portable services."""
-  from pipeline import run as run_lib
   with local_portable_services(log_dir, workers) as (job_endpoint, worker_pool):
     return run_lib.run(list(argv) + portable_args(job_endpoint, worker_pool, workers),
                        extractor_factory=extractor_factory)
@@ -113,8 +117,6 @@ def run(argv: Sequence[str], workers: int = 2, log_dir: Optional[str] = None,
 
 def job_service_main(argv: Sequence[str]) -> None:
   """Beam's local job service, running RPN_PORTABLE_WORKERS SDK workers per stage."""
-  from apache_beam.runners.portability import local_job_service_main
-  from apache_beam.runners.portability.fn_api_runner import fn_runner
   workers = int(os.environ.get("RPN_PORTABLE_WORKERS", "1"))
   original = fn_runner.FnApiRunner.run_via_runner_api
 
@@ -138,9 +140,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--workers", type=int, default=2)
   parser.add_argument("--log_dir")
   args = parser.parse_args(own)
-  from pipeline import run as run_lib
-  manifest = run(rest, workers=args.workers, log_dir=args.log_dir)
-  print(run_lib._summary(manifest))
+  result = run(rest, workers=args.workers, log_dir=args.log_dir)
+  print(run_lib.summary(result.manifest))
   return 0
 
 

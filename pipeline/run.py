@@ -34,7 +34,7 @@ from apache_beam.options.pipeline_options import (
 
 from pipeline import backbone as backbone_lib
 from pipeline import config as config_lib
-from pipeline import ilsvrc, transforms
+from pipeline import ilsvrc, storage, transforms
 from pipeline import manifest as manifest_lib
 
 _LOGGER = logging.getLogger(__name__)
@@ -267,7 +267,7 @@ def run(argv: Optional[Sequence[str]] = None, extractor_factory=None) -> Preproc
   cfg = config_from_args(args, setup)
   backbone_lib.backbone_spec(cfg.backbone.backbone)  # fails fast on a bad name
   weights = cfg.backbone.weights
-  if weights not in ("imagenet", "none") and not FileSystems.exists(weights):
+  if weights not in ("imagenet", "none") and not storage.exists(weights):
     raise FileNotFoundError(f"--weights {weights}: no such file")
   options = PipelineOptions(setup.beam_args)
   options.view_as(SetupOptions).save_main_session = False

@@ -28,7 +28,7 @@ TILE_DTYPES = ("float32", "float16")
 def make_example(tile: np.ndarray, labels: np.ndarray, deltas: np.ndarray,
                  image_id: str, location) -> bytes:
   """Serialized tf.train.Example for one point (tile already in its dtype)."""
-  from tensorflow.core.example import example_pb2
+  from tensorflow.core.example import example_pb2  # lazy: as below
   example = example_pb2.Example()
   feature = example.features.feature
   feature[TILE_KEY].bytes_list.value.append(

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
+from google_crc32c import value as crc32c
 
 from pipeline import manifest as manifest_lib
 from pipeline import schema
@@ -50,7 +51,6 @@ def record_bytes(manifest: Dict) -> int:
 
 
 def _masked_crc(data: bytes) -> int:
-  from google_crc32c import value as crc32c
   crc = crc32c(data)
   return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 

@@ -146,7 +146,7 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
       "results": results,
   }
   storage.makedirs(output)
-  storage.write_text(storage.join(output, RECALL_NAME), json.dumps(recall, indent=2) + "\n")
+  storage.write_json(storage.join(output, RECALL_NAME), recall)
   buffer = io.BytesIO()
   recall_plot(results, f"proposal recall: {recall['num_gt']} gt boxes in "
               f"{recall['num_images_with_gt']} images").save(buffer, format="PNG")
