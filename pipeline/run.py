@@ -104,44 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
-def config_from_args(args: argparse.Namespace,
-                     setup: Optional["RunnerSetup"] = None) -> config_lib.PreprocessConfig:
-  """The run's config; flags left unset take the defaults of the runner `setup`."""
-  setup = setup or RunnerSetup([], local=True, backbone_threads=None)
-  images_dir, annotations_dir = ilsvrc.layout_roots(
-      input_root=args.input, split=args.split, images=args.images, annotations=args.annotations)
-  if not (0 < args.fg_fraction <= 1):
-    raise ValueError(f"--fg_fraction must be in (0, 1], got {args.fg_fraction}")
-  if not (0 <= args.bg_iou_thresh <= args.fg_iou_thresh <= 1):
-    raise ValueError(f"need 0 <= bg_iou_thresh ({args.bg_iou_thresh}) <= fg_iou_thresh "
-                     f"({args.fg_iou_thresh}) <= 1")
-  num_shards = args.num_shards
-  if num_shards is None:
-    num_shards = setup.num_shards
-  threads = setup.backbone_threads if args.backbone_threads is None else args.backbone_threads
-  if args.batch_size <= 0 or num_shards < 0 or args.max_shard_mb < 0:
-    raise ValueError("--batch_size must be > 0, --num_shards and --max_shard_mb >= 0")
-  return config_lib.PreprocessConfig(
-      images_dir=images_dir, annotations_dir=annotations_dir, output=args.output.rstrip("/"),
-      image_set=args.image_set, missing_annotations=args.missing_annotations,
-      backbone=config_lib.BackboneConfig(
-          backbone=args.backbone, weights=args.weights, min_side=args.min_side,
-          max_side=args.max_side, max_pixels=args.max_pixels, threads=threads),
-      anchors=config_lib.AnchorConfig(scales=tuple(args.scales), ratios=tuple(args.ratios)),
-      targets=config_lib.TargetConfig(
-          fg_iou_thresh=args.fg_iou_thresh, bg_iou_thresh=args.bg_iou_thresh,
-          batch_size=args.batch_size, fg_fraction=args.fg_fraction, seed=args.seed),
-      output_format=config_lib.OutputConfig(
-          num_shards=num_shards, compression=args.compression, tile_dtype=args.tile_dtype,
-          max_shard_mb=args.max_shard_mb),
-      split=args.split if args.input else None, input_root=args.input,
-      shuffle_records=args.shuffle_records)
-
-
-# ---------------------------------------------------------------------------
-# Runner options
-
-
 @dataclasses.dataclass(frozen=True)
 class RunnerSetup:
   """The Beam arguments to run with, and the defaults they imply."""
@@ -179,10 +141,44 @@ def runner_setup(beam_args: Sequence[str], cores: Optional[int] = None) -> Runne
   if not any(a.startswith("--direct_") for a in beam_args):
     args += ["--direct_running_mode=multi_processing", f"--direct_num_workers={cores}"]
   direct = PipelineOptions(args).view_as(DirectOptions)
-  workers = direct.direct_num_workers or 1
+  workers = cores if direct.direct_num_workers == 0 else (direct.direct_num_workers or 1)
   if direct.direct_running_mode == "multi_processing" and workers > 1:
     return RunnerSetup(args, local=True, backbone_threads=max(1, cores // workers))
   return RunnerSetup(args, local=True, backbone_threads=None)
+
+
+def config_from_args(args: argparse.Namespace,
+                     setup: Optional[RunnerSetup] = None) -> config_lib.PreprocessConfig:
+  """The run's config; flags left unset take the defaults of the runner `setup`."""
+  setup = setup or RunnerSetup([], local=True, backbone_threads=None)
+  images_dir, annotations_dir = ilsvrc.layout_roots(
+      input_root=args.input, split=args.split, images=args.images, annotations=args.annotations)
+  if not (0 < args.fg_fraction <= 1):
+    raise ValueError(f"--fg_fraction must be in (0, 1], got {args.fg_fraction}")
+  if not (0 <= args.bg_iou_thresh <= args.fg_iou_thresh <= 1):
+    raise ValueError(f"need 0 <= bg_iou_thresh ({args.bg_iou_thresh}) <= fg_iou_thresh "
+                     f"({args.fg_iou_thresh}) <= 1")
+  num_shards = args.num_shards
+  if num_shards is None:
+    num_shards = setup.num_shards
+  threads = setup.backbone_threads if args.backbone_threads is None else args.backbone_threads
+  if args.batch_size <= 0 or num_shards < 0 or args.max_shard_mb < 0:
+    raise ValueError("--batch_size must be > 0, --num_shards and --max_shard_mb >= 0")
+  return config_lib.PreprocessConfig(
+      images_dir=images_dir, annotations_dir=annotations_dir, output=args.output.rstrip("/"),
+      image_set=args.image_set, missing_annotations=args.missing_annotations,
+      backbone=config_lib.BackboneConfig(
+          backbone=args.backbone, weights=args.weights, min_side=args.min_side,
+          max_side=args.max_side, max_pixels=args.max_pixels, threads=threads),
+      anchors=config_lib.AnchorConfig(scales=tuple(args.scales), ratios=tuple(args.ratios)),
+      targets=config_lib.TargetConfig(
+          fg_iou_thresh=args.fg_iou_thresh, bg_iou_thresh=args.bg_iou_thresh,
+          batch_size=args.batch_size, fg_fraction=args.fg_fraction, seed=args.seed),
+      output_format=config_lib.OutputConfig(
+          num_shards=num_shards, compression=args.compression, tile_dtype=args.tile_dtype,
+          max_shard_mb=args.max_shard_mb),
+      split=args.split if args.input else None, input_root=args.input,
+      shuffle_records=args.shuffle_records)
 
 
 # ---------------------------------------------------------------------------
