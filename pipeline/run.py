@@ -164,6 +164,8 @@ def config_from_args(args: argparse.Namespace,
   threads = setup.backbone_threads if args.backbone_threads is None else args.backbone_threads
   if args.batch_size <= 0 or num_shards < 0 or args.max_shard_mb < 0:
     raise ValueError("--batch_size must be > 0, --num_shards and --max_shard_mb >= 0")
+  if threads is not None and threads < 1:
+    raise ValueError(f"--backbone_threads must be >= 1, got {threads}")
   return config_lib.PreprocessConfig(
       images_dir=images_dir, annotations_dir=annotations_dir, output=args.output.rstrip("/"),
       image_set=args.image_set, missing_annotations=args.missing_annotations,
