@@ -192,6 +192,8 @@ def test_explicit_flags_win_over_the_setup():
     (("--bg_iou_thresh", "0.8", "--fg_iou_thresh", "0.7"), "bg_iou_thresh"),
     (("--fg_iou_thresh", "1.2"), "fg_iou_thresh"),
     (("--split", "../etc"), "--split"),
+    (("--backbone_threads", "0"), "--backbone_threads"),
+    (("--backbone_threads", "-2"), "--backbone_threads"),
 ])
 def test_bad_values_raise_naming_the_flag(flags, named):
   with pytest.raises(ValueError, match=re.escape(named)):

@@ -1,0 +1,208 @@
+"""Tests of pipeline/manifest.py: building, writing, reading and checking manifest.json.
+
+Every error is a ManifestError (a ValueError) whose message names the file and
+what is wrong.
+"""
+import json
+import os
+import shutil
+
+import pytest
+
+from pipeline import config
+from pipeline import manifest as manifest_lib
+from tests import trainer_fixtures as fixtures
+
+
+def _copy(directory, tmp_path, name="copy"):
+  return shutil.copytree(directory, str(tmp_path / name))
+
+
+def _write_json(directory, content):
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, config.MANIFEST_NAME)
+  with open(path, "w") as f:
+    json.dump(content, f)
+  return path
+
+
+def test_manifest_errors_name_the_file(shard_dir, tmp_path):
+  directory, manifest, _ = shard_dir
+  with pytest.raises(manifest_lib.ManifestError, match="manifest.json: not found"):
+    manifest_lib.load(str(tmp_path))
+  # A listed shard is missing.
+  missing = _copy(directory, tmp_path, "missing")
+  victim = manifest["shard_files"][1]
+  os.remove(os.path.join(missing, victim))
+  with pytest.raises(manifest_lib.ManifestError, match=f"{victim}: shard listed in .* missing"):
+    manifest_lib.load(missing)
+  # A stale shard of another run lies beside the listed ones.
+  stale = _copy(directory, tmp_path, "stale")
+  stale_name = "tiles-00000-of-00005.tfrecord"
+  shutil.copy(os.path.join(stale, manifest["shard_files"][0]), os.path.join(stale, stale_name))
+  with pytest.raises(manifest_lib.ManifestError, match=f"not listed.*{stale_name}"):
+    manifest_lib.load(stale)
+  # Values: shard count, dtype, compression, missing keys.
+  for change, message in (({"num_shards": 4}, "shard_files lists 3 files but num_shards is 4"),
+                          ({"dtype": "bfloat16"}, "dtype 'bfloat16'"),
+                          ({"compression": "ZLIB"}, "compression 'ZLIB'"),
+                          ({"counts": None, "anchor": None}, None)):
+    bad = _copy(directory, tmp_path, f"bad{len(os.listdir(tmp_path))}")
+    content = dict(manifest, **change)
+    if message is None:
+      del content["counts"], content["anchor"]
+      message = r"missing keys \['anchor', 'counts'\]"
+    with open(os.path.join(bad, "manifest.json"), "w") as f:
+      json.dump(content, f)
+    with pytest.raises(manifest_lib.ManifestError, match=f"manifest.json: {message}"):
+      manifest_lib.load(bad)
+
+
+def test_check_compatible_names_the_differing_key():
+  a = fixtures.make_manifest()
+  manifest_lib.check_compatible(a, fixtures.make_manifest(dtype="float16", compression="GZIP",
+                                                          num_shards=5))
+  for key, value in (("backbone", "ResNet50"), ("weights", "imagenet"),
+                     ("feature_channels", 16),
+                     ("anchor", dict(a["anchor"], scales=[2, 4, 8]))):
+    with pytest.raises(manifest_lib.ManifestError, match=f"--val_data x: {key} is"):
+      manifest_lib.check_compatible(a, dict(a, **{key: value}), "--val_data x")
+
+
+
+# ---------------------------------------------------------------------------
+# build and write: what rpn-preprocess records
+
+
+def _config(**output_changes):
+  return config.PreprocessConfig(
+      images_dir="/d/Data/DET/train", annotations_dir="/d/Annotations/DET/train", output="/o",
+      backbone=config.BackboneConfig(backbone="TinyTestNet", weights="none"),
+      output_format=config.OutputConfig(**output_changes), split="DET/train", input_root="/d")
+
+
+def test_build_records_the_config_and_the_run():
+  counts = {"records": 7, "images_ok": 2, "images_found": 3}
+  shards = ["tiles-00001-of-00002.tfrecord.gz", "tiles-00000-of-00002.tfrecord.gz"]
+  manifest = manifest_lib.build(_config(num_shards=2, compression="GZIP", tile_dtype="float16"),
+                                counts, shards, 16, 32)
+  manifest_lib.validate(manifest, "built")  # what is written passes its own reader's checks
+  assert manifest["version"] == config.MANIFEST_VERSION
+  assert (manifest["backbone"], manifest["weights"], manifest["weights_seed"]) == (
+      "TinyTestNet", "none", 0)
+  assert (manifest["feature_channels"], manifest["min_input_side"]) == (16, 32)
+  assert (manifest["dtype"], manifest["compression"]) == ("float16", "GZIP")
+  assert manifest["shard_files"] == sorted(shards) and manifest["num_shards"] == 2
+  assert manifest["shard_pattern"] == "tiles-?????-of-00002.tfrecord.gz"
+  assert manifest["anchor"] == {"scales": [3.0, 6.0, 12.0], "ratios": [0.5, 1.0, 2.0],
+                                "order": "ratio_major", "num_anchors": 9}
+  assert manifest["targets"] == config.to_dict(config.TargetConfig())
+  assert manifest["resize"] == {"min_side": None, "max_side": None}
+  assert manifest["max_pixels"] == config.DEFAULT_MAX_PIXELS
+  assert manifest["input"] == {"root": "/d", "split": "DET/train", "images": "/d/Data/DET/train",
+                               "annotations": "/d/Annotations/DET/train", "image_set": None,
+                               "missing_annotations": "skip"}
+  assert manifest["max_shard_mb"] is None  # fixed shards: no cap
+  assert manifest["records_shuffled"] is False
+  assert manifest["counts"] == counts and list(manifest["counts"]) == sorted(counts)
+  json.dumps(manifest)  # JSON-ready
+  # Runner-decided shards record their size cap.
+  runner = manifest_lib.build(_config(num_shards=0, max_shard_mb=64.0), counts,
+                              ["tiles-00000-of-00001.tfrecord"], 16, 32)
+  assert runner["max_shard_mb"] == 64.0 and runner["num_shards"] == 1
+
+
+def test_write_then_load_round_trip(tmp_path):
+  directory = str(tmp_path / "out")
+  manifest = manifest_lib.build(_config(num_shards=2), {"records": 0}, [
+      "tiles-00000-of-00002.tfrecord", "tiles-00001-of-00002.tfrecord"], 16, 32)
+  os.makedirs(directory)
+  for path in manifest_lib.shard_paths(directory, manifest):
+    open(path, "wb").close()
+  manifest_lib.write(directory, manifest)
+  assert manifest_lib.path_in(directory) == os.path.join(directory, "manifest.json")
+  assert sorted(os.listdir(directory)) == ["manifest.json", "tiles-00000-of-00002.tfrecord",
+                                           "tiles-00001-of-00002.tfrecord"]  # no temp file left
+  assert manifest_lib.load(directory) == manifest
+  assert manifest_lib.read(manifest_lib.path_in(directory)) == manifest
+
+
+def test_shard_suffix_and_paths():
+  assert manifest_lib.shard_suffix("GZIP") == ".tfrecord.gz"
+  assert manifest_lib.shard_suffix("NONE") == ".tfrecord"
+  manifest = fixtures.make_manifest(num_shards=2)
+  assert manifest_lib.shard_paths("/d", manifest) == [
+      "/d/tiles-00000-of-00002.tfrecord", "/d/tiles-00001-of-00002.tfrecord"]
+
+
+# ---------------------------------------------------------------------------
+# read and validate
+
+
+def test_read_names_the_file(tmp_path):
+  path = str(tmp_path / "manifest.json")
+  with pytest.raises(manifest_lib.ManifestError, match=f"{path}: not found"):
+    manifest_lib.read(path)
+  with open(path, "w") as f:
+    f.write("{not json")
+  with pytest.raises(manifest_lib.ManifestError, match=f"{path}: not valid JSON"):
+    manifest_lib.read(path)
+  with open(path, "w") as f:
+    f.write("[1, 2]")
+  with pytest.raises(manifest_lib.ManifestError, match=f"{path}: not a JSON object"):
+    manifest_lib.read(path)
+  # A job directory's manifest: read does not look for shards beside it.
+  _write_json(str(tmp_path), fixtures.make_manifest())
+  assert manifest_lib.read(path) == fixtures.make_manifest()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"version": 2}, "version 2, this code reads version 1"),
+    ({"tile_size": 5}, "tile_size 5, the RPN head takes 3x3 tiles"),
+    ({"anchor": {"scales": [1.0]}}, "anchor has no num_anchors"),
+    ({"anchor": {"scales": [1.0, 2.0], "ratios": [1.0], "num_anchors": 9}},
+     "anchor num_anchors 9 != 2 scales x 1 ratios"),
+    ({"dtype": "int8"}, "dtype 'int8' not in"),
+])
+def test_validate_refuses_with_the_value(change, message):
+  with pytest.raises(manifest_lib.ManifestError, match=f"^m.json: {message}"):
+    manifest_lib.validate(fixtures.make_manifest(**change), "m.json")
+
+
+def test_num_anchors_max_pixels_and_resize():
+  manifest = fixtures.make_manifest()
+  assert manifest_lib.num_anchors(manifest) == 9
+  assert manifest_lib.num_anchors(dict(manifest, anchor={"num_anchors": "4"})) == 4
+  # Older manifests without max_pixels or resize: the defaults.
+  assert manifest_lib.max_pixels(manifest) == config.DEFAULT_MAX_PIXELS
+  assert manifest_lib.max_pixels(dict(manifest, max_pixels=1000)) == 1000
+  del manifest["resize"]
+  assert manifest_lib.resize(manifest) == {"min_side": None, "max_side": None}
+  assert manifest_lib.resize(dict(manifest, resize={"min_side": 600, "max_side": 1000})) == {
+      "min_side": 600, "max_side": 1000}
+
+
+# ---------------------------------------------------------------------------
+# check_backbone: where the backbone is run again (rpn-propose, rpn-draw)
+
+
+def test_check_backbone_accepts_what_the_backbone_computes():
+  manifest_lib.check_backbone(fixtures.make_manifest(channels=1536, min_input_side=75), "m")
+  manifest_lib.check_backbone(fixtures.job_manifest(), "m")  # MobileNetV2, 1280 channels
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"backbone": "ResNet9000"}, "unknown backbone 'ResNet9000'"),
+    ({"feature_channels": 1280},
+     r"feature_channels 1280 does not match backbone InceptionResNetV2 \(1536 channels\)"),
+    ({"min_input_side": 32}, "min_input_side 32 is below the 75 px backbone InceptionResNetV2"),
+    ({"stride_mode": "fixed"}, "stride_mode 'fixed' is not supported"),
+])
+def test_check_backbone_refuses_what_does_not_fit(change, message):
+  manifest = fixtures.make_manifest(channels=1536, min_input_side=75, **change)
+  with pytest.raises(manifest_lib.ManifestError, match=f"^m.json: {message}"):
+    manifest_lib.check_backbone(manifest, "m.json")
+  without = fixtures.make_manifest(channels=1536)
+  del without["min_input_side"]
+  with pytest.raises(manifest_lib.ManifestError, match=r"missing keys \['min_input_side'\]"):
+    manifest_lib.check_backbone(without, "m.json")
