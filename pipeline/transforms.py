@@ -140,6 +140,10 @@ class ListFiles(beam.PTransform):
             | "KeyById" >> beam.Map(lambda m: (ilsvrc.relative_id(m.path, root), m.path)))
 
 
+# Declared, not inferred: Beam 2.78 infers Union[TaggedOutput, ImageInput] for
+# the main output of a DoFn that yields both, which LoadImageFn's ImageInput
+# input hint then refuses.
+@beam.typehints.with_output_types(ImageInput)
 class PairInputsFn(beam.DoFn):
   """(image id, {images, annotations, listed}) -> ImageInput or an error record.
 

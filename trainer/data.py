@@ -150,7 +150,7 @@ def make_dataset(data_dir: str, manifest: Dict, batch_size: int, shuffle: bool =
                  drop_remainder: bool = False):
   """The shards of `data_dir` read in parallel, shuffled, batched, then parsed.
 
-  `manifest` is load_manifest(data_dir). `files` (paths already through
+  `manifest` is pipeline.manifest.load(data_dir). `files` (paths already through
   check_shards, holding num_records records) skips the shard check; by
   default every shard is checked here. The shuffle buffer holds about
   shuffle_buffer_mb megabytes of records, and at least 4 batches. Unless
