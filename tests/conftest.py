@@ -55,6 +55,24 @@ def vgg16_weights() -> str:
 
 
 # ---------------------------------------------------------------------------
+# Shard directories like rpn-preprocess writes (tests/trainer_fixtures.py)
+
+
+@pytest.fixture(scope="module", params=[("float32", "NONE"), ("float16", "GZIP")],
+                ids=["float32", "float16-gzip"])
+def shard_dir(request, tmp_path_factory):
+  """(directory, manifest, records): 45 records, SHARD_DIR_CHANNELS channels, 3 shards,
+  float32 uncompressed and float16 GZIP."""
+  from tests import trainer_fixtures as fixtures
+  dtype, compression = request.param
+  directory = str(tmp_path_factory.mktemp(f"{dtype}-{compression}"))
+  manifest, records = fixtures.write_shards(
+      directory, num_records=45, channels=fixtures.SHARD_DIR_CHANNELS, num_shards=3,
+      dtype=dtype, compression=compression)
+  return directory, manifest, records
+
+
+# ---------------------------------------------------------------------------
 # rpn-propose's end-to-end run, shared by tests/trainer/test_propose.py and
 # tests/trainer/test_evaluate.py (session scope: it runs once).
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -49,7 +51,8 @@ def write_dataset(root: str, split: str = "DET/train", num_images: int = 6, seed
   rng = np.random.default_rng(seed)
   written = {}
   for i in range(num_images):
-    width, height = sizes[i] if sizes else (int(rng.integers(160, 400)), int(rng.integers(120, 360)))
+    width, height = (sizes[i] if sizes
+                     else (int(rng.integers(160, 400)), int(rng.integers(120, 360))))
     boxes = []
     for _ in range(int(rng.integers(0, 3)) if i else 2):
       bw, bh = int(rng.integers(40, width // 2 + 41)), int(rng.integers(40, height // 2 + 41))
@@ -79,3 +82,15 @@ def write_pair(root: str, split: str, image_id: str, image: Optional[np.ndarray]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
       f.write(xml)
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+  return struct.pack(">I", len(data)) + kind + data + struct.pack(
+      ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+  """A PNG that declares width x height (8-bit RGB) and holds one tiny IDAT."""
+  ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+  return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
+          + png_chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + png_chunk(b"IEND", b""))

@@ -4,27 +4,28 @@ from __future__ import annotations
 import collections
 import glob
 import json
-import math
 import os
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from pipeline import backbone
+from tests import reference
 
 TINY = backbone.TINY_BACKBONE
-SHARED_SAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                              "ilsvrc_samples")
+# In-process DirectRunner: rpn-preprocess without --direct_* options would
+# start one worker process per core.
+IN_PROCESS = ("--runner=DirectRunner", "--direct_running_mode=in_memory")
 
 
 def preprocess(input_root: str, output: str, split: str = "DET/train",
-               extra: Sequence[str] = (), runner_args: Sequence[str] = ("--runner=DirectRunner",),
+               extra: Sequence[str] = (), runner_args: Sequence[str] = IN_PROCESS,
                num_shards: int = 2) -> dict:
   """rpn-preprocess with the tiny Keras backbone; returns the manifest."""
   from pipeline import run
   return run.run(["--input", input_root, "--split", split, "--output", output,
                   "--backbone", TINY, "--weights", "none", "--num_shards", str(num_shards),
-                  *extra, *runner_args])
+                  *extra, *runner_args]).manifest
 
 
 def read_records(output: str) -> List[bytes]:
@@ -55,23 +56,6 @@ def decode_record(serialized: bytes, channels: int, dtype: str = "float32") -> d
   }
 
 
-def anchor_box(y: int, x: int, a: int, stride_x: float, stride_y: float,
-               scales=(3, 6, 12), ratios=(0.5, 1, 2)) -> List[float]:
-  """DESIGN.md's anchor formula written out again, independently of anchors.py."""
-  ratio, scale = ratios[a // len(scales)], scales[a % len(scales)]
-  w, h = scale * stride_x / math.sqrt(ratio), scale * stride_y * math.sqrt(ratio)
-  cx, cy = (x + 0.5) * stride_x, (y + 0.5) * stride_y
-  return [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
-
-
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-  iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-  ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-  inter = iw * ih
-  union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-  return inter / union if union > 0 else 0.0
-
-
 def check_records_follow_conventions(output: str) -> Dict[str, int]:
   """Asserts every record agrees with DESIGN.md; returns per-image record counts."""
   with open(os.path.join(output, "manifest.json")) as f:
@@ -92,7 +76,7 @@ def check_records_follow_conventions(output: str) -> Dict[str, int]:
     assert set(labels.tolist()) <= {-1, 0, 1} and (labels != -1).any()
     gt = line["gt_boxes"]
     for a in range(9):
-      box = anchor_box(y, x, a, line["stride_x"], line["stride_y"])
+      box = reference.anchor_box(y, x, a, line["stride_x"], line["stride_y"])
       # DESIGN.md inside rule, with anchors.py's 1e-9 relative tolerance for float error.
       tol_x, tol_y = 1e-9 * line["width"], 1e-9 * line["height"]
       inside = (box[0] >= -tol_x and box[1] >= -tol_y and box[2] <= line["width"] + tol_x
@@ -100,17 +84,15 @@ def check_records_follow_conventions(output: str) -> Dict[str, int]:
       if labels[a] != -1:
         assert inside, f"sampled anchor outside the image: {key} a={a} {box}"
       if labels[a] == 0:
-        assert all(iou(box, g) < 0.3 for g in gt), f"negative with IoU >= 0.3: {key} a={a}"
+        assert all(reference.iou(box, g) < 0.3 for g in gt), (
+            f"negative with IoU >= 0.3: {key} a={a}")
         bg[record["image_id"]] += 1
       if labels[a] == 1:
         fg[record["image_id"]] += 1
-        # Undo the delta encoding by hand: the anchor moves onto a gt box.
-        aw, ah = box[2] - box[0], box[3] - box[1]
-        cx, cy = box[0] + aw / 2 + deltas[a, 0] * aw, box[1] + ah / 2 + deltas[a, 1] * ah
-        w, h = aw * math.exp(deltas[a, 2]), ah * math.exp(deltas[a, 3])
-        decoded = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+        # Undo the delta encoding by hand (no clamp): the anchor moves onto a gt box.
+        decoded = reference.decode(box, deltas[a])
         assert any(np.allclose(decoded, g, atol=1e-2) for g in gt), f"{key} a={a}: {decoded}"
-        assert max(iou(box, g) for g in gt) > 0
+        assert max(reference.iou(box, g) for g in gt) > 0
       else:
         assert (deltas[a] == 0).all()
     per_image[record["image_id"]] += 1
@@ -155,3 +137,27 @@ def check_accounting(output: str, manifest: dict, images_dir: Optional[str] = No
     assert error["path"] and error["stage"] and error["reason"]
   shard_names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(output, "tiles-*")))
   assert shard_names == manifest["shard_files"]
+
+
+def errors_of(output: str) -> List[tuple]:
+  """errors.jsonl as sorted (path, stage, reason) triples."""
+  return sorted((e["path"], e["stage"], e["reason"])
+                for e in read_jsonl(os.path.join(output, "errors.jsonl")))
+
+
+def images_of(output: str) -> List[dict]:
+  """images.jsonl lines sorted by image id."""
+  return sorted(read_jsonl(os.path.join(output, "images.jsonl")),
+                key=lambda line: line["image_id"])
+
+
+def check_same_output(reference_output: str, output: str, manifest: dict,
+                      images_dir: str) -> None:
+  """`output` (with its manifest) is complete and holds what `reference_output` holds:
+  the same record multiset byte for byte (shards assign records from a random
+  start, so whatever the number of shards), images.jsonl and errors.jsonl."""
+  check_accounting(output, manifest, images_dir)
+  assert (collections.Counter(read_records(output))
+          == collections.Counter(read_records(reference_output)))
+  assert images_of(output) == images_of(reference_output)
+  assert errors_of(output) == errors_of(reference_output)

@@ -79,7 +79,7 @@ def propose(scores, deltas, anchors, width: float, height: float, pre_nms_top_n:
   pre_nms_top_n by score (stable: ties keep anchor order), NMS, top post_nms_top_n.
   """
   candidates = []
-  for score, delta, anchor in zip(scores, deltas, anchors):
+  for score, delta, anchor in zip(scores, deltas, anchors, strict=True):
     x1, y1, x2, y2 = decode(anchor, delta, MAX_LOG_SCALE)
     box = [min(max(x1, 0.0), width), min(max(y1, 0.0), height),
            min(max(x2, 0.0), width), min(max(y2, 0.0), height)]

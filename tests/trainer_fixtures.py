@@ -1,4 +1,5 @@
-"""Small shard directories like rpn-preprocess writes, made without the pipeline.
+"""Small shard directories like rpn-preprocess writes, made without the pipeline,
+and small job directories like rpn-train writes, made without training.
 
 Shape shorthand: N records, C feature channels (small: 8 or 16), A anchors (9).
   tiles   [N, 3, 3, C]  in the manifest's dtype
@@ -16,10 +17,11 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from pipeline import config
-from pipeline import schema
+from pipeline import config, schema
 
 NUM_ANCHORS = 9
+# The shard_dir fixture (tests/conftest.py): 45 records of this many channels in 3 shards.
+SHARD_DIR_CHANNELS = 8
 
 
 def make_manifest(channels: int = 8, num_shards: int = 2, dtype: str = "float32",
@@ -92,3 +94,60 @@ def write_shards(directory: str, num_records: int = 60, channels: int = 8, num_s
   with open(os.path.join(directory, config.MANIFEST_NAME), "w") as f:
     json.dump(manifest, f, indent=2)
   return manifest, records
+
+
+# ---------------------------------------------------------------------------
+# Job directories (rpn-propose's input) and a small DET/val split for them
+
+JOB_BACKBONE, JOB_CHANNELS, JOB_MIN_INPUT_SIDE = "MobileNetV2", 1280, 32
+JOB_HIDDEN = 32  # a small head keeps the tests fast; the product's default is 512
+
+
+def job_manifest(**changes) -> Dict:
+  """The data manifest a job directory holds: MobileNetV2 features (weights "none")."""
+  return make_manifest(channels=JOB_CHANNELS, **dict(
+      {"created_by": "rpn-preprocess", "backbone": JOB_BACKBONE,
+       "min_input_side": JOB_MIN_INPUT_SIDE, "max_pixels": config.DEFAULT_MAX_PIXELS},
+      **changes))
+
+
+def random_tile_model(channels: int, hidden: int, seed: int):
+  """An untrained head with random biases too, so that scores differ between anchors."""
+  from trainer import model as model_lib
+  tile_model = model_lib.build_tile_model(channels, NUM_ANCHORS, hidden)
+  rng = np.random.default_rng(seed)
+  for layer in tile_model.layers:
+    weights = layer.get_weights()
+    if weights:
+      layer.set_weights([rng.normal(0, 0.3, w.shape).astype(w.dtype) for w in weights])
+  return tile_model
+
+
+def save_job(job: str, manifest: Dict, channels: int, hidden: int, seed: int = 0):
+  """A job directory with a random head; returns its tile model."""
+  from trainer import model as model_lib
+  tile_model = random_tile_model(channels, hidden, seed)
+  model_lib.save_rpn(job, tile_model, manifest, {"hidden": hidden, "epochs": 0})
+  return tile_model
+
+
+# (image id, width, height, boxes as 0-based inclusive xmin, ymin, xmax, ymax)
+VAL_IMAGES = [
+    ("ILSVRC2013_val/a_0001", 96, 64, [(10, 8, 60, 50), (50, 20, 90, 60)]),
+    ("ILSVRC2013_val/a_0002", 40, 24, [(2, 3, 29, 19)]),  # under 32 px high: padded to 32
+    ("b_0003", 72, 72, []),  # an XML without objects (a negative)
+]
+VAL_SPLIT = "DET/val"
+
+
+def write_val_dataset(root: str) -> str:
+  """VAL_IMAGES with their XML under root (ILSVRC layout, DET/val), plus an image
+  without XML (c_0004) and a file that is not an image at all (d_0005)."""
+  from tests import dataset_fixtures as fx
+  rng = np.random.default_rng(0)
+  for image_id, width, height, boxes in VAL_IMAGES:
+    fx.write_pair(root, VAL_SPLIT, image_id, fx.random_image(rng, width, height, boxes),
+                  fx.det_xml(image_id, width, height, boxes))
+  fx.write_pair(root, VAL_SPLIT, "c_0004", fx.random_image(rng, 50, 40), None)
+  fx.write_pair(root, VAL_SPLIT, "d_0005", None, None, image_bytes=b"not a jpeg")
+  return root

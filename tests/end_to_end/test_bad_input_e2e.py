@@ -22,7 +22,9 @@ def test_bad_and_odd_inputs_end_to_end(tmp_path):
   root = str(tmp_path / "data")
   rng = np.random.default_rng(0)
   good = fixtures.random_image(rng, 320, 240, [(50, 40, 200, 180)])
-  good_xml = lambda i: fixtures.det_xml(i, 320, 240, [(50, 40, 199, 179)])
+
+  def good_xml(image_id):
+    return fixtures.det_xml(image_id, 320, 240, [(50, 40, 199, 179)])
   png = _jpeg(Image.fromarray(good), format="PNG")
   cases = {
       # image_id: (image bytes, xml, expected outcome or stage)
@@ -68,15 +70,15 @@ def test_bad_and_odd_inputs_end_to_end(tmp_path):
   for image_id, (data, xml, _) in cases.items():
     fixtures.write_pair(root, SPLIT, image_id, None, xml, image_bytes=data)
   # A bomb: a PNG declaring 7000 x 7000 pixels (> 40 M) in a few bytes.
-  from tests.test_ilsvrc import png_header_only
-  bomb = png_header_only(7000, 7000)
+  bomb = fixtures.png_header_only(7000, 7000)
   fixtures.write_pair(root, SPLIT, "bad_bomb", None, good_xml("bad_bomb"), image_bytes=bomb)
   cases["bad_bomb"] = (bomb, None, "decode")
   output = str(tmp_path / "out")
   manifest = helpers.preprocess(root, output)
   helpers.check_accounting(output, manifest, os.path.join(root, "Data", SPLIT))
   helpers.check_records_follow_conventions(output)
-  images = {l["image_id"]: l for l in helpers.read_jsonl(os.path.join(output, "images.jsonl"))}
+  images = {line["image_id"]: line
+            for line in helpers.read_jsonl(os.path.join(output, "images.jsonl"))}
   errors = {e["image_id"]: e for e in helpers.read_jsonl(os.path.join(output, "errors.jsonl"))}
   for image_id, (_, _, expected) in cases.items():
     if expected == "ok":
@@ -90,7 +92,8 @@ def test_bad_and_odd_inputs_end_to_end(tmp_path):
   assert "7000x7000" in errors["bad_bomb"]["reason"]
   # Refused by the limit, not by a failed decode.
   assert "max_pixels" in errors["bad_bomb"]["reason"]
-  assert "root:" not in open(os.path.join(output, "errors.jsonl")).read()  # /etc/passwd unread
+  with open(os.path.join(output, "errors.jsonl")) as f:
+    assert "root:" not in f.read()  # /etc/passwd unread
   counts = manifest["counts"]
   assert counts["images_failed"] == sum(1 for c in cases.values() if c[2] not in ("ok", "skipped"))
   assert counts["images_skipped"] == counts["images_no_anchors"] == 2

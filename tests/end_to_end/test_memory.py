@@ -8,7 +8,6 @@ images, and shows the growth with fixed shards (BENCHMARKS.md, section 6).
 Run with `--num_shards 2` instead, this test fails: 1,135 MiB at 4 images,
 1,611 MiB at 32 (measured), while the 28 added images wrote 117 MiB of tiles.
 """
-import os
 import subprocess
 import sys
 
@@ -20,16 +19,15 @@ pytestmark = pytest.mark.slow
 
 CHILD = ("import resource, sys\n"
          "from pipeline import run\n"
-         "manifest = run.run(sys.argv[1:])\n"
+         "manifest = run.run(sys.argv[1:]).manifest\n"
          "print('RECORDS', manifest['counts']['records'])\n"
          "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
 
 
-def _peak_rss_mib(root: str, output: str, extra=()) -> tuple:
+def _peak_rss_mib(root: str, output: str, repo: str, extra=()) -> tuple:
   command = [sys.executable, "-c", CHILD, "--input", root, "--split", "DET/train",
              "--output", output, "--backbone", "InceptionResNetV2", "--weights", "none",
              "--runner=DirectRunner", "--direct_num_workers=1", *extra]
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=repo)
   assert done.returncode == 0, done.stderr[-3000:]
   values = dict(line.split() for line in done.stdout.splitlines()
@@ -40,15 +38,15 @@ def _peak_rss_mib(root: str, output: str, extra=()) -> tuple:
 SIZES = [(500, 375), (480, 360), (375, 500), (450, 300)]  # ILSVRC-like
 
 
-def test_peak_memory_flat_with_dataset_size(tmp_path):
+def test_peak_memory_flat_with_dataset_size(tmp_path, repo_root):
   # The same four image sizes in both sets, so the backbone's own working
   # memory is the same; only the number of images (and records) grows.
   small, large = str(tmp_path / "small"), str(tmp_path / "large")
   fixtures.write_dataset(small, num_images=4, seed=11, sizes=SIZES)
   fixtures.write_dataset(large, num_images=32, seed=11, sizes=SIZES * 8)
-  rss_small, records_small = _peak_rss_mib(small, str(tmp_path / "out_small"),
+  rss_small, records_small = _peak_rss_mib(small, str(tmp_path / "out_small"), repo_root,
                                            ("--num_shards", "0"))
-  rss_large, records_large = _peak_rss_mib(large, str(tmp_path / "out_large"),
+  rss_large, records_large = _peak_rss_mib(large, str(tmp_path / "out_large"), repo_root,
                                            ("--num_shards", "0"))
   record_mib = 3 * 3 * 1536 * 4 / 2**20
   added_mib = (records_large - records_small) * record_mib

@@ -8,11 +8,12 @@ from importlib import metadata
 import pytest
 
 
-def test_sdist_ships_both_packages(tmp_path):
+def test_sdist_ships_both_packages(tmp_path, repo_root):
   subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path)], check=True,
-                 capture_output=True, cwd=__file__.rsplit("/tests/", 1)[0])
+                 capture_output=True, cwd=repo_root)
   (archive,) = tmp_path.glob("*.tar.gz")
-  names = tarfile.open(archive).getnames()
+  with tarfile.open(archive) as tar:
+    names = tar.getnames()
   for module in ("pipeline/run.py", "pipeline/transforms.py", "pipeline/targets.py",
                  "trainer/train.py", "trainer/propose.py"):
     assert any(name.endswith(module) for name in names), module

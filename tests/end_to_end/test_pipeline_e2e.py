@@ -1,7 +1,7 @@
 """rpn-preprocess end to end on DirectRunner: outputs follow DESIGN.md to the letter."""
 import collections
-import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -51,7 +51,7 @@ def test_records_follow_the_conventions(generated_run):
 
 def test_images_jsonl_boxes_and_frame(generated_run):
   _, written, output, _ = generated_run
-  lines = {l["image_id"]: l for l in helpers.read_jsonl(os.path.join(output, "images.jsonl"))}
+  lines = {line["image_id"]: line for line in helpers.images_of(output)}
   assert set(lines) == set(written)
   for image_id, truth in written.items():
     line = lines[image_id]
@@ -73,25 +73,24 @@ def test_tiles_are_windows_of_the_padded_feature_map(generated_run):
   for record in records:
     by_image[record["image_id"]].append(record)
   image_id = sorted(by_image)[0]
-  image = ilsvrc.decode_image(open(os.path.join(root, "Data/DET/train", image_id + ".JPEG"),
-                                   "rb").read())
+  with open(os.path.join(root, "Data/DET/train", image_id + ".JPEG"), "rb") as f:
+    image = ilsvrc.decode_image(f.read())
   padded = np.pad(extractor(image), ((1, 1), (1, 1), (0, 0)))
   for record in by_image[image_id]:
     y, x = record["location"]
     np.testing.assert_array_equal(record["tile"], padded[y:y + 3, x:x + 3])
 
 
-def test_rerun_is_identical_and_replaces_old_shards(generated_run, tmp_path):
+def test_rerun_into_a_used_directory_replaces_old_shards(generated_run, tmp_path):
+  # Into a directory holding an earlier run, with another shard count: the old
+  # shards are gone, the records are the same.
   root, _, output, _ = generated_run
-  first = collections.Counter(helpers.read_records(output))
-  rerun = str(tmp_path / "rerun")
-  helpers.preprocess(root, rerun, num_shards=3)
-  assert collections.Counter(helpers.read_records(rerun)) == first
-  # Into the same directory with another shard count: the old shards are gone.
+  rerun = shutil.copytree(output, str(tmp_path / "rerun"))  # 2 shards
   manifest = helpers.preprocess(root, rerun, num_shards=1)
   assert sorted(os.listdir(rerun)) == ["errors.jsonl", "images.jsonl", "manifest.json",
                                        "tiles-00000-of-00001.tfrecord"]
-  assert collections.Counter(helpers.read_records(rerun)) == first
+  assert (collections.Counter(helpers.read_records(rerun))
+          == collections.Counter(helpers.read_records(output)))
   helpers.check_accounting(rerun, manifest)
 
 
@@ -100,24 +99,24 @@ def test_run_dying_before_its_manifest_leaves_none_and_rerun_recovers(
   # A run that dies after writing its shards but before manifest.json (always
   # written last) leaves no manifest, so the trainer refuses the directory;
   # a rerun into it gives the complete output, with no shard of either run.
-  from pipeline import run
-  from trainer import manifest as manifest_lib
+  from pipeline import manifest as manifest_lib
+  from pipeline import storage
   root, _, output, _ = generated_run
   out = str(tmp_path / "dies")
   helpers.preprocess(root, out, num_shards=3)  # a complete earlier run in the directory
-  write_text = run.write_text
+  write_text = storage.write_text
 
   def failing_write_text(path, text):
     if path.endswith("manifest.json"):
       raise OSError("disk went away")
     write_text(path, text)
-  monkeypatch.setattr(run, "write_text", failing_write_text)
+  monkeypatch.setattr(storage, "write_text", failing_write_text)
   with pytest.raises(Exception, match="disk went away"):
     helpers.preprocess(root, out, num_shards=2)
   names = os.listdir(out)
   assert "manifest.json" not in names and "tiles-00000-of-00003.tfrecord" not in names
   with pytest.raises(manifest_lib.ManifestError, match="manifest.json"):
-    manifest_lib.load_manifest(out)
+    manifest_lib.load(out)
   monkeypatch.undo()
   manifest = helpers.preprocess(root, out, num_shards=2)
   assert sorted(n for n in os.listdir(out) if n.startswith("tiles-")) == [
@@ -138,15 +137,13 @@ def test_float16_gzip_shards(generated_run, tmp_path):
   helpers.check_records_follow_conventions(out)
 
 
-def test_real_ilsvrc_vid_frames(tmp_path):
-  if not os.path.isdir(helpers.SHARED_SAMPLES):
-    pytest.skip(f"real ILSVRC samples not found at {helpers.SHARED_SAMPLES}")
+def test_real_ilsvrc_vid_frames(ilsvrc_samples, tmp_path):
   output = str(tmp_path / "vid")
-  manifest = helpers.preprocess(helpers.SHARED_SAMPLES, output, split="VID/train")
+  manifest = helpers.preprocess(ilsvrc_samples, output, split="VID/train")
   helpers.check_accounting(output, manifest)
   helpers.check_records_follow_conventions(output)
   assert manifest["counts"]["images_ok"] == 8
-  lines = {l["image_id"]: l for l in helpers.read_jsonl(os.path.join(output, "images.jsonl"))}
+  lines = {line["image_id"]: line for line in helpers.images_of(output)}
   frame = lines["ILSVRC2015_VID_train_0000/ILSVRC2015_train_00078000/000000"]
   assert (frame["width"], frame["height"]) == (320, 240)
   # Hand-read from 000000.xml (VID order xmax, xmin, ymax, ymin): first object
@@ -172,7 +169,7 @@ def test_image_set_and_missing_annotations(tmp_path):
   negative = helpers.preprocess(root, str(tmp_path / "neg"),
                                 extra=["--missing_annotations", "negative"])
   assert negative["counts"]["images_ok"] == 4 and negative["counts"]["images_skipped"] == 0
-  lines = {l["image_id"]: l for l in helpers.read_jsonl(str(tmp_path / "neg" / "images.jsonl"))}
+  lines = {line["image_id"]: line for line in helpers.images_of(str(tmp_path / "neg"))}
   assert lines[ids[1]]["gt_boxes"] == [] and lines[ids[1]]["num_fg"] == 0
   assert lines[ids[1]]["num_bg"] > 0
 
@@ -184,54 +181,63 @@ def test_tarball_2014_layout(tmp_path):
   from pipeline import run
   manifest = run.run(["--images", os.path.join(root, "Data/DET/train"),
                       "--annotations", os.path.join(root, "Annotations/DET/train"),
-                      "--output", output, "--backbone", helpers.TINY, "--weights", "none"])
+                      "--output", output, "--backbone", helpers.TINY, "--weights", "none",
+                      *helpers.IN_PROCESS]).manifest
   assert manifest["counts"]["images_ok"] == 2
   helpers.check_accounting(output, manifest)
 
 
-def test_streaming_mode_same_records(generated_run, tmp_path):
-  # --num_shards 0 (the default has no record shuffle): no shuffle in the
-  # record path (flat memory on DirectRunner); the same records, however many
-  # shards it makes.
-  root, _, output, manifest_fixed = generated_run
-  assert manifest_fixed["records_shuffled"] is False
-  out = str(tmp_path / "stream")
-  manifest = helpers.preprocess(root, out, num_shards=0)
+# ---------------------------------------------------------------------------
+# The same data run another way: the same output as the reference run (the
+# generated_run fixture: 2 fixed shards, no record shuffle), checked by
+# helpers.check_same_output, plus what each way promises in its manifest.
+
+CAP_MB = 0.05  # --max_shard_mb; the tiny backbone's records are about 1 KB
+
+
+def _fixed_shards(out, manifest):
+  assert manifest["num_shards"] == 3 and manifest["records_shuffled"] is False
+  assert manifest["max_shard_mb"] is None
+
+
+def _runner_shards(out, manifest):
+  # --num_shards 0: no shuffle in the record path (flat memory on
+  # DirectRunner); however many shards it makes.
   assert manifest["records_shuffled"] is False and manifest["num_shards"] >= 1
-  helpers.check_accounting(out, manifest)
-  assert (collections.Counter(helpers.read_records(out))
-          == collections.Counter(helpers.read_records(output)))
 
 
-def test_runner_sharding_caps_shard_size(generated_run, tmp_path):
+def _capped_shards(out, manifest):
   # --num_shards 0 with --max_shard_mb: a shard is closed once it holds that
   # many bytes of records, so a big local run does not write one huge file
-  # per worker; the records are the same.
+  # per worker.
   import tensorflow as tf
-  root, _, output, _ = generated_run
-  out = str(tmp_path / "capped")
-  limit = 0.05  # MB; the tiny backbone's records are about 1 KB
-  manifest = helpers.preprocess(root, out, num_shards=0, extra=["--max_shard_mb", str(limit)])
-  helpers.check_accounting(out, manifest)
-  assert manifest["max_shard_mb"] == limit and manifest["num_shards"] >= 4
+  assert manifest["max_shard_mb"] == CAP_MB and manifest["num_shards"] >= 4
   largest = max(sum(len(r.numpy()) for r in tf.data.TFRecordDataset(os.path.join(out, name)))
                 for name in manifest["shard_files"])
   record = max(len(r) for r in helpers.read_records(out))
-  assert largest < limit * (1 << 20) + record + 16  # closed at the first record over the cap
-  assert (collections.Counter(helpers.read_records(out))
-          == collections.Counter(helpers.read_records(output)))
+  assert largest < CAP_MB * (1 << 20) + record + 16  # closed at the first record over the cap
 
 
-def test_shuffle_records_option_same_records(generated_run, tmp_path):
+def _shuffled_records(out, manifest):
   # --shuffle_records adds a Reshuffle of every record before the sink: the
   # record multiset is unchanged and the manifest says so.
-  root, _, output, _ = generated_run
-  out = str(tmp_path / "shuffled")
-  manifest = helpers.preprocess(root, out, num_shards=3, extra=["--shuffle_records"])
   assert manifest["records_shuffled"] is True and manifest["num_shards"] == 3
-  helpers.check_accounting(out, manifest)
-  assert (collections.Counter(helpers.read_records(out))
-          == collections.Counter(helpers.read_records(output)))
+
+
+@pytest.mark.parametrize("num_shards, extra, check", [
+    (3, (), _fixed_shards),
+    (0, (), _runner_shards),
+    (0, ("--max_shard_mb", str(CAP_MB)), _capped_shards),
+    (3, ("--shuffle_records",), _shuffled_records),
+], ids=["fixed_3_shards", "runner_shards", "runner_shards_capped", "shuffle_records"])
+def test_same_output_another_way(generated_run, tmp_path, num_shards, extra, check):
+  root, _, output, reference_manifest = generated_run
+  assert reference_manifest["records_shuffled"] is False
+  out = str(tmp_path / "out")
+  manifest = helpers.preprocess(root, out, num_shards=num_shards, extra=extra)
+  assert manifest["counts"] == reference_manifest["counts"]
+  helpers.check_same_output(output, out, manifest, os.path.join(root, "Data", "DET", "train"))
+  check(out, manifest)
 
 
 def test_fixed_shards_spread_each_image(generated_run):

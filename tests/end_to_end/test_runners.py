@@ -55,47 +55,35 @@ def dataset(tmp_path_factory):
   return root, reference, manifest
 
 
-def _errors(output):
-  return sorted((e["path"], e["stage"], e["reason"])
-                for e in helpers.read_jsonl(os.path.join(output, "errors.jsonl")))
-
-
-def _images(output):
-  return sorted(helpers.read_jsonl(os.path.join(output, "images.jsonl")),
-                key=lambda line: line["image_id"])
-
-
-def _same_output(reference, output, manifest, root):
-  helpers.check_accounting(output, manifest, os.path.join(root, "Data", "DET", "train"))
-  assert (collections.Counter(helpers.read_records(output))
-          == collections.Counter(helpers.read_records(reference)))
-  assert _images(output) == _images(reference)
-  assert _errors(output) == _errors(reference)
-
-
-def test_direct_runner_multi_process_same_records(dataset, tmp_path):
-  root, reference, ref_manifest = dataset
-  output = str(tmp_path / "multi")
-  manifest = helpers.preprocess(root, output, num_shards=5, extra=SAMPLE_16, runner_args=(
+def _direct_runner_multi_process(root, output, tmp_path):
+  return helpers.preprocess(root, output, num_shards=5, extra=SAMPLE_16, runner_args=(
       "--runner=DirectRunner", "--direct_running_mode=multi_processing",
       "--direct_num_workers=2"))
-  assert manifest["counts"] == ref_manifest["counts"]
-  _same_output(reference, output, manifest, root)
 
 
-def test_portable_runner_with_external_worker_pool_same_records(dataset, tmp_path):
+def _portable_runner_with_external_worker_pool(root, output, tmp_path):
   from pipeline import portable
-  root, reference, ref_manifest = dataset
-  output = str(tmp_path / "portable")
-  manifest = portable.run(["--input", root, "--split", "DET/train", "--output", output,
-                           "--backbone", helpers.TINY, "--weights", "none",
-                           "--num_shards", "3", *SAMPLE_16],
-                          workers=2, log_dir=str(tmp_path / "logs"))
-  assert manifest["counts"] == ref_manifest["counts"]
-  _same_output(reference, output, manifest, root)
+  result = portable.run(["--input", root, "--split", "DET/train", "--output", output,
+                         "--backbone", helpers.TINY, "--weights", "none",
+                         "--num_shards", "3", *SAMPLE_16],
+                        workers=2, log_dir=str(tmp_path / "logs"))
   with open(tmp_path / "logs" / "worker_pool.log") as f:
     started = {line.split('worker_id="')[1].split('"')[0] for line in f if "worker_id=" in line}
   assert started == {"worker_0", "worker_1"}  # two SDK workers served the job
+  return result.manifest
+
+
+@pytest.mark.parametrize("run_another_way", [
+    _direct_runner_multi_process,
+    _portable_runner_with_external_worker_pool,
+], ids=["direct_multi_process", "portable_external_worker_pool"])
+def test_same_records_on_another_runner(dataset, tmp_path, run_another_way):
+  root, reference, ref_manifest = dataset
+  output = str(tmp_path / "out")
+  manifest = run_another_way(root, output, tmp_path)
+  assert manifest["counts"] == ref_manifest["counts"]
+  helpers.check_same_output(reference, output, manifest,
+                            os.path.join(root, "Data", "DET", "train"))
 
 
 def test_killed_run_leaves_nothing_that_looks_complete_and_rerun_recovers(dataset, tmp_path):
@@ -120,9 +108,10 @@ def test_killed_run_leaves_nothing_that_looks_complete_and_rerun_recovers(datase
   assert not glob.glob(os.path.join(output, "tiles-*"))  # no shard looks complete
   assert not os.path.exists(os.path.join(output, "manifest.json"))
   # The trainer refuses a directory without a manifest.
-  from trainer import manifest as manifest_lib
+  from pipeline import manifest as manifest_lib
   with pytest.raises(manifest_lib.ManifestError, match="manifest.json"):
-    manifest_lib.load_manifest(output)
+    manifest_lib.load(output)
   manifest = helpers.preprocess(root, output, num_shards=2, extra=SAMPLE_16)
-  _same_output(reference, output, manifest, root)
+  helpers.check_same_output(reference, output, manifest,
+                            os.path.join(root, "Data", "DET", "train"))
   assert not any(n.startswith("beam-temp") for n in os.listdir(output))

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from pipeline import anchors as anchors_lib
+from tests import reference
 
 # A 2x3 map (feature_height 2, feature_width 3) on a 60x50 image (width 60,
 # height 50): different strides on x and y, so that a swap shows.
@@ -68,6 +69,19 @@ def test_grid_anchors_golden():
   np.testing.assert_array_equal(grid[32], [40.0, 25.0, 60.0, 50.0])
   # anchor 1 * 6 + 3 (point (0, 1), r 1, s 2): centre (30, 12.5), 40 x 50
   np.testing.assert_array_equal(grid[9], [10.0, -12.5, 50.0, 37.5])
+
+
+@pytest.mark.parametrize("scales, ratios", [((3.0, 6.0, 12.0), (0.5, 1.0, 2.0)),
+                                            (SCALES, RATIOS)], ids=["default", "exact"])
+def test_grid_anchors_match_the_formula_loop(scales, ratios):
+  # Every anchor of a 5 x 7 map on a 230 x 170 image (non-integer strides),
+  # index p * A + a with p = y * W + x, against DESIGN.md's formula.
+  sx, sy = anchors_lib.ratio_strides(230, 170, 7, 5)
+  grid = anchors_lib.grid_anchors(5, 7, sx, sy, scales, ratios)
+  num_anchors = len(scales) * len(ratios)
+  want = [reference.anchor_box(y, x, a, sx, sy, scales, ratios)
+          for y in range(5) for x in range(7) for a in range(num_anchors)]
+  np.testing.assert_allclose(grid, want, rtol=1e-12, atol=1e-9)
 
 
 def test_grid_anchors_non_integer_stride():

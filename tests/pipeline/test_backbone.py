@@ -79,3 +79,14 @@ def test_imagenet_download_failure_says_what_to_do(monkeypatch):
   monkeypatch.setattr(keras.applications, "InceptionResNetV2", offline)
   with pytest.raises(backbone.WeightsUnavailableError, match="--weights PATH"):
     backbone.build_backbone("InceptionResNetV2", "imagenet")
+
+
+def test_real_vgg16_weights_load_and_differ_from_random(vgg16_weights):
+  # The optional real VGG16 convolution weights (RPN_VGG16_WEIGHTS; see tests/conftest.py)
+  # load into the VGG16 backbone without its top: 512 channels at stride 32.
+  image = np.random.default_rng(2).integers(0, 256, (224, 320, 3), dtype=np.uint8)
+  real = backbone.FeatureExtractor("VGG16", vgg16_weights, seed=0)
+  features = real(image)
+  assert features.shape == (7, 10, 512) and np.isfinite(features).all()
+  random = backbone.FeatureExtractor("VGG16", "none", seed=0)(image)
+  assert not np.allclose(features, random)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline import boxes as boxes_lib
+from tests import reference
 
 
 def _random_boxes(rng, n, size=100.0):
@@ -14,15 +15,6 @@ def _random_boxes(rng, n, size=100.0):
   wh = rng.uniform(0, size / 2, (n, 2))
   wh[rng.random(n) < 0.1] = 0.0  # some degenerate (zero-area) boxes
   return np.concatenate([xy, xy + wh], axis=1)
-
-
-def _loop_iou(a, b):
-  """Plain-Python IoU of two boxes, 0 where the union is 0."""
-  iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-  ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-  inter = iw * ih
-  union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-  return inter / union if union > 0 else 0.0
 
 
 def test_imports_no_beam_or_tensorflow():
@@ -58,7 +50,7 @@ def test_box_iou_matches_double_loop():
   rng = np.random.default_rng(0)
   b1, b2 = _random_boxes(rng, 40), _random_boxes(rng, 30)
   b2[:5] = b1[:5]  # some identical pairs
-  expected = np.array([[_loop_iou(a, b) for b in b2] for a in b1])
+  expected = np.array([[reference.iou(a, b) for b in b2] for a in b1])
   np.testing.assert_allclose(boxes_lib.box_iou(b1, b2), expected, rtol=1e-12, atol=0)
 
 
@@ -106,16 +98,6 @@ def test_remove_small_boxes():
   assert np.issubdtype(keep.dtype, np.integer)
 
 
-def _loop_nms(boxes, scores, thresh):
-  """Plain-Python greedy NMS, the reference."""
-  order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-  keep = []
-  for i in order:
-    if all(_loop_iou(boxes[i], boxes[k]) <= thresh for k in keep):
-      keep.append(i)
-  return keep
-
-
 @pytest.mark.parametrize("thresh", [0.0, 0.3, 0.5, 0.7])
 def test_nms_matches_loop(thresh):
   rng = np.random.default_rng(2)
@@ -124,7 +106,7 @@ def test_nms_matches_loop(thresh):
     scores = np.round(rng.random(120), 1)  # many ties
     keep = boxes_lib.nms(boxes, scores, thresh)
     assert keep.dtype == np.int64
-    assert keep.tolist() == _loop_nms(boxes.tolist(), scores.tolist(), thresh)
+    assert keep.tolist() == reference.nms(boxes.tolist(), scores.tolist(), thresh)
 
 
 def test_nms_golden_and_ties():

@@ -5,30 +5,17 @@ Every bad file is made here, in tmp_path or in memory.
 """
 import io
 import os
-import struct
 import subprocess
 import sys
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from pipeline import ilsvrc
-
-SAMPLES = os.path.normpath(os.path.join(
-    os.path.dirname(__file__), "..", "..", "shared", "data", "ilsvrc_samples"))
-if not os.path.isdir(SAMPLES):
-  SAMPLES = "/work/shared/data/ilsvrc_samples"
-needs_samples = pytest.mark.skipif(
-    not os.path.isdir(SAMPLES),
-    reason=f"real ILSVRC samples not found at {SAMPLES} (../shared is absent)")
+from tests.dataset_fixtures import png_header_only
 
 VID = "VID/train/ILSVRC2015_VID_train_0000/ILSVRC2015_train_00078000"
-
-
-def sample(*parts):
-  return os.path.join(SAMPLES, *parts)
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -50,23 +37,12 @@ def xml_doc(objects="", size=(100, 80), extra=""):
           f"{objects}</annotation>").encode()
 
 
-def obj(name="n02084071", xmin=10, ymin=20, xmax=29, ymax=49, order=("xmin", "xmax", "ymin", "ymax")):
+def obj(name="n02084071", xmin=10, ymin=20, xmax=29, ymax=49,
+        order=("xmin", "xmax", "ymin", "ymax")):
   values = {"xmin": xmin, "ymin": ymin, "xmax": xmax, "ymax": ymax}
   fields = "".join(f"<{k}>{values[k]}</{k}>" for k in order if values[k] is not None)
   name_xml = "" if name is None else f"<name>{name}</name>"
   return f"<object>{name_xml}<bndbox>{fields}</bndbox></object>"
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-  return struct.pack(">I", len(data)) + kind + data + struct.pack(
-      ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def png_header_only(width: int, height: int) -> bytes:
-  """A PNG that declares width x height (8-bit RGB) and holds one tiny IDAT."""
-  ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-  return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
-          + png_chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + png_chunk(b"IEND", b""))
 
 
 # ---------------------------------------------------------------------------
@@ -81,19 +57,21 @@ def test_input_error_attributes():
   assert isinstance(a, ilsvrc.InputError) and isinstance(a, ValueError)
 
 
-def test_pure_parsing_does_not_import_beam():
+def test_pure_parsing_does_not_import_beam(repo_root):
   code = (
       "import sys, io\n"
       "from PIL import Image\n"
       "from pipeline import ilsvrc\n"
       "b = io.BytesIO(); Image.new('RGB', (4, 3)).save(b, 'PNG')\n"
       "ilsvrc.decode_image(b.getvalue())\n"
-      "a = ilsvrc.parse_annotation(b'<annotation><size><width>4</width><height>3</height></size></annotation>')\n"
-      "ilsvrc.reconcile_size(a, 4, 3); ilsvrc.parse_image_set('a 1'); ilsvrc.relative_id('r/a.JPEG', 'r')\n"
+      "a = ilsvrc.parse_annotation(b'<annotation><size><width>4</width>"
+      "<height>3</height></size></annotation>')\n"
+      "ilsvrc.reconcile_size(a, 4, 3); ilsvrc.parse_image_set('a 1')\n"
+      "ilsvrc.relative_id('r/a.JPEG', 'r')\n"
       "assert 'apache_beam' not in sys.modules, 'apache_beam imported'\n"
       "assert 'tensorflow' not in sys.modules, 'tensorflow imported'\n")
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+  result = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True,
+                          text=True)
   assert result.returncode == 0, result.stderr
 
 
@@ -101,9 +79,8 @@ def test_pure_parsing_does_not_import_beam():
 # Real samples
 
 
-@needs_samples
-def test_real_vid_xml_field_order_xmax_xmin_ymax_ymin():
-  with open(sample("Annotations", VID, "000000.xml"), "rb") as f:
+def test_real_vid_xml_field_order_xmax_xmin_ymax_ymin(ilsvrc_samples):
+  with open(os.path.join(ilsvrc_samples, "Annotations", VID, "000000.xml"), "rb") as f:
     annotation = ilsvrc.parse_annotation(f.read())
   assert (annotation.width, annotation.height) == (320, 240)
   # object 0: xmin 90, xmax 144, ymin 31, ymax 132 -> [90, 31, 144 + 1, 132 + 1]
@@ -115,9 +92,9 @@ def test_real_vid_xml_field_order_xmax_xmin_ymax_ymin():
   assert annotation.stats == {}
 
 
-@needs_samples
-def test_real_det_val_xml_field_order_xmin_xmax_ymin_ymax():
-  path = sample("unpaired", "Annotations", "DET", "val", "ILSVRC2012_val_00037038.xml")
+def test_real_det_val_xml_field_order_xmin_xmax_ymin_ymax(ilsvrc_samples):
+  path = os.path.join(ilsvrc_samples, "unpaired", "Annotations", "DET", "val",
+                      "ILSVRC2012_val_00037038.xml")
   with open(path, "rb") as f:
     annotation = ilsvrc.parse_annotation(f.read())
   assert (annotation.width, annotation.height) == (500, 375)
@@ -126,15 +103,16 @@ def test_real_det_val_xml_field_order_xmin_xmax_ymin_ymax():
   assert annotation.names == ["n02084071"]
 
 
-@needs_samples
-def test_real_clsloc_xml_field_order_xmin_ymin_xmax_ymax():
-  path = sample("unpaired", "Annotations", "CLS-LOC", "train", "n01440764", "n01440764_10040.xml")
+def test_real_clsloc_xml_field_order_xmin_ymin_xmax_ymax(ilsvrc_samples):
+  path = os.path.join(ilsvrc_samples, "unpaired", "Annotations", "CLS-LOC", "train", "n01440764",
+                      "n01440764_10040.xml")
   with open(path, "rb") as f:
     annotation = ilsvrc.parse_annotation(f.read())
   # xmin 64, ymin 103, xmax 369, ymax 277 -> [64, 103, 370, 278]
   np.testing.assert_array_equal(annotation.boxes, [[64, 103, 370, 278]])
   # full-frame box 0 0 438 306 on 439 x 307 -> exactly the image rectangle
-  path = sample("unpaired", "Annotations", "CLS-LOC", "train", "n01484850", "n01484850_15023.xml")
+  path = os.path.join(ilsvrc_samples, "unpaired", "Annotations", "CLS-LOC", "train", "n01484850",
+                      "n01484850_15023.xml")
   with open(path, "rb") as f:
     annotation = ilsvrc.parse_annotation(f.read())
   np.testing.assert_array_equal(annotation.boxes, [[0, 0, 439, 307]])
@@ -143,9 +121,8 @@ def test_real_clsloc_xml_field_order_xmin_ymin_xmax_ymax():
   assert stats == {}  # touching every border is not clipping
 
 
-@needs_samples
-def test_every_real_xml_parses_cleanly_with_boxes_inside():
-  paths = ilsvrc.list_files(SAMPLES, (ilsvrc.ANNOTATION_EXTENSION,))
+def test_every_real_xml_parses_cleanly_with_boxes_inside(ilsvrc_samples):
+  paths = ilsvrc.list_files(ilsvrc_samples, (ilsvrc.ANNOTATION_EXTENSION,))
   assert len(paths) == 17
   for path in paths:
     annotation = ilsvrc.parse_annotation(ilsvrc.read_bytes(path))
@@ -156,16 +133,15 @@ def test_every_real_xml_parses_cleanly_with_boxes_inside():
     assert stats == {}, path
 
 
-@needs_samples
-def test_real_vid_pairs_load():
-  images_dir, annotations_dir = ilsvrc.layout_roots(SAMPLES, split="VID/train")
+def test_real_vid_pairs_load(ilsvrc_samples):
+  images_dir, annotations_dir = ilsvrc.layout_roots(ilsvrc_samples, split="VID/train")
   images = ilsvrc.list_files(images_dir, ilsvrc.IMAGE_EXTENSIONS)
   annotations = ilsvrc.list_files(annotations_dir, (ilsvrc.ANNOTATION_EXTENSION,))
   assert len(images) == len(annotations) == 8
   image_ids = [ilsvrc.relative_id(p, images_dir) for p in images]
   assert image_ids == [ilsvrc.relative_id(p, annotations_dir) for p in annotations]
   assert image_ids[0] == "ILSVRC2015_VID_train_0000/ILSVRC2015_train_00078000/000000"
-  for image_path, annotation_path in zip(images, annotations):
+  for image_path, annotation_path in zip(images, annotations, strict=True):
     image, boxes, names, stats = ilsvrc.load_example(image_path, annotation_path)
     assert image.shape == (240, 320, 3) and image.dtype == np.uint8
     assert image.std() > 10  # real pixels, not a blank
@@ -174,9 +150,8 @@ def test_real_vid_pairs_load():
     assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 320).all() and (boxes[:, 3] <= 240).all()
 
 
-@needs_samples
-def test_real_jpeg_decodes_rgb():
-  with open(sample("Data", VID, "000043.JPEG"), "rb") as f:
+def test_real_jpeg_decodes_rgb(ilsvrc_samples):
+  with open(os.path.join(ilsvrc_samples, "Data", VID, "000043.JPEG"), "rb") as f:
     data = f.read()
   assert data[:4] == b"\xff\xd8\xff\xe0"
   image = ilsvrc.decode_image(data)
@@ -211,8 +186,9 @@ def test_layout_roots_refuses(kwargs, message):
 
 
 def test_relative_id():
-  assert ilsvrc.relative_id("gs://b/Data/DET/train/ILSVRC2014_train_0000/ILSVRC2014_train_00000663.JPEG",
-                            "gs://b/Data/DET/train/") == "ILSVRC2014_train_0000/ILSVRC2014_train_00000663"
+  assert ilsvrc.relative_id(
+      "gs://b/Data/DET/train/ILSVRC2014_train_0000/ILSVRC2014_train_00000663.JPEG",
+      "gs://b/Data/DET/train/") == "ILSVRC2014_train_0000/ILSVRC2014_train_00000663"
   assert ilsvrc.relative_id("/r/a/n01440764_10040.xml", "/r/a") == "n01440764_10040"
   assert ilsvrc.relative_id("/r/x.y/z.JPEG", "/r") == "x.y/z"  # only the last extension
   with pytest.raises(ValueError, match="not inside root"):
@@ -246,7 +222,8 @@ def test_parse_image_set_formats():
   assert ilsvrc.parse_image_set("ILSVRC2013_val_00000001 1\nILSVRC2013_val_00000002 2\n") == [
       "ILSVRC2013_val_00000001", "ILSVRC2013_val_00000002"]
   # CLS-LOC train_loc.txt, CRLF and blank lines
-  assert ilsvrc.parse_image_set("n01440764/n01440764_10040 1\r\n\r\n  \nn01440764/n01440764_107 2\r\n") == [
+  assert ilsvrc.parse_image_set(
+      "n01440764/n01440764_10040 1\r\n\r\n  \nn01440764/n01440764_107 2\r\n") == [
       "n01440764/n01440764_10040", "n01440764/n01440764_107"]
   # DET train_N.txt: label -1 (verified negative) is still an image
   assert ilsvrc.parse_image_set(
@@ -353,7 +330,8 @@ def test_xxe_is_refused_and_the_secret_never_read(tmp_path, record_opens, templa
 
 def test_billion_laughs_is_refused():
   entities = '<!ENTITY lol "lol">' + "".join(
-      f'<!ENTITY lol{i} "{("&lol" + (str(i - 1) if i > 1 else "") + ";") * 10}">' for i in range(1, 10))
+      f'<!ENTITY lol{i} "{("&lol" + (str(i - 1) if i > 1 else "") + ";") * 10}">'
+      for i in range(1, 10))
   data = f'<?xml version="1.0"?><!DOCTYPE lolz [{entities}]><annotation>&lol9;</annotation>'
   with pytest.raises(ilsvrc.AnnotationError, match="refused"):
     ilsvrc.parse_annotation(data.encode())

@@ -187,7 +187,7 @@ def test_num_anchors_max_pixels_and_resize():
 
 
 def test_check_backbone_accepts_what_the_backbone_computes():
-  manifest_lib.check_backbone(fixtures.make_manifest(channels=1536, min_input_side=75), "m")
+  manifest_lib.check_backbone(fixtures.make_manifest(channels=1536), "m")  # InceptionResNetV2
   manifest_lib.check_backbone(fixtures.job_manifest(), "m")  # MobileNetV2, 1280 channels
 
 
@@ -199,7 +199,7 @@ def test_check_backbone_accepts_what_the_backbone_computes():
     ({"stride_mode": "fixed"}, "stride_mode 'fixed' is not supported"),
 ])
 def test_check_backbone_refuses_what_does_not_fit(change, message):
-  manifest = fixtures.make_manifest(channels=1536, min_input_side=75, **change)
+  manifest = fixtures.make_manifest(channels=1536, **change)  # InceptionResNetV2, 75 px
   with pytest.raises(manifest_lib.ManifestError, match=f"^m.json: {message}"):
     manifest_lib.check_backbone(manifest, "m.json")
   without = fixtures.make_manifest(channels=1536)

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline import anchors as anchors_lib
-from pipeline import config
-from pipeline import proposals
+from pipeline import config, proposals
 from tests import reference
 
 

@@ -5,8 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from pipeline import ilsvrc
-from pipeline import sample_data
+from pipeline import ilsvrc, sample_data
 
 
 def tree_bytes(root):
@@ -61,7 +60,7 @@ def test_xml_schema_and_boxes_are_valid(dataset):
   sizes, box_sides, counts = set(), [], []
   for split in ("train", "val"):
     _, _, images, annotations = load_split(root, split)
-    for image_path, annotation_path in zip(images, annotations):
+    for image_path, annotation_path in zip(images, annotations, strict=True):
       with open(annotation_path, "rb") as f:
         xml = f.read()
       # DET schema: bndbox children in the DET order xmin, xmax, ymin, ymax
@@ -93,7 +92,7 @@ def test_xml_schema_and_boxes_are_valid(dataset):
   assert sides.min() >= 100 and sides.max() <= 800
   aspects = sides[:, 0] / sides[:, 1]
   assert aspects.min() < 0.8 and aspects.max() > 1.25
-  assert 0.5 <= aspects.min() and aspects.max() <= 2.0
+  assert aspects.min() >= 0.5 and aspects.max() <= 2.0
   # 0..4 objects per image, a few with none
   counts = np.array(counts)
   assert counts.max() <= 4 and 1 <= (counts == 0).sum() <= 0.2 * len(counts)
@@ -135,13 +134,16 @@ def test_stale_files_are_reported_not_deleted(tmp_path):
   sample_data.write_sample_dataset(str(tmp_path), 3, 1, seed=0)
   summary = sample_data.write_sample_dataset(str(tmp_path), 2, 1, seed=0)
   assert summary["stale_files"] == [
-      os.path.join("Annotations", "DET", "train", "ILSVRC2014_train_0000", "ILSVRC2014_train_00000003.xml"),
-      os.path.join("Data", "DET", "train", "ILSVRC2014_train_0000", "ILSVRC2014_train_00000003.JPEG")]
+      os.path.join("Annotations", "DET", "train", "ILSVRC2014_train_0000",
+                   "ILSVRC2014_train_00000003.xml"),
+      os.path.join("Data", "DET", "train", "ILSVRC2014_train_0000",
+                   "ILSVRC2014_train_00000003.JPEG")]
   assert (tmp_path / "Data/DET/train/ILSVRC2014_train_0000/ILSVRC2014_train_00000003.JPEG").exists()
 
 
 def test_main(tmp_path, capsys):
-  assert sample_data.main(["--output", str(tmp_path), "--train", "2", "--val", "1", "--seed", "3"]) == 0
+  assert sample_data.main(["--output", str(tmp_path), "--train", "2", "--val", "1",
+                           "--seed", "3"]) == 0
   summary = json.loads(capsys.readouterr().out)
   assert summary["train"]["images"] == 2 and summary["val"]["images"] == 1
   assert len(ilsvrc.list_files(str(tmp_path), (".JPEG",))) == 3

@@ -20,8 +20,8 @@ def _record(dtype, seed=0, channels=5):
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_round_trip_eager_and_in_dataset_map(dtype):
   records = [_record(dtype, seed) for seed in range(3)]
-  serialized = [schema.make_example(t, l, d, f"a/img_{i}", (i, 2 * i))
-                for i, (t, l, d) in enumerate(records)]
+  serialized = [schema.make_example(tile, labels, deltas, f"a/img_{i}", (i, 2 * i))
+                for i, (tile, labels, deltas) in enumerate(records)]
   eager = schema.parse_examples(tf.constant(serialized), 9, 5, dtype)
   mapped = next(iter(tf.data.Dataset.from_tensor_slices(serialized).batch(3).map(
       lambda s: schema.parse_examples(s, 9, 5, dtype))))

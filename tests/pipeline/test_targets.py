@@ -9,16 +9,17 @@ from pipeline import boxes as boxes_lib
 from pipeline import config as config_lib
 from pipeline import targets
 from pipeline.config import IGNORE, NEGATIVE, POSITIVE
+from tests import reference
 
 ANCHORS = config_lib.AnchorConfig()
 TARGETS = config_lib.TargetConfig()
 
 
 def _compute(width, height, fh, fw, gt_boxes, image_id="img", **overrides):
-  kwargs = dict(scales=ANCHORS.scales, ratios=ANCHORS.ratios,
-                fg_iou_thresh=TARGETS.fg_iou_thresh, bg_iou_thresh=TARGETS.bg_iou_thresh,
-                batch_size=TARGETS.batch_size, fg_fraction=TARGETS.fg_fraction,
-                seed=TARGETS.seed)
+  kwargs = {"scales": ANCHORS.scales, "ratios": ANCHORS.ratios,
+            "fg_iou_thresh": TARGETS.fg_iou_thresh, "bg_iou_thresh": TARGETS.bg_iou_thresh,
+            "batch_size": TARGETS.batch_size, "fg_fraction": TARGETS.fg_fraction,
+            "seed": TARGETS.seed}
   kwargs.update(overrides)
   return targets.compute_targets(width, height, fh, fw, gt_boxes, image_id, **kwargs)
 
@@ -236,16 +237,6 @@ def test_point_targets_golden():
   np.testing.assert_array_equal(point_deltas, [np.arange(8, 16), np.arange(24, 32)])
 
 
-def _loop_tile(feature_map, y, x):
-  h, w, c = feature_map.shape
-  tile = np.zeros((3, 3, c), feature_map.dtype)
-  for i in range(3):
-    for j in range(3):
-      if 0 <= y - 1 + i < h and 0 <= x - 1 + j < w:
-        tile[i, j] = feature_map[y - 1 + i, x - 1 + j]
-  return tile
-
-
 def test_extract_tiles_golden():
   fmap = (np.arange(2 * 3 * 2, dtype=np.float16) + 1).reshape(2, 3, 2)  # H 2, W 3, C 2
   points = np.array([0, 4, 5])  # (0, 0), (1, 1) == 4 // 3, 4 % 3, (1, 2)
@@ -258,7 +249,7 @@ def test_extract_tiles_golden():
   for k, p in enumerate(points):
     y, x = divmod(int(p), 3)
     np.testing.assert_array_equal(tiles[k, 1, 1], fmap[y, x])  # the centre is (y, x)
-    np.testing.assert_array_equal(tiles[k], _loop_tile(fmap, y, x))
+    np.testing.assert_array_equal(tiles[k], reference.tile(fmap, y, x))
   # (1, 1) in a 2-row map: the bottom row is padding
   np.testing.assert_array_equal(tiles[1, 2], 0)
   assert targets.extract_tiles(fmap, np.zeros(0, np.int64), 3).shape == (0, 3, 3, 2)
@@ -269,7 +260,7 @@ def test_extract_tiles_all_points_match_loop():
   fmap = rng.standard_normal((5, 7, 4)).astype(np.float32)
   tiles = targets.extract_tiles(fmap, np.arange(35), 7)
   for p in range(35):
-    np.testing.assert_array_equal(tiles[p], _loop_tile(fmap, *divmod(p, 7)))
+    np.testing.assert_array_equal(tiles[p], reference.tile(fmap, *divmod(p, 7)))
 
 
 # --- compute_targets ------------------------------------------------------------

@@ -170,3 +170,114 @@ def test_targets_do_not_depend_on_order_or_attempts(tmp_path):
   fresh.setup()
   assert _split(fresh.process(b)) == first_b  # another worker, another order
   assert _split(fresh.process(a)) == first_a
+
+
+# ---------------------------------------------------------------------------
+# write_to_tfrecord: shards closed at --max_shard_mb
+
+
+def test_write_to_tfrecord_sets_the_private_sink_limit(tmp_path):
+  """WriteToTFRecord takes no max_bytes_per_shard: write_to_tfrecord sets it on
+  the private `_sink` attribute (checked against apache-beam 2.77). This test
+  exists to FAIL when a Beam upgrade renames `_sink` or its
+  `max_bytes_per_shard`: runner-sharded runs would then silently write one
+  file per bundle (or write_to_tfrecord raises), so look again at
+  pipeline.transforms.write_to_tfrecord when it fails."""
+  from apache_beam.io.tfrecordio import WriteToTFRecord
+  prefix = str(tmp_path / config_lib.SHARD_PREFIX)
+  default = WriteToTFRecord(prefix)._sink.max_bytes_per_shard
+  write = T.write_to_tfrecord(prefix, config_lib.OutputConfig(num_shards=0, max_shard_mb=2.5))
+  assert isinstance(write, WriteToTFRecord)
+  assert write._sink.max_bytes_per_shard == int(2.5 * 1024 * 1024) != default
+
+
+@pytest.mark.parametrize("num_shards, max_shard_mb", [(16, 2.5), (0, 0)],
+                         ids=["fixed_shards", "no_limit"])
+def test_write_to_tfrecord_leaves_the_sink_default(tmp_path, num_shards, max_shard_mb):
+  """A fixed shard count, or --max_shard_mb 0, leaves the sink's limit at Beam's default."""
+  from apache_beam.io.tfrecordio import WriteToTFRecord
+  prefix = str(tmp_path / config_lib.SHARD_PREFIX)
+  default = WriteToTFRecord(prefix)._sink.max_bytes_per_shard
+  write = T.write_to_tfrecord(
+      prefix, config_lib.OutputConfig(num_shards=num_shards, max_shard_mb=max_shard_mb))
+  assert write._sink.max_bytes_per_shard == default
+  assert write._sink.num_shards == num_shards
+
+
+def test_max_shard_mb_splits_a_direct_runner_write(tmp_path):
+  """50 records of 10 KB with 0.1 MB shards: several files, every record once."""
+  import glob
+  import os
+
+  import apache_beam as beam
+  import tensorflow as tf
+  from apache_beam.options.pipeline_options import PipelineOptions
+  records = [bytes([i]) * 10 + os.urandom(10 * 1024 - 10) for i in range(50)]
+  prefix = str(tmp_path / config_lib.SHARD_PREFIX)
+  fmt = config_lib.OutputConfig(num_shards=0, max_shard_mb=0.1)
+  options = PipelineOptions(["--runner=DirectRunner", "--direct_running_mode=in_memory"])
+  with beam.Pipeline(options=options) as p:
+    _ = p | beam.Create(records) | T.write_to_tfrecord(prefix, fmt)
+  files = sorted(glob.glob(prefix + "-*"))
+  assert len(files) > 1, files
+  assert all(f.endswith(".tfrecord") for f in files)
+  # No shard much larger than the limit (it closes once past it).
+  assert max(os.path.getsize(f) for f in files) < 0.1 * (1 << 20) + 2 * 10 * 1024
+  read = [r.numpy() for r in tf.data.TFRecordDataset(files)]
+  assert sorted(read) == sorted(records)
+
+
+# ---------------------------------------------------------------------------
+# WorkerProgress
+
+
+class _Clock:
+  def __init__(self, now: float = 1000.0):
+    self.now = now
+
+  def monotonic(self) -> float:
+    return self.now
+
+
+def _progress_lines(caplog):
+  return [r.getMessage() for r in caplog.records if r.name == "pipeline.progress"]
+
+
+def test_worker_progress_logs_at_most_every_s(caplog, monkeypatch):
+  import logging
+  import os
+  clock = _Clock()
+  monkeypatch.setattr(T, "time", clock)  # transforms' time.monotonic only
+  caplog.set_level(logging.INFO, logger="pipeline.progress")
+  progress = T.WorkerProgress(every_s=10.0)
+  progress.image_done()  # the first event is always logged
+  lines = _progress_lines(caplog)
+  assert len(lines) == 1
+  assert "1 images done" in lines[0] and "0 errors so far" in lines[0]
+  assert f"worker {os.getpid()}" in lines[0]
+  clock.now += 4
+  progress.image_done()
+  clock.now += 5.9
+  progress.error()  # still within 10 s of the last line
+  assert len(_progress_lines(caplog)) == 1
+  clock.now += 0.2  # 10.1 s after the last line
+  progress.image_done()
+  lines = _progress_lines(caplog)
+  assert len(lines) == 2
+  assert "3 images done in 10 s" in lines[1] and "1 errors so far" in lines[1]
+  assert "0.30 images/s" in lines[1]
+  clock.now += 1
+  progress.image_done()
+  assert len(_progress_lines(caplog)) == 2
+
+
+def test_worker_progress_first_event_an_error(caplog, monkeypatch):
+  import logging
+  monkeypatch.setattr(T, "time", _Clock())
+  caplog.set_level(logging.INFO, logger="pipeline.progress")
+  progress = T.WorkerProgress(every_s=10.0)
+  progress.error()
+  progress.image_done()
+  lines = _progress_lines(caplog)
+  assert len(lines) == 1
+  assert "0 images done" in lines[0] and "1 errors so far" in lines[0]

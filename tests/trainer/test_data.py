@@ -1,33 +1,20 @@
-"""trainer.manifest and trainer.data: manifest checks, shard checks, tf.data round trip."""
-import json
+"""trainer.data: shard checks, corrupt and truncated shards, the tf.data round trip.
+
+The manifest's own checks are tested in tests/pipeline/test_manifest.py.
+"""
 import os
-import shutil
 import struct
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from pipeline import manifest as manifest_lib
 from pipeline import schema
 from tests import trainer_fixtures as fixtures
 from trainer import data as data_lib
-from trainer import manifest as manifest_lib
 
-CHANNELS = 8
-
-
-@pytest.fixture(scope="module", params=[("float32", "NONE"), ("float16", "GZIP")],
-                ids=["float32", "float16-gzip"])
-def shard_dir(request, tmp_path_factory):
-  dtype, compression = request.param
-  directory = str(tmp_path_factory.mktemp(f"{dtype}-{compression}"))
-  manifest, records = fixtures.write_shards(directory, num_records=45, channels=CHANNELS,
-                                            num_shards=3, dtype=dtype, compression=compression)
-  return directory, manifest, records
-
-
-def _copy(directory, tmp_path, name="copy"):
-  return shutil.copytree(directory, str(tmp_path / name))
+CHANNELS = fixtures.SHARD_DIR_CHANNELS  # of the shard_dir fixture (tests/conftest.py)
 
 
 def _truncate(path, drop_bytes=100):
@@ -57,7 +44,7 @@ def _record_offsets(path):
 
 def test_parse_examples_eagerly_and_in_dataset_map_give_what_was_written(shard_dir):
   directory, manifest, records = shard_dir
-  loaded = manifest_lib.load_manifest(directory)
+  loaded = manifest_lib.load(directory)
   assert loaded == manifest
   paths = manifest_lib.shard_paths(directory, manifest)
   compression = "GZIP" if manifest["compression"] == "GZIP" else ""
@@ -97,7 +84,8 @@ def test_make_dataset_yields_every_record_once_in_the_model_structure(shard_dir)
       assert tiles.shape[1:] == (3, 3, CHANNELS) and tiles.dtype == tf.float32
       assert targets["scores"].shape[1:] == (9,) and targets["deltas"].shape[1:] == (45,)
       got += [(t.tobytes(), s.tobytes(), d.tobytes()) for t, s, d in
-              zip(tiles.numpy(), targets["scores"].numpy(), targets["deltas"].numpy())]
+              zip(tiles.numpy(), targets["scores"].numpy(), targets["deltas"].numpy(),
+                  strict=True)]
     assert sorted(got) == want  # 45 records: 5 full batches and one of 5
 
 
@@ -113,49 +101,6 @@ def test_record_bytes_estimate_is_close_for_the_real_channel_count():
   size = len(schema.make_example(tiles[0], labels[0], deltas[0], "a/b", (3, 4)))
   # 9 * 1536 * 4 = 55296 bytes of tile: ~55 KB a record.
   assert abs(data_lib.record_bytes(manifest) - size) < 0.02 * size
-
-
-def test_manifest_errors_name_the_file(shard_dir, tmp_path):
-  directory, manifest, _ = shard_dir
-  with pytest.raises(manifest_lib.ManifestError, match="manifest.json: not found"):
-    manifest_lib.load_manifest(str(tmp_path))
-  # A listed shard is missing.
-  missing = _copy(directory, tmp_path, "missing")
-  victim = manifest["shard_files"][1]
-  os.remove(os.path.join(missing, victim))
-  with pytest.raises(manifest_lib.ManifestError, match=f"{victim}: shard listed in .* missing"):
-    manifest_lib.load_manifest(missing)
-  # A stale shard of another run lies beside the listed ones.
-  stale = _copy(directory, tmp_path, "stale")
-  stale_name = "tiles-00000-of-00005.tfrecord"
-  shutil.copy(os.path.join(stale, manifest["shard_files"][0]), os.path.join(stale, stale_name))
-  with pytest.raises(manifest_lib.ManifestError, match=f"not listed.*{stale_name}"):
-    manifest_lib.load_manifest(stale)
-  # Values: shard count, dtype, compression, missing keys.
-  for change, message in (({"num_shards": 4}, "shard_files lists 3 files but num_shards is 4"),
-                          ({"dtype": "bfloat16"}, "dtype 'bfloat16'"),
-                          ({"compression": "ZLIB"}, "compression 'ZLIB'"),
-                          ({"counts": None, "anchor": None}, None)):
-    bad = _copy(directory, tmp_path, f"bad{len(os.listdir(tmp_path))}")
-    content = dict(manifest, **change)
-    if message is None:
-      del content["counts"], content["anchor"]
-      message = r"missing keys \['anchor', 'counts'\]"
-    with open(os.path.join(bad, "manifest.json"), "w") as f:
-      json.dump(content, f)
-    with pytest.raises(manifest_lib.ManifestError, match=f"manifest.json: {message}"):
-      manifest_lib.load_manifest(bad)
-
-
-def test_check_compatible_names_the_differing_key():
-  a = fixtures.make_manifest()
-  manifest_lib.check_compatible(a, fixtures.make_manifest(dtype="float16", compression="GZIP",
-                                                          num_shards=5))
-  for key, value in (("backbone", "ResNet50"), ("weights", "imagenet"),
-                     ("feature_channels", 16),
-                     ("anchor", dict(a["anchor"], scales=[2, 4, 8]))):
-    with pytest.raises(manifest_lib.ManifestError, match=f"--val_data x: {key} is"):
-      manifest_lib.check_compatible(a, dict(a, **{key: value}), "--val_data x")
 
 
 @pytest.mark.parametrize("compression", ["NONE", "GZIP"])
@@ -212,7 +157,7 @@ def test_reads_the_shards_of_the_real_pipeline(tmp_path):
   dataset_fixtures.write_dataset(root, num_images=3, seed=5)
   helpers.preprocess(root, output, num_shards=2,
                      extra=["--tile_dtype", "float16", "--compression", "GZIP"])
-  manifest = manifest_lib.load_manifest(output)
+  manifest = manifest_lib.load(output)
   channels = manifest["feature_channels"]
   want = sorted(
       (r["tile"].astype(np.float32).tobytes(), np.asarray(r["labels"], np.float32).tobytes())
@@ -220,5 +165,6 @@ def test_reads_the_shards_of_the_real_pipeline(tmp_path):
                 for s in helpers.read_records(output)))
   got = []
   for tiles, targets in data_lib.make_dataset(output, manifest, 16, seed=0):
-    got += [(t.tobytes(), s.tobytes()) for t, s in zip(tiles.numpy(), targets["scores"].numpy())]
+    got += [(t.tobytes(), s.tobytes())
+            for t, s in zip(tiles.numpy(), targets["scores"].numpy(), strict=True)]
   assert len(got) == manifest["counts"]["records"] > 0 and sorted(got) == want

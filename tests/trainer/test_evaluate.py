@@ -71,7 +71,7 @@ def test_evaluate_end_to_end(proposals, val_dataset, tmp_path, capsys):
   # The XML boxes evaluated are those rpn-propose recorded in the frame.
   lines = helpers.read_jsonl(os.path.join(proposals, "proposals.jsonl"))
   gt, _, _ = evaluate.load_gt(lines, os.path.join(val_dataset, "Annotations", "DET", "val"))
-  for line, boxes in zip(lines, gt):
+  for line, boxes in zip(lines, gt, strict=True):
     np.testing.assert_allclose(boxes.reshape(-1, 4),
                                np.asarray(line.get("gt_boxes", [])).reshape(-1, 4))
   # And the comparison table takes two such results.

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+from tests import reference
 from tests import trainer_fixtures as fixtures
 from trainer import model as model_lib
 
@@ -20,13 +21,6 @@ def _randomise(model, seed=0):
       layer.set_weights([rng.normal(0, 0.3, w.shape).astype(w.dtype)
                          for w in layer.get_weights()])
   return model
-
-
-def _tiles_of(feature_map):
-  """tile(y, x) = pad(map, 1)[y:y+3, x:x+3], row-major: [Hf * Wf, 3, 3, C]."""
-  height, width = feature_map.shape[:2]
-  padded = np.pad(feature_map, ((1, 1), (1, 1), (0, 0)))
-  return np.stack([padded[y:y + 3, x:x + 3] for y in range(height) for x in range(width)])
 
 
 def test_tile_model_interface():
@@ -51,7 +45,7 @@ def test_inference_model_equals_tile_model_on_every_point(standardised):
     out = full(feature_map[None])
     assert out["scores"].shape == (1, height, width, 9)
     assert out["deltas"].shape == (1, height, width, 36)
-    expected = tile_model(_tiles_of(feature_map))
+    expected = tile_model(reference.tiles(feature_map))
     np.testing.assert_allclose(out["scores"].numpy().reshape(-1, 9), expected["scores"],
                                atol=1e-5)
     np.testing.assert_allclose(out["deltas"].numpy().reshape(-1, 36), expected["deltas"],
@@ -77,7 +71,51 @@ def test_save_and_load_round_trip(tmp_path):
     np.testing.assert_allclose(tile2(tiles)[key], tile_model(tiles)[key], atol=1e-6)
   feature_map = rng.normal(size=(1, 4, 5, CHANNELS)).astype(np.float32)
   np.testing.assert_allclose(full2(feature_map)["scores"].numpy().reshape(-1, 9),
-                             tile_model(_tiles_of(feature_map[0]))["scores"], atol=1e-5)
+                             tile_model(reference.tiles(feature_map[0]))["scores"], atol=1e-5)
+
+
+def test_save_untrained_rpn_loads_back_with_the_statistics_and_hidden_size(tmp_path):
+  job = str(tmp_path / "untrained")
+  rng = np.random.default_rng(3)
+  mean, variance = rng.normal(size=CHANNELS), rng.uniform(0.5, 2.0, CHANNELS)
+  manifest = fixtures.make_manifest(channels=CHANNELS)
+  # A trained job's train_config: what the untrained twin is built from.
+  train_config = {"hidden": HIDDEN, "epochs": 7, "epochs_run": [0, 1, 2, 3, 4, 5, 6],
+                  "feature_mean": mean.tolist(), "feature_variance": variance.tolist(),
+                  "learning_rate": 0.01}
+  model_lib.save_untrained_rpn(job, manifest, train_config)
+  assert sorted(os.listdir(job)) == ["manifest.json", "rpn.weights.h5", "train_config.json"]
+  tile_model, full, manifest2, config2 = model_lib.load_rpn(job)
+  assert manifest2 == manifest
+  # The same settings, marked as never trained.
+  assert config2 == dict(train_config, epochs=0, epochs_run=[])
+  assert tile_model.get_layer("rpn_conv").filters == HIDDEN
+  assert tile_model.get_layer("rpn_cls").filters == 9
+  assert tuple(tile_model.input.shape) == (None, 3, 3, CHANNELS)
+  norm = tile_model.get_layer("standardise")
+  np.testing.assert_allclose(np.ravel(norm.mean), mean, rtol=1e-6)
+  np.testing.assert_allclose(np.ravel(norm.variance), variance, rtol=1e-6)
+  # The loaded model computes what a fresh model with those statistics and
+  # the saved weights computes: the standardisation is applied, then the head.
+  twin = model_lib.build_tile_model(CHANNELS, 9, HIDDEN, mean, variance)
+  twin.set_weights(tile_model.get_weights())
+  tiles = rng.normal(size=(4, 3, 3, CHANNELS)).astype(np.float32)
+  for key in ("scores", "deltas"):
+    np.testing.assert_allclose(tile_model(tiles)[key], twin(tiles)[key], atol=1e-6)
+  feature_map = rng.normal(size=(1, 3, 4, CHANNELS)).astype(np.float32)
+  np.testing.assert_allclose(full(feature_map)["scores"].numpy().reshape(-1, 9),
+                             tile_model(reference.tiles(feature_map[0]))["scores"], atol=1e-5)
+
+
+def test_save_untrained_rpn_defaults_to_identity_statistics_and_default_hidden(tmp_path):
+  job = str(tmp_path / "untrained")
+  model_lib.save_untrained_rpn(job, fixtures.make_manifest(channels=CHANNELS), {"epochs": 3})
+  tile_model, _, _, config = model_lib.load_rpn(job)
+  assert tile_model.get_layer("rpn_conv").filters == model_lib.DEFAULT_HIDDEN == 512
+  norm = tile_model.get_layer("standardise")
+  np.testing.assert_array_equal(np.ravel(norm.mean), np.zeros(CHANNELS))
+  np.testing.assert_array_equal(np.ravel(norm.variance), np.ones(CHANNELS))
+  assert config == {"epochs": 0, "epochs_run": []}
 
 
 def test_load_rpn_names_what_is_missing(tmp_path):

@@ -9,9 +9,9 @@ import keras
 import numpy as np
 import pytest
 
+from pipeline import manifest as manifest_lib
 from tests import trainer_fixtures as fixtures
 from trainer import data as data_lib
-from trainer import manifest as manifest_lib
 from trainer import model as model_lib
 from trainer import train as train_lib
 
@@ -68,12 +68,12 @@ def test_short_run_loss_falls_and_job_dir_is_complete(learnable, tmp_path):
   assert os.listdir(os.path.join(job, "logs"))  # TensorBoard events
   assert len(os.listdir(os.path.join(job, "checkpoints"))) == 6
   tile_model, full, manifest, config = model_lib.load_rpn(job)
-  assert manifest == manifest_lib.load_manifest(train_dir)
+  assert manifest == manifest_lib.load(train_dir)
   assert config["hidden"] == 16 and config["channels"] == CHANNELS
   assert config["epochs"] == 6 and len(config["feature_mean"]) == CHANNELS
   assert config["box_loss_weight"] == 1.0
   # The saved model scores the data as well as the trained one did.
-  tiles, targets = next(iter(data_lib.make_dataset(val_dir, manifest_lib.load_manifest(val_dir),
+  tiles, targets = next(iter(data_lib.make_dataset(val_dir, manifest_lib.load(val_dir),
                                                    256, shuffle=False)))
   labels, scores = targets["scores"].numpy(), tile_model(tiles)["scores"].numpy()
   sampled = labels >= 0
