@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark driver and its child processes (stdlib only).
+"""Helpers shared by the benchmark driver and its child processes (stdlib only,
+so that a child's timed imports start from a bare interpreter).
 
 Every measurement that needs a clean process (timings with a cold start,
 memory figures) runs as a child: `python -m bench.<module> ... --result FILE`.
@@ -9,6 +10,7 @@ the child and the descendants it waited for) belongs to that child alone.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from importlib import metadata
 from typing import Dict, List, Optional, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,15 +53,9 @@ def machine_info() -> Dict[str, object]:
   except OSError:
     pass
   versions = {}
-  try:
-    from importlib import metadata
-    for dist in ("apache-beam", "tensorflow-cpu", "tensorflow", "keras", "numpy"):
-      try:
-        versions[dist] = metadata.version(dist)
-      except metadata.PackageNotFoundError:
-        pass
-  except ImportError:
-    pass
+  for dist in ("apache-beam", "tensorflow-cpu", "tensorflow", "keras", "numpy"):
+    with contextlib.suppress(metadata.PackageNotFoundError):
+      versions[dist] = metadata.version(dist)
   return {
       "nproc": os.cpu_count(),
       "sched_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
@@ -177,7 +174,8 @@ class QuietGate:
   Other people's jobs on a shared machine slow every figure down; each
   measurement waits until the rest of the machine uses under `threshold`
   cores over a 1 s window, at most `per_wait_s` each time and `budget_s` in
-  all, and records the load it saw.
+  all, and records the load it saw. One gate serves a whole run (the driver
+  makes it and passes it to run_child), so that the budget is the run's.
   """
 
   def __init__(self, threshold: float = 0.25, per_wait_s: float = 15.0, budget_s: float = 60.0):
@@ -201,9 +199,6 @@ class QuietGate:
     return {"load_before_cores": round(load, 2), "waited_s": round(time.monotonic() - start, 1)}
 
 
-GATE = QuietGate()
-
-
 def _process_kind(pid: int, root: int, cmdline: str) -> str:
   if pid == root:
     return "main"
@@ -212,9 +207,50 @@ def _process_kind(pid: int, root: int, cmdline: str) -> str:
   return "other"
 
 
-def run_child(name: str, module: str, args: Sequence[str], env: Optional[Dict[str, str]] = None,
-              timeout_s: float = 600.0, log_dir: Optional[str] = None) -> Dict[str, object]:
-  """Runs `python -m module --result FILE args`; returns its figures and its result.
+def _child_env() -> Dict[str, str]:
+  env = dict(os.environ)
+  env.update(CHILD_ENV)
+  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+  return env
+
+
+def _reap(process: subprocess.Popen, timeout_s: float):
+  """(exit code, rusage, timed out) of `process`, killed with its session after timeout_s."""
+  deadline = time.monotonic() + timeout_s
+  timed_out = False
+  while True:
+    pid, status, rusage = os.wait4(process.pid, os.WNOHANG)
+    if pid:
+      break
+    if time.monotonic() > deadline:
+      timed_out = True
+      os.killpg(process.pid, signal.SIGKILL)  # the child's own session: only what it started
+      pid, status, rusage = os.wait4(process.pid, 0)
+      break
+    time.sleep(0.05)
+  return os.waitstatus_to_exitcode(status), rusage, timed_out
+
+
+def _peaks_by_kind(poller: _MemoryPoller) -> Dict[str, List[float]]:
+  """VmHWM peaks in MiB by process kind (main / beam_worker / other), largest first."""
+  by_kind: Dict[str, List[float]] = {}
+  for pid, peak in poller.peaks.items():
+    kind = _process_kind(pid, poller.root, poller.cmdlines.get(pid, ""))
+    by_kind.setdefault(kind, []).append(round(peak / 1024, 1))
+  return {k: sorted(v, reverse=True) for k, v in by_kind.items()}
+
+
+def _read_result(path: str) -> Optional[Dict[str, object]]:
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def run_child(name: str, module: str, args: Sequence[str], gate: QuietGate,
+              timeout_s: float = 600.0) -> Dict[str, object]:
+  """Runs `python -m module --result FILE args` once `gate` lets it; returns its
+  figures and its result.
 
   Returns wall_s, cpu_s (user + system of the child and the descendants it
   reaped), cores_busy (cpu_s / wall_s), other_cores_busy (the rest of the
@@ -222,57 +258,31 @@ def run_child(name: str, module: str, args: Sequence[str], env: Optional[Dict[st
   per-process VmHWM peaks by kind (main / beam_worker / other), rc, the
   child's JSON result (or None) and the log path.
   """
-  log_dir = log_dir or os.path.join(WORK, "logs")
+  log_dir = os.path.join(WORK, "logs")
   os.makedirs(log_dir, exist_ok=True)
   result_path = os.path.join(log_dir, f"{name}.json")
   log_path = os.path.join(log_dir, f"{name}.log")
   if os.path.exists(result_path):
     os.remove(result_path)
-  gate = GATE.wait()
-  child_env = dict(os.environ)
-  child_env.update(CHILD_ENV)
-  child_env["PYTHONPATH"] = REPO + os.pathsep + child_env.get("PYTHONPATH", "")
-  child_env.update(env or {})
+  quiet = gate.wait()
   command = [sys.executable, "-m", module, "--result", result_path, *args]
   with open(log_path, "w") as log:
     log.write("$ " + " ".join(command) + "\n")
-    if env:
-      log.write(f"env: {env}\n")
     log.flush()
     start = time.monotonic()
     system_start = system_cpu_seconds()
-    process = subprocess.Popen(command, cwd=REPO, env=child_env, stdout=log,
+    process = subprocess.Popen(command, cwd=REPO, env=_child_env(), stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
     poller = _MemoryPoller(process.pid)
     poller.start()
-    timed_out = False
-    deadline = start + timeout_s
-    while True:
-      pid, status, rusage = os.wait4(process.pid, os.WNOHANG)
-      if pid:
-        break
-      if time.monotonic() > deadline:
-        timed_out = True
-        os.killpg(process.pid, signal.SIGKILL)  # the child's own session: only what it started
-        pid, status, rusage = os.wait4(process.pid, 0)
-        break
-      time.sleep(0.05)
+    rc, rusage, timed_out = _reap(process, timeout_s)
     wall_s = time.monotonic() - start
     system_s = system_cpu_seconds() - system_start
     poller.stop()
-  process.returncode = os.waitstatus_to_exitcode(status)
-  result = None
-  if os.path.exists(result_path):
-    with open(result_path) as f:
-      result = json.load(f)
-  by_kind: Dict[str, List[float]] = {}
-  for pid, peak in poller.peaks.items():
-    kind = _process_kind(pid, process.pid, poller.cmdlines.get(pid, ""))
-    by_kind.setdefault(kind, []).append(round(peak / 1024, 1))
   cpu_s = rusage.ru_utime + rusage.ru_stime
   return {
       "name": name,
-      "rc": process.returncode,
+      "rc": rc,
       "timed_out": timed_out,
       "wall_s": round(wall_s, 3),
       "cpu_s": round(cpu_s, 2),
@@ -281,13 +291,13 @@ def run_child(name: str, module: str, args: Sequence[str], env: Optional[Dict[st
       # users' jobs): figures taken with this well above 0 are contaminated.
       "other_cores_busy": round(max(system_s - cpu_s, 0.0) / wall_s, 2) if wall_s > 0 else None,
       "peak_rss_mib": round(rusage.ru_maxrss / 1024, 1),  # Linux: KiB
-      "vmhwm_mib": {k: sorted(v, reverse=True) for k, v in by_kind.items()},
+      "vmhwm_mib": _peaks_by_kind(poller),
       # Resident memory of the child over time (one sample a second or so).
       "rss_series_mib": [(round(t, 1), round(kib / 1024)) for t, kib in
                          poller.root_rss[::max(1, int(1 / poller.interval_s))]],
-      "result": result,
+      "result": _read_result(result_path),
       "log": os.path.relpath(log_path, REPO),
-      "quiet_gate": gate,
+      "quiet_gate": quiet,
   }
 
 
@@ -304,19 +314,17 @@ def write_result(path: str, result: Dict[str, object]) -> None:
   """Children write their figures with this (atomic rename)."""
   temp = path + ".tmp"
   with open(temp, "w") as f:
-    json.dump(result, f, indent=2, sort_keys=True, default=_json_default)
+    json.dump(result, f, indent=2, sort_keys=True, default=json_default)
   os.replace(temp, path)
 
 
-def _json_default(value):
-  try:
-    import numpy as np
-    if isinstance(value, np.generic):
-      return value.item()
-    if isinstance(value, np.ndarray):
-      return value.tolist()
-  except ImportError:
-    pass
+def json_default(value):
+  """json.dump's `default` for numpy scalars and arrays."""
+  import numpy as np  # lazily: this module stays stdlib-only at import (module doc)
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, np.ndarray):
+    return value.tolist()
   raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 

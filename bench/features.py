@@ -10,10 +10,14 @@
    point, on those real 1536-channel feature maps, timed per stage.
 3. Bytes: the same records written with tf.io.TFRecordWriter as float32 and
    float16 tiles, with and without GZIP, on the first --bytes_images images.
+
+TensorFlow and Keras are imported where they are used, not at the top: main
+times their import (tf_import_s) once the images are decoded.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -23,11 +27,12 @@ PROCESS_START = time.monotonic()
 import numpy as np  # noqa: E402
 
 from bench import common  # noqa: E402
+from pipeline import backbone, ilsvrc, schema, targets  # noqa: E402
+from pipeline import config as config_lib  # noqa: E402
 
 
 def load_images(root: str, limit: int = 0):
   """Decoded images exactly as LoadImageFn prepares them (decode, boxes, padding)."""
-  from pipeline import backbone, config as config_lib, ilsvrc
   cfg = config_lib.BackboneConfig(backbone="InceptionResNetV2", weights="none")
   spec = backbone.backbone_spec(cfg.backbone)
   examples = common.list_examples(root)
@@ -51,9 +56,10 @@ def bare_forward(seed: int = 0):
   FeatureExtractor, written independently so that the floor does not inherit
   any cost of the product's wrapper.
   """
-  import keras
+  import keras  # lazily: see the module doc
   import tensorflow as tf
   from keras.applications import inception_resnet_v2
+
   keras.utils.set_random_seed(seed)
   model = keras.applications.InceptionResNetV2(include_top=False, weights=None,
                                                input_shape=(None, None, 3))
@@ -105,13 +111,12 @@ def time_forward(forward, loaded, warmup: int, traces):
 
 def targets_cost(loaded, feature_maps, tile_dtype: str = "float32", writers=None):
   """Per-stage seconds of compute_targets, extract_tiles, make_example over every image."""
-  from pipeline import config as config_lib, schema, targets
   anchors, target_cfg = config_lib.AnchorConfig(), config_lib.TargetConfig()
   stage = {"compute_targets": 0.0, "extract_tiles": 0.0, "make_example": 0.0}
   per_image = []
   sampled = distinct = fg = bg = records_bytes = 0
   dtype = np.dtype(tile_dtype)
-  for (image_id, image, boxes), fmap in zip(loaded, feature_maps):
+  for (image_id, image, boxes), fmap in zip(loaded, feature_maps, strict=True):
     height, width = image.shape[:2]
     fh, fw = fmap.shape[:2]
     t0 = time.perf_counter()
@@ -158,7 +163,8 @@ def targets_cost(loaded, feature_maps, tile_dtype: str = "float32", writers=None
 
 def write_bytes(loaded, feature_maps, out_dir: str):
   """File bytes of the same records under each (dtype, compression) setting."""
-  import tensorflow as tf
+  import tensorflow as tf  # lazily: see the module doc
+
   os.makedirs(out_dir, exist_ok=True)
   out = {}
   for dtype in ("float32", "float16"):
@@ -185,7 +191,29 @@ def write_bytes(loaded, feature_maps, out_dir: str):
   return out
 
 
-def main(argv=None) -> int:
+def image_sizes(loaded):
+  shapes = [im.shape[:2] for _, im, _ in loaded]
+  return {
+      "min_side": int(min(min(shape) for shape in shapes)),
+      "max_side": int(max(max(shape) for shape in shapes)),
+      "median_long_side": float(np.median([max(shape) for shape in shapes])),
+      "median_short_side": float(np.median([min(shape) for shape in shapes])),
+      "distinct_sizes": len(set(shapes)),
+  }
+
+
+def time_extractor(loaded, feature_maps, warmup: int):
+  """The product's FeatureExtractor on `loaded` (a prefix of the floor's images,
+  shapes already seen: compare with floor_repeat_shapes): does the wrapper cost?"""
+  extractor = backbone.FeatureExtractor("InceptionResNetV2", "none", 0)
+  maps, figures = time_forward(extractor, loaded, warmup, lambda: extractor.traces)
+  # zip stops at the prefix: feature_maps holds every image.
+  figures["max_abs_diff_vs_floor"] = float(max(
+      np.max(np.abs(a - b)) for a, b in zip(maps, feature_maps, strict=False)))
+  return figures
+
+
+def parse_args(argv):
   parser = argparse.ArgumentParser()
   parser.add_argument("--input", required=True)
   parser.add_argument("--limit", type=int, default=0, help="first N images only (0: all)")
@@ -198,22 +226,20 @@ def main(argv=None) -> int:
   parser.add_argument("--bytes_dir", default=os.path.join(common.WORK, "bytes"))
   parser.add_argument("--sections", default="floor,targets,bytes")
   parser.add_argument("--result", required=True)
-  args = parser.parse_args(argv)
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
   sections = set(args.sections.split(","))
   result = {"sections": sorted(sections)}
 
   loaded, decode_s = load_images(args.input, args.limit)
   result["decode_ms_per_image"] = 1000 * sum(decode_s) / len(decode_s)
-  result["image_sizes"] = {
-      "min_side": int(min(min(im.shape[:2]) for _, im, _ in loaded)),
-      "max_side": int(max(max(im.shape[:2]) for _, im, _ in loaded)),
-      "median_long_side": float(np.median([max(im.shape[:2]) for _, im, _ in loaded])),
-      "median_short_side": float(np.median([min(im.shape[:2]) for _, im, _ in loaded])),
-      "distinct_sizes": len({im.shape[:2] for _, im, _ in loaded}),
-  }
+  result["image_sizes"] = image_sizes(loaded)
   import_start = time.monotonic()
+  import keras  # noqa: F401  (timed: see the module doc)
   import tensorflow as tf  # noqa: F401
-  import keras  # noqa: F401
   result["tf_import_s"] = time.monotonic() - import_start
   build_start = time.monotonic()
   forward = bare_forward(seed=0)
@@ -221,40 +247,24 @@ def main(argv=None) -> int:
   result["megapixels_per_image"] = float(
       np.mean([im.shape[0] * im.shape[1] for _, im, _ in loaded])) / 1e6
 
-  feature_maps, result["floor"] = time_forward(forward, loaded, args.warmup,
-                                               lambda: len(forward.traces))
+  traces = functools.partial(len, forward.traces)
+  feature_maps, result["floor"] = time_forward(forward, loaded, args.warmup, traces)
   result["feature_map_shapes_example"] = [list(f.shape) for f in feature_maps[:4]]
   result["feature_points_per_image"] = float(np.mean([f.shape[0] * f.shape[1]
                                                       for f in feature_maps]))
   if args.repeat_pass:
     # The same images again: every shape has been seen once (oneDNN caches its
     # primitives per shape), as when a dataset repeats a few sizes.
-    _, result["floor_repeat_shapes"] = time_forward(forward, loaded, 0,
-                                                    lambda: len(forward.traces))
-  del forward
+    _, result["floor_repeat_shapes"] = time_forward(forward, loaded, 0, traces)
+  del forward  # the floor's model goes before the extractor builds its own
   if args.extractor_images:
-    # The product's FeatureExtractor on (a prefix of) the same images, shapes
-    # already seen (compare with floor_repeat_shapes): does the wrapper cost?
-    from pipeline import backbone
-    extractor = backbone.FeatureExtractor("InceptionResNetV2", "none", 0)
-    subset = loaded[:args.extractor_images]
-    maps, result["extractor"] = time_forward(extractor, subset, args.warmup,
-                                             lambda: extractor.traces)
-    result["extractor"]["max_abs_diff_vs_floor"] = float(max(
-        np.max(np.abs(a - b)) for a, b in zip(maps, feature_maps)))
-    del extractor, maps
-
+    result["extractor"] = time_extractor(loaded[:args.extractor_images], feature_maps,
+                                         args.warmup)
   if "targets" in sections:
-    try:
-      result["targets"] = targets_cost(loaded, feature_maps, "float32")
-    except ImportError as e:
-      result["targets"] = {"skipped": f"{type(e).__name__}: {e}"}
+    result["targets"] = targets_cost(loaded, feature_maps, "float32")
   if "bytes" in sections:
-    try:
-      n = min(args.bytes_images, len(loaded)) if args.bytes_images else len(loaded)
-      result["bytes"] = write_bytes(loaded[:n], feature_maps[:n], args.bytes_dir)
-    except ImportError as e:
-      result["bytes"] = {"skipped": f"{type(e).__name__}: {e}"}
+    n = min(args.bytes_images, len(loaded)) if args.bytes_images else len(loaded)
+    result["bytes"] = write_bytes(loaded[:n], feature_maps[:n], args.bytes_dir)
   result["process_s"] = time.monotonic() - PROCESS_START
   common.write_result(args.result, result)
   return 0

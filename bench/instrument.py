@@ -1,12 +1,12 @@
 """A timeline of the pipeline's forward passes, to split its wall time into phases.
 
-`timed_extractor` is passed to pipeline.run.run(extractor_factory=...): it
-builds the product's own pipeline.backbone.FeatureExtractor (same net, same
-weights, same tf.function) and appends (pid, start, end) of every call to
-$BENCH_TIMELINE_DIR/<pid>.txt (wall-clock seconds, time.time()). Workers of
-multi_processing inherit the variable. The cost is one short line per image.
-$BENCH_BACKBONE_THREADS carries the run's --backbone_threads (the factory
-takes no arguments, so the product's flag reaches the extractor this way).
+`timed_extractor(directory, backbone_config, seed)`, bound to its arguments
+with functools.partial, is passed to pipeline.run.run(extractor_factory=...):
+it builds the product's own pipeline.backbone.FeatureExtractor from the run's
+own BackboneConfig (same net, same weights, same TensorFlow threads, same
+tf.function) and appends (start, end) of every call to DIRECTORY/<pid>.txt
+(wall-clock seconds, time.time()). The partial travels to the worker
+processes with the DoFn. The cost is one short line per image.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import os
 import time
 from typing import Dict, List
 
-ENV = "BENCH_TIMELINE_DIR"
-THREADS_ENV = "BENCH_BACKBONE_THREADS"
+from pipeline import backbone
+from pipeline import config as config_lib
 
 
 class _Timed:
@@ -37,49 +37,57 @@ class _Timed:
     return out
 
 
-def timed_extractor():
-  """Factory (picklable: module level) for ComputeFeaturesFn's extractor_factory."""
-  from pipeline import backbone
+def timed_extractor(directory: str, cfg: config_lib.BackboneConfig, seed: int):
+  """The extractor ComputeFeaturesFn would build from `cfg` and `seed`, timed.
+
+  Module level, so that a functools.partial of it pickles by reference."""
   setup_start = time.time()
-  threads = int(os.environ.get(THREADS_ENV) or 0) or None
-  extractor = backbone.FeatureExtractor("InceptionResNetV2", "none", 0, threads)
-  directory = os.environ[ENV]
+  extractor = backbone.FeatureExtractor(cfg.backbone, cfg.weights, seed, cfg.threads)
   os.makedirs(directory, exist_ok=True)
   return _Timed(extractor, os.path.join(directory, f"{os.getpid()}.txt"), time.time(),
                 setup_start)
+
+
+def _worker_figures(setup, calls, first_setup: float) -> Dict[str, object]:
+  busy = sum(b - a for a, b in calls)
+  span = calls[-1][1] - calls[0][0]
+  return {
+      "images": len(calls),
+      "model_build_s": setup[1] - setup[0],
+      "first_call_s": calls[0][1] - calls[0][0],  # includes the trace
+      "setup_at_s": setup[0] - first_setup,
+      "first_call_at_s": calls[0][0] - first_setup,
+      "last_call_end_at_s": calls[-1][1] - first_setup,
+      "forward_s": busy,
+      "forward_s_after_first": busy - (calls[0][1] - calls[0][0]),
+      "gaps_s": span - busy,  # between calls: decode, targets, Beam per element
+  }
+
+
+def _read_worker(path: str):
+  """(setups, calls) of one worker's file: lists of (start, end)."""
+  setups, calls = [], []
+  with open(path) as f:
+    for line in f:
+      kind, a, b = line.split()
+      (setups if kind == "setup" else calls).append((float(a), float(b)))
+  return setups, calls
 
 
 def read_timeline(directory: str) -> Dict[str, object]:
   """Phases from the files of one run (times relative to the earliest setup)."""
   workers: List[Dict[str, object]] = []
   for name in sorted(os.listdir(directory)):
-    setups, calls = [], []
-    with open(os.path.join(directory, name)) as f:
-      for line in f:
-        kind, a, b = line.split()
-        (setups if kind == "setup" else calls).append((float(a), float(b)))
+    setups, calls = _read_worker(os.path.join(directory, name))
     if calls:
       workers.append({"setup": setups[0], "calls": calls})
   if not workers:
     return {}
   first_setup = min(w["setup"][0] for w in workers)
-  out = {"workers": len(workers), "per_worker": []}
-  for w in workers:
-    calls = w["calls"]
-    busy = sum(b - a for a, b in calls)
-    span = calls[-1][1] - calls[0][0]
-    out["per_worker"].append({
-        "images": len(calls),
-        "model_build_s": w["setup"][1] - w["setup"][0],
-        "first_call_s": calls[0][1] - calls[0][0],  # includes the trace
-        "setup_at_s": w["setup"][0] - first_setup,
-        "first_call_at_s": calls[0][0] - first_setup,
-        "last_call_end_at_s": calls[-1][1] - first_setup,
-        "forward_s": busy,
-        "forward_s_after_first": busy - (calls[0][1] - calls[0][0]),
-        "gaps_s": span - busy,  # between calls: decode, targets, Beam per element
-    })
-  out["first_setup_epoch_s"] = first_setup
-  out["last_call_end_epoch_s"] = max(w["calls"][-1][1] for w in workers)
-  out["first_call_epoch_s"] = min(w["calls"][0][0] for w in workers)
-  return out
+  return {
+      "workers": len(workers),
+      "per_worker": [_worker_figures(w["setup"], w["calls"], first_setup) for w in workers],
+      "first_setup_epoch_s": first_setup,
+      "last_call_end_epoch_s": max(w["calls"][-1][1] for w in workers),
+      "first_call_epoch_s": min(w["calls"][0][0] for w in workers),
+  }

@@ -28,7 +28,14 @@ import time
 
 PROCESS_START = time.monotonic()
 
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
 from bench import common  # noqa: E402
+from pipeline import manifest as manifest_lib  # noqa: E402
+from trainer import data as data_lib  # noqa: E402
+from trainer import model as model_lib  # noqa: E402
+from trainer import train  # noqa: E402
 
 BATCH = 256
 
@@ -42,7 +49,6 @@ def _read_python(paths):
 
 
 def _read_gfile(paths):
-  import tensorflow as tf
   total = 0
   for path in paths:
     with tf.io.gfile.GFile(path, "rb") as f:
@@ -59,85 +65,76 @@ def _best_rate(fn, paths, passes):
   return max(rates), rates
 
 
-def measure_input(data_dir: str, passes: int, step_iters: int):
-  import numpy as np
-  import tensorflow as tf
-  from trainer import data as data_lib, manifest as manifest_lib, model as model_lib, train
-  manifest = manifest_lib.load_manifest(data_dir)
-  paths = manifest_lib.shard_paths(data_dir, manifest)
-  records = int(manifest["counts"]["records"])
-  total_bytes = sum(os.path.getsize(p) for p in paths)
-  bytes_per_record = total_bytes / records
-  out = {"records": records, "shard_bytes": total_bytes, "shards": len(paths),
-         "bytes_per_record": bytes_per_record, "compression": manifest["compression"],
-         "dtype": manifest["dtype"], "cache": "warm: every shard read whole once first"}
-
+def raw_read(paths, passes: int, bytes_per_record: float):
+  """Whole-file reads with Python and tf.io.gfile, after one read to warm the cache."""
   _read_python(paths)  # warm the file cache
   py_rate, py_rates = _best_rate(_read_python, paths, passes)
   gf_rate, gf_rates = _best_rate(_read_gfile, paths, passes)
   raw = max(py_rate, gf_rate)
-  out.update({
+  return {
       "raw_read_python_bytes_per_s": py_rate, "raw_read_gfile_bytes_per_s": gf_rate,
       "raw_read_bytes_per_s": raw, "raw_read_records_per_s": raw / bytes_per_record,
       "raw_read_passes_bytes_per_s": {"python": py_rates, "gfile": gf_rates},
-  })
+  }
 
+
+def check_rate(data_dir: str, manifest, records: int):
+  """The shard scan rpn-train runs before training."""
   start = time.perf_counter()
   data_lib.check_shards(data_dir, manifest)
   check_s = time.perf_counter() - start
-  out["check_shards_s"] = check_s
-  out["check_shards_records_per_s"] = records / check_s
+  return {"check_shards_s": check_s, "check_shards_records_per_s": records / check_s}
 
-  def epoch_rate(shuffle):
-    ds = data_lib.make_dataset(data_dir, manifest, files=paths, batch_size=BATCH,
-                               shuffle=shuffle, seed=0)
-    rates = []
-    for _ in range(passes):
-      start = time.perf_counter()
-      n = 0
-      for tiles, _ in ds:
-        n += int(tiles.shape[0])
-      rates.append(n / (time.perf_counter() - start))
-      assert n == records, (n, records)
-    return max(rates), rates
 
-  def framing_rate():
-    # The reading half of make_dataset alone: same interleave, no shuffle, no parse.
-    ds = tf.data.Dataset.from_tensor_slices(paths).interleave(
-        lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20),
-        cycle_length=min(len(paths), 16), num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(BATCH).prefetch(tf.data.AUTOTUNE)
-    best = 0.0
-    for _ in range(passes):
-      start = time.perf_counter()
-      n = sum(int(b.shape[0]) for b in ds)
-      best = max(best, n / (time.perf_counter() - start))
-    return best
-
-  def steady_rate(copies=4, skip_batches=25):
-    # make_dataset as training calls it, over the shard list `copies` times, so
-    # that its 256 MB shuffle buffer (~4.8k float32 records, about a whole
-    # 128-image dataset) fills once and then streams: timed from batch
-    # `skip_batches` to `skip_batches` before the end (neither fill nor drain).
-    ds = data_lib.make_dataset(data_dir, manifest, files=paths * copies, batch_size=BATCH,
-                               shuffle=True, seed=0)
-    batches = []
+def epoch_rate(data_dir: str, manifest, paths, records: int, passes: int, shuffle: bool):
+  """(best, every pass) records/s of make_dataset over whole epochs."""
+  ds = data_lib.make_dataset(data_dir, manifest, files=paths, batch_size=BATCH,
+                             shuffle=shuffle, seed=0)
+  rates = []
+  for _ in range(passes):
+    start = time.perf_counter()
+    n = 0
     for tiles, _ in ds:
-      batches.append((time.perf_counter(), int(tiles.shape[0])))
-    lo, hi = skip_batches, len(batches) - skip_batches
-    if hi - lo < 10:
-      return None
-    n = sum(b for _, b in batches[lo + 1:hi + 1])
-    return n / (batches[hi][0] - batches[lo][0])
+      n += int(tiles.shape[0])
+    rates.append(n / (time.perf_counter() - start))
+    assert n == records, (n, records)
+  return max(rates), rates
 
-  out["tfrecord_read_records_per_s"] = framing_rate()
-  out["dataset_steady_records_per_s"] = steady_rate()
-  out["dataset_records_per_s"], out["dataset_passes_records_per_s"] = epoch_rate(True)
-  out["dataset_unshuffled_records_per_s"], _ = epoch_rate(False)
-  out["dataset_bytes_per_s"] = out["dataset_records_per_s"] * bytes_per_record
 
-  # One training step of the tile model, the trainer's own compile().
-  import keras
+def framing_rate(paths, passes: int) -> float:
+  """The reading half of make_dataset alone: same interleave, no shuffle, no parse."""
+  ds = tf.data.Dataset.from_tensor_slices(paths).interleave(
+      lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20),
+      cycle_length=min(len(paths), 16), num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(BATCH).prefetch(tf.data.AUTOTUNE)
+  best = 0.0
+  for _ in range(passes):
+    start = time.perf_counter()
+    n = sum(int(b.shape[0]) for b in ds)
+    best = max(best, n / (time.perf_counter() - start))
+  return best
+
+
+def steady_rate(data_dir: str, manifest, paths, copies=4, skip_batches=25):
+  """make_dataset as training calls it, over the shard list `copies` times, so
+  that its 256 MB shuffle buffer (~4.8k float32 records, about a whole
+  128-image dataset) fills once and then streams: timed from batch
+  `skip_batches` to `skip_batches` before the end (neither fill nor drain)."""
+  ds = data_lib.make_dataset(data_dir, manifest, files=paths * copies, batch_size=BATCH,
+                             shuffle=True, seed=0)
+  batches = []
+  for tiles, _ in ds:
+    batches.append((time.perf_counter(), int(tiles.shape[0])))
+  lo, hi = skip_batches, len(batches) - skip_batches
+  if hi - lo < 10:
+    return None
+  n = sum(b for _, b in batches[lo + 1:hi + 1])
+  return n / (batches[hi][0] - batches[lo][0])
+
+
+def train_step_rate(data_dir: str, manifest, paths, step_iters: int):
+  """Records/s one compiled training step of the tile model consumes (the
+  trainer's own compile() and input normalisation)."""
   keras.utils.set_random_seed(0)
   ds = data_lib.make_dataset(data_dir, manifest, files=paths, batch_size=BATCH, shuffle=False,
                              drop_remainder=True)
@@ -145,7 +142,7 @@ def measure_input(data_dir: str, passes: int, step_iters: int):
   # The input normalisation rpn-train fits first.
   mean, variance = train.feature_statistics(data_dir, manifest, paths)
   model = model_lib.build_tile_model(int(manifest["feature_channels"]),
-                                     int(manifest["anchor"]["num_anchors"]),
+                                     manifest_lib.num_anchors(manifest),
                                      feature_mean=mean, feature_variance=variance)
   train.compile_model(model, 1e-3, 1.0)
   for _ in range(3):
@@ -155,15 +152,47 @@ def measure_input(data_dir: str, passes: int, step_iters: int):
   for _ in range(step_iters):
     model.train_on_batch(tiles, targets)
   step_s = (time.perf_counter() - start) / step_iters
-  out.update({
+  return {
       "train_step_ms": 1000 * step_s,
       "train_step_records_per_s": BATCH / step_s,
       "train_step_cores_busy": (time.process_time() - cpu_start) / (step_s * step_iters),
       "train_step_batch": BATCH,
       "train_step_params": int(model.count_params()),
-  })
-  del np
+  }
+
+
+def measure_input(data_dir: str, passes: int, step_iters: int):
+  manifest = manifest_lib.load(data_dir)
+  paths = manifest_lib.shard_paths(data_dir, manifest)
+  records = int(manifest["counts"]["records"])
+  total_bytes = sum(os.path.getsize(p) for p in paths)
+  bytes_per_record = total_bytes / records
+  out = {"records": records, "shard_bytes": total_bytes, "shards": len(paths),
+         "bytes_per_record": bytes_per_record, "compression": manifest["compression"],
+         "dtype": manifest["dtype"], "cache": "warm: every shard read whole once first"}
+  out.update(raw_read(paths, passes, bytes_per_record))
+  out.update(check_rate(data_dir, manifest, records))
+  out["tfrecord_read_records_per_s"] = framing_rate(paths, passes)
+  out["dataset_steady_records_per_s"] = steady_rate(data_dir, manifest, paths)
+  out["dataset_records_per_s"], out["dataset_passes_records_per_s"] = epoch_rate(
+      data_dir, manifest, paths, records, passes, shuffle=True)
+  out["dataset_unshuffled_records_per_s"], _ = epoch_rate(
+      data_dir, manifest, paths, records, passes, shuffle=False)
+  out["dataset_bytes_per_s"] = out["dataset_records_per_s"] * bytes_per_record
+  out.update(train_step_rate(data_dir, manifest, paths, step_iters))
   return out
+
+
+def train_memory(data_dir: str, job_dir: str, epochs: int, shuffle_buffer_mb):
+  """rpn-train (trainer.train.main) in this process, for the driver to read its memory."""
+  records = manifest_lib.load(data_dir)["counts"]["records"]
+  start = time.monotonic()
+  extra = [] if shuffle_buffer_mb is None else ["--shuffle_buffer_mb", str(shuffle_buffer_mb)]
+  rc = train.main(["--data", data_dir, "--job_dir", job_dir, "--epochs", str(epochs), *extra])
+  seconds = time.monotonic() - start
+  return {"rc": rc, "records": records, "shuffle_buffer_mb": shuffle_buffer_mb,
+          "epochs": epochs, "train_s": seconds,
+          "records_per_s_incl_startup": records * epochs / seconds}
 
 
 def main(argv=None) -> int:
@@ -180,19 +209,7 @@ def main(argv=None) -> int:
   if args.mode == "input":
     result = measure_input(args.data, args.passes, args.step_iters)
   else:
-    import json
-    from trainer import train
-    with open(os.path.join(args.data, "manifest.json")) as f:
-      records = json.load(f)["counts"]["records"]
-    start = time.monotonic()
-    extra = ([] if args.shuffle_buffer_mb is None
-             else ["--shuffle_buffer_mb", str(args.shuffle_buffer_mb)])
-    rc = train.main(["--data", args.data, "--job_dir", args.job_dir,
-                     "--epochs", str(args.epochs), *extra])
-    seconds = time.monotonic() - start
-    result = {"rc": rc, "records": records, "shuffle_buffer_mb": args.shuffle_buffer_mb,
-              "epochs": args.epochs, "train_s": seconds,
-              "records_per_s_incl_startup": records * args.epochs / seconds}
+    result = train_memory(args.data, args.job_dir, args.epochs, args.shuffle_buffer_mb)
   result["process_s"] = time.monotonic() - PROCESS_START
   common.write_result(args.result, result)
   return 0
