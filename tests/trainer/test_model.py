@@ -66,12 +66,7 @@ def test_save_and_load_round_trip(tmp_path):
     assert json.load(f) == manifest  # verbatim
   tile2, full2, manifest2, config2 = model_lib.load_rpn(job)
   assert manifest2 == manifest and config2 == train_config
-  tiles = rng.normal(size=(5, 3, 3, CHANNELS)).astype(np.float32)
-  for key in ("scores", "deltas"):
-    np.testing.assert_allclose(tile2(tiles)[key], tile_model(tiles)[key], atol=1e-6)
-  feature_map = rng.normal(size=(1, 4, 5, CHANNELS)).astype(np.float32)
-  np.testing.assert_allclose(full2(feature_map)["scores"].numpy().reshape(-1, 9),
-                             tile_model(reference.tiles(feature_map[0]))["scores"], atol=1e-5)
+  _assert_same_rpn(tile2, full2, tile_model, rng, num_tiles=5, map_hw=(4, 5))
 
 
 def test_save_untrained_rpn_loads_back_with_the_statistics_and_hidden_size(tmp_path):
@@ -99,12 +94,7 @@ def test_save_untrained_rpn_loads_back_with_the_statistics_and_hidden_size(tmp_p
   # the saved weights computes: the standardisation is applied, then the head.
   twin = model_lib.build_tile_model(CHANNELS, 9, HIDDEN, mean, variance)
   twin.set_weights(tile_model.get_weights())
-  tiles = rng.normal(size=(4, 3, 3, CHANNELS)).astype(np.float32)
-  for key in ("scores", "deltas"):
-    np.testing.assert_allclose(tile_model(tiles)[key], twin(tiles)[key], atol=1e-6)
-  feature_map = rng.normal(size=(1, 3, 4, CHANNELS)).astype(np.float32)
-  np.testing.assert_allclose(full(feature_map)["scores"].numpy().reshape(-1, 9),
-                             tile_model(reference.tiles(feature_map[0]))["scores"], atol=1e-5)
+  _assert_same_rpn(tile_model, full, twin, rng, num_tiles=4, map_hw=(3, 4))
 
 
 def test_save_untrained_rpn_defaults_to_identity_statistics_and_default_hidden(tmp_path):
@@ -133,3 +123,16 @@ def test_mixed_precision_keeps_float32_outputs():
   assert model.get_layer("rpn_conv").compute_dtype == "float16"
   out = model(np.ones((2, 3, 3, CHANNELS), np.float32))
   assert out["scores"].dtype == "float32" and out["deltas"].dtype == "float32"
+
+
+def _assert_same_rpn(tile_model, full, expected_tile_model, rng, num_tiles, map_hw):
+  """tile_model computes what expected_tile_model does on random tiles, and the
+  full-map model (`full`) what expected_tile_model does on each map tile."""
+  tiles = rng.normal(size=(num_tiles, 3, 3, CHANNELS)).astype(np.float32)
+  for key in ("scores", "deltas"):
+    np.testing.assert_allclose(tile_model(tiles)[key], expected_tile_model(tiles)[key],
+                               atol=1e-6)
+  feature_map = rng.normal(size=(1, *map_hw, CHANNELS)).astype(np.float32)
+  np.testing.assert_allclose(
+      full(feature_map)["scores"].numpy().reshape(-1, 9),
+      expected_tile_model(reference.tiles(feature_map[0]))["scores"], atol=1e-5)
