@@ -4,7 +4,7 @@
 
 One run, one machine. Every figure is printed as a table and written to
 bench/results.json; BENCHMARKS.md quotes the latest full run. Scratch data
-(images, shards, logs) goes to bench/work/ (git-ignored). Each measurement
+(images, shards, logs) goes to bench/work (git-ignored). Each measurement
 that needs a clean process runs as a child (bench/common.py:run_child), which
 also gives its peak resident memory.
 
