@@ -42,7 +42,8 @@ def timed_extractor(directory: str, cfg: config_lib.BackboneConfig, seed: int):
 
   Module level, so that a functools.partial of it pickles by reference."""
   setup_start = time.time()
-  extractor = backbone.FeatureExtractor(cfg.backbone, cfg.weights, seed, cfg.threads)
+  extractor = backbone.FeatureExtractor(cfg.backbone, cfg.weights, seed, cfg.threads,
+                                        feature_layer=cfg.feature_layer)
   os.makedirs(directory, exist_ok=True)
   return _Timed(extractor, os.path.join(directory, f"{os.getpid()}.txt"), time.time(),
                 setup_start)

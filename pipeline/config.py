@@ -44,6 +44,9 @@ class TargetConfig:
 class BackboneConfig:
   backbone: str = "InceptionResNetV2"
   weights: str = "imagenet"  # imagenet | none | PATH to a weights file
+  # Layer of the Keras application whose output is the feature map (None: its
+  # final output, as in the method).
+  feature_layer: Optional[str] = None
   # Optional resize before the backbone; off by default, as in the method.
   min_side: Optional[int] = None
   max_side: Optional[int] = None

@@ -21,7 +21,8 @@ REQUIRED_KEYS = ("version", "backbone", "weights", "feature_channels", "tile_siz
 COMPRESSIONS = ("NONE", "GZIP")
 # Keys that must agree between manifests of data used with one model (the
 # tile dtype may differ: tiles are widened to float32 when read).
-COMPATIBLE_KEYS = ("backbone", "weights", "weights_seed", "feature_channels", "tile_size",
+COMPATIBLE_KEYS = ("backbone", "feature_layer", "weights", "weights_seed", "feature_channels",
+                   "tile_size",
                    "anchor", "stride_mode", "resize")
 PADDING_NOTE = "small images padded with zeros at the bottom and right up to min_input_side"
 
@@ -47,6 +48,8 @@ def build(cfg: config.PreprocessConfig, counts: Dict[str, int], shard_files: Lis
       "version": config.MANIFEST_VERSION,
       "created_by": "rpn-preprocess",
       "backbone": cfg.backbone.backbone,
+      # None: the backbone's final output
+      "feature_layer": cfg.backbone.feature_layer,
       "weights": cfg.backbone.weights,
       "weights_seed": cfg.targets.seed,
       "feature_channels": feature_channels,
@@ -161,9 +164,15 @@ def check_backbone(manifest: Dict, path: str) -> None:
     raise ManifestError(f"{path}: {e}") from None
   if "min_input_side" not in manifest:
     raise ManifestError(f"{path}: missing keys ['min_input_side']")
-  if int(manifest["feature_channels"]) != spec.channels:
+  layer = manifest.get("feature_layer")
+  try:
+    channels = backbone.feature_channels(manifest["backbone"], layer)
+  except ValueError as e:
+    raise ManifestError(f"{path}: {e}") from None
+  if int(manifest["feature_channels"]) != channels:
+    where = f" layer {layer}" if layer else ""
     raise ManifestError(f"{path}: feature_channels {manifest['feature_channels']} does not "
-                        f"match backbone {manifest['backbone']} ({spec.channels} channels)")
+                        f"match backbone {manifest['backbone']}{where} ({channels} channels)")
   if int(manifest["min_input_side"]) < spec.min_input_side:
     raise ManifestError(f"{path}: min_input_side {manifest['min_input_side']} is below the "
                         f"{spec.min_input_side} px backbone {manifest['backbone']} accepts")

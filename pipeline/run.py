@@ -44,12 +44,8 @@ def _floats(text: str):
   return tuple(float(v) for v in text.split(","))
 
 
-def build_parser() -> argparse.ArgumentParser:
-  anchors, targets = config_lib.AnchorConfig(), config_lib.TargetConfig()
-  backbone, output = config_lib.BackboneConfig(), config_lib.OutputConfig()
-  parser = argparse.ArgumentParser(
-      prog="rpn-preprocess", description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+  """--input/--split or --images/--annotations, --image_set, --missing_annotations."""
   source = parser.add_argument_group("input")
   source.add_argument("--input", help="dataset root of the ILSVRC 2015+/Kaggle layout "
                       "(ROOT/Data/<split>, ROOT/Annotations/<split>)")
@@ -60,25 +56,48 @@ def build_parser() -> argparse.ArgumentParser:
                       "of each line is an image id relative to the split root")
   source.add_argument("--missing_annotations", choices=("skip", "negative"), default="skip",
                       help="images without XML: skip them, or use them as negatives-only")
-  parser.add_argument("--output", required=True, help="output directory (local, gs://, ...)")
+
+
+def add_frame_arguments(parser: argparse.ArgumentParser):
+  """--backbone, --feature_layer, --min_side, --max_side, --max_pixels, --scales,
+  --ratios: what decides the frame, its feature map and its anchors. Returns
+  the backbone argument group."""
+  backbone, anchors = config_lib.BackboneConfig(), config_lib.AnchorConfig()
   model = parser.add_argument_group("backbone")
   model.add_argument("--backbone", default=backbone.backbone)
-  model.add_argument("--weights", default=backbone.weights,
-                     help="imagenet (Keras download) | none (seeded random init) | PATH")
+  model.add_argument("--feature_layer", default=backbone.feature_layer,
+                     help="take the feature map from this layer of the backbone (default: its "
+                     "final output); e.g. block5_conv3 (VGG16), conv4_block6_out (ResNet50): "
+                     "stride 16, see the README")
   model.add_argument("--min_side", type=int, default=backbone.min_side,
                      help="resize so the shorter side is this (off by default)")
   model.add_argument("--max_side", type=int, default=backbone.max_side,
                      help="cap the longer side when resizing (off by default)")
-  model.add_argument("--backbone_threads", type=int, default=None,
-                     help="TensorFlow threads per worker process (default: the cores shared "
-                     "among local worker processes; 1 on Dataflow; TensorFlow's own otherwise)")
   model.add_argument("--max_pixels", type=int, default=backbone.max_pixels,
                      help="refuse images declaring more pixels (decompression bombs)")
-  anchor = parser.add_argument_group("anchors and targets")
+  anchor = parser.add_argument_group("anchors")
   anchor.add_argument("--scales", type=_floats, default=anchors.scales,
                       help="comma-separated anchor scales, in units of the stride")
   anchor.add_argument("--ratios", type=_floats, default=anchors.ratios,
                       help="comma-separated anchor ratios (height / width)")
+  return model
+
+
+def build_parser() -> argparse.ArgumentParser:
+  targets, backbone = config_lib.TargetConfig(), config_lib.BackboneConfig()
+  output = config_lib.OutputConfig()
+  parser = argparse.ArgumentParser(
+      prog="rpn-preprocess", description=__doc__.split("\n\n")[0],
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  add_input_arguments(parser)
+  parser.add_argument("--output", required=True, help="output directory (local, gs://, ...)")
+  model = add_frame_arguments(parser)
+  model.add_argument("--weights", default=backbone.weights,
+                     help="imagenet (Keras download) | none (seeded random init) | PATH")
+  model.add_argument("--backbone_threads", type=int, default=None,
+                     help="TensorFlow threads per worker process (default: the cores shared "
+                     "among local worker processes; 1 on Dataflow; TensorFlow's own otherwise)")
+  anchor = parser.add_argument_group("targets")
   anchor.add_argument("--fg_iou_thresh", type=float, default=targets.fg_iou_thresh)
   anchor.add_argument("--bg_iou_thresh", type=float, default=targets.bg_iou_thresh)
   anchor.add_argument("--batch_size", type=int, default=targets.batch_size,
@@ -171,7 +190,8 @@ def config_from_args(args: argparse.Namespace,
       image_set=args.image_set, missing_annotations=args.missing_annotations,
       backbone=config_lib.BackboneConfig(
           backbone=args.backbone, weights=args.weights, min_side=args.min_side,
-          max_side=args.max_side, max_pixels=args.max_pixels, threads=threads),
+          max_side=args.max_side, max_pixels=args.max_pixels, threads=threads,
+          feature_layer=args.feature_layer or None),
       anchors=config_lib.AnchorConfig(scales=tuple(args.scales), ratios=tuple(args.ratios)),
       targets=config_lib.TargetConfig(
           fg_iou_thresh=args.fg_iou_thresh, bg_iou_thresh=args.bg_iou_thresh,
@@ -264,6 +284,8 @@ def run(argv: Optional[Sequence[str]] = None, extractor_factory=None) -> Preproc
   setup = runner_setup(beam_args)
   cfg = config_from_args(args, setup)
   backbone_lib.backbone_spec(cfg.backbone.backbone)  # fails fast on a bad name
+  if cfg.backbone.feature_layer:  # and on a layer the backbone does not have
+    backbone_lib.check_feature_layer(cfg.backbone.backbone, cfg.backbone.feature_layer)
   weights = cfg.backbone.weights
   if weights not in ("imagenet", "none") and not storage.exists(weights):
     raise FileNotFoundError(f"--weights {weights}: no such file")

@@ -15,6 +15,7 @@ Element flow (one element per image until SampleTargets fans out to records):
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from apache_beam.io.tfrecordio import WriteToTFRecord
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
+from pipeline import anchors as anchors_lib
 from pipeline import backbone, ilsvrc, schema, storage, targets
 from pipeline import config as config_lib
 from pipeline import manifest as manifest_lib
@@ -252,7 +254,8 @@ class ComputeFeaturesFn(beam.DoFn):
       if self._factory is not None:
         return _SharedExtractor(self._factory())
       return _SharedExtractor(backbone.FeatureExtractor(
-          self._config.backbone, self._config.weights, self._seed, self._config.threads))
+          self._config.backbone, self._config.weights, self._seed, self._config.threads,
+          feature_layer=self._config.feature_layer))
     self._holder = self._shared.acquire(load, tag=(self._config, self._seed))
     self._images = _counter("images_featurized")
     self._millis = Metrics.distribution(NAMESPACE, "backbone_ms")
@@ -302,14 +305,9 @@ class SampleTargetsFn(beam.DoFn):
       # elongated image) is skipped, with the reason, and still counted.
       self._skipped.inc()
       PROGRESS.error()
-      yield beam.pvalue.TaggedOutput(ERRORS, error_record(
-          item.image_path, "targets",
-          f"no anchor to sample: {result.num_inside} of {len(result.anchors)} anchors lie "
-          f"inside the {item.width}x{item.height} frame (feature map "
-          f"{feature_height}x{feature_width}, stride {result.stride_x:.1f} x "
-          f"{result.stride_y:.1f} px, smallest anchor scale "
-          f"{min(self._anchors.scales):g} strides)",
-          outcome=SKIPPED, image_id=item.image_id))
+      yield beam.pvalue.TaggedOutput(ERRORS, no_anchor_error(
+          item.image_path, item.image_id, result.num_inside, len(result.anchors), item.width,
+          item.height, feature_height, feature_width, self._anchors.scales))
       counts["images_no_anchors"] += 1
       yield beam.pvalue.TaggedOutput(STATS, dict(counts))
       return
@@ -339,6 +337,20 @@ class SampleTargetsFn(beam.DoFn):
                    "bg_anchors": int(result.num_bg), "records_expected": num_records,
                    "inside_anchors": int(result.num_inside)})
     yield beam.pvalue.TaggedOutput(STATS, dict(counts))
+
+
+def no_anchor_error(path: str, image_id: str, num_inside: int, num_anchors: int, width: int,
+                    height: int, feature_height: int, feature_width: int, scales
+                    ) -> Dict[str, Any]:
+  """The errors line of an image skipped because no anchor lies inside its frame."""
+  stride_x, stride_y = anchors_lib.ratio_strides(width, height, feature_width, feature_height)
+  return error_record(
+      path, "targets",
+      f"no anchor to sample: {num_inside} of {num_anchors} anchors lie "
+      f"inside the {width}x{height} frame (feature map "
+      f"{feature_height}x{feature_width}, stride {stride_x:.1f} x "
+      f"{stride_y:.1f} px, smallest anchor scale {min(scales):g} strides)",
+      outcome=SKIPPED, image_id=image_id)
 
 
 def dead_letter_to_error(stage: str):
@@ -413,9 +425,10 @@ class ReadInputs(beam.PTransform):
   set, only the listed ones).
   """
 
-  def __init__(self, cfg: config_lib.PreprocessConfig):
+  def __init__(self, cfg: config_lib.PreprocessConfig, max_images: Optional[int] = None):
     super().__init__()
     self._cfg = cfg
+    self._max_images = max_images
 
   def expand(self, pbegin):
     cfg = self._cfg
@@ -427,16 +440,42 @@ class ReadInputs(beam.PTransform):
     if cfg.image_set:
       grouped["listed"] = (pbegin | "ReadImageSet" >> beam.io.ReadFromText(cfg.image_set)
                            | "ParseImageSet" >> beam.FlatMap(_listed_ids))
-    paired = (grouped | "GroupById" >> beam.CoGroupByKey()
+    by_id = grouped | "GroupById" >> beam.CoGroupByKey()
+    if self._max_images:
+      by_id = by_id | "LimitImages" >> LimitImages(self._max_images, bool(cfg.image_set))
+    paired = (by_id
               | "PairInputs" >> beam.ParDo(PairInputsFn(
                   cfg.missing_annotations, bool(cfg.image_set))).with_outputs(ERRORS, main="ok"))
     if cfg.image_set:
       inputs = (paired.ok, paired[ERRORS] | "ListedImageErrors" >> beam.Filter(
           lambda e: e["outcome"] in (FAILED, SKIPPED))) | "ListedImages" >> beam.Flatten()
     else:
-      inputs = grouped["images"]
+      inputs = by_id | "ImageFiles" >> beam.FlatMap(lambda kv: kv[1]["images"])
     return {"images": paired.ok, "errors": paired[ERRORS],
             "found": inputs | "CountFound" >> beam.combiners.Count.Globally()}
+
+
+class LimitImages(beam.PTransform):
+  """(id, grouped files) -> the `count` ids with an image (and listed, with an
+  image set) whose sha256 is smallest: a fixed pseudo-random subset, the same
+  on every runner. Other ids are dropped whole, with their annotations."""
+
+  def __init__(self, count: int, use_image_set: bool):
+    super().__init__()
+    self._count = count
+    self._use_image_set = use_image_set
+
+  def expand(self, by_id):
+    use_image_set = self._use_image_set
+
+    def candidate(kv):
+      files = kv[1]
+      return bool(list(files["images"])) and (
+          not use_image_set or bool(list(files.get("listed", []))))
+    return (by_id | "Candidates" >> beam.Filter(candidate)
+            | "Smallest" >> beam.combiners.Top.Smallest(
+                self._count, key=lambda kv: hashlib.sha256(kv[0].encode("utf-8")).digest())
+            | "Unpack" >> beam.FlatMap(lambda kept: kept))
 
 
 def _listed_ids(line: str):
@@ -532,7 +571,9 @@ class WriteOutputs(beam.PTransform):
     spec = backbone.backbone_spec(cfg.backbone.backbone)
     return (pbegin_of(records) | "Start" >> beam.Create([None])
             | "WriteManifest" >> beam.Map(
-                write_manifest, cfg=cfg, feature_channels=spec.channels,
+                write_manifest, cfg=cfg,
+                feature_channels=backbone.feature_channels(cfg.backbone.backbone,
+                                                           cfg.backbone.feature_layer),
                 min_input_side=spec.min_input_side,
                 counts=beam.pvalue.AsSingleton(counts),
                 found=beam.pvalue.AsSingleton(outputs["found"]),

@@ -69,6 +69,10 @@ class JobError(ValueError):
   """The job directory cannot be used (missing file, mismatched manifest or model)."""
 
 
+class NoProposalsError(ValueError):
+  """An image got no proposal at all (every decoded box non-finite or of zero area)."""
+
+
 # ---------------------------------------------------------------------------
 # The job
 
@@ -146,12 +150,14 @@ class Proposer:
                       "on features of the latter", weights, manifest["weights"])
     try:
       self.extractor = backbone_lib.FeatureExtractor(
-          manifest["backbone"], self.weights, int(manifest.get("weights_seed", 0)))
+          manifest["backbone"], self.weights, int(manifest.get("weights_seed", 0)),
+          feature_layer=manifest.get("feature_layer"))
     except backbone_lib.WeightsUnavailableError as e:
       raise JobError(f"backbone weights of the job ({self.weights}): {e}") from None
     # Features go through the dtype the tiles were stored in, as in training.
     self.feature_dtype = np.dtype(manifest.get("dtype", "float32"))
     self.traces = 0
+    self.stats: dict = {}  # proposals.propose_boxes' counts (min_size_relaxed)
 
     def forward(feature_map):
       self.traces += 1  # Python side effect: runs once per trace only
@@ -189,10 +195,17 @@ class Proposer:
     return scores.reshape(-1), deltas.reshape(-1, 4), anchors
 
   def __call__(self, frame: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """(boxes [N, 4], scores [N]) of a frame, best first."""
+    """(boxes [N, 4], scores [N]) of a frame, best first; NoProposalsError when
+    there are none (the reason names what the decoded boxes were)."""
     scores, deltas, anchors = self.head(frame)
     height, width = frame.shape[:2]
-    return proposals_lib.propose(scores, deltas, anchors, width, height, self.config)
+    boxes, kept_scores = proposals_lib.propose(scores, deltas, anchors, width, height,
+                                               self.config, self.stats)
+    if len(boxes) == 0:
+      raise NoProposalsError(proposals_lib.no_proposals_reason(
+          *proposals_lib.select_anchors(scores, deltas, anchors, width, height,
+                                        self.config.anchors), width, height))
+    return boxes, kept_scores
 
 
 # ---------------------------------------------------------------------------
@@ -274,6 +287,10 @@ def iter_proposals(proposer: Proposer, inputs, max_pixels: int
       boxes, scores = proposer(frame)
     except JobError:
       raise  # the job does not fit: every image would fail the same way
+    except NoProposalsError as e:
+      yield "error", {"path": image_path, "stage": "propose", "reason": str(e),
+                      "image_id": image_id}, None
+      continue
     except (ValueError, tf.errors.OpError, MemoryError) as e:
       yield "error", {"path": image_path, "stage": "propose",
                       "reason": f"{type(e).__name__}: {e}", "image_id": image_id}, None
@@ -362,7 +379,7 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
       "input": args.input, "split": args.split if args.input else None, "images": args.images,
       "backbone": proposer.manifest["backbone"], "weights": proposer.weights,
       "proposal": dataclasses.asdict(proposal_config),
-      "counts": counts,
+      "counts": dict(counts, **proposer.stats),
       "pictures": drawn,
       "head_traces": proposer.traces,
       "seconds": round(time.monotonic() - start, 3),
