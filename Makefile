@@ -37,7 +37,7 @@ PREPROCESS_FLAGS = --backbone $(BACKBONE) --weights $(WEIGHTS) \
   $(PREPROCESS_ARGS) $(BEAM_ARGS)
 TEST_ARGS ?=
 
-.PHONY: install sample-data preprocess preprocess-portable train propose evaluate demo lint test test-fast bench draw clean
+.PHONY: install sample-data preprocess preprocess-portable anchors train propose evaluate demo lint test test-fast bench quality draw clean
 
 install: $(STAMP)
 
@@ -66,6 +66,15 @@ preprocess-portable: $(STAMP) $(if $(filter $(SAMPLE),$(INPUT)),$(SAMPLE)/Data)
 	  --output $(OUT)/shards/portable --backbone $(BACKBONE) --weights $(WEIGHTS) \
 	  --num_shards $(or $(NUM_SHARDS),0) --backbone_threads $(or $(BACKBONE_THREADS),1) $(PREPROCESS_ARGS)
 
+# Anchor coverage of SPLIT's gt boxes for BACKBONE (FEATURE_LAYER) and the
+# anchors in PREPROCESS_ARGS, and a suggested set; no forward pass.
+FEATURE_LAYER ?=
+ANCHORS_OUT ?= $(OUT)/anchors
+anchors: $(STAMP) $(if $(filter $(SAMPLE),$(INPUT)),$(SAMPLE)/Data)
+	$(BIN)/rpn-anchors --input $(INPUT) --split $(SPLIT) --output $(ANCHORS_OUT) \
+	  --backbone $(BACKBONE) $(if $(FEATURE_LAYER),--feature_layer $(FEATURE_LAYER)) \
+	  $(if $(RUNNER),--runner $(RUNNER)) $(ANCHORS_ARGS) $(BEAM_ARGS)
+
 draw: $(STAMP)
 	$(BIN)/rpn-draw --shards $(OUTPUT) --input $(INPUT) --split $(SPLIT) --output $(OUT)/pictures/anchors $(DRAW_ARGS)
 
@@ -93,6 +102,11 @@ test-fast: lint
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+# Proposal quality on real features (VGG16 weights from RPN_VGG16_WEIGHTS or
+# ../shared/weights): three settings trained and evaluated on the same held-out images.
+quality: $(STAMP)
+	$(BIN)/python -m bench.quality $(QUALITY_ARGS)
 
 clean:
 	rm -rf $(OUT) data

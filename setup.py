@@ -20,6 +20,7 @@ setuptools.setup(
         "pillow>=10",
         "defusedxml>=0.7",
         "google-crc32c>=1.5",
+        "matplotlib>=3.8",
     ],
     extras_require={
         "cpu": [f"tensorflow-cpu=={TF_VERSION}", "tensorboard"],
@@ -31,6 +32,7 @@ setuptools.setup(
     entry_points={
         "console_scripts": [
             "rpn-preprocess=pipeline.run:main",
+            "rpn-anchors=pipeline.coverage_run:main",
             "rpn-sample-data=pipeline.sample_data:main",
             "rpn-draw=pipeline.draw:main",
             "rpn-train=trainer.train:main",

@@ -411,6 +411,54 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
   return np.ascontiguousarray(rgb.reshape(rgb.shape[0], rgb.shape[1], 3))
 
 
+def _open_image(stream, size: int, head: bytes, max_pixels: int) -> Image.Image:
+  """Pillow's lazy open of `stream` (reads the header only), with the declared
+  size checked against max_pixels; ImageError for anything unusable."""
+  try:
+    image = Image.open(stream)
+  except Image.DecompressionBombError as e:
+    raise ImageError(f"refused as a decompression bomb: {e}") from None
+  except Image.UnidentifiedImageError:
+    raise ImageError(f"not an image: Pillow cannot identify the format "
+                     f"({size} bytes, starting {head!r})") from None
+  except _PIL_ERRORS as e:
+    raise ImageError(f"cannot open image: {type(e).__name__}: {e}") from None
+  width, height = image.size
+  if width <= 0 or height <= 0:
+    image.close()
+    raise ImageError(f"image has zero size: {width}x{height}")
+  if width * height > max_pixels:
+    image.close()
+    raise ImageError(f"image too large: {width}x{height} = {width * height} pixels "
+                     f"> max_pixels {max_pixels} (decompression bomb?)")
+  return image
+
+
+def image_size(path: str, max_pixels: int = config.DEFAULT_MAX_PIXELS) -> Tuple[int, int]:
+  """(width, height) of an image file from its header, without decoding pixels.
+
+  Reads only the first bytes Pillow needs (through Beam's FileSystems, so
+  remote files are not downloaded whole). The same ImageError as decode_image
+  for a file that is empty, not an image or over max_pixels; a file whose
+  pixels are corrupt past the header is not detected here.
+  """
+  from apache_beam.io.filesystems import CompressionTypes, FileSystems  # lazy: module doc
+
+  try:
+    with FileSystems.open(path, mime_type="application/octet-stream",
+                          compression_type=CompressionTypes.UNCOMPRESSED) as f:
+      size = f.seek(0, os.SEEK_END) or f.tell()  # no read: the size for the messages
+      if not size:
+        raise ImageError("empty file (0 bytes)")
+      f.seek(0)
+      head = f.read(8)
+      f.seek(0)
+      with _open_image(f, size, head, max_pixels) as image:
+        return image.size
+  except OSError as e:
+    raise ImageError(f"cannot read image file: {type(e).__name__}: {e}") from None
+
+
 def decode_image(data: bytes, max_pixels: int = config.DEFAULT_MAX_PIXELS) -> np.ndarray:
   """Encoded image bytes (JPEG, PNG, any format Pillow reads) -> uint8 [H, W, 3].
 
@@ -422,22 +470,9 @@ def decode_image(data: bytes, max_pixels: int = config.DEFAULT_MAX_PIXELS) -> np
   """
   if not data:
     raise ImageError("empty file (0 bytes)")
-  try:
-    image = Image.open(io.BytesIO(data))
-  except Image.DecompressionBombError as e:
-    raise ImageError(f"refused as a decompression bomb: {e}") from None
-  except Image.UnidentifiedImageError:
-    raise ImageError(f"not an image: Pillow cannot identify the format "
-                     f"({len(data)} bytes, starting {data[:8]!r})") from None
-  except _PIL_ERRORS as e:
-    raise ImageError(f"cannot open image: {type(e).__name__}: {e}") from None
+  image = _open_image(io.BytesIO(data), len(data), data[:8], max_pixels)
   with image:
     width, height = image.size
-    if width <= 0 or height <= 0:
-      raise ImageError(f"image has zero size: {width}x{height}")
-    if width * height > max_pixels:
-      raise ImageError(f"image too large: {width}x{height} = {width * height} pixels "
-                       f"> max_pixels {max_pixels} (decompression bomb?)")
     try:
       image.load()
       rgb = _to_rgb(image)
@@ -482,3 +517,26 @@ def load_example(image_path: str, annotation_path: Optional[str],
   boxes, keep, stats = _reconcile(annotation, width, height)
   names = [annotation.names[i] for i in np.flatnonzero(keep)]
   return image, boxes, names, stats
+
+
+def load_boxes(image_path: str, annotation_path: Optional[str],
+               max_pixels: int = config.DEFAULT_MAX_PIXELS
+               ) -> Tuple[Tuple[int, int], np.ndarray, Dict[str, int]]:
+  """((width, height), boxes float64 [M, 4], stats) as load_example gives them,
+  reading the image's header only (image_size), not its pixels.
+
+  The same order, box policy and errors as load_example, except for pixels
+  that are corrupt past a valid header, which only decoding finds.
+  """
+  annotation = None
+  if annotation_path is not None:
+    try:
+      xml_bytes = read_bytes(annotation_path)
+    except OSError as e:
+      raise AnnotationError(f"cannot read annotation file: {type(e).__name__}: {e}") from None
+    annotation = parse_annotation(xml_bytes)
+  width, height = image_size(image_path, max_pixels)
+  if annotation is None:
+    return (width, height), np.zeros((0, 4), np.float64), {}
+  boxes, _, stats = _reconcile(annotation, width, height)
+  return (width, height), boxes, stats

@@ -136,3 +136,27 @@ def tiles(feature_map: np.ndarray) -> np.ndarray:
   """tile(y, x) of every point, row-major: [H * W, 3, 3, C]."""
   h, w = feature_map.shape[:2]
   return np.stack([tile(feature_map, y, x) for y in range(h) for x in range(w)])
+
+
+def coverage(frames, scales: Sequence[float], ratios: Sequence[float], threshold: float,
+             inside_only: bool) -> Tuple[int, int]:
+  """(gt boxes whose best anchor IoU >= threshold, gt boxes) over frames, one
+  anchor at a time: frames are (width, height, feature_height, feature_width,
+  gt boxes); an inside anchor lies within [0, width] x [0, height]."""
+  covered = total = 0
+  for width, height, feature_height, feature_width, gt_boxes in frames:
+    stride_x, stride_y = width / feature_width, height / feature_height
+    for gt in gt_boxes:
+      total += 1
+      best = 0.0
+      for y in range(feature_height):
+        for x in range(feature_width):
+          for a in range(len(scales) * len(ratios)):
+            box = anchor_box(y, x, a, stride_x, stride_y, scales, ratios)
+            if inside_only and not (box[0] >= -1e-9 * width and box[1] >= -1e-9 * height
+                                    and box[2] <= width * (1 + 1e-9)
+                                    and box[3] <= height * (1 + 1e-9)):
+              continue
+            best = max(best, iou(box, gt))
+      covered += best >= threshold
+  return covered, total

@@ -18,8 +18,9 @@ def _jpeg(image, **kwargs):
   return out.getvalue()
 
 
-def test_bad_and_odd_inputs_end_to_end(tmp_path):
-  root = str(tmp_path / "data")
+def write_bad_and_odd_inputs(root: str) -> dict:
+  """Writes one image + XML pair per case under root/Data|Annotations/SPLIT;
+  returns {image_id: (image bytes, xml, expected outcome: ok, skipped or the stage)}."""
   rng = np.random.default_rng(0)
   good = fixtures.random_image(rng, 320, 240, [(50, 40, 200, 180)])
 
@@ -73,6 +74,12 @@ def test_bad_and_odd_inputs_end_to_end(tmp_path):
   bomb = fixtures.png_header_only(7000, 7000)
   fixtures.write_pair(root, SPLIT, "bad_bomb", None, good_xml("bad_bomb"), image_bytes=bomb)
   cases["bad_bomb"] = (bomb, None, "decode")
+  return cases
+
+
+def test_bad_and_odd_inputs_end_to_end(tmp_path):
+  root = str(tmp_path / "data")
+  cases = write_bad_and_odd_inputs(root)
   output = str(tmp_path / "out")
   manifest = helpers.preprocess(root, output)
   helpers.check_accounting(output, manifest, os.path.join(root, "Data", SPLIT))

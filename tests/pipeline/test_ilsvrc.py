@@ -670,3 +670,24 @@ def test_tiny_and_elongated_images(width, height):
   np.testing.assert_array_equal(image, pixels)
   jpeg = ilsvrc.decode_image(encode(Image.fromarray(pixels), "JPEG"))
   assert jpeg.shape == (height, width, 3)
+
+
+def test_image_size_reads_the_header_only(tmp_path):
+  import io
+
+  from PIL import Image
+  buffer = io.BytesIO()
+  Image.fromarray(np.zeros((240, 320, 3), np.uint8)).save(buffer, format="JPEG")
+  data = buffer.getvalue()
+  whole, cut = tmp_path / "whole.JPEG", tmp_path / "cut.JPEG"
+  whole.write_bytes(data)
+  cut.write_bytes(data[:len(data) - 50])  # header intact, pixels cut short
+  assert ilsvrc.image_size(str(whole)) == (320, 240)
+  assert ilsvrc.image_size(str(cut)) == (320, 240)  # only decoding finds this damage
+  with pytest.raises(ilsvrc.ImageError, match="cannot decode"):
+    ilsvrc.decode_image(cut.read_bytes())
+  (tmp_path / "empty.JPEG").write_bytes(b"")
+  with pytest.raises(ilsvrc.ImageError, match="empty file"):
+    ilsvrc.image_size(str(tmp_path / "empty.JPEG"))
+  with pytest.raises(ilsvrc.ImageError, match="max_pixels"):
+    ilsvrc.image_size(str(whole), max_pixels=1000)

@@ -1,0 +1,96 @@
+"""rpn-anchors end to end: its frames equal rpn-preprocess's, its coverage equals a
+computation on preprocess's own images.jsonl, and bad input gives the same lines."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from pipeline import coverage, coverage_run
+from tests import dataset_fixtures as fixtures
+from tests import pipeline_helpers as helpers
+from tests.end_to_end.test_bad_input_e2e import SPLIT, write_bad_and_odd_inputs
+
+
+def anchors_run(root, output, extra=()):
+  return coverage_run.run(["--input", root, "--split", SPLIT, "--output", output,
+                           "--backbone", helpers.TINY, *extra, *helpers.IN_PROCESS])
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("anchors") / "data")
+  fixtures.write_dataset(root, SPLIT, num_images=12, seed=4)
+  return root
+
+
+@pytest.mark.parametrize("layer", [None, "conv1"])
+def test_coverage_equals_preprocess_frames(dataset, tmp_path, layer):
+  extra = ["--feature_layer", layer] if layer else []
+  report = anchors_run(dataset, str(tmp_path / "anchors"), extra)
+  # The same data through rpn-preprocess: a real forward pass of the backbone.
+  helpers.preprocess(dataset, str(tmp_path / "shards"), extra=extra)
+  images = helpers.images_of(str(tmp_path / "shards"))
+  frames = [coverage.FrameBoxes(line["image_id"], line["width"], line["height"],
+                                line["feature_height"], line["feature_width"],
+                                np.asarray(line["gt_boxes"]).reshape(-1, 4)) for line in images]
+  for name in ("current", "suggested"):
+    block = report[name]
+    expected = coverage.frames_summary(frames, block["scales"], block["ratios"]).summary()
+    assert block["coverage"] == expected["coverage"], name
+    assert block["by_size"] == expected["by_size"], name
+    assert block["mean_best_iou"] == pytest.approx(expected["mean_best_iou"])
+  assert report["num_boxes"] == sum(len(f.gt_boxes) for f in frames) > 0
+  assert report["num_images"] == len(frames) == report["counts"]["images_ok"]
+  assert report["feature_layer"] == layer and report["backbone"] == helpers.TINY
+  assert (report["suggested"]["coverage"]["inside"]["0.7"]
+          >= report["current"]["coverage"]["inside"]["0.7"])
+  assert len(report["suggested"]["scales"]) == 3 and len(report["suggested"]["ratios"]) == 3
+  for name in (coverage_run.COVERAGE_PNG, coverage_run.BOXES_PNG):
+    with open(tmp_path / "anchors" / name, "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  with open(tmp_path / "anchors" / coverage_run.ANCHORS_NAME) as f:
+    assert json.load(f) == report
+
+
+def test_max_images_takes_a_fixed_subset(dataset, tmp_path):
+  a = anchors_run(dataset, str(tmp_path / "a"), ["--max_images", "5"])
+  b = anchors_run(dataset, str(tmp_path / "b"), ["--max_images", "5", "--search_images", "2"])
+  assert a["counts"]["images_found"] == b["counts"]["images_found"] == 5
+  assert a["current"] == b["current"]  # the same 5 images
+  assert b["search"]["sample_images"] == 2
+
+
+def test_bad_input_gives_the_lines_of_rpn_preprocess(tmp_path):
+  root = str(tmp_path / "data")
+  cases = write_bad_and_odd_inputs(root)
+  os.remove(os.path.join(root, "Annotations", SPLIT, "ok_gray.xml"))  # --missing skip
+  output = str(tmp_path / "anchors")
+  report = anchors_run(root, output)
+  helpers.preprocess(root, str(tmp_path / "shards"))
+  preprocess_errors = {e["image_id"]: e for e in helpers.read_jsonl(
+      str(tmp_path / "shards" / "errors.jsonl"))}
+  anchors_errors = {e["image_id"]: e for e in helpers.read_jsonl(
+      os.path.join(output, "errors.jsonl"))}
+  assert anchors_errors == preprocess_errors
+  assert set(anchors_errors) == {i for i, case in cases.items() if case[2] != "ok"} | {"ok_gray"}
+  assert anchors_errors["ok_gray"]["outcome"] == "skipped"
+  assert anchors_errors["tiny"]["stage"] == "targets"
+  assert anchors_errors["bad_xxe"]["stage"] == "annotation"
+  counts = report["counts"]
+  assert counts["images_found"] == len(cases)
+  assert counts["images_found"] == (counts["images_ok"] + counts["images_failed"]
+                                    + counts["images_skipped"])
+  assert counts["images_padded"] == 1 and counts["boxes_dropped"] == 2
+  with open(os.path.join(output, "errors.jsonl")) as f:
+    assert "root:" not in f.read()  # /etc/passwd unread
+
+
+def test_unknown_feature_layer_is_one_line_naming_nearest(dataset, tmp_path, capsys):
+  code = coverage_run.main(["--input", dataset, "--split", SPLIT, "--output",
+                            str(tmp_path / "x"), "--backbone", helpers.TINY,
+                            "--feature_layer", "conv3", *helpers.IN_PROCESS])
+  err = capsys.readouterr().err.strip()
+  assert code == 2 and "\n" not in err
+  assert err.startswith("rpn-anchors: error:") and "conv1" in err and "conv2" in err
+  assert not os.path.exists(tmp_path / "x" / coverage_run.ANCHORS_NAME)
