@@ -10,7 +10,7 @@ inside the frame (the ones training labels).
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -42,7 +42,8 @@ def propose_boxes(scores: np.ndarray, deltas: np.ndarray, anchors: np.ndarray, w
                   height: float, pre_nms_top_n: int = _DEFAULTS.pre_nms_top_n,
                   post_nms_top_n: int = _DEFAULTS.post_nms_top_n,
                   nms_thresh: float = _DEFAULTS.nms_thresh,
-                  min_size: float = _DEFAULTS.min_size) -> Tuple[np.ndarray, np.ndarray]:
+                  min_size: float = _DEFAULTS.min_size,
+                  stats: Optional[Dict[str, int]] = None) -> Tuple[np.ndarray, np.ndarray]:
   """(boxes float64 [N, 4], scores float64 [N]) of one image, best score first.
 
   scores [K], deltas [K, 4] (dx, dy, dw, dh), anchors [K, 4] in the W x H frame.
@@ -50,6 +51,12 @@ def propose_boxes(scores: np.ndarray, deltas: np.ndarray, anchors: np.ndarray, w
   boxes narrower or lower than min_size pixels, keep the top pre_nms_top_n by
   score, NMS at nms_thresh, keep the top post_nms_top_n (a top-N of 0 or None
   keeps all). Equal scores keep anchor order.
+
+  When min_size would drop every box (an RPN that shrinks all its boxes, a
+  frame smaller than min_size), the boxes of non-zero width and height are kept
+  instead, so that an image with anchors still gets proposals; `stats`
+  (optional) counts that as "min_size_relaxed". The result is empty only when
+  every box is non-finite or of zero area.
   """
   scores = np.asarray(scores, np.float64).reshape(-1)
   deltas = np.asarray(deltas, np.float64).reshape(-1, 4)
@@ -62,6 +69,10 @@ def propose_boxes(scores: np.ndarray, deltas: np.ndarray, anchors: np.ndarray, w
   finite = np.flatnonzero(np.isfinite(scores) & np.isfinite(boxes).all(axis=1))
   boxes, scores = boxes[finite], scores[finite]
   keep = np.asarray(boxes_lib.remove_small_boxes(boxes, min_size), np.int64)
+  if len(keep) == 0 and len(boxes) and min_size > 0:
+    keep = np.flatnonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
+    if stats is not None and len(keep):
+      stats["min_size_relaxed"] = stats.get("min_size_relaxed", 0) + 1
   boxes, scores = boxes[keep], scores[keep]
   order = np.argsort(-scores, kind="stable")
   if pre_nms_top_n:
@@ -74,9 +85,24 @@ def propose_boxes(scores: np.ndarray, deltas: np.ndarray, anchors: np.ndarray, w
 
 
 def propose(scores: np.ndarray, deltas: np.ndarray, anchors: np.ndarray, width: float,
-            height: float, cfg: config.ProposalConfig = _DEFAULTS
-            ) -> Tuple[np.ndarray, np.ndarray]:
+            height: float, cfg: config.ProposalConfig = _DEFAULTS,
+            stats: Optional[Dict[str, int]] = None) -> Tuple[np.ndarray, np.ndarray]:
   """select_anchors, then propose_boxes, with the settings of `cfg`."""
   scores, deltas, anchors = select_anchors(scores, deltas, anchors, width, height, cfg.anchors)
   return propose_boxes(scores, deltas, anchors, width, height, cfg.pre_nms_top_n,
-                       cfg.post_nms_top_n, cfg.nms_thresh, cfg.min_size)
+                       cfg.post_nms_top_n, cfg.nms_thresh, cfg.min_size, stats)
+
+
+def no_proposals_reason(scores: np.ndarray, deltas: np.ndarray, anchors: np.ndarray,
+                        width: float, height: float) -> str:
+  """Why propose() gave nothing for an image: what its decoded boxes were."""
+  scores = np.asarray(scores, np.float64).reshape(-1)
+  if len(scores) == 0:
+    return f"no anchors for the {width:g}x{height:g} frame"
+  boxes = boxes_lib.clip_boxes(boxes_lib.decode_deltas(
+      np.asarray(anchors, np.float64).reshape(-1, 4),
+      np.asarray(deltas, np.float64).reshape(-1, 4)), width, height)
+  finite = np.isfinite(scores) & np.isfinite(boxes).all(axis=1)
+  return (f"no proposals: of {len(scores)} anchors, {int((~finite).sum())} have a non-finite "
+          f"score or box and the other {int(finite.sum())} decode to zero-area boxes in the "
+          f"{width:g}x{height:g} frame")

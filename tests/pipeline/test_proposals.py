@@ -197,3 +197,28 @@ def test_proposal_config_defaults_are_py_faster_rcnn_test_settings():
   want = proposals.propose(scores, deltas, anchors, width, height, cfg)
   np.testing.assert_array_equal(boxes, want[0])
   np.testing.assert_array_equal(kept, want[1])
+
+
+def test_an_image_with_anchors_gets_proposals_when_min_size_drops_them_all():
+  # An RPN that shrinks every box to 1/50 of its anchor: all under min_size 16.
+  anchors = anchors_lib.grid_anchors(6, 9, 33.3, 36.7, (3, 6, 12), (0.5, 1, 2))
+  scores = np.linspace(0.1, 0.9, len(anchors))
+  deltas = np.tile([0.0, 0.0, np.log(1 / 50), np.log(1 / 50)], (len(anchors), 1))
+  sizes = (anchors[:, 2:] - anchors[:, :2]) / 50
+  assert sizes.min(axis=1).max() < 16  # every decoded box is under min_size
+  stats = {}
+  boxes, kept = proposals.propose(scores, deltas, anchors, 300, 220, stats=stats)
+  assert len(boxes) > 0 and stats == {"min_size_relaxed": 1}
+  assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+  assert kept[0] == kept.max()
+
+
+def test_no_proposals_only_when_every_box_is_unusable_and_the_reason_says_so():
+  anchors = anchors_lib.grid_anchors(2, 2, 40.0, 40.0, (1,), (1,))
+  scores = np.full(len(anchors), np.nan)
+  deltas = np.zeros((len(anchors), 4))
+  boxes, _ = proposals.propose(scores, deltas, anchors, 80, 80)
+  assert len(boxes) == 0
+  reason = proposals.no_proposals_reason(scores, deltas, anchors, 80, 80)
+  assert reason == ("no proposals: of 4 anchors, 4 have a non-finite score or box and the "
+                    "other 0 decode to zero-area boxes in the 80x80 frame")
