@@ -24,10 +24,12 @@ WEIGHTS ?= none
 NUM_SHARDS ?=
 VAL_NUM_SHARDS ?= $(NUM_SHARDS)
 EPOCHS ?= 10
-# Offline, backbones have random weights; a deep net's random features carry
-# almost no signal (see README), so the demo uses the small random conv net.
-DEMO_BACKBONE ?= TinyTestNet
-DEMO_EPOCHS ?= 20
+# auto: VGG16 with the real weights file when one is found (RPN_VGG16_WEIGHTS,
+# else shared/weights beside the checkout), else the small random conv net
+# (a deep net's random features carry almost no signal; see README).
+DEMO_BACKBONE ?= auto
+DEMO_WEIGHTS ?= auto
+DEMO_EPOCHS ?=
 RUNNER ?=
 BEAM_ARGS ?=
 BACKBONE_THREADS ?=
@@ -88,7 +90,8 @@ evaluate: $(STAMP)
 	$(BIN)/rpn-evaluate --proposals $(OUT)/proposals --input $(INPUT) --split $(VAL_SPLIT)
 
 demo: $(STAMP)
-	$(BIN)/python -m trainer.demo --out $(OUT) --backbone $(DEMO_BACKBONE) --weights $(WEIGHTS) --epochs $(DEMO_EPOCHS)
+	$(BIN)/python -m trainer.demo --out $(OUT) --backbone $(DEMO_BACKBONE) --weights $(DEMO_WEIGHTS) \
+	  $(if $(DEMO_EPOCHS),--epochs $(DEMO_EPOCHS)) $(DEMO_ARGS)
 
 # ruff (lint and import order, configured in pyproject.toml) runs before the tests.
 lint: $(STAMP)

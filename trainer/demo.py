@@ -1,6 +1,7 @@
 """`make demo`: the whole product on the bundled sample data, in a few minutes.
 
-sample data -> rpn-preprocess (train and val splits, DirectRunner, all cores)
+sample data -> rpn-anchors (coverage of the method's anchors at the chosen
+layer, and the suggested set it trains with) -> rpn-preprocess (train and val splits, DirectRunner, all cores)
 -> rpn-draw (what the pipeline decided, as pictures) -> rpn-train -> rpn-propose
 on the held-out val split with the untrained and the trained RPN -> rpn-evaluate
 of both, printed side by side.
@@ -14,12 +15,48 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from pipeline import draw, run, sample_data, storage
+from pipeline import backbone as backbone_lib
+from pipeline import coverage_run, draw, run, sample_data, storage
 from pipeline import manifest as manifest_lib
 from trainer import evaluate, propose, recall, train
 from trainer import model as model_lib
 
 SAMPLE = "data/sample"
+AUTO = "auto"
+VGG16_WEIGHTS_ENV = "RPN_VGG16_WEIGHTS"
+# The real ImageNet-derived VGG16 conv weights, where the checkout sits beside
+# the shared data (CI, this project's machines); RPN_VGG16_WEIGHTS overrides.
+DEFAULT_VGG16_WEIGHTS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "shared", "weights", "vgg16_hed_notop.weights.h5")
+TINY_LAYER = "conv1"  # TinyTestNet's stride-8 layer: its only map finer than stride 32
+
+
+def choose_settings(args: argparse.Namespace) -> None:
+  """Fills in backbone, weights, feature_layer, epochs and a reason (in place).
+
+  Real features show what an RPN learns; random ones show little (README,
+  "make demo"). So 'auto' takes VGG16 with the real weights file when there
+  is one, at its stride-16 layer, else TinyTestNet at its stride-8 layer.
+  """
+  path = os.environ.get(VGG16_WEIGHTS_ENV) or DEFAULT_VGG16_WEIGHTS
+  args.reason = "as given"
+  if args.backbone == AUTO:
+    if args.weights in (None, AUTO) and os.path.exists(path):
+      args.backbone, args.weights = "VGG16", path
+      args.reason = f"real VGG16 features ({path})"
+    else:
+      args.backbone = backbone_lib.TINY_BACKBONE
+      args.reason = (f"no real weights file found ({VGG16_WEIGHTS_ENV} or {path}): the small "
+                     f"random net, whose features show much less (README, 'make demo')")
+  if args.weights in (None, AUTO):
+    found = args.backbone == "VGG16" and os.path.exists(path)
+    args.weights = path if found else "none"
+  if args.feature_layer is None:
+    args.feature_layer = (TINY_LAYER if args.backbone == backbone_lib.TINY_BACKBONE
+                          else backbone_lib.STRIDE16_LAYERS.get(args.backbone, ""))
+  if args.epochs is None:
+    args.epochs = 40 if args.backbone == backbone_lib.TINY_BACKBONE else 10
 
 
 def _step(title: str) -> float:
@@ -35,10 +72,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m trainer.demo")
   parser.add_argument("--out", default="out")
   parser.add_argument("--sample", default=SAMPLE)
-  parser.add_argument("--backbone", default="TinyTestNet")
-  parser.add_argument("--weights", default="none")
-  parser.add_argument("--epochs", type=int, default=20)
+  parser.add_argument("--backbone", default=AUTO,
+                      help="'auto': VGG16 with the real weights file when one is found "
+                      "(RPN_VGG16_WEIGHTS, else shared/weights beside the checkout), else "
+                      "TinyTestNet with random weights")
+  parser.add_argument("--weights", default=None,
+                      help="default: the file 'auto' found, else none (random)")
+  parser.add_argument("--epochs", type=int, default=None,
+                      help="default: 10 on real features, 40 on TinyTestNet")
+  parser.add_argument("--feature_layer", default=None,
+                      help="backbone layer of the feature map ('' for the final output); "
+                      "default: the stride-16 layer (TinyTestNet: conv1, stride 8)")
+  parser.add_argument("--anchors", choices=("suggested", "method"), default="suggested",
+                      help="train with rpn-anchors' suggested scales and ratios, or the "
+                      "method's 3,6,12 and 0.5,1,2")
   args = parser.parse_args(argv)
+  choose_settings(args)
+  print(f"demo settings: {args.backbone} ({args.feature_layer or 'final output'}), weights "
+        f"{args.weights}, {args.epochs} epochs, {args.anchors} anchors; {args.reason}")
   logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
 
   out = args.out
@@ -48,12 +99,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sample_data.main(["--output", args.sample])
     _done(start)
 
+  layer = ["--feature_layer", args.feature_layer] if args.feature_layer else []
+  start = _step(f"rpn-anchors DET/train: coverage of the method's anchors at "
+                f"{args.backbone} {args.feature_layer or 'final output'}, and a better set")
+  coverage = coverage_run.run(["--input", args.sample, "--split", "DET/train",
+                               "--output", os.path.join(out, "anchors"),
+                               "--backbone", args.backbone, *layer])
+  print(coverage_run.format_report(coverage))
+  chosen = coverage[args.anchors if args.anchors == "suggested" else "current"]
+  anchors = ["--scales", ",".join(f"{v:g}" for v in chosen["scales"]),
+             "--ratios", ",".join(f"{v:g}" for v in chosen["ratios"])]
+  print(f"training with the {args.anchors} anchors: {' '.join(anchors)}")
+  _done(start)
+
   # No runner options: rpn-preprocess's local default (all cores, one process each).
   for split, num_shards in (("train", 4), ("val", 1)):
     start = _step(f"rpn-preprocess DET/{split} -> {shards[split]}")
     result = run.run(["--input", args.sample, "--split", f"DET/{split}",
                       "--output", shards[split], "--backbone", args.backbone,
-                      "--weights", args.weights, "--num_shards", str(num_shards)])
+                      "--weights", args.weights, "--num_shards", str(num_shards),
+                      *layer, *anchors])
     print(run.summary(result.manifest))
     _done(start)
 
@@ -87,6 +152,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
   print("\n=== proposal recall on the held-out DET/val split")
   print(recall.format_comparison(results))
+  before, after = (results[name]["results"]["300"]["recall@0.7"]
+                   for name in ("untrained RPN", "trained RPN"))
+  print(f"recall@300 at IoU 0.7: trained {after:.3f} against untrained {before:.3f} "
+        f"({after / max(before, 1e-9):.2f}x)")
   print(f"\npictures: {os.path.join(out, 'pictures', 'anchors')} (anchors, labels), "
         f"{os.path.join(out, 'proposals', 'trained', 'pictures')} (proposals), "
         f"{os.path.join(out, 'proposals', 'trained')} (recall plot)")
