@@ -117,15 +117,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--backbone", default="VGG16")
   parser.add_argument("--epochs", type=int, default=10)
   parser.add_argument("--settings", default="method,stride16,tuned")
+  parser.add_argument("--layer", default=None,
+                      help="the finer layer of 'stride16' and 'tuned' (default: the backbone's "
+                      "stride-16 layer; e.g. conv1 for --backbone TinyTestNet --weights none)")
   args = parser.parse_args(argv)
-  if not os.path.exists(args.weights):
+  if args.weights != "none" and not os.path.exists(args.weights):
     print(f"make quality: skipped: no VGG16 weights file at {args.weights} (set "
           f"RPN_VGG16_WEIGHTS to the real ImageNet-derived VGG16 conv weights; random weights "
           f"cannot show proposal quality)")
     return 0
   if not os.path.isdir(os.path.join(args.sample, "Data")):
     sample_data.main(["--output", args.sample])
-  layer = backbone.STRIDE16_LAYERS[args.backbone]
+  layer = args.layer or backbone.STRIDE16_LAYERS[args.backbone]
   settings = {"method": Setting("method", None), "stride16": Setting("stride16", layer)}
   results = []
   wanted = args.settings.split(",")

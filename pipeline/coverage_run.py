@@ -94,9 +94,13 @@ class LoadFrameFn(beam.DoFn):
 
   def __init__(self, backbone_config: config_lib.BackboneConfig):
     self._config = backbone_config
+    # Derived here, on the launching machine, and pickled with its steps: the
+    # workers compute sizes without importing TensorFlow or building the net.
+    self._grid = backbone_lib.FeatureGrid(backbone_config.backbone,
+                                          backbone_config.feature_layer)
+    self._grid.axes  # noqa: B018 (derives the steps now)
 
   def setup(self):
-    self._grid = backbone_lib.FeatureGrid(self._config.backbone, self._config.feature_layer)
     self._min_input_side = backbone_lib.backbone_spec(self._config.backbone).min_input_side
 
   def process(self, item: transforms.ImageInput):

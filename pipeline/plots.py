@@ -78,8 +78,13 @@ def boxes_png(box_sizes: np.ndarray, sets: Dict[str, Dict], title: str) -> bytes
     shapes = coverage.anchor_shapes(anchor_set["scales"], anchor_set["ratios"])
     ax.scatter(shapes[:, 0], shapes[:, 1], s=90, marker=markers.get(name, "o"),
                linewidths=2, color=COLOURS.get(name), label=f"{name} anchors")
-  ax.set_xscale("log")
-  ax.set_yscale("log")
+  from matplotlib import ticker
+  # ticks at powers of 2, labelled 0.5, 1, 2, 4 ...
+  ax.set_xscale("log", base=2)
+  ax.set_yscale("log", base=2)
+  for axis in (ax.xaxis, ax.yaxis):
+    axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())
   ax.set_xlabel("width / stride_x")
   ax.set_ylabel("height / stride_y")
   ax.set_title(title)

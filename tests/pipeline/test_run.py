@@ -264,3 +264,14 @@ def test_plain_run_is_multi_process_with_runner_decided_shards(tmp_path, monkeyp
     lines = [json.loads(line) for line in f if line.strip()]
   assert sorted(line["image_id"] for line in lines) == sorted(written)
   assert sum(line["num_locations"] for line in lines) == counts["records"]
+
+
+def test_unknown_feature_layer_stops_before_the_pipeline(tmp_path, capsys):
+  output = tmp_path / "out"
+  code = run.main(["--input", str(tmp_path), "--output", str(output), "--backbone", "VGG16",
+                   "--weights", "none", "--feature_layer", "block5_conv9"])
+  err = capsys.readouterr().err.strip()
+  assert code == 2 and "\n" not in err
+  assert err.startswith("rpn-preprocess: error: --feature_layer block5_conv9: no such layer "
+                        "in VGG16; nearest: block5_conv3")
+  assert not output.exists()  # nothing written, not even the cleared directory
