@@ -491,6 +491,17 @@ def decode_image(data: bytes, max_pixels: int = config.DEFAULT_MAX_PIXELS) -> np
 # One example
 
 
+def _read_annotation(annotation_path: Optional[str]) -> Optional[Annotation]:
+  """The parsed XML, or None without one; AnnotationError when unreadable or bad."""
+  if annotation_path is None:
+    return None
+  try:
+    xml_bytes = read_bytes(annotation_path)
+  except OSError as e:
+    raise AnnotationError(f"cannot read annotation file: {type(e).__name__}: {e}") from None
+  return parse_annotation(xml_bytes)
+
+
 def load_example(image_path: str, annotation_path: Optional[str],
                  max_pixels: int = config.DEFAULT_MAX_PIXELS
                  ) -> Tuple[np.ndarray, np.ndarray, List[str], Dict[str, int]]:
@@ -499,13 +510,7 @@ def load_example(image_path: str, annotation_path: Optional[str],
   `annotation_path` None gives zero boxes (a negative image). Raises
   AnnotationError (stage "annotation") or ImageError (stage "decode").
   """
-  annotation = None
-  if annotation_path is not None:
-    try:
-      xml_bytes = read_bytes(annotation_path)
-    except OSError as e:
-      raise AnnotationError(f"cannot read annotation file: {type(e).__name__}: {e}") from None
-    annotation = parse_annotation(xml_bytes)
+  annotation = _read_annotation(annotation_path)
   try:
     data = read_bytes(image_path)
   except OSError as e:
@@ -528,13 +533,7 @@ def load_boxes(image_path: str, annotation_path: Optional[str],
   The same order, box policy and errors as load_example, except for pixels
   that are corrupt past a valid header, which only decoding finds.
   """
-  annotation = None
-  if annotation_path is not None:
-    try:
-      xml_bytes = read_bytes(annotation_path)
-    except OSError as e:
-      raise AnnotationError(f"cannot read annotation file: {type(e).__name__}: {e}") from None
-    annotation = parse_annotation(xml_bytes)
+  annotation = _read_annotation(annotation_path)
   width, height = image_size(image_path, max_pixels)
   if annotation is None:
     return (width, height), np.zeros((0, 4), np.float64), {}

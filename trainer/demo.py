@@ -1,9 +1,10 @@
 """`make demo`: the whole product on the bundled sample data, in a few minutes.
 
 sample data -> rpn-anchors (coverage of the method's anchors at the chosen
-layer, and the suggested set it trains with) -> rpn-preprocess (train and val splits, DirectRunner, all cores)
--> rpn-draw (what the pipeline decided, as pictures) -> rpn-train -> rpn-propose
-on the held-out val split with the untrained and the trained RPN -> rpn-evaluate
+layer, and the suggested set it trains with) -> rpn-preprocess (train and val
+splits, DirectRunner, all cores) -> rpn-draw (what the pipeline decided, as
+pictures) -> rpn-train -> rpn-propose on the held-out val split with the
+untrained and the trained RPN -> rpn-evaluate
 of both, printed side by side.
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@ from trainer import demo
 
 
 def _args(**given):
-  values = dict(backbone=demo.AUTO, weights=None, feature_layer=None, epochs=None)
+  values = {"backbone": demo.AUTO, "weights": None, "feature_layer": None, "epochs": None}
   values.update(given)
   return argparse.Namespace(**values)
 
