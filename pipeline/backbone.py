@@ -637,7 +637,7 @@ def prepare_image(image: np.ndarray, boxes: np.ndarray, min_input_side: int,
   if frame.scale != 1.0:
     new_w, new_h = frame.resized_width, frame.resized_height
     image = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
-    boxes = boxes * np.array([new_w / width, new_h / height] * 2)
+    boxes = frame.boxes_in_frame(boxes, width, height)
   if frame.padded:
     image = np.pad(image, ((0, frame.height - frame.resized_height),
                            (0, frame.width - frame.resized_width), (0, 0)))
@@ -655,6 +655,11 @@ class FrameSize(NamedTuple):
   @property
   def padded(self) -> bool:
     return (self.width, self.height) != (self.resized_width, self.resized_height)
+
+  def boxes_in_frame(self, boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Boxes [N, 4] of the width x height image, in this frame (padding moves none)."""
+    return np.asarray(boxes) * np.array(
+        [self.resized_width / width, self.resized_height / height] * 2)
 
 
 def frame_size(width: int, height: int, min_input_side: int, min_side: Optional[int] = None,

@@ -116,8 +116,8 @@ class LoadFrameFn(beam.DoFn):
     stats = dict(stats)
     frame = backbone_lib.frame_size(width, height, self._min_input_side, cfg.min_side,
                                     cfg.max_side)
-    gt_boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4) * np.array(
-        [frame.resized_width / width, frame.resized_height / height] * 2)
+    gt_boxes = frame.boxes_in_frame(np.asarray(gt_boxes, np.float64).reshape(-1, 4), width,
+                                    height)
     # counted as LoadImageFn counts it
     if (frame.width, frame.height) != (width, height) and min(width, height) < self._min_input_side:
       stats["images_padded"] = 1

@@ -24,9 +24,11 @@ def dataset(tmp_path_factory):
   return root
 
 
-@pytest.mark.parametrize("layer", [None, "conv1"])
-def test_coverage_equals_preprocess_frames(dataset, tmp_path, layer):
-  extra = ["--feature_layer", layer] if layer else []
+@pytest.mark.parametrize("layer,resize", [(None, []), ("conv1", []),
+                                          ("conv1", ["--min_side", "200", "--max_side", "300"])],
+                         ids=["final", "conv1", "conv1_resized"])
+def test_coverage_equals_preprocess_frames(dataset, tmp_path, layer, resize):
+  extra = (["--feature_layer", layer] if layer else []) + resize
   report = anchors_run(dataset, str(tmp_path / "anchors"), extra)
   # The same data through rpn-preprocess: a real forward pass of the backbone.
   helpers.preprocess(dataset, str(tmp_path / "shards"), extra=extra)
