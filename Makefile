@@ -39,7 +39,7 @@ PREPROCESS_FLAGS = --backbone $(BACKBONE) --weights $(WEIGHTS) \
   $(PREPROCESS_ARGS) $(BEAM_ARGS)
 TEST_ARGS ?=
 
-.PHONY: install sample-data preprocess preprocess-portable anchors train propose evaluate demo lint test test-fast bench quality draw clean
+.PHONY: install sample-data preprocess preprocess-portable anchors train propose evaluate demo lint test test-fast bench quality gpu-check draw clean
 
 install: $(STAMP)
 
@@ -110,6 +110,13 @@ bench: $(STAMP)
 # ../shared/weights): three settings trained and evaluated on the same held-out images.
 quality: $(STAMP)
 	$(BIN)/python -m bench.quality $(QUALITY_ARGS)
+
+# The one check to run on a GPU machine before a release (under 5 minutes):
+# 2 epochs on its own sample shards on the CPU, the GPU(s) and in mixed
+# precision; the losses must be finite and agree. Without a GPU it says so
+# and exits 0. GPU machines need the gpu extra: pip install -e '.[gpu]'.
+gpu-check: $(STAMP)
+	$(BIN)/python -m trainer.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(OUT) data

@@ -377,8 +377,12 @@ def trainer_rows(trainer: Dict, d: Dict) -> List[Row]:
       (section, "train step records/s (batch 256) | input / training",
        f"{_fmt(inp.get('train_step_records_per_s'), '.0f')} | "
        f"{_fmt(d.get('input_vs_training'), '.1f')}x", ">= 5x"),
-      (section, "rpn-train's check_shards records/s (scan before training)",
-       _fmt(inp.get("check_shards_records_per_s"), ".0f"), ""),
+      (section, f"rpn-train's shard check records/s (s): default "
+                f"({inp.get('check_shards_mode', 'framing')}) | --verify_shards",
+       f"{_fmt(inp.get('check_shards_records_per_s'), '.0f')} "
+       f"({_fmt(inp.get('check_shards_s'), '.3f')}) | "
+       f"{_fmt(inp.get('check_shards_verify_records_per_s'), '.0f')} "
+       f"({_fmt(inp.get('check_shards_verify_s'), '.3f')})", ""),
   ]
 
 

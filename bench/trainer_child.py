@@ -13,7 +13,10 @@ for every figure that follows (all of them then read from memory). Then:
              shards (each refills the 256 MB shuffle buffer, ~4.8k records,
              nearly the whole small dataset), and in steady state (the shard
              list 4 times over, timed once the buffer is full, before it drains);
-  check      the shard scan rpn-train runs before training (check_shards);
+  check      the shard check rpn-train runs before training (check_shards): the
+             default (sizes against the manifest; a framing walk for a
+             manifest without them) and --verify_shards (every record's
+             payload checksum), on the same warm-cache shards;
   step       records/s one compiled training step of the RPN tile model
              consumes (train_on_batch, batch 256, Adam, the trainer's losses).
 train: rpn-train (trainer.train.main) for one epoch, in this process, so that
@@ -79,11 +82,18 @@ def raw_read(paths, passes: int, bytes_per_record: float):
 
 
 def check_rate(data_dir: str, manifest, records: int):
-  """The shard scan rpn-train runs before training."""
-  start = time.perf_counter()
-  data_lib.check_shards(data_dir, manifest)
-  check_s = time.perf_counter() - start
-  return {"check_shards_s": check_s, "check_shards_records_per_s": records / check_s}
+  """The shard check rpn-train runs before training: the default one (its kind,
+  "sizes" or "framing", in check_shards_mode) and --verify_shards (verify=True)."""
+  out = {}
+  for key, verify in (("check_shards", False), ("check_shards_verify", True)):
+    start = time.perf_counter()
+    _, report = data_lib.check_shards(data_dir, manifest, verify=verify)
+    seconds = time.perf_counter() - start
+    assert report["records"] == records, (report["records"], records)
+    out.update({f"{key}_s": seconds, f"{key}_records_per_s": records / seconds})
+    if not verify:
+      out["check_shards_mode"] = report["check"]
+  return out
 
 
 def epoch_rate(data_dir: str, manifest, paths, records: int, passes: int, shuffle: bool):
@@ -143,7 +153,7 @@ def train_step_rate(data_dir: str, manifest, paths, step_iters: int):
   mean, variance = train.feature_statistics(data_dir, manifest, paths)
   model = model_lib.build_tile_model(int(manifest["feature_channels"]),
                                      manifest_lib.num_anchors(manifest),
-                                     feature_mean=mean, feature_variance=variance)
+                                     feature_mean=mean, feature_variance=variance, logits=True)
   train.compile_model(model, 1e-3, 1.0)
   for _ in range(3):
     model.train_on_batch(tiles, targets)

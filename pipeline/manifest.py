@@ -2,7 +2,8 @@
 
 `rpn-preprocess` writes the manifest last, after every shard is in place, so
 its presence marks a finished run. It holds everything needed to read the
-shards (channels, dtype, compression, shard list) and to reproduce them
+shards (channels, dtype, compression, shard list with each shard's bytes and
+records) and to reproduce them
 (backbone, weights, anchors, targets, input). The trainer, `rpn-propose`,
 `rpn-draw` and the demo read it through `load`, which fails with a
 ManifestError naming the file and the problem.
@@ -40,11 +41,17 @@ def path_in(data_dir: str) -> str:
 
 
 def build(cfg: config.PreprocessConfig, counts: Dict[str, int], shard_files: List[str],
-          feature_channels: int, min_input_side: int) -> Dict:
-  """The manifest of a finished run: `cfg`, the run's counts and its shard file names."""
+          feature_channels: int, min_input_side: int,
+          shards: Optional[List[Dict]] = None) -> Dict:
+  """The manifest of a finished run: `cfg`, the run's counts and its shard file names.
+
+  `shards` ({"file", "bytes", "records"} of each shard, any order;
+  pipeline.shards.describe_shard) become the "shards" key, in the order of
+  shard_files; they must name the same files.
+  """
   fmt = cfg.output_format
   num_shards = len(shard_files)
-  return {
+  manifest = {
       "version": config.MANIFEST_VERSION,
       "created_by": "rpn-preprocess",
       "backbone": cfg.backbone.backbone,
@@ -74,6 +81,15 @@ def build(cfg: config.PreprocessConfig, counts: Dict[str, int], shard_files: Lis
       "shard_files": sorted(shard_files),
       "counts": dict(sorted(counts.items())),
   }
+  if shards is not None:
+    by_file = {shard["file"]: shard for shard in shards}
+    if sorted(by_file) != manifest["shard_files"] or len(shards) != num_shards:
+      raise ValueError(f"shard descriptions {sorted(s['file'] for s in shards)} do not match "
+                       f"the shard files {manifest['shard_files']}")
+    manifest["shards"] = [{"file": name, "bytes": int(by_file[name]["bytes"]),
+                           "records": int(by_file[name]["records"])}
+                          for name in manifest["shard_files"]]
+  return manifest
 
 
 def write(data_dir: str, manifest: Dict) -> None:
@@ -118,6 +134,12 @@ def shard_paths(data_dir: str, manifest: Dict) -> List[str]:
   return [storage.join(data_dir, name) for name in manifest["shard_files"]]
 
 
+def shard_info(manifest: Dict) -> Optional[List[Dict]]:
+  """The "shards" entries ({"file", "bytes", "records"}, in shard_files order), or None
+  for a manifest written before rpn-preprocess recorded them."""
+  return manifest.get("shards")
+
+
 def num_anchors(manifest: Dict) -> int:
   """A, the anchors per feature-map point."""
   return int(manifest["anchor"]["num_anchors"])
@@ -151,6 +173,24 @@ def validate(manifest: Dict, path: str) -> None:
   if not isinstance(files, list) or len(files) != manifest["num_shards"]:
     raise ManifestError(f"{path}: shard_files lists {len(files)} files but num_shards is "
                         f"{manifest['num_shards']}")
+  _validate_shards(manifest, path)
+
+
+def _validate_shards(manifest: Dict, path: str) -> None:
+  """The optional "shards" key: one {"file", "bytes", "records"} per shard_files entry."""
+  if "shards" not in manifest:
+    return
+  shards, files = manifest["shards"], manifest["shard_files"]
+  if not isinstance(shards, list) or len(shards) != len(files):
+    raise ManifestError(f"{path}: shards must list one entry per shard file "
+                        f"({len(files)}), not {shards!r:.200}")
+  for i, (shard, name) in enumerate(zip(shards, files, strict=True)):
+    sound = (isinstance(shard, dict) and shard.get("file") == name
+             and all(isinstance(shard.get(k), int) and not isinstance(shard.get(k), bool)
+                     and shard[k] >= 0 for k in ("bytes", "records")))
+    if not sound:
+      raise ManifestError(f"{path}: shards[{i}] is {shard!r:.200}, expected "
+                          f"{{'file': {name!r}, 'bytes': int, 'records': int}}")
 
 
 def check_backbone(manifest: Dict, path: str) -> None:

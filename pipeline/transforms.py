@@ -31,7 +31,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
 from pipeline import anchors as anchors_lib
-from pipeline import backbone, ilsvrc, schema, storage, targets
+from pipeline import backbone, ilsvrc, schema, shards, storage, targets
 from pipeline import config as config_lib
 from pipeline import manifest as manifest_lib
 
@@ -545,6 +545,9 @@ class WriteOutputs(beam.PTransform):
 
   Writes the shards, images.jsonl and errors.jsonl, then, last, manifest.json
   with the counts (side inputs on every other output order it after them).
+  Once the shards are in place, each is described on the workers (bytes, and
+  records counted by walking its framing: pipeline.shards.describe_shard),
+  for the manifest's "shards" key.
   """
 
   def __init__(self, cfg: config_lib.PreprocessConfig):
@@ -559,8 +562,13 @@ class WriteOutputs(beam.PTransform):
               | "SumCounts" >> beam.CombineGlobally(SumCounts()))
     if cfg.shuffle_records:
       records = records | "ShuffleRecords" >> beam.Reshuffle()
-    shards = records | "WriteShards" >> write_to_tfrecord(
+    written_shards = records | "WriteShards" >> write_to_tfrecord(
         storage.join(cfg.output, config_lib.SHARD_PREFIX), cfg.output_format)
+    # The sink yields the final file names from one finalize step: reshuffled,
+    # so that a runner spreads the counting over its workers.
+    shard_info = (written_shards | "SpreadShards" >> beam.Reshuffle()
+                  | "DescribeShards" >> beam.Map(shards.describe_shard,
+                                                 cfg.output_format.compression))
     written = [
         outputs[key] | f"{name}Lines" >> beam.Map(to_line)
         | f"Write{name}" >> textio.WriteToText(storage.join(cfg.output, file_name),
@@ -579,7 +587,7 @@ class WriteOutputs(beam.PTransform):
                 found=beam.pvalue.AsSingleton(outputs["found"]),
                 records=beam.pvalue.AsSingleton(
                     outputs["records"] | "CountRecords" >> beam.combiners.Count.Globally()),
-                shards=beam.pvalue.AsList(shards),
+                shard_info=beam.pvalue.AsList(shard_info),
                 images_written=beam.pvalue.AsList(written[0]),
                 errors_written=beam.pvalue.AsList(written[1])))
 
@@ -588,15 +596,23 @@ def pbegin_of(pcoll) -> beam.pvalue.PBegin:
   return beam.pvalue.PBegin(pcoll.pipeline)
 
 
-def write_manifest(_, cfg, feature_channels, min_input_side, counts, found, records, shards,
-                   images_written, errors_written) -> Dict[str, Any]:
-  """Completes the counts and writes manifest.json; returns the manifest."""
+def write_manifest(_, cfg, feature_channels, min_input_side, counts, found, records,
+                   shard_info, images_written, errors_written) -> Dict[str, Any]:
+  """Completes the counts and writes manifest.json; returns the manifest.
+
+  `shard_info` holds pipeline.shards.describe_shard of every written shard;
+  their records must add up to the records made, else no manifest is written.
+  """
   del images_written, errors_written  # side inputs only to order this step last
+  in_shards = sum(shard["records"] for shard in shard_info)
+  if in_shards != records:
+    raise shards.ShardError(f"{cfg.output}: the shards hold {in_shards} records but the run "
+                            f"made {records}; no manifest written")
   counts = sum_box_stats(counts)
   counts.update({"images_found": found, "records": records})
   for key in ("images_ok", "images_failed", "images_skipped", "fg_anchors", "bg_anchors"):
     counts.setdefault(key, 0)
-  manifest = manifest_lib.build(cfg, counts, [os.path.basename(s) for s in shards],
-                                feature_channels, min_input_side)
+  manifest = manifest_lib.build(cfg, counts, [shard["file"] for shard in shard_info],
+                                feature_channels, min_input_side, shards=shard_info)
   manifest_lib.write(cfg.output, manifest)
   return manifest

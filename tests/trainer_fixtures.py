@@ -66,11 +66,14 @@ def make_records(num_records: int, channels: int, seed: int = 0, learnable: bool
 
 def write_shards(directory: str, num_records: int = 60, channels: int = 8, num_shards: int = 2,
                  dtype: str = "float32", compression: str = "NONE", seed: int = 0,
-                 learnable: bool = False, manifest_changes: Optional[Dict] = None):
+                 learnable: bool = False, manifest_changes: Optional[Dict] = None,
+                 shard_info: bool = True):
   """Writes shards and manifest.json into `directory` (records dealt round robin).
 
-  Returns (manifest, records) with records {(image_id, (y, x)): (tile, labels,
-  deltas)}, tiles already rounded to `dtype`.
+  The manifest lists each shard's bytes and records (its "shards" key) as
+  rpn-preprocess writes it; shard_info=False leaves that key out, as older
+  versions did. Returns (manifest, records) with records {(image_id, (y, x)):
+  (tile, labels, deltas)}, tiles already rounded to `dtype`.
   """
   import tensorflow as tf
   os.makedirs(directory, exist_ok=True)
@@ -89,6 +92,11 @@ def write_shards(directory: str, num_records: int = 60, channels: int = 8, num_s
     records[(image_id, location)] = (tiles[i], labels[i], deltas[i])
   for writer in writers:
     writer.close()
+  if shard_info:
+    manifest["shards"] = [
+        {"file": name, "bytes": os.path.getsize(os.path.join(directory, name)),
+         "records": len(range(k, num_records, num_shards))}
+        for k, name in enumerate(manifest["shard_files"])]
   manifest["counts"]["fg_anchors"] = int((labels == 1).sum())
   manifest["counts"]["bg_anchors"] = int((labels == 0).sum())
   with open(os.path.join(directory, config.MANIFEST_NAME), "w") as f:

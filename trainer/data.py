@@ -8,32 +8,30 @@ Each element is (tiles, targets) as the tile model's fit() takes them:
 The labels ride along with the box targets so that the box loss (losses.py)
 can pick the positive anchors.
 
-Corrupt shards: check_shards walks every shard's record framing first (fast:
-headers only for uncompressed shards) and names a truncated or overwritten
-file; a payload corrupted inside a sound frame surfaces as tf's
-DataLossError during training, which rpn-train turns into an error naming the
-file (find_corrupt_shards). With skip_corrupt the bad shards are left out (and
+Corrupt shards: check_shards compares each shard's size with the one the
+manifest records (a stat a shard, no read) and names a truncated or
+overwritten file; --verify_shards walks every record and checks its payload
+checksum instead. Shards of a manifest without sizes (older rpn-preprocess)
+have their framing walked (headers only for uncompressed shards). A payload
+corrupted inside a sound frame surfaces as tf's DataLossError during
+training, which rpn-train turns into an error naming the file
+(find_corrupt_shards). With skip_corrupt the bad shards are left out (and
 reported), and a payload error skips the rest of that file with a logged
 warning instead of stopping.
 """
 from __future__ import annotations
 
-import gzip
 import logging
-import struct
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
-from google_crc32c import value as crc32c
 
 from pipeline import manifest as manifest_lib
 from pipeline import schema
+from pipeline import shards as shards_lib
 
 DEFAULT_SHUFFLE_BUFFER_MB = 256
-_HEADER_BYTES = 12  # uint64 length, uint32 masked crc32c of the length
-_FOOTER_BYTES = 4  # uint32 masked crc32c of the payload
 _MAX_INTERLEAVE = 16
 _LOGGER = logging.getLogger(__name__)
 
@@ -50,90 +48,116 @@ def record_bytes(manifest: Dict) -> int:
   return tile_values * itemsize + 40 * num_anchors + 100
 
 
-def _masked_crc(data: bytes) -> int:
-  crc = crc32c(data)
-  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
 def _open(path: str):
   return open(path, "rb") if "://" not in path else tf.io.gfile.GFile(path, "rb")
+
+
+def _size(path: str) -> Optional[int]:
+  """The file's length in bytes; None when there is no such file."""
+  try:
+    return tf.io.gfile.stat(path).length
+  except tf.errors.NotFoundError:
+    return None
 
 
 def scan_shard(path: str, compression: str, verify_payload: bool = False) -> Tuple[int, str]:
   """(records, problem) of one TFRecord file; problem is "" for a sound file.
 
-  Walks the framing: each header's length checksum, and that each payload is
-  all there. An uncompressed shard is walked by seeking from header to header
-  (reads ~12 bytes a record) unless verify_payload, which also checks each
-  payload's checksum (reads everything); a GZIP shard is decompressed whole.
+  Walks the framing (pipeline.shards.walk): each header's length checksum, and
+  that each payload is all there. An uncompressed shard is walked by seeking
+  from header to header (reads ~12 bytes a record locally; through tf.io.gfile
+  each seek refills a 512 KB buffer, which reads nearly the whole file) unless
+  verify_payload, which also checks each payload's checksum (reads
+  everything); a GZIP shard is decompressed whole.
   """
-  sequential = verify_payload or compression == "GZIP"
-  size = None if sequential else tf.io.gfile.stat(path).length
-  records, offset = 0, 0
-  with _open(path) as raw:
-    f = gzip.GzipFile(fileobj=raw) if compression == "GZIP" else raw
-    try:
-      while True:
-        if not sequential:
-          f.seek(offset)
-        header = f.read(_HEADER_BYTES)
-        if not header:
-          return records, ""
-        if len(header) < _HEADER_BYTES:
-          return records, f"truncated header after record {records}"
-        length, length_crc = struct.unpack("<QI", header)
-        if _masked_crc(header[:8]) != length_crc:
-          return records, f"corrupt header of record {records} (at byte {offset})"
-        end = offset + _HEADER_BYTES + length + _FOOTER_BYTES
-        if sequential:
-          payload = f.read(length + _FOOTER_BYTES)
-          if len(payload) < length + _FOOTER_BYTES:
-            return records, f"truncated record {records} ({len(payload)} of " \
-                            f"{length + _FOOTER_BYTES} bytes)"
-          if verify_payload and (_masked_crc(payload[:-_FOOTER_BYTES]) !=
-                                 struct.unpack("<I", payload[-_FOOTER_BYTES:])[0]):
-            return records, f"corrupt record {records} (payload checksum mismatch)"
-        elif end > size:
-          return records, f"truncated record {records} (ends at byte {end} of {size})"
-        records, offset = records + 1, end
-    except (OSError, EOFError, zlib.error) as e:  # gzip stream errors
-      return records, f"unreadable after record {records} ({type(e).__name__}: {e})"
+  size = None
+  if not (verify_payload or compression == "GZIP"):
+    size = _size(path)
+    if size is None:
+      return 0, "missing"
+  try:
+    with _open(path) as raw:
+      return shards_lib.walk_file(raw, compression, size, verify_payload)
+  except (tf.errors.NotFoundError, FileNotFoundError):  # GFile opens at its first read
+    return 0, "missing"
+
+
+def _size_problem(path: str, expected: int) -> str:
+  """What is wrong with the file's size; empty when it is `expected` bytes long."""
+  size = _size(path)
+  if size is None:
+    return "missing"
+  if size != expected:
+    return (f"size {size} bytes, the manifest says {expected}: "
+            f"{'truncated' if size < expected else 'appended to'} or overwritten")
+  return ""
+
+
+def _check_shard(path: str, compression: str, listed: Optional[Dict],
+                 verify: bool) -> Tuple[int, str]:
+  """(records, problem) of one shard; `listed` is its manifest "shards" entry or None."""
+  if listed is not None and not verify:
+    return listed["records"], _size_problem(path, listed["bytes"])
+  records, problem = scan_shard(path, compression, verify_payload=verify)
+  if listed is not None and not problem:
+    if records != listed["records"]:
+      problem = f"holds {records} records, the manifest says {listed['records']}"
+    else:
+      problem = _size_problem(path, listed["bytes"])
+  return records, problem
 
 
 def check_shards(data_dir: str, manifest: Dict, skip_corrupt: bool = False,
-                 verify_payload: bool = False) -> Tuple[List[str], Dict]:
-  """Scans every shard of a loaded manifest; returns (usable paths, report).
+                 verify: bool = False) -> Tuple[List[str], Dict]:
+  """Checks every shard of a loaded manifest; returns (usable paths, report).
+
+  By default each shard's size is compared with the manifest's "shards" entry
+  (a stat, no read) and its records are taken from there; a manifest without
+  that key (older rpn-preprocess) has each shard's framing walked instead.
+  `verify` walks every record and checks its payload checksum (reads every
+  byte), and compares with the manifest's counts where it has them.
 
   A bad shard raises CorruptShardError naming it, unless skip_corrupt: then it
   is left out, logged, and listed in report["skipped"] ({path: problem}).
-  Sound shards must hold the manifest's counts["records"] in all.
+  Sound shards must hold the manifest's counts["records"] in all. The report
+  also holds "shards" (how many are listed), "records" (in the usable ones),
+  "records_per_shard" ({path: records} of the usable ones) and "check" (what
+  was done: "sizes", "framing" or "full").
   """
   paths = manifest_lib.shard_paths(data_dir, manifest)
+  listed = manifest_lib.shard_info(manifest)
+  if listed is None and not verify:
+    _LOGGER.warning("%s has no shard sizes (an older rpn-preprocess wrote it), so its %d "
+                    "shards are scanned: their record framing is walked",
+                    manifest_lib.path_in(data_dir), len(paths))
+  entries = listed if listed is not None else [None] * len(paths)
+  compression = manifest["compression"]
   with ThreadPoolExecutor(max(1, min(16, len(paths)))) as pool:
-    results = list(pool.map(
-        lambda p: scan_shard(p, manifest["compression"], verify_payload), paths))
+    results = list(pool.map(lambda a: _check_shard(a[0], compression, a[1], verify),
+                            zip(paths, entries, strict=True)))
   bad = {p: problem for p, (_, problem) in zip(paths, results, strict=True) if problem}
   if bad and not skip_corrupt:
     path, problem = next(iter(bad.items()))
     raise CorruptShardError(f"{path}: {problem}" + (
         f" (and {len(bad) - 1} more bad shards)" if len(bad) > 1 else "") +
         "; rerun rpn-preprocess, or pass --skip_corrupt_shards to train without it")
-  records = sum(n for p, (n, _) in zip(paths, results, strict=True) if p not in bad)
+  per_shard = {p: n for p, (n, _) in zip(paths, results, strict=True) if p not in bad}
+  records = sum(per_shard.values())
   expected = manifest["counts"].get("records")
   if not bad and expected is not None and records != expected:
     raise CorruptShardError(f"{manifest_lib.path_in(data_dir)}: counts.records is "
                             f"{expected} but the shards hold {records} records")
   if bad:
-    _LOGGER.warning("%s: leaving out %d of %d shards (%d records readable in them): %s",
-                    data_dir, len(bad), len(paths),
-                    sum(n for p, (n, _) in zip(paths, results, strict=True) if p in bad), bad)
-  report = {"shards": len(paths), "records": records, "skipped": bad}
+    _LOGGER.warning("%s: leaving out %d of %d shards: %s", data_dir, len(bad), len(paths), bad)
+  report = {"shards": len(paths), "records": records, "skipped": bad,
+            "records_per_shard": per_shard,
+            "check": "full" if verify else "sizes" if listed is not None else "framing"}
   return [p for p in paths if p not in bad], report
 
 
 def find_corrupt_shards(data_dir: str, manifest: Dict) -> Dict[str, str]:
   """{path: problem} of every shard whose framing or payload checksums fail."""
-  return check_shards(data_dir, manifest, skip_corrupt=True, verify_payload=True)[1]["skipped"]
+  return check_shards(data_dir, manifest, skip_corrupt=True, verify=True)[1]["skipped"]
 
 
 def to_model_inputs(parsed: Dict):

@@ -1,24 +1,23 @@
-"""Pictures of the trainer's results, drawn with Pillow only (no matplotlib).
+"""Proposals drawn on images, with Pillow (plots with axes are in trainer/plots.py).
 
 Units: boxes are x1, y1, x2, y2 in continuous pixels of the frame fed to the
-backbone (the picture's own pixels); scores are objectness probabilities in [0, 1];
-IoU thresholds and recalls are fractions in [0, 1].
+backbone (the picture's own pixels); scores are objectness probabilities in [0, 1].
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+import functools
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 GT_COLOUR = (40, 220, 60, 255)
-BACKGROUND = (255, 255, 255)
-AXIS_COLOUR = (0, 0, 0)
-GRID_COLOUR = (225, 225, 225)
-# One colour per curve, in order (tab10).
-CURVE_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40),
-                 (148, 103, 189), (140, 86, 75), (227, 119, 194), (127, 127, 127))
-LEGEND_HEIGHT = 18
+LEGEND_BACKGROUND = (0, 0, 0)
+LEGEND_COLOUR = (255, 255, 255)
+LEGEND_FONT_SIZE = 11
+LEGEND_MARGIN = 4  # pixels around the legend text
+LEGEND_LINE_SPACING = 3  # pixels between legend lines
+WORD_SEPARATORS = "/_-."  # where wrap_text breaks a word too long for a line
 
 
 def score_colour(score: float, alpha: int = 255) -> Tuple[int, int, int, int]:
@@ -45,7 +44,9 @@ def draw_proposals(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
   """RGB picture: the `top` best proposals (thin, coloured by score) and gt (thick green).
 
   image: uint8 [H, W, 3], the frame; boxes [N, 4] sorted by score (descending),
-  scores [N]; gt_boxes [G, 4] or None. A legend strip sits above the image.
+  scores [N]; gt_boxes [G, 4] or None. A legend strip sits above the image: the
+  picture is exactly the image's width, the legend wrapping onto as many lines
+  as that width needs (legend_lines).
   """
   base = Image.fromarray(np.asarray(image, np.uint8)).convert("RGBA")
   overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
@@ -59,67 +60,92 @@ def draw_proposals(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
   for box in gt:
     _rectangle(draw, box, GT_COLOUR, 3)
   picture = Image.alpha_composite(base, overlay).convert("RGB")
-  score_text = (f"scores {scores.min():.3f}..{scores.max():.3f}" if len(scores) else "no proposals")
-  legend = (f"{title}  " if title else "") + (
-      f"top {len(boxes)} proposals ({score_text}; blue 0 .. red 1)")
-  if gt_boxes is not None:
-    legend += f"  gt {len(gt)} (green)"
-  canvas_width = max(picture.width, 6 * len(legend) + 8)  # the legend fits
-  canvas = Image.new("RGB", (canvas_width, picture.height + LEGEND_HEIGHT), (0, 0, 0))
-  canvas.paste(picture, (0, LEGEND_HEIGHT))
-  ImageDraw.Draw(canvas).text((4, 3), legend, fill=(255, 255, 255))
+  lines = legend_lines(len(boxes), scores, None if gt_boxes is None else len(gt), title,
+                       picture.width - 2 * LEGEND_MARGIN)
+  strip = legend_height(len(lines))
+  canvas = Image.new("RGB", (picture.width, picture.height + strip), LEGEND_BACKGROUND)
+  canvas.paste(picture, (0, strip))
+  canvas_draw = ImageDraw.Draw(canvas)
+  for i, line in enumerate(lines):
+    canvas_draw.text((LEGEND_MARGIN, LEGEND_MARGIN + i * line_height()), line,
+                     fill=LEGEND_COLOUR, font=legend_font())
   return canvas
 
 
-def draw_recall_plot(curves: Dict[str, Tuple[Sequence[float], Sequence[float]]],
-                     title: str = "proposal recall", size: Tuple[int, int] = (660, 440)
-                     ) -> Image.Image:
-  """Line plot of recall versus IoU threshold, one curve per entry of `curves`.
+def legend_text(num_boxes: int, scores: np.ndarray, num_gt: Optional[int] = None,
+                title: str = "") -> str:
+  """The legend of draw_proposals: title, proposals drawn, their scores, gt boxes."""
+  scores = np.asarray(scores, np.float64).reshape(-1)
+  score_text = (f"scores {scores.min():.3f}..{scores.max():.3f}" if len(scores)
+                else "no proposals")
+  legend = (f"{title}  " if title else "") + (
+      f"top {num_boxes} proposals ({score_text}; blue 0 .. red 1)")
+  if num_gt is not None:
+    legend += f"  gt {num_gt} (green)"
+  return legend
 
-  curves: label -> (thresholds, recalls), both fractions; recalls of None are
-  skipped. The x axis spans the thresholds given, the y axis 0..1.
+
+def legend_lines(num_boxes: int, scores: np.ndarray, num_gt: Optional[int], title: str,
+                 width: float) -> List[str]:
+  """legend_text in lines no wider than `width` pixels: one line when it fits, else the
+  title's lines (an image id may need several) then the rest's."""
+  legend = legend_text(num_boxes, scores, num_gt, title)
+  if text_width(legend) <= width or not title:
+    return wrap_text(legend, width)
+  return wrap_text(title, width) + wrap_text(legend_text(num_boxes, scores, num_gt), width)
+
+
+@functools.lru_cache(maxsize=1)
+def legend_font() -> ImageFont.ImageFont:
+  try:
+    return ImageFont.load_default(size=LEGEND_FONT_SIZE)
+  except TypeError:  # Pillow < 10.1: the fixed-size bitmap font
+    return ImageFont.load_default()
+
+
+def text_width(text: str) -> float:
+  """Width in pixels of `text` in the legend font."""
+  return legend_font().getlength(text)
+
+
+def line_height() -> int:
+  """Pixels from one legend line to the next."""
+  _, top, _, bottom = legend_font().getbbox("Ag|")
+  return int(bottom - min(0, top)) + LEGEND_LINE_SPACING
+
+
+def legend_height(num_lines: int) -> int:
+  """Height of the legend strip holding `num_lines` lines."""
+  return 2 * LEGEND_MARGIN + num_lines * line_height() - LEGEND_LINE_SPACING
+
+
+def wrap_text(text: str, width: float) -> List[str]:
+  """`text` broken into lines no wider than `width` pixels (the legend font).
+
+  Breaks between words; a word wider than `width` alone is broken between
+  characters, after its last separator (/ _ - .) that fits when it has one (at
+  least one character a line, so any width terminates).
   """
-  width, height = size
-  left, right, top, bottom = 64, 170, 34, 50
-  plot_w, plot_h = width - left - right, height - top - bottom
-  picture = Image.new("RGB", size, BACKGROUND)
-  draw = ImageDraw.Draw(picture)
-  all_x = [float(x) for xs, _ in curves.values() for x in xs]
-  x_min, x_max = (min(all_x), max(all_x)) if all_x else (0.5, 0.95)
-  if x_max <= x_min:
-    x_min, x_max = x_min - 0.05, x_max + 0.05
-
-  def to_px(x: float, y: float) -> Tuple[float, float]:
-    return (left + (x - x_min) / (x_max - x_min) * plot_w, top + (1.0 - y) * plot_h)
-
-  # Grid, ticks and tick labels.
-  for i in range(11):
-    y = i / 10
-    _, py = to_px(x_min, y)
-    draw.line([left, py, left + plot_w, py], fill=GRID_COLOUR)
-    draw.line([left - 4, py, left, py], fill=AXIS_COLOUR)
-    draw.text((left - 30, py - 6), f"{y:.1f}", fill=AXIS_COLOUR)
-  ticks = sorted({round(x, 4) for x in all_x}) or [x_min, x_max]
-  for x in ticks:
-    px, _ = to_px(x, 0.0)
-    draw.line([px, top, px, top + plot_h], fill=GRID_COLOUR)
-    draw.line([px, top + plot_h, px, top + plot_h + 4], fill=AXIS_COLOUR)
-    draw.text((px - 12, top + plot_h + 8), f"{x:.2f}", fill=AXIS_COLOUR)
-  draw.rectangle([left, top, left + plot_w, top + plot_h], outline=AXIS_COLOUR)
-  draw.text((left + plot_w // 2 - 40, height - 20), "IoU threshold", fill=AXIS_COLOUR)
-  draw.text((6, top - 22), "recall", fill=AXIS_COLOUR)
-  draw.text((left + plot_w // 2 - 3 * len(title), 8), title, fill=AXIS_COLOUR)
-
-  # Curves and legend.
-  for i, (label, (xs, ys)) in enumerate(curves.items()):
-    colour = CURVE_COLOURS[i % len(CURVE_COLOURS)]
-    points = [to_px(float(x), float(y)) for x, y in zip(xs, ys, strict=True) if y is not None]
-    if len(points) > 1:
-      draw.line(points, fill=colour, width=2)
-    for px, py in points:
-      draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
-    ly = top + 10 + 18 * i
-    lx = left + plot_w + 12
-    draw.line([lx, ly + 6, lx + 22, ly + 6], fill=colour, width=3)
-    draw.text((lx + 28, ly), str(label), fill=AXIS_COLOUR)
-  return picture
+  lines: List[str] = []
+  current = ""
+  for word in text.split():
+    candidate = f"{current} {word}" if current else word
+    if text_width(candidate) <= width:
+      current = candidate
+      continue
+    if current:
+      lines.append(current)
+    current = ""
+    while text_width(word) > width and len(word) > 1:
+      cut = 1
+      while cut < len(word) and text_width(word[:cut + 1]) <= width:
+        cut += 1
+      # Rather after a separator of an image id (ILSVRC2013_val/ILSVRC2013_val_00000001).
+      separator = max(word.rfind(c, 0, cut) for c in WORD_SEPARATORS)
+      cut = separator + 1 if separator > 0 else cut
+      lines.append(word[:cut])
+      word = word[cut:]
+    current = word
+  if current or not lines:
+    lines.append(current)
+  return lines

@@ -4,8 +4,10 @@
 
 Brings the XML boxes into each proposals.jsonl line's frame and computes the
 recall of trainer/recall.py for the top 10, 100, 300 and 1000 proposals.
-Writes recall.json and recall.png (recall versus IoU, one curve per top N)
-into --output (default: the proposals directory) and prints a table.
+Images that rpn-propose could not read or propose for (its errors.jsonl) stay
+in the denominator: their XML boxes count as missed at every IoU. Writes
+recall.json and recall.png (recall versus IoU, one curve per top N) into
+--output (default: the proposals directory) and prints a table.
 
 Units: boxes are x1, y1, x2, y2 in continuous pixels of the frame fed to the
 backbone (the frame whose width and height proposals.jsonl records).
@@ -13,21 +15,23 @@ backbone (the frame whose width and height proposals.jsonl records).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pipeline import ilsvrc, storage
-from trainer import draw
+from pipeline import config, ilsvrc, storage
+from trainer import plots
 from trainer import recall as recall_lib
 
 PROPOSALS_NAME = "proposals.jsonl"
+ERRORS_NAME = config.ERRORS_NAME  # rpn-propose's failed images
 RECALL_NAME = "recall.json"
 PLOT_NAME = "recall.png"
+
+_LOGGER = logging.getLogger(__name__)
 
 
 class EvaluateError(ValueError):
@@ -38,24 +42,46 @@ class EvaluateError(ValueError):
 # Files
 
 
+def _read_jsonl(path: str, keys: Sequence[str]) -> List[dict]:
+  """The JSON objects of a .jsonl file, each checked for `keys`; EvaluateError names the line."""
+  records = []
+  for number, text in enumerate(storage.read_text(path).splitlines(), 1):
+    if not text.strip():
+      continue
+    try:
+      record = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise EvaluateError(f"{path} line {number}: not JSON ({e})") from None
+    if not isinstance(record, dict):
+      raise EvaluateError(f"{path} line {number}: not a JSON object")
+    missing = [k for k in keys if k not in record]
+    if missing:
+      raise EvaluateError(f"{path} line {number}: missing keys {missing}")
+    records.append(record)
+  return records
+
+
 def read_proposals(proposals_dir: str) -> List[dict]:
   """The lines of DIR/proposals.jsonl, checked for the keys evaluation needs."""
   path = storage.join(proposals_dir, PROPOSALS_NAME)
   if not storage.exists(path):
     raise EvaluateError(f"file not found: {path}")
-  lines = []
-  for number, text in enumerate(storage.read_text(path).splitlines(), 1):
-    if not text.strip():
-      continue
-    try:
-      line = json.loads(text)
-    except json.JSONDecodeError as e:
-      raise EvaluateError(f"{path} line {number}: not JSON ({e})") from None
-    missing = [k for k in ("image_id", "width", "height", "boxes") if k not in line]
-    if missing:
-      raise EvaluateError(f"{path} line {number}: missing keys {missing}")
-    lines.append(line)
-  return lines
+  return _read_jsonl(path, ("image_id", "width", "height", "boxes"))
+
+
+def read_errors(proposals_dir: str) -> Optional[List[dict]]:
+  """The records of DIR/errors.jsonl (path, stage, reason, image_id), or None without one.
+
+  rpn-propose writes the file on every run, empty when no image failed; an
+  older output without it is evaluated over proposals.jsonl only (logged).
+  """
+  path = storage.join(proposals_dir, ERRORS_NAME)
+  if not storage.exists(path):
+    _LOGGER.warning("%s not found (output of an older rpn-propose?): recall covers the images "
+                    "of %s only; images rpn-propose could not read are not counted",
+                    path, PROPOSALS_NAME)
+    return None
+  return _read_jsonl(path, ("path", "stage"))
 
 
 def frame_gt_boxes(annotation, line: dict) -> np.ndarray:
@@ -81,6 +107,72 @@ def frame_gt_boxes(annotation, line: dict) -> np.ndarray:
   return boxes * np.array([box_scale[0], box_scale[1]] * 2, np.float64)
 
 
+def xml_gt_boxes(annotation) -> np.ndarray:
+  """gt boxes float64 [G, 4] of an XML annotation alone, for an image that was never read.
+
+  The box policy of readable images as far as the XML allows: sanitized
+  against the XML <size> when it has one (ilsvrc.reconcile_size with the XML
+  size as the image size); without a size, only the checks that need none:
+  reversed boxes dropped, negative coordinates clipped to 0 and a box left
+  with zero area dropped.
+  """
+  if annotation.width is not None and annotation.height is not None:
+    boxes, _ = ilsvrc.reconcile_size(annotation, int(annotation.width), int(annotation.height))
+    return boxes
+  boxes, _ = ilsvrc.sanitize_boxes(annotation.boxes, np.inf, np.inf)
+  return boxes
+
+
+def _error_image_id(record: dict, images_dir: str, annotations_dir: str) -> Optional[str]:
+  """The image id of an errors.jsonl record: its image_id, else from its path (older outputs)."""
+  if record.get("image_id"):
+    return str(record["image_id"])
+  for root in (images_dir, annotations_dir):
+    try:
+      return ilsvrc.relative_id(str(record["path"]), root)
+    except ValueError:
+      continue
+  return None
+
+
+def load_unreadable_gt(error_records: Sequence[dict], lines: Sequence[dict], images_dir: str,
+                       annotations_dir: str) -> Tuple[List[dict], Dict[str, int], List[dict]]:
+  """(unreadable, counts, errors) for the images of errors.jsonl, whose gt all count as missed.
+
+  unreadable: one {"image_id", "stage", "num_gt"} per failed image (an image
+  also in proposals.jsonl, or listed twice, counts once); num_gt is the number
+  of its XML boxes (xml_gt_boxes), 0 without annotation. counts:
+  images_unreadable_without_annotation, images_unreadable_without_id (records
+  whose image cannot be named). errors: annotations that cannot be parsed
+  (stage "annotation"; their images count with 0 gt boxes).
+  """
+  proposed = {str(line["image_id"]) for line in lines}
+  seen, unreadable, errors = set(), [], []
+  counts = {"images_unreadable_without_annotation": 0, "images_unreadable_without_id": 0}
+  for record in error_records:
+    image_id = _error_image_id(record, images_dir, annotations_dir)
+    if image_id is None:
+      counts["images_unreadable_without_id"] += 1
+      _LOGGER.warning("%s: cannot tell which image failed (no image_id); its gt boxes are not "
+                      "counted", record["path"])
+      unreadable.append({"image_id": None, "stage": record["stage"], "num_gt": 0})
+      continue
+    if image_id in proposed or image_id in seen:
+      continue
+    seen.add(image_id)
+    path = f"{annotations_dir}/{image_id}{ilsvrc.ANNOTATION_EXTENSION}"
+    num_gt = 0
+    if not storage.exists(path):
+      counts["images_unreadable_without_annotation"] += 1
+    else:
+      try:
+        num_gt = len(xml_gt_boxes(ilsvrc.parse_annotation(ilsvrc.read_bytes(path))))
+      except (ilsvrc.InputError, OSError) as e:
+        errors.append({"path": path, "stage": "annotation", "reason": str(e)})
+    unreadable.append({"image_id": image_id, "stage": record["stage"], "num_gt": int(num_gt)})
+  return unreadable, counts, errors
+
+
 def load_gt(lines: List[dict], annotations_dir: str):
   """(gt_per_image, counts, errors) for the images of proposals.jsonl."""
   gt_per_image, errors = [], []
@@ -102,12 +194,13 @@ def load_gt(lines: List[dict], annotations_dir: str):
   return gt_per_image, counts, errors
 
 
-def recall_plot(results: Dict[str, dict], title: str):
+def recall_plot(results: Dict[str, dict], title: str) -> bytes:
+  """PNG bytes of recall against IoU, one curve per top N (plots.recall_png)."""
   # The legend gives the proposals actually used per image: top 1000 with
   # post_nms_top_n 300 is the same curve as top 300.
   curves = {f"top {key} ({r['mean_proposals']:.0f}/img)": (r["thresholds"], r["recalls"])
             for key, r in sorted(results.items(), key=lambda kv: int(kv[0]))}
-  return draw.draw_recall_plot(curves, title=title)
+  return plots.recall_png(curves, title=title)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
       prog="rpn-evaluate", description=__doc__.split("\n\n")[0],
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument("--proposals", required=True,
-                      help="output directory of rpn-propose (holds proposals.jsonl)")
+                      help="output directory of rpn-propose (holds proposals.jsonl, errors.jsonl)")
   parser.add_argument("--input", required=True, help="dataset root of the ILSVRC 2015+ layout")
   parser.add_argument("--split", default="DET/val", help="split under Annotations/")
   parser.add_argument("--output", default=None,
@@ -130,27 +223,41 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
   """Parses flags, evaluates, writes recall.json and recall.png; returns recall.json."""
   args = build_parser().parse_args(argv)
   output = (args.output or args.proposals).rstrip("/")
-  _, annotations_dir = ilsvrc.layout_roots(input_root=args.input, split=args.split)
+  images_dir, annotations_dir = ilsvrc.layout_roots(input_root=args.input, split=args.split)
   lines = read_proposals(args.proposals)
+  error_records = read_errors(args.proposals)
   gt_per_image, counts, errors = load_gt(lines, annotations_dir)
-  results = recall_lib.evaluate(lines, gt_per_image, args.top_n)
+  unreadable, unreadable_counts, unreadable_errors = load_unreadable_gt(
+      error_records or [], lines, images_dir, annotations_dir)
+  counts.update(unreadable_counts)
+  errors += unreadable_errors
+  num_gt_unreadable = sum(u["num_gt"] for u in unreadable)
+  unreadable_with_gt = sum(1 for u in unreadable if u["num_gt"])
+  results = recall_lib.evaluate(lines, gt_per_image, args.top_n, missed_gt=num_gt_unreadable,
+                                missed_images=unreadable_with_gt)
   recall = {
       "proposals": args.proposals,
       "annotations": annotations_dir,
+      "errors_file": (storage.join(args.proposals, ERRORS_NAME)
+                      if error_records is not None else None),
       "iou_thresholds": list(recall_lib.IOU_THRESHOLDS),
-      "num_images": len(lines),
-      "num_images_with_gt": sum(1 for g in gt_per_image if len(g)),
-      "num_gt": int(sum(len(g) for g in gt_per_image)),
+      # Every image: those of proposals.jsonl and those of errors.jsonl.
+      "num_images": len(lines) + len(unreadable),
+      "num_images_proposed": len(lines),
+      "num_images_with_gt": sum(1 for g in gt_per_image if len(g)) + unreadable_with_gt,
+      "num_images_unreadable": len(unreadable),
+      # gt boxes of every image; those of unreadable images count as missed.
+      "num_gt": int(sum(len(g) for g in gt_per_image)) + num_gt_unreadable,
+      "num_gt_unreadable": num_gt_unreadable,
       "counts": counts,
       "errors": errors,
       "results": results,
   }
   storage.makedirs(output)
   storage.write_json(storage.join(output, RECALL_NAME), recall)
-  buffer = io.BytesIO()
-  recall_plot(results, f"proposal recall: {recall['num_gt']} gt boxes in "
-              f"{recall['num_images_with_gt']} images").save(buffer, format="PNG")
-  storage.write_bytes(storage.join(output, PLOT_NAME), buffer.getvalue())
+  storage.write_bytes(storage.join(output, PLOT_NAME), recall_plot(
+      results, f"proposal recall: {recall['num_gt']} gt boxes in "
+      f"{recall['num_images_with_gt']} images"))
   recall["output"] = output
   return recall
 
@@ -165,6 +272,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   print(f"proposal recall: {recall['num_gt']} gt boxes in {recall['num_images_with_gt']} "
         f"of {recall['num_images']} images")
   print(recall_lib.format_table(recall))
+  unreadable = recall["num_images_unreadable"]
+  if unreadable:
+    print(f"{unreadable} image{'s' if unreadable != 1 else ''} could not be read or proposed "
+          f"for (see {recall['errors_file']}); their {recall['num_gt_unreadable']} gt boxes "
+          f"count as misses")
   for error in recall["errors"]:
     print(f"  annotation error: {error['path']}: {error['reason']}", file=sys.stderr)
   print(f"wrote {recall['output']}/{RECALL_NAME} and {PLOT_NAME}")

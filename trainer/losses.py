@@ -2,7 +2,8 @@
 
 Shape shorthand: B batch, A anchors per point.
   labels  [B, A]       1 positive, 0 negative, -1 ignored (not sampled / outside)
-  scores  [B, A]       sigmoid objectness
+  logits  [B, A]       objectness logits (the tile model's "scores" output in training)
+  scores  [B, A]       sigmoid objectness (the saved model's output)
   packed  [B, A + 4A]  labels, then target (dx, dy, dw, dh) per anchor, anchor-major
   deltas  [B, 4A]      predicted deltas
 
@@ -21,7 +22,18 @@ smooth L1 with sigma = 3, i.e. beta = 1 / sigma^2 = 1/9 (quadratic below
 |x| < 1/9). Ignored anchors add nothing to either sum nor to N_cls; a batch
 with no sampled anchor gives 0. The paper's alternative, box term / N_reg (the
 number of anchor locations, ~2400) with lambda = 10, weighs the two terms
-about alike. Under MirroredStrategy N_cls is counted per replica.
+about alike.
+
+The objectness loss takes logits (tf.nn.sigmoid_cross_entropy_with_logits):
+BCE on clipped probabilities has no gradient past the clip, so a confidently
+wrong anchor (a negative at logit 17: loss 15.9) could never recover.
+
+Under a distribution strategy (MirroredStrategy) each replica sees part of the
+batch; N_cls is summed over all replicas (an all-reduce), so each replica's loss
+is its share of the global-batch loss. Keras sums gradients over replicas and
+does not rescale a loss that is already a scalar, so the sum is exactly the
+single-device loss of the whole batch, and the reported losses equal a
+single-device run's.
 """
 from __future__ import annotations
 
@@ -38,14 +50,27 @@ def split_packed(packed, num_anchors: int):
   return packed[:, :num_anchors], packed[:, num_anchors:]
 
 
-def objectness_loss(labels, scores):
-  """Binary cross-entropy summed over sampled anchors / number of sampled anchors."""
+def global_count(count):
+  """`count` summed over the replicas of the current distribution strategy
+  (itself without one, or outside a replica context)."""
+  context = tf.distribute.get_replica_context()
+  if context is None or context.num_replicas_in_sync <= 1:
+    return count
+  return context.all_reduce(tf.distribute.ReduceOp.SUM, count)
+
+
+def _num_sampled(labels):
+  """N_cls: anchors labelled 0 or 1 in the (global) batch, at least 1."""
+  return tf.maximum(global_count(tf.reduce_sum(tf.cast(labels >= 0, tf.float32))), 1.0)
+
+
+def objectness_loss(labels, logits):
+  """Binary cross-entropy on logits, summed over sampled anchors / N_cls."""
   labels = tf.cast(labels, tf.float32)
-  scores = tf.clip_by_value(tf.cast(scores, tf.float32), 1e-7, 1.0 - 1e-7)
+  logits = tf.cast(logits, tf.float32)
   sampled = tf.cast(labels >= 0, tf.float32)
-  target = tf.maximum(labels, 0.0)
-  bce = -(target * tf.math.log(scores) + (1.0 - target) * tf.math.log(1.0 - scores))
-  return tf.reduce_sum(bce * sampled) / tf.maximum(tf.reduce_sum(sampled), 1.0)
+  bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.maximum(labels, 0.0), logits=logits)
+  return tf.reduce_sum(bce * sampled) / _num_sampled(labels)
 
 
 def smooth_l1(x, beta: float = SMOOTH_L1_BETA):
@@ -59,8 +84,7 @@ def box_loss(packed, deltas, beta: float = SMOOTH_L1_BETA):
   deltas = tf.cast(deltas, tf.float32)
   labels, targets = split_packed(tf.cast(packed, tf.float32), deltas.shape[-1] // 4)
   positive = tf.repeat(tf.cast(labels > 0, tf.float32), 4, axis=-1)  # [B, 4A], anchor-major
-  sampled = tf.reduce_sum(tf.cast(labels >= 0, tf.float32))
-  return tf.reduce_sum(smooth_l1(deltas - targets, beta) * positive) / tf.maximum(sampled, 1.0)
+  return tf.reduce_sum(smooth_l1(deltas - targets, beta) * positive) / _num_sampled(labels)
 
 
 def rpn_losses(box_loss_weight: float = DEFAULT_BOX_LOSS_WEIGHT):
@@ -70,16 +94,24 @@ def rpn_losses(box_loss_weight: float = DEFAULT_BOX_LOSS_WEIGHT):
 
 
 class _MaskedObjectness(keras.metrics.Metric):
-  """Counts tp, fp, fn, tn over sampled anchors only (labels -1 count nowhere)."""
+  """Counts tp, fp, fn, tn over sampled anchors only (labels -1 count nowhere).
 
-  def __init__(self, threshold: float = SCORE_THRESHOLD, name: str = None, **kwargs):
+  y_pred are probabilities, or logits with from_logits (the training model's).
+  """
+
+  def __init__(self, threshold: float = SCORE_THRESHOLD, name: str = None,
+               from_logits: bool = False, **kwargs):
     super().__init__(name=name, **kwargs)
     self.threshold = threshold
+    self.from_logits = from_logits
     self.counts = self.add_variable(shape=(4,), initializer="zeros", name="counts")
 
   def update_state(self, y_true, y_pred, sample_weight=None):
     labels = tf.cast(y_true, tf.float32)
-    predicted = tf.cast(tf.cast(y_pred, tf.float32) >= self.threshold, tf.float32)
+    scores = tf.cast(y_pred, tf.float32)
+    if self.from_logits:
+      scores = tf.sigmoid(scores)
+    predicted = tf.cast(scores >= self.threshold, tf.float32)
     positive = tf.cast(labels > 0, tf.float32)
     negative = tf.cast(tf.equal(labels, 0.0), tf.float32)
     self.counts.assign_add(tf.stack([
@@ -90,7 +122,7 @@ class _MaskedObjectness(keras.metrics.Metric):
     self.counts.assign([0.0, 0.0, 0.0, 0.0])
 
   def get_config(self):
-    return {"threshold": self.threshold, "name": self.name}
+    return {"threshold": self.threshold, "name": self.name, "from_logits": self.from_logits}
 
   def _counts(self):
     return tf.unstack(self.counts)
@@ -100,8 +132,8 @@ class ObjectnessAccuracy(_MaskedObjectness):
   """(tp + tn) / sampled anchors."""
 
   def __init__(self, threshold: float = SCORE_THRESHOLD, name: str = "objectness_accuracy",
-               **kwargs):
-    super().__init__(threshold, name, **kwargs)
+               from_logits: bool = False, **kwargs):
+    super().__init__(threshold, name, from_logits, **kwargs)
 
   def result(self):
     tp, fp, fn, tn = self._counts()
@@ -112,8 +144,8 @@ class PositivePrecision(_MaskedObjectness):
   """tp / (tp + fp): of the sampled anchors scored positive, those labelled 1."""
 
   def __init__(self, threshold: float = SCORE_THRESHOLD, name: str = "positive_precision",
-               **kwargs):
-    super().__init__(threshold, name, **kwargs)
+               from_logits: bool = False, **kwargs):
+    super().__init__(threshold, name, from_logits, **kwargs)
 
   def result(self):
     tp, fp, _, _ = self._counts()
@@ -124,8 +156,8 @@ class PositiveRecall(_MaskedObjectness):
   """tp / (tp + fn): of the anchors labelled 1, those scored positive."""
 
   def __init__(self, threshold: float = SCORE_THRESHOLD, name: str = "positive_recall",
-               **kwargs):
-    super().__init__(threshold, name, **kwargs)
+               from_logits: bool = False, **kwargs):
+    super().__init__(threshold, name, from_logits, **kwargs)
 
   def result(self):
     tp, _, fn, _ = self._counts()
@@ -149,7 +181,9 @@ class TilesSeen(keras.metrics.Metric):
     self.total.assign(0.0)
 
 
-def objectness_metrics():
-  """Metrics for the "scores" output: accuracy, precision and recall of
-  positives over sampled anchors, and the number of tiles seen."""
-  return [ObjectnessAccuracy(), PositivePrecision(), PositiveRecall(), TilesSeen()]
+def objectness_metrics(from_logits: bool = False):
+  """Metrics for the "scores" output (probabilities, or logits with from_logits):
+  accuracy, precision and recall of positives over sampled anchors, and the
+  number of tiles seen."""
+  return [ObjectnessAccuracy(from_logits=from_logits), PositivePrecision(from_logits=from_logits),
+          PositiveRecall(from_logits=from_logits), TilesSeen()]

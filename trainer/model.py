@@ -4,7 +4,8 @@ Shape shorthand: B batch, C feature channels, A anchors per point (9),
 Hf, Wf feature-map height and width.
 
   tile model:      tile [B, 3, 3, C] --3x3 conv (valid), ReLU--> [B, 1, 1, 512]
-                   --1x1 sigmoid--> scores [B, A];  --1x1 linear--> deltas [B, 4A]
+                   --1x1 linear, sigmoid--> scores [B, A] (logits in training)
+                   --1x1 linear--> deltas [B, 4A]
   inference model: map [B, Hf, Wf, C] --the same layers, 3x3 conv 'same'-->
                    scores [B, Hf, Wf, A], deltas [B, Hf, Wf, 4A]
 
@@ -39,12 +40,19 @@ DEFAULT_HIDDEN = 512  # filters of the 3x3 conv, as in the paper
 
 
 def _layers(channels_hidden: int, num_anchors: int, padding: str):
+  """rpn_conv, rpn_cls (objectness logits) and rpn_bbox; the heads compute in float32."""
   conv = keras.layers.Conv2D(channels_hidden, 3, padding=padding, activation="relu",
                              name="rpn_conv")
-  cls = keras.layers.Conv2D(num_anchors, 1, activation="sigmoid", name="rpn_cls",
-                            dtype="float32")
+  cls = keras.layers.Conv2D(num_anchors, 1, name="rpn_cls", dtype="float32")
   bbox = keras.layers.Conv2D(4 * num_anchors, 1, name="rpn_bbox", dtype="float32")
   return conv, cls, bbox
+
+
+def _objectness(logits: bool = False):
+  """The sigmoid on rpn_cls; the identity with logits, so that both variants
+  have the same layers (and weight files)."""
+  return keras.layers.Activation("linear" if logits else "sigmoid", name="objectness",
+                                 dtype="float32")
 
 
 def _standardise(channels: int, feature_mean=None, feature_variance=None):
@@ -55,8 +63,10 @@ def _standardise(channels: int, feature_mean=None, feature_variance=None):
   if mean.shape != (channels,) or variance.shape != (channels,):
     raise ValueError(f"feature statistics of shape {mean.shape} / {variance.shape} do not fit "
                      f"{channels} channels")
+  # float32 also under a mixed precision policy: a variance of 1e-8 is 0 in float16.
   return keras.layers.Normalization(mean=mean.astype(np.float32),
-                                    variance=variance.astype(np.float32), name="standardise")
+                                    variance=variance.astype(np.float32), name="standardise",
+                                    dtype="float32")
 
 
 def feature_statistics(center_features, floor: float = 1e-3):
@@ -70,20 +80,29 @@ def feature_statistics(center_features, floor: float = 1e-3):
 
 
 def build_tile_model(channels: int, num_anchors: int = AnchorConfig().num_anchors,
-                     hidden: int = DEFAULT_HIDDEN, feature_mean=None, feature_variance=None):
+                     hidden: int = DEFAULT_HIDDEN, feature_mean=None, feature_variance=None,
+                     logits: bool = False):
   """Tile [B, 3, 3, C] -> {"scores": [B, A], "deltas": [B, 4A]}.
 
-  Layers rpn_conv (3x3 valid, ReLU), rpn_cls (1x1 sigmoid), rpn_bbox (1x1
-  linear), behind a fixed `standardise` layer: identity unless the training
-  statistics feature_mean, feature_variance ([C] each) are given. The heads
-  compute in float32 under a mixed precision policy.
+  Layers rpn_conv (3x3 valid, ReLU), rpn_cls (1x1 linear: objectness logits),
+  then a sigmoid, and rpn_bbox (1x1 linear), behind a fixed `standardise`
+  layer: identity unless the training statistics feature_mean,
+  feature_variance ([C] each) are given. With logits=True (training: the loss
+  takes logits) "scores" are the logits, without the sigmoid; the weights are
+  the same either way. The standardisation and the heads compute in float32
+  under a mixed precision policy.
   """
   size = schema.TILE_SIZE
   tile = keras.Input((size, size, channels), name="tile")
   conv, cls, bbox = _layers(hidden, num_anchors, "valid")
   x = conv(_standardise(channels, feature_mean, feature_variance)(tile))
-  scores = keras.layers.Reshape((num_anchors,), name="scores", dtype="float32")(cls(x))
-  deltas = keras.layers.Reshape((4 * num_anchors,), name="deltas", dtype="float32")(bbox(x))
+  objectness = _objectness(logits)(cls(x))
+  scores = keras.layers.Reshape((num_anchors,), name="scores", dtype="float32")(objectness)
+  # An identity on the box branch too keeps both branches equally deep, so that
+  # the layers keep the order of the weight files of 0.3.0 and earlier (whose
+  # rpn_cls held the sigmoid); Keras matches layers to a file by their order.
+  box = keras.layers.Identity(name="box_deltas", dtype="float32")(bbox(x))
+  deltas = keras.layers.Reshape((4 * num_anchors,), name="deltas", dtype="float32")(box)
   return keras.Model(tile, {"scores": scores, "deltas": deltas}, name="rpn_tile")
 
 
@@ -98,7 +117,8 @@ def build_inference_model(tile_model, channels: int):
   conv, cls, bbox = _layers(hidden, num_anchors, "valid")
   padded = keras.layers.ZeroPadding2D(1)(feature_map)
   x = conv(_standardise(channels, norm.input_mean, norm.input_variance)(padded))
-  model = keras.Model(feature_map, {"scores": cls(x), "deltas": bbox(x)}, name="rpn_full")
+  model = keras.Model(feature_map, {"scores": _objectness()(cls(x)), "deltas": bbox(x)},
+                      name="rpn_full")
   for layer in (conv, cls, bbox):
     layer.set_weights(source[layer.name].get_weights())
   return model

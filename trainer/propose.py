@@ -15,9 +15,9 @@ top pre_nms_top_n by score, NMS, keep the top post_nms_top_n.
 Writes into --output: proposals.jsonl (one line per image: image_id, width,
 height, boxes, scores, gt_boxes when an annotation exists, and image_width,
 image_height, box_scale so that rpn-evaluate can bring XML boxes into the
-frame), errors.jsonl (path, stage, reason of every image that failed; the
-others go on), propose.json (settings and counts) and pictures/<id>.png for the
-first --draw images.
+frame), errors.jsonl (image_id, path, stage, reason of every image that failed;
+the others go on; rpn-evaluate counts their gt boxes as missed), propose.json
+(settings and counts) and pictures/<id>.png for the first --draw images.
 
 Units: boxes are x1, y1, x2, y2 in continuous pixels of the frame fed to the
 backbone (DESIGN.md); width and height are that frame's; min_size is in the

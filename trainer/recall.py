@@ -4,7 +4,7 @@ For the top N proposals of each image: recall at IoU 0.5 and 0.7, and average
 recall (AR: the mean recall over the IoU thresholds 0.5:0.05:0.95), with the
 greedy one-to-one matching of py-faster-rcnn's `evaluate_recall` and
 detectron2's `_evaluate_box_proposals`. Images without gt boxes contribute
-nothing.
+nothing; gt boxes of images without proposals (`missed_gt`) count as missed.
 
 Units: boxes are x1, y1, x2, y2 in continuous pixels of one frame; IoU
 thresholds and recalls are fractions in [0, 1].
@@ -56,15 +56,24 @@ def match_gt_overlaps(proposals: np.ndarray, gt_boxes: np.ndarray) -> np.ndarray
 
 def evaluate_recall(proposals_per_image: Sequence[np.ndarray],
                     gt_per_image: Sequence[np.ndarray], top_n: Optional[int] = None,
-                    thresholds: Sequence[float] = IOU_THRESHOLDS) -> dict:
+                    thresholds: Sequence[float] = IOU_THRESHOLDS, missed_gt: int = 0,
+                    missed_images: int = 0) -> dict:
   """Recall of the top `top_n` proposals of each image (None: all of them).
 
   proposals_per_image: [P, 4] arrays sorted by score (descending);
-  gt_per_image: [G, 4] arrays, same order. Returns a JSON-ready dict: top_n,
-  num_images (images with gt), num_gt, mean_proposals (proposals used per such
-  image), recall@0.5, recall@0.7, ar (mean recall over `thresholds`), and the
-  curve (thresholds, recalls). Recalls are None when there is no gt box at all.
+  gt_per_image: [G, 4] arrays, same order. missed_gt: gt boxes of images
+  without any proposals array (e.g. images rpn-propose could not read), each
+  counted as missed (overlap 0) at every threshold; missed_images: those of
+  such images that hold gt boxes. Returns a JSON-ready dict: top_n, num_images
+  (images with gt, missed_images included), num_gt (missed_gt included),
+  missed_gt, mean_proposals (proposals used per image with gt among
+  proposals_per_image only: the missed images have no proposals to count),
+  recall@0.5, recall@0.7, ar (mean recall over `thresholds`), and the curve
+  (thresholds, recalls). Recalls are None when there is no gt box at all.
   """
+  if missed_gt < 0 or missed_images < 0:
+    raise ValueError(f"missed_gt and missed_images must be >= 0, got {missed_gt}, "
+                     f"{missed_images}")
   if len(proposals_per_image) != len(gt_per_image):
     raise ValueError(f"{len(proposals_per_image)} proposal arrays but "
                      f"{len(gt_per_image)} gt arrays")
@@ -78,7 +87,8 @@ def evaluate_recall(proposals_per_image: Sequence[np.ndarray],
       proposals = proposals[:top_n]
     num_used.append(len(proposals))
     overlaps.append(match_gt_overlaps(proposals, gt_boxes))
-  gt_overlaps = np.concatenate(overlaps) if overlaps else np.zeros(0)  # [sum G]
+  overlaps.append(np.zeros(int(missed_gt)))  # gt boxes with no proposal at all
+  gt_overlaps = np.concatenate(overlaps)  # [sum G + missed_gt]
   thresholds = [float(t) for t in thresholds]
 
   def recall_at(threshold: float) -> Optional[float]:
@@ -87,8 +97,9 @@ def evaluate_recall(proposals_per_image: Sequence[np.ndarray],
   recalls = [recall_at(t) for t in thresholds]
   return {
       "top_n": top_n,
-      "num_images": len(num_used),
+      "num_images": len(num_used) + int(missed_images),
       "num_gt": int(len(gt_overlaps)),
+      "missed_gt": int(missed_gt),
       "mean_proposals": float(np.mean(num_used)) if num_used else 0.0,
       "recall@0.5": recall_at(0.5),
       "recall@0.7": recall_at(0.7),
@@ -163,8 +174,14 @@ def _num_images(result: dict):
 
 def evaluate(lines: List[dict], gt_per_image: List[np.ndarray],
              top_ns: Sequence[int] = TOP_NS,
-             thresholds: Sequence[float] = IOU_THRESHOLDS) -> Dict[str, dict]:
-  """{str(top_n): evaluate_recall(...)} over proposals.jsonl lines (boxes sorted by score)."""
+             thresholds: Sequence[float] = IOU_THRESHOLDS, missed_gt: int = 0,
+             missed_images: int = 0) -> Dict[str, dict]:
+  """{str(top_n): evaluate_recall(...)} over proposals.jsonl lines (boxes sorted by score).
+
+  missed_gt, missed_images: gt boxes (and the images holding them) that have
+  no line, counted as missed in every result (see evaluate_recall).
+  """
   proposals_per_image = [np.asarray(line["boxes"], np.float64).reshape(-1, 4) for line in lines]
-  return {str(n): evaluate_recall(proposals_per_image, gt_per_image, n, thresholds)
+  return {str(n): evaluate_recall(proposals_per_image, gt_per_image, n, thresholds,
+                                  missed_gt, missed_images)
           for n in top_ns}

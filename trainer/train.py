@@ -4,37 +4,57 @@
 
 Shape shorthand: B tiles per step, C feature channels, A anchors per point.
 Batches are tiles [B, 3, 3, C] with targets {"scores": [B, A], "deltas":
-[B, 5A]} (data.py); the losses and metrics skip anchors labelled -1 (losses.py).
+[B, 5A]} (data.py); the losses and metrics skip anchors labelled -1
+(losses.py). The model trains on objectness logits; the saved weights give
+sigmoid scores (model.py).
+
+Before training, each shard's size is checked against the manifest (a stat
+per file: cheap on gs://); --verify_shards also walks every record's framing
+and checksum (reads every byte). A corrupt record found during training is
+named either way. On several GPUs it trains with MirroredStrategy; the losses
+are those of the whole batch (losses.py).
 
 Writes into JOB: manifest.json (the data's, verbatim; first, so that a rerun
-on other data fails fast), logs/ (TensorBoard), checkpoints/ (weights per
-epoch), backup/ (training state after each epoch), history.csv, and at the
-end rpn.weights.h5, train_config.json and metrics.json. Rerunning the same
-command after an interruption resumes from backup/ at the next epoch; the
-backup is kept after the last epoch, so a rerun with a larger --epochs
-trains on from there (use a fresh JOB to start over).
+on other data fails fast), feature_statistics.json (the input
+standardisation, sampled across all shards), logs/ (TensorBoard),
+checkpoints/ (weights per epoch), backup/ (training state after each epoch),
+history.csv and history.png (redrawn after each epoch), and at the end
+rpn.weights.h5, train_config.json and metrics.json. Rerunning the same
+command after an interruption resumes from backup/ at the next epoch.
+Rerunning a finished job keeps its results and says it is complete; a larger
+--epochs trains on from where it stopped (use a fresh JOB to start over).
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
+import io
 import logging
 import os
 import sys
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from pipeline import manifest as manifest_lib
-from pipeline import storage
+from pipeline import schema, storage
 from trainer import data as data_lib
 from trainer import losses as losses_lib
 from trainer import model as model_lib
+from trainer import plots
 
 _LOGGER = logging.getLogger(__name__)
 STATISTICS_TILES = 20000  # tiles sampled for the per-channel feature statistics
+# Each shard gives its share of STATISTICS_TILES, drawn at random (seeded) from
+# its first STATISTICS_WINDOW times that many records: reads are bounded by
+# STATISTICS_WINDOW * STATISTICS_TILES records, wherever the shards are.
+STATISTICS_WINDOW = 4
+STATISTICS_NAME = "feature_statistics.json"
+METRICS_NAME = "metrics.json"
+HISTORY_NAME = "history.csv"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +68,7 @@ class TrainConfig:
   shuffle_buffer_mb: int = data_lib.DEFAULT_SHUFFLE_BUFFER_MB
   mixed_precision: bool = False
   skip_corrupt_shards: bool = False
+  verify_shards: bool = False
   seed: int = 0
 
 
@@ -61,6 +82,10 @@ _HELP = {
     "mixed_precision": "compute in mixed_float16 (GPUs with tensor cores); outputs stay float32",
     "skip_corrupt_shards": "leave out shards that cannot be read to the end (logged) "
                            "instead of failing",
+    "verify_shards": "before training, read every shard whole and check each record's "
+                     "framing and checksum (default: compare each shard's size with the "
+                     "manifest, a stat per file)",
+    "seed": "seed of the shuffling, the sampling of the feature statistics and the weights",
 }
 
 
@@ -84,7 +109,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
   return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
-def _strategy():
+def default_strategy():
+  """MirroredStrategy over the GPUs when there are several, else the default strategy."""
   gpus = tf.config.list_physical_devices("GPU")
   if len(gpus) > 1:
     _LOGGER.warning("training on %d GPUs with MirroredStrategy", len(gpus))
@@ -94,29 +120,100 @@ def _strategy():
   return tf.distribute.get_strategy()
 
 
-def _load_data(data_dir: str, skip_corrupt: bool):
+def _load_data(data_dir: str, skip_corrupt: bool, verify: bool):
   """(manifest, usable shard paths, report) of a checked shard directory."""
   manifest = manifest_lib.load(data_dir)
-  files, report = data_lib.check_shards(data_dir, manifest, skip_corrupt)
+  files, report = data_lib.check_shards(data_dir, manifest, skip_corrupt, verify=verify)
   if not files:
     raise data_lib.CorruptShardError(f"{data_dir}: no readable shard")
   return manifest, files, report
 
 
+def sample_centres(manifest: Dict, files: Sequence[str], records_per_shard: Dict[str, int],
+                   max_tiles: int = STATISTICS_TILES, seed: int = 0,
+                   skip_corrupt: bool = False) -> Tuple[np.ndarray, Dict]:
+  """(centre features [N, C], what was sampled) from all shards, about max_tiles in all.
+
+  Each shard gives a share proportional to its records: each of its first
+  STATISTICS_WINDOW * share records is kept with probability 1 /
+  STATISTICS_WINDOW, drawn from (seed, shard index), so the sample is the same
+  on every run and spreads over many images even when a shard holds whole
+  images in a row. With fewer records than max_tiles, all are used.
+  """
+  counts = [int(records_per_shard.get(path, 0)) for path in files]
+  total = sum(counts)
+  if total == 0:
+    raise data_lib.CorruptShardError(f"{files[0]}: the shards hold no record")
+  fraction = min(1.0, max_tiles / total)
+  windows = [min(n, int(np.ceil(n * fraction * STATISTICS_WINDOW))) for n in counts]
+  keep = [n * fraction / w if w else 0.0 for n, w in zip(counts, windows, strict=True)]
+  compression = "GZIP" if manifest["compression"] == "GZIP" else ""
+  num_anchors = manifest_lib.num_anchors(manifest)
+  channels, dtype = int(manifest["feature_channels"]), manifest["dtype"]
+
+  def shard_sample(index, path, window, probability):
+    records = tf.data.TFRecordDataset(path, compression_type=compression, buffer_size=1 << 20)
+    if skip_corrupt:
+      records = records.ignore_errors(log_warning=True)
+    draws = tf.random.stateless_uniform([window], seed=tf.stack([tf.cast(seed, tf.int64),
+                                                                 index]))
+    chosen = tf.data.Dataset.from_tensor_slices(draws < probability)
+    return (tf.data.Dataset.zip((records.take(window), chosen))
+            .filter(lambda record, kept: kept)
+            .map(lambda record, kept: (record, index)))
+
+  shards = tf.data.Dataset.from_tensor_slices((
+      tf.range(len(files), dtype=tf.int64), list(files), tf.constant(windows, tf.int64),
+      tf.constant(keep, tf.float32)))
+  sample = (shards.interleave(shard_sample, cycle_length=min(len(files), 64),
+                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .batch(1024)
+            .map(lambda records, index: (schema.parse_examples(
+                records, num_anchors, channels, dtype)[schema.TILE_KEY][:, 1, 1, :], index),
+                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+  centres, used = [], set()
+  for features, index in sample:
+    centres.append(features.numpy())
+    used.update(index.numpy().tolist())
+  centres = np.concatenate(centres) if centres else np.zeros((0, channels), np.float32)
+  if not len(centres):
+    raise data_lib.CorruptShardError(f"{files[0]}: no record could be read for the "
+                                     f"feature statistics")
+  info = {"records": int(len(centres)), "shards": len(used), "of_records": total,
+          "of_shards": len(files), "seed": seed, "max_records": max_tiles,
+          "window": STATISTICS_WINDOW}
+  return centres, info
+
+
 def feature_statistics(data_dir: str, manifest: Dict, files, skip_corrupt: bool = False,
-                       max_tiles: int = STATISTICS_TILES):
-  """Per-channel (mean, variance) of the centre features of the first max_tiles
-  tiles, read in a fixed order (interleaved across shards) so that a resumed
-  run computes the same."""
-  sample = data_lib.make_dataset(data_dir, manifest, 1024, shuffle=False, files=files,
-                                 skip_corrupt=skip_corrupt)
-  centres, total = [], 0
-  for tiles, _ in sample:
-    centres.append(tiles.numpy()[:, 1, 1, :])
-    total += len(centres[-1])
-    if total >= max_tiles:
-      break
-  return model_lib.feature_statistics(np.concatenate(centres)[:max_tiles])
+                       max_tiles: int = STATISTICS_TILES, records_per_shard=None,
+                       seed: int = 0):
+  """Per-channel (mean, variance) of the centre features of about max_tiles
+  tiles sampled across all shards (sample_centres). records_per_shard
+  defaults to check_shards' report of data_dir."""
+  if records_per_shard is None:
+    records_per_shard = data_lib.check_shards(data_dir, manifest, skip_corrupt)[1][
+        "records_per_shard"]
+  centres, _ = sample_centres(manifest, files, records_per_shard, max_tiles, seed, skip_corrupt)
+  return model_lib.feature_statistics(centres)
+
+
+def _job_statistics(args, config: "TrainConfig", manifest: Dict, files, report) -> Dict:
+  """JOB/feature_statistics.json: read when it was made from the same data and
+  seed (a resumed or continued job), else sampled and written."""
+  path = storage.join(args.job_dir, STATISTICS_NAME)
+  wanted = {"data": args.data, "seed": config.seed, "max_records": STATISTICS_TILES}
+  if storage.exists(path):
+    saved = storage.read_json(path)
+    if all(saved.get("sample", {}).get(k) == v for k, v in wanted.items()):
+      return saved
+  centres, info = sample_centres(manifest, files, report["records_per_shard"], STATISTICS_TILES,
+                                 config.seed, config.skip_corrupt_shards)
+  mean, variance = model_lib.feature_statistics(centres)
+  statistics = {"sample": dict(info, data=args.data), "feature_mean": [float(v) for v in mean],
+                "feature_variance": [float(v) for v in variance]}
+  storage.write_json(path, statistics)
+  return statistics
 
 
 def _corrupt_data_error(error, *dirs_and_manifests) -> data_lib.CorruptShardError:
@@ -149,33 +246,71 @@ class EpochSizeCheck(keras.callbacks.Callback):
 
 
 def compile_model(model, learning_rate: float, box_loss_weight: float) -> None:
+  """Compiles a tile model built with logits=True: the losses take logits."""
+  if model.get_layer("objectness").get_config()["activation"] != "linear":
+    raise ValueError("compile_model needs the training variant of the tile model, whose "
+                     "scores are logits: model.build_tile_model(..., logits=True)")
   loss, loss_weights = losses_lib.rpn_losses(box_loss_weight)
   model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
-                loss_weights=loss_weights, metrics={"scores": losses_lib.objectness_metrics()})
+                loss_weights=loss_weights,
+                metrics={"scores": losses_lib.objectness_metrics(from_logits=True)})
 
 
-def train(args: argparse.Namespace, callbacks: Sequence = ()) -> Dict[str, float]:
+def _history_rows(job_dir: str):
+  """The rows of JOB/history.csv (CSVLogger's), [] when there is none."""
+  path = storage.join(job_dir, HISTORY_NAME)
+  if not storage.exists(path):
+    return []
+  return list(csv.DictReader(io.StringIO(storage.read_text(path))))
+
+
+def _finished_epochs(job_dir: str) -> Optional[int]:
+  """Epochs a finished job ran in all (its train_config.json), None when unfinished."""
+  paths = [storage.join(job_dir, name) for name in (
+      model_lib.TRAIN_CONFIG_NAME, model_lib.WEIGHTS_NAME, METRICS_NAME)]
+  if not all(storage.exists(path) for path in paths):
+    return None
+  train_config = storage.read_json(paths[0])
+  if "epochs_completed" in train_config:
+    return int(train_config["epochs_completed"])
+  runs = train_config.get("epochs_run") or []  # 0.3.0 and earlier
+  return max(runs) + 1 if runs else None
+
+
+def train(args: argparse.Namespace, callbacks: Sequence = (),
+          strategy: Optional[tf.distribute.Strategy] = None) -> Dict[str, float]:
   """Trains, saves into the job dir; returns the last epoch's logs.
 
-  `callbacks` are added to fit()'s (tests use this to interrupt a run).
+  `callbacks` are added to fit()'s (tests use this to interrupt a run);
+  `strategy` defaults to default_strategy(). A job that already ran
+  --epochs epochs is left as it is: its metrics.json is returned.
   """
   config = config_from_args(args)
   keras.utils.set_random_seed(config.seed)
-  manifest, files, report = _load_data(args.data, config.skip_corrupt_shards)
-  sources = [(args.data, manifest)]
-  val = val_report = None
-  if args.val_data:
-    val_manifest, val_files, val_report = _load_data(args.val_data, config.skip_corrupt_shards)
-    manifest_lib.check_compatible(manifest, val_manifest, f"--val_data {args.val_data}")
-    sources.append((args.val_data, val_manifest))
-    val = data_lib.make_dataset(args.val_data, val_manifest, config.batch_size, shuffle=False,
-                                skip_corrupt=config.skip_corrupt_shards, files=val_files,
-                                num_records=val_report["records"])
+  manifest = manifest_lib.load(args.data)
   job_manifest = os.path.join(args.job_dir, model_lib.MANIFEST_NAME)
   if storage.exists(job_manifest):
     manifest_lib.check_compatible(storage.read_json(job_manifest), manifest, (
           f"--data {args.data} (the job dir {args.job_dir} holds a model of other data; "
           f"use a fresh --job_dir)"))
+    finished = _finished_epochs(args.job_dir)
+    if finished is not None and finished >= config.epochs:
+      _LOGGER.warning("%s is complete: it ran %d epochs (--epochs %d); its results are kept. "
+                      "Pass a larger --epochs to train on, or a fresh --job_dir to start over.",
+                      args.job_dir, finished, config.epochs)
+      return storage.read_json(storage.join(args.job_dir, METRICS_NAME))
+  manifest, files, report = _load_data(args.data, config.skip_corrupt_shards,
+                                       config.verify_shards)
+  sources = [(args.data, manifest)]
+  val = val_report = None
+  if args.val_data:
+    val_manifest, val_files, val_report = _load_data(args.val_data, config.skip_corrupt_shards,
+                                                     config.verify_shards)
+    manifest_lib.check_compatible(manifest, val_manifest, f"--val_data {args.val_data}")
+    sources.append((args.val_data, val_manifest))
+    val = data_lib.make_dataset(args.val_data, val_manifest, config.batch_size, shuffle=False,
+                                skip_corrupt=config.skip_corrupt_shards, files=val_files,
+                                num_records=val_report["records"])
   storage.makedirs(os.path.join(args.job_dir, "checkpoints"))
   storage.write_json(job_manifest, manifest)
   train_ds = data_lib.make_dataset(
@@ -184,18 +319,18 @@ def train(args: argparse.Namespace, callbacks: Sequence = ()) -> Dict[str, float
       seed=config.seed, skip_corrupt=config.skip_corrupt_shards, files=files,
       num_records=report["records"])
   try:
-    feature_mean, feature_variance = feature_statistics(args.data, manifest, files,
-                                                        config.skip_corrupt_shards)
+    statistics = _job_statistics(args, config, manifest, files, report)
   except tf.errors.DataLossError as e:
     raise _corrupt_data_error(e, *sources) from e
+  feature_mean, feature_variance = statistics["feature_mean"], statistics["feature_variance"]
   policy = keras.mixed_precision.global_policy()
   if config.mixed_precision:
     keras.mixed_precision.set_global_policy("mixed_float16")
   try:
-    with _strategy().scope():
+    with (strategy or default_strategy()).scope():
       model = model_lib.build_tile_model(int(manifest["feature_channels"]),
                                          manifest_lib.num_anchors(manifest), config.hidden,
-                                         feature_mean, feature_variance)
+                                         feature_mean, feature_variance, logits=True)
       compile_model(model, config.learning_rate, config.box_loss_weight)
   finally:
     keras.mixed_precision.set_global_policy(policy)
@@ -206,10 +341,11 @@ def train(args: argparse.Namespace, callbacks: Sequence = ()) -> Dict[str, float
           os.path.join(args.job_dir, "checkpoints", "epoch-{epoch:03d}.weights.h5"),
           save_weights_only=True),
       keras.callbacks.TensorBoard(os.path.join(args.job_dir, "logs")),
-      keras.callbacks.CSVLogger(os.path.join(args.job_dir, "history.csv"), append=True),
+      keras.callbacks.CSVLogger(os.path.join(args.job_dir, HISTORY_NAME), append=True),
       keras.callbacks.TerminateOnNaN(),
       EpochSizeCheck(report["records"] if config.steps_per_epoch is None else None,
                      val_report["records"] if val_report else None),
+      plots.HistoryPlot(args.job_dir),
   ] + list(callbacks)
   try:
     history = model.fit(train_ds, validation_data=val, epochs=config.epochs,
@@ -218,18 +354,25 @@ def train(args: argparse.Namespace, callbacks: Sequence = ()) -> Dict[str, float
                         verbose=1 if sys.stdout.isatty() else 2)
   except tf.errors.DataLossError as e:
     raise _corrupt_data_error(e, *sources) from e
+  if history.history:
+    last = {k: float(v[-1]) for k, v in history.history.items() if v}
+  else:  # no epoch left to run (the backup holds the last epoch): history.csv's last row
+    rows = _history_rows(args.job_dir)
+    last = {k: float(v) for k, v in rows[-1].items() if k != "epoch" and v} if rows else {}
   train_config = dict(dataclasses.asdict(config), data=args.data, val_data=args.val_data,
                       num_anchors=manifest_lib.num_anchors(manifest),
                       channels=int(manifest["feature_channels"]),
                       smooth_l1_beta=losses_lib.SMOOTH_L1_BETA,
-                      loss_normalisation="N_cls (sampled anchors in the batch)",
+                      loss_normalisation="N_cls (sampled anchors in the global batch)",
+                      objectness_loss="sigmoid cross-entropy on logits",
                       shards_skipped=report["skipped"],
                       epochs_run=[int(e) for e in history.epoch],
-                      feature_mean=[float(v) for v in feature_mean],
-                      feature_variance=[float(v) for v in feature_variance])
+                      epochs_completed=config.epochs,
+                      replicas=int(model.distribute_strategy.num_replicas_in_sync),
+                      feature_statistics=statistics["sample"],
+                      feature_mean=feature_mean, feature_variance=feature_variance)
   model_lib.save_rpn(args.job_dir, model, manifest, train_config)
-  last = {k: float(v[-1]) for k, v in history.history.items() if v}
-  storage.write_json(os.path.join(args.job_dir, "metrics.json"), last)
+  storage.write_json(os.path.join(args.job_dir, METRICS_NAME), last)
   return last
 
 

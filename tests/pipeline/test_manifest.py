@@ -112,6 +112,22 @@ def test_build_records_the_config_and_the_run():
   assert runner["max_shard_mb"] == 64.0 and runner["num_shards"] == 1
 
 
+def test_build_lists_each_shards_bytes_and_records_in_shard_files_order():
+  names = ["tiles-00001-of-00002.tfrecord", "tiles-00000-of-00002.tfrecord"]
+  described = [{"file": names[0], "bytes": 300, "records": 3},
+               {"file": names[1], "bytes": 700, "records": 4}]
+  manifest = manifest_lib.build(_config(num_shards=2), {"records": 7}, names, 16, 32,
+                                shards=described)
+  manifest_lib.validate(manifest, "built")
+  assert manifest["shard_files"] == sorted(names)
+  assert manifest["shards"] == [described[1], described[0]]
+  assert manifest_lib.shard_info(manifest) == manifest["shards"]
+  assert manifest_lib.shard_info(fixtures.make_manifest()) is None  # an older manifest
+  assert "shards" not in manifest_lib.build(_config(num_shards=2), {}, names, 16, 32)
+  with pytest.raises(ValueError, match="do not match the shard files"):
+    manifest_lib.build(_config(num_shards=2), {}, names, 16, 32, shards=described[:1])
+
+
 def test_write_then_load_round_trip(tmp_path):
   directory = str(tmp_path / "out")
   manifest = manifest_lib.build(_config(num_shards=2), {"records": 0}, [
@@ -167,6 +183,24 @@ def test_read_names_the_file(tmp_path):
 def test_validate_refuses_with_the_value(change, message):
   with pytest.raises(manifest_lib.ManifestError, match=f"^m.json: {message}"):
     manifest_lib.validate(fixtures.make_manifest(**change), "m.json")
+
+
+_SHARD0 = "tiles-00000-of-00002.tfrecord"
+
+
+@pytest.mark.parametrize("shards, message", [
+    ([{"file": _SHARD0, "bytes": 1, "records": 1}],
+     r"shards must list one entry per shard file \(2\)"),
+    ({"file": _SHARD0}, r"shards must list one entry per shard file"),
+    ([{"file": "tiles-00001-of-00002.tfrecord", "bytes": 1, "records": 1}] * 2,
+     rf"shards\[0\] is .*, expected \{{'file': '{_SHARD0}', 'bytes': int"),
+    ([{"file": _SHARD0, "bytes": 1}] * 2, r"shards\[0\] is"),
+    ([{"file": _SHARD0, "bytes": -1, "records": 1}] * 2, r"shards\[0\] is"),
+    ([{"file": _SHARD0, "bytes": "1", "records": 1}] * 2, r"shards\[0\] is"),
+], ids=["too_few", "not_a_list", "wrong_file", "no_records", "negative", "not_an_int"])
+def test_validate_refuses_bad_shard_entries(shards, message):
+  with pytest.raises(manifest_lib.ManifestError, match=f"^m.json: {message}"):
+    manifest_lib.validate(fixtures.make_manifest(num_shards=2, shards=shards), "m.json")
 
 
 def test_num_anchors_max_pixels_and_resize():

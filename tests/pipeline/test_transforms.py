@@ -281,3 +281,54 @@ def test_worker_progress_first_event_an_error(caplog, monkeypatch):
   lines = _progress_lines(caplog)
   assert len(lines) == 1
   assert "0 images done" in lines[0] and "1 errors so far" in lines[0]
+
+
+# ---------------------------------------------------------------------------
+# WriteOutputs: the manifest lists each shard's bytes and records
+
+
+@pytest.mark.parametrize("compression, num_shards, max_shard_mb", [
+    ("NONE", 3, 0), ("GZIP", 2, 0), ("NONE", 0, 0.05)],
+    ids=["fixed_shards", "gzip", "runner_shards_capped"])
+def test_write_outputs_lists_each_shards_bytes_and_records(tmp_path, compression, num_shards,
+                                                          max_shard_mb):
+  """WriteOutputs on DirectRunner (no backbone: records of uneven sizes made
+  here): the manifest's "shards" follows shard_files, with each file's size and
+  the records in it (read back with TensorFlow), adding up to counts.records."""
+  import os
+
+  import apache_beam as beam
+  import tensorflow as tf
+  from apache_beam.options.pipeline_options import PipelineOptions
+
+  from pipeline import backbone
+  from pipeline import manifest as manifest_lib
+  rng = np.random.default_rng(0)
+  records = [bytes([i]) + rng.bytes(int(n)) for i, n in enumerate(rng.integers(100, 3000, 57))]
+  out = str(tmp_path / "out")
+  cfg = config_lib.PreprocessConfig(
+      images_dir=str(tmp_path), annotations_dir=str(tmp_path), output=out,
+      backbone=config_lib.BackboneConfig(backbone=backbone.TINY_BACKBONE, weights="none"),
+      output_format=config_lib.OutputConfig(num_shards=num_shards, compression=compression,
+                                            max_shard_mb=max_shard_mb))
+  options = PipelineOptions(["--runner=DirectRunner", "--direct_running_mode=in_memory"])
+  with beam.Pipeline(options=options) as p:
+    outputs = {"records": p | "Records" >> beam.Create(records),
+               "images": p | "Images" >> beam.Create([{"image_id": "a"}]),
+               "stats": p | "Stats" >> beam.Create([{"images_ok": 1}]),
+               "errors": p | "Errors" >> beam.Create([]),
+               "found": p | "Found" >> beam.Create([1])}
+    _ = outputs | T.WriteOutputs(cfg)
+  manifest = manifest_lib.load(out)
+  paths = manifest_lib.shard_paths(out, manifest)
+  assert len(paths) == (num_shards or len(paths)) > 1
+  assert [s["file"] for s in manifest["shards"]] == manifest["shard_files"]
+  tf_compression = "GZIP" if compression == "GZIP" else ""
+  read = []
+  for shard, path in zip(manifest["shards"], paths, strict=True):
+    in_file = [r.numpy() for r in tf.data.TFRecordDataset(path, compression_type=tf_compression)]
+    assert shard == {"file": os.path.basename(path), "bytes": os.path.getsize(path),
+                     "records": len(in_file)}
+    read += in_file
+  assert sorted(read) == sorted(records)
+  assert sum(s["records"] for s in manifest["shards"]) == manifest["counts"]["records"] == 57

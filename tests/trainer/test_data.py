@@ -168,3 +168,161 @@ def test_reads_the_shards_of_the_real_pipeline(tmp_path):
     got += [(t.tobytes(), s.tobytes())
             for t, s in zip(tiles.numpy(), targets["scores"].numpy(), strict=True)]
   assert len(got) == manifest["counts"]["records"] > 0 and sorted(got) == want
+
+
+# ---------------------------------------------------------------------------
+# The default check: sizes from the manifest, no read
+
+
+def _rchar():
+  """Bytes this process has read through read() system calls, any file, any thread."""
+  with open("/proc/self/io") as f:
+    return int(dict(line.split(": ") for line in f.read().splitlines())["rchar"])
+
+
+class _CountingGFile(tf.io.gfile.GFile):
+  """tf.io.gfile.GFile that counts the files opened and the bytes read() returns."""
+  opened, returned = [], 0
+
+  def __init__(self, name, mode="r"):
+    super().__init__(name, mode)
+    _CountingGFile.opened.append(name)
+
+  def read(self, n=-1):
+    data = super().read(n)
+    _CountingGFile.returned += len(data)
+    return data
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="needs Linux's /proc/self/io")
+def test_default_check_reads_no_shard_bytes_through_gfile(tmp_path, monkeypatch):
+  """Through tf.io.gfile (file:// paths take the remote-store path, as gs:// does)
+  the default check reads under 1 % of the shard bytes; the framing walk of an
+  older manifest reads most of them (each seek refills GFile's 512 KB buffer).
+
+  Bytes are counted where they are read, by the process's read() system calls
+  (/proc/self/io rchar): GFile's own buffer refills never reach Python. Beam's
+  FileSystems (pipeline.storage) has no file:// scheme, so storage.join is
+  given one here; the shards are read only through tf.io.gfile.
+  """
+  from pipeline import storage
+  directory = str(tmp_path / "data")
+  manifest, _ = fixtures.write_shards(directory, num_records=60, channels=256, num_shards=2)
+  join = storage.join
+  monkeypatch.setattr(storage, "join", lambda d, *names: "/".join((d, *names))
+                      if d.startswith("file://") else join(d, *names))
+  monkeypatch.setattr(tf.io.gfile, "GFile", _CountingGFile)
+  monkeypatch.setattr(_CountingGFile, "opened", [])
+  data_dir = "file://" + directory
+  paths = manifest_lib.shard_paths(data_dir, manifest)
+  shard_bytes = sum(s["bytes"] for s in manifest["shards"])
+  assert all(p.startswith("file:///") for p in paths) and shard_bytes > 500_000
+
+  before = _rchar()
+  files, report = data_lib.check_shards(data_dir, manifest)
+  read = _rchar() - before
+  assert read < 0.01 * shard_bytes, read
+  assert _CountingGFile.opened == [] and _CountingGFile.returned == 0
+  assert files == paths and report["records"] == 60 and report["check"] == "sizes"
+  assert report["records_per_shard"] == {paths[0]: 30, paths[1]: 30}
+
+  # The same shards under a manifest without sizes: walked through GFile.
+  old = {k: v for k, v in manifest.items() if k != "shards"}
+  before = _rchar()
+  files, report = data_lib.check_shards(data_dir, old)
+  read = _rchar() - before
+  assert files == paths and report["records"] == 60 and report["check"] == "framing"
+  assert sorted(_CountingGFile.opened) == paths
+  assert read > 0.5 * shard_bytes, read
+
+
+def _append(path, extra=b"\0" * 50):
+  with open(path, "ab") as f:
+    f.write(extra)
+
+
+@pytest.mark.parametrize("compression", ["NONE", "GZIP"])
+def test_default_check_names_truncated_and_grown_shards_by_size(tmp_path, compression):
+  directory = str(tmp_path / "data")
+  manifest, _ = fixtures.write_shards(directory, num_records=30, channels=CHANNELS,
+                                      num_shards=3, compression=compression)
+  paths = manifest_lib.shard_paths(directory, manifest)
+  sizes = [s["bytes"] for s in manifest["shards"]]
+  _truncate(paths[0], 30)
+  _append(paths[1])
+  with pytest.raises(data_lib.CorruptShardError,
+                     match=f"{paths[0]}: size {sizes[0] - 30} bytes, the manifest says "
+                           rf"{sizes[0]}: truncated or overwritten \(and 1 more bad shards\)"):
+    data_lib.check_shards(directory, manifest)
+  files, report = data_lib.check_shards(directory, manifest, skip_corrupt=True)
+  assert files == [paths[2]] and report["records"] == 10 and report["shards"] == 3
+  assert report["records_per_shard"] == {paths[2]: 10}
+  assert report["skipped"] == {
+      paths[0]: f"size {sizes[0] - 30} bytes, the manifest says {sizes[0]}: "
+                f"truncated or overwritten",
+      paths[1]: f"size {sizes[1] + 50} bytes, the manifest says {sizes[1]}: "
+                f"appended to or overwritten"}
+  seen = sum(int(t.shape[0]) for t, _ in
+             data_lib.make_dataset(directory, manifest, 4, skip_corrupt=True))
+  assert seen == 10
+
+
+def test_verify_names_a_corrupt_payload_the_default_check_misses(tmp_path):
+  directory = str(tmp_path / "data")
+  manifest, _ = fixtures.write_shards(directory, num_records=30, channels=CHANNELS,
+                                      num_shards=3)
+  paths = manifest_lib.shard_paths(directory, manifest)
+  offsets = _record_offsets(paths[2])
+  _flip_byte(paths[2], (offsets[4] + offsets[5]) // 2)  # mid-payload of record 4
+  files, report = data_lib.check_shards(directory, manifest)  # sizes agree
+  assert files == paths and report["records"] == 30
+  with pytest.raises(data_lib.CorruptShardError,
+                     match=rf"{paths[2]}: corrupt record 4 \(payload checksum mismatch\)"):
+    data_lib.check_shards(directory, manifest, verify=True)
+  files, report = data_lib.check_shards(directory, manifest, skip_corrupt=True, verify=True)
+  assert files == paths[:2] and report["records"] == 20 and report["check"] == "full"
+  assert report["records_per_shard"] == {paths[0]: 10, paths[1]: 10}
+  assert list(report["skipped"]) == [paths[2]]
+
+
+def test_verify_compares_the_records_with_the_manifest(tmp_path):
+  directory = str(tmp_path / "data")
+  manifest, _ = fixtures.write_shards(directory, num_records=30, channels=CHANNELS,
+                                      num_shards=3)
+  paths = manifest_lib.shard_paths(directory, manifest)
+  manifest["shards"][0]["records"] += 1  # counts that add up, but not to the files
+  manifest["counts"]["records"] += 1
+  assert data_lib.check_shards(directory, manifest)[1]["records"] == 31  # sizes only
+  with pytest.raises(data_lib.CorruptShardError,
+                     match=f"{paths[0]}: holds 10 records, the manifest says 11"):
+    data_lib.check_shards(directory, manifest, verify=True)
+
+
+def test_manifest_counts_must_add_up_without_reading(tmp_path):
+  directory = str(tmp_path / "data")
+  manifest, _ = fixtures.write_shards(directory, num_records=20, channels=CHANNELS)
+  manifest["shards"][1]["records"] = 9
+  with pytest.raises(data_lib.CorruptShardError, match="counts.records is 20 but the shards "
+                                                        "hold 19"):
+    data_lib.check_shards(directory, manifest)
+
+
+@pytest.mark.parametrize("compression", ["NONE", "GZIP"])
+def test_manifest_without_shard_sizes_has_its_shards_walked(tmp_path, compression, caplog):
+  directory = str(tmp_path / "data")
+  manifest, _ = fixtures.write_shards(directory, num_records=30, channels=CHANNELS,
+                                      num_shards=3, compression=compression, shard_info=False)
+  assert "shards" not in manifest_lib.load(directory)
+  paths = manifest_lib.shard_paths(directory, manifest)
+  files, report = data_lib.check_shards(directory, manifest)
+  assert files == paths and report["records"] == 30 and report["check"] == "framing"
+  assert report["records_per_shard"] == dict.fromkeys(paths, 10)
+  warnings = [r.getMessage() for r in caplog.records if "no shard sizes" in r.getMessage()]
+  assert len(warnings) == 1 and "shards are scanned" in warnings[0]
+  # The framing walk still names a truncated shard, and make_dataset still checks.
+  _truncate(paths[1], 100 if compression == "NONE" else 30)
+  with pytest.raises(data_lib.CorruptShardError, match=paths[1]):
+    data_lib.check_shards(directory, manifest)
+  seen = sum(int(t.shape[0]) for t, _ in
+             data_lib.make_dataset(directory, manifest, 8, skip_corrupt=True))
+  assert seen == 20

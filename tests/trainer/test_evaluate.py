@@ -6,12 +6,15 @@ end-to-end test runs rpn-evaluate on the output of rpn-propose's end-to-end
 run (the `proposals` fixture of tests/conftest.py).
 """
 import json
+import logging
 import os
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from pipeline import ilsvrc
+from tests import dataset_fixtures as fx
 from tests import pipeline_helpers as helpers
 from trainer import evaluate, recall
 
@@ -52,11 +55,17 @@ def test_evaluate_end_to_end(proposals, val_dataset, tmp_path, capsys):
   assert evaluate.main(["--proposals", proposals, "--input", val_dataset, "--split", "DET/val",
                         "--output", out]) == 0
   printed = capsys.readouterr().out
-  assert "3 gt boxes in 2 of 4 images" in printed and "R@0.7" in printed
+  # 4 images proposed for + d_0005, which is not an image (errors.jsonl) and has no XML.
+  assert "3 gt boxes in 2 of 5 images" in printed and "R@0.7" in printed
+  assert "1 image could not be read or proposed for" in printed
+  assert "their 0 gt boxes count as misses" in printed
   with open(os.path.join(out, "recall.json")) as f:
     result = json.load(f)
   assert result["num_gt"] == 3 and result["num_images_with_gt"] == 2
+  assert result["num_images"] == 5 and result["num_images_proposed"] == 4
+  assert result["num_images_unreadable"] == 1 and result["num_gt_unreadable"] == 0
   assert result["counts"]["images_without_annotation"] == 1  # c_0004
+  assert result["counts"]["images_unreadable_without_annotation"] == 1  # d_0005
   assert sorted(result["results"], key=int) == ["10", "100", "300", "1000"]
   for key, r in result["results"].items():
     assert r["num_gt"] == 3 and r["num_images"] == 2
@@ -67,6 +76,7 @@ def test_evaluate_end_to_end(proposals, val_dataset, tmp_path, capsys):
   ars = [result["results"][k]["ar"] for k in ("10", "100", "300", "1000")]
   assert ars == sorted(ars)
   with Image.open(os.path.join(out, "recall.png")) as plot:
+    assert plot.format == "PNG" and plot.mode in ("RGB", "RGBA")
     assert plot.size[0] > 300 and plot.size[1] > 200
   # The XML boxes evaluated are those rpn-propose recorded in the frame.
   lines = helpers.read_jsonl(os.path.join(proposals, "proposals.jsonl"))
@@ -77,3 +87,95 @@ def test_evaluate_end_to_end(proposals, val_dataset, tmp_path, capsys):
   # And the comparison table takes two such results.
   table = recall.format_comparison({"untrained": result, "again": result})
   assert len(table.splitlines()) == 2 + 4 + 1
+
+
+# ---------------------------------------------------------------------------
+# Images rpn-propose could not read: their gt boxes stay in the denominator
+
+
+def _write_xml(root, image_id, width, height, boxes):
+  path = os.path.join(root, "Annotations", "DET", "val", image_id + ".xml")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    f.write(fx.det_xml(image_id, width, height, boxes))
+
+
+def _write_jsonl(path, records):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in records)
+
+
+def _one_good_one_unreadable(tmp_path, error_record):
+  """A dataset and a proposals dir: "good" (1 gt, one proposal at IoU 0.83) is in
+  proposals.jsonl; "bad" (2 gt boxes in its XML) is in errors.jsonl."""
+  root, proposals = str(tmp_path / "ilsvrc"), str(tmp_path / "proposals")
+  _write_xml(root, "good", 100, 100, [(0, 0, 99, 99)])  # gt 0, 0, 100, 100
+  # Two boxes, and a third entirely outside the XML <size>: dropped, as for
+  # readable images.
+  _write_xml(root, "bad", 100, 100, [(10, 10, 49, 49), (50, 50, 89, 89), (150, 150, 160, 160)])
+  _write_jsonl(os.path.join(proposals, "proposals.jsonl"), [{
+      "image_id": "good", "width": 100, "height": 100, "boxes": [[0, 0, 100, 83]],
+      "scores": [0.9], "image_width": 100, "image_height": 100, "box_scale": [1.0, 1.0]}])
+  if error_record is not None:
+    error_record = dict(error_record, path=os.path.join(root, error_record["path"]))
+    _write_jsonl(os.path.join(proposals, "errors.jsonl"), [error_record])
+  return root, proposals
+
+
+def test_unreadable_images_count_their_gt_as_missed(tmp_path, capsys):
+  root, proposals = _one_good_one_unreadable(tmp_path, {
+      "image_id": "bad", "path": "Data/DET/val/bad.JPEG", "stage": "decode",
+      "reason": "cannot identify image file"})
+  out = str(tmp_path / "eval")
+  assert evaluate.main(["--proposals", proposals, "--input", root, "--output", out]) == 0
+  printed = capsys.readouterr().out
+  assert "3 gt boxes in 2 of 2 images" in printed
+  assert (f"1 image could not be read or proposed for (see {proposals}/errors.jsonl); "
+          f"their 2 gt boxes count as misses") in printed
+  with open(os.path.join(out, "recall.json")) as f:
+    result = json.load(f)
+  assert result["num_images_unreadable"] == 1 and result["num_gt_unreadable"] == 2
+  assert result["num_gt"] == 3 and result["num_images"] == 2
+  assert result["num_images_proposed"] == 1 and result["num_images_with_gt"] == 2
+  assert result["errors_file"] == f"{proposals}/errors.jsonl"
+  for r in result["results"].values():
+    # 1 gt found at IoU 0.83 of 1 + 2: recall 1/3 up to 0.8, 0 above; AR 7/30.
+    assert r["num_gt"] == 3 and r["missed_gt"] == 2 and r["num_images"] == 2
+    assert r["recall@0.5"] == pytest.approx(1 / 3) and r["recall@0.7"] == pytest.approx(1 / 3)
+    assert r["recalls"] == pytest.approx([1 / 3] * 7 + [0.0] * 3)
+    assert r["ar"] == pytest.approx(7 / 30)
+    assert r["mean_proposals"] == 1.0  # over the images of proposals.jsonl
+  table = recall.format_table(result)
+  assert table.splitlines()[1].split() == ["10", "1.0", "0.333", "0.333", "0.233"]
+  with Image.open(os.path.join(out, "recall.png")) as plot:
+    assert plot.mode in ("RGB", "RGBA") and plot.size[0] > 0
+
+
+def test_unreadable_image_named_by_path_only(tmp_path):
+  # An older errors.jsonl without image_id: the id comes from the path; an
+  # image failing at rpn-propose's "propose" stage counts the same.
+  root, proposals = _one_good_one_unreadable(tmp_path, {
+      "path": "Data/DET/val/bad.JPEG", "stage": "propose", "reason": "no proposals"})
+  result = evaluate.run(["--proposals", proposals, "--input", root])
+  assert result["num_images_unreadable"] == 1 and result["num_gt_unreadable"] == 2
+  assert result["results"]["10"]["recall@0.5"] == pytest.approx(1 / 3)
+  assert os.path.exists(os.path.join(proposals, "recall.png"))
+
+
+def test_without_errors_file_recall_covers_proposals_only(tmp_path, caplog):
+  root, proposals = _one_good_one_unreadable(tmp_path, None)
+  with caplog.at_level(logging.WARNING, logger="trainer.evaluate"):
+    result = evaluate.run(["--proposals", proposals, "--input", root])
+  assert "errors.jsonl not found" in caplog.text
+  assert result["num_images_unreadable"] == 0 and result["errors_file"] is None
+  assert result["num_gt"] == 1 and result["results"]["10"]["recall@0.5"] == 1.0
+
+
+def test_xml_gt_boxes_without_size():
+  # No <size>: only boxes that cannot be in any image are dropped.
+  annotation = ilsvrc.Annotation(None, None, np.array(
+      [[0, 0, 10, 10], [5, 5, 2, 8], [-9, -9, -1, -1], [500, 500, 900, 900]], np.float64),
+      ["n1"] * 4)
+  np.testing.assert_allclose(evaluate.xml_gt_boxes(annotation),
+                             [[0, 0, 10, 10], [500, 500, 900, 900]])

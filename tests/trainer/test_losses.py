@@ -4,10 +4,16 @@ import math
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from trainer import losses
 
 BETA = 1.0 / 9.0
+
+
+def logit(p):
+  p = np.asarray(p, np.float64)
+  return np.log(p / (1.0 - p)).astype(np.float32)
 
 
 def test_objectness_loss_against_hand_computed_values():
@@ -17,7 +23,20 @@ def test_objectness_loss_against_hand_computed_values():
   # BCE: -ln 0.8 = 0.223144, -ln 0.6 = 0.510826, -ln 0.9 = 0.105361; sum 0.839331 / 3.
   expected = (-math.log(0.8) - math.log(0.6) - math.log(0.9)) / 3
   assert expected == pytest.approx(0.279777, abs=1e-6)
-  assert float(losses.objectness_loss(labels, scores)) == pytest.approx(expected, abs=1e-6)
+  assert float(losses.objectness_loss(labels, logit(scores))) == pytest.approx(expected, abs=1e-6)
+
+
+def test_objectness_gradient_at_extreme_logits_is_not_zero():
+  """A confidently wrong anchor keeps a gradient (BCE on clipped probabilities
+  gave a negative at logit 17 a loss of 15.9 and a gradient of 0)."""
+  labels = tf.constant([[0.0, 1.0, -1.0]])
+  logits = tf.Variable([[17.0, -40.0, 50.0]])
+  with tf.GradientTape() as tape:
+    loss = losses.objectness_loss(labels, logits)
+  gradient = tape.gradient(loss, logits).numpy()
+  # d BCE / d logit = sigmoid(logit) - label, over N_cls = 2 sampled anchors.
+  np.testing.assert_allclose(gradient, [[0.5, -0.5, 0.0]], atol=1e-6)
+  assert float(loss) == pytest.approx((17.0 + 40.0) / 2, rel=1e-5)
 
 
 def test_smooth_l1_against_hand_computed_values():
@@ -55,16 +74,17 @@ def test_ignored_anchors_change_nothing():
   labels, targets, deltas = _box_case()
   scores = np.array([[0.8, 0.4, 0.99], [0.3, 0.6, 0.2]], np.float32)
   packed = np.concatenate([labels, targets], axis=1)
-  cls, box = losses.objectness_loss(labels, scores), losses.box_loss(packed, deltas)
+  cls, box = losses.objectness_loss(labels, logit(scores)), losses.box_loss(packed, deltas)
   rng = np.random.default_rng(0)
   ignored = labels < 0
   ignored4 = np.repeat(ignored, 4, axis=1)
   for _ in range(5):
-    scores2 = np.where(ignored, rng.uniform(0, 1, scores.shape), scores).astype(np.float32)
+    scores2 = np.where(ignored, rng.uniform(0.01, 0.99, scores.shape), scores).astype(np.float32)
     deltas2 = np.where(ignored4, rng.normal(0, 5, deltas.shape), deltas).astype(np.float32)
     targets2 = np.where(ignored4, rng.normal(0, 5, targets.shape), targets).astype(np.float32)
     packed2 = np.concatenate([labels, targets2], axis=1)
-    assert float(losses.objectness_loss(labels, scores2)) == pytest.approx(float(cls), abs=1e-7)
+    assert float(losses.objectness_loss(labels, logit(scores2))) == pytest.approx(float(cls),
+                                                                                   abs=1e-6)
     assert float(losses.box_loss(packed2, deltas2)) == pytest.approx(float(box), abs=1e-7)
   # Negatives' deltas and targets do not count in the box loss either.
   negative4 = np.repeat(labels == 0, 4, axis=1)
@@ -74,9 +94,9 @@ def test_ignored_anchors_change_nothing():
 
 def test_no_sampled_anchor_gives_zero_not_nan():
   labels = np.full((2, 3), -1, np.float32)
-  scores = np.full((2, 3), 0.5, np.float32)
+  logits = np.full((2, 3), 30.0, np.float32)
   packed = np.concatenate([labels, np.ones((2, 12), np.float32)], axis=1)
-  assert float(losses.objectness_loss(labels, scores)) == 0.0
+  assert float(losses.objectness_loss(labels, logits)) == 0.0
   assert float(losses.box_loss(packed, np.zeros((2, 12), np.float32))) == 0.0
 
 
@@ -92,9 +112,9 @@ def test_compiled_loss_is_objectness_plus_weighted_box():
   model.compile(loss=loss, loss_weights=loss_weights)
   model.get_layer("deltas").set_weights([np.zeros((3, 12), np.float32)])
   packed = np.concatenate([labels, targets], axis=1)
-  logs = model.evaluate(scores, {"scores": labels, "deltas": packed}, batch_size=2,
+  logs = model.evaluate(logit(scores), {"scores": labels, "deltas": packed}, batch_size=2,
                         return_dict=True, verbose=0)
-  cls = float(losses.objectness_loss(labels, scores))
+  cls = float(losses.objectness_loss(labels, logit(scores)))
   box = float(losses.box_loss(packed, np.zeros((2, 12), np.float32)))
   assert logs["scores_loss"] == pytest.approx(cls, abs=1e-5)
   assert logs["deltas_loss"] == pytest.approx(box, abs=1e-5)
@@ -116,3 +136,9 @@ def test_masked_metrics_ignore_unsampled_anchors():
   for metric in metrics.values():
     metric.reset_state()
     assert float(metric.result()) == 0.0
+  # The same counts from logits (the training model's output).
+  from_logits = {m.name: m for m in losses.objectness_metrics(from_logits=True)}
+  for metric in from_logits.values():
+    metric.update_state(labels, logit(np.clip(scores, 1e-6, 1 - 1e-6)))
+  assert float(from_logits["objectness_accuracy"].result()) == pytest.approx(4 / 6)
+  assert float(from_logits["positive_precision"].result()) == pytest.approx(2 / 3)

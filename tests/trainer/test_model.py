@@ -125,6 +125,52 @@ def test_mixed_precision_keeps_float32_outputs():
   assert out["scores"].dtype == "float32" and out["deltas"].dtype == "float32"
 
 
+def test_mixed_precision_standardises_low_variance_features_in_float32():
+  """Channels of variance 1e-8 (0 in float16) give finite outputs close to float32's."""
+  rng = np.random.default_rng(0)
+  centres = 0.3 + 1e-4 * rng.normal(size=(4096, CHANNELS))  # variance 1e-8
+  mean, variance = model_lib.feature_statistics(centres)
+  tiles = (0.3 + 1e-4 * rng.normal(size=(64, 3, 3, CHANNELS))).astype(np.float32)
+  outputs = {}
+  for policy_name in ("float32", "mixed_float16"):
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy_name)
+    try:
+      model = model_lib.build_tile_model(CHANNELS, 9, HIDDEN, mean, variance)
+    finally:
+      keras.mixed_precision.set_global_policy(policy)
+    outputs[policy_name] = model
+  outputs["mixed_float16"].set_weights(outputs["float32"].get_weights())
+  assert outputs["mixed_float16"].get_layer("standardise").compute_dtype == "float32"
+  assert outputs["mixed_float16"].get_layer("rpn_conv").compute_dtype == "float16"
+  full, mixed = (outputs[name](tiles) for name in ("float32", "mixed_float16"))
+  for key in ("scores", "deltas"):
+    assert np.all(np.isfinite(mixed[key])), key
+    np.testing.assert_allclose(mixed[key], full[key], atol=0.02)
+
+
+def test_logits_variant_shares_the_weights_and_omits_the_sigmoid():
+  probabilities = _randomise(model_lib.build_tile_model(CHANNELS, 9, HIDDEN))
+  logits = model_lib.build_tile_model(CHANNELS, 9, HIDDEN, logits=True)
+  logits.set_weights(probabilities.get_weights())
+  tiles = np.random.default_rng(1).normal(size=(8, 3, 3, CHANNELS)).astype(np.float32)
+  np.testing.assert_allclose(1 / (1 + np.exp(-logits(tiles)["scores"].numpy())),
+                             probabilities(tiles)["scores"], atol=1e-6)
+  np.testing.assert_allclose(logits(tiles)["deltas"], probabilities(tiles)["deltas"], atol=1e-6)
+
+
+def test_weights_of_version_0_3_load(tmp_path):
+  """A job's rpn.weights.h5 from 0.3.0 (sigmoid inside rpn_cls) loads into
+  today's model (linear rpn_cls, then a sigmoid) with the same outputs."""
+  data = os.path.join(os.path.dirname(__file__), os.pardir, "data")
+  saved = np.load(os.path.join(data, "rpn_0.3.0_outputs.npz"))
+  model = model_lib.build_tile_model(8, 9, 4, saved["feature_mean"], saved["feature_variance"])
+  model.load_weights(os.path.join(data, "rpn_0.3.0.weights.h5"))
+  out = model(saved["tiles"])
+  np.testing.assert_allclose(out["scores"], saved["scores"], atol=1e-6)
+  np.testing.assert_allclose(out["deltas"], saved["deltas"], atol=1e-5)
+
+
 def _assert_same_rpn(tile_model, full, expected_tile_model, rng, num_tiles, map_hw):
   """tile_model computes what expected_tile_model does on random tiles, and the
   full-map model (`full`) what expected_tile_model does on each map tile."""

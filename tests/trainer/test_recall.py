@@ -141,3 +141,31 @@ def test_evaluate_over_proposal_lines_keys_by_top_n():
     assert results[str(n)] == recall.evaluate_recall(
         [np.asarray(lines[0]["boxes"], np.float64), np.zeros((0, 4))], gts, n)
   assert list(recall.evaluate(lines, gts)) == [str(n) for n in recall.TOP_NS]  # the default
+
+
+def test_missed_gt_count_as_misses_at_every_threshold():
+  # One image: its gt covered at 0.83 (7 of 10 thresholds). Plus 3 gt boxes of
+  # images that have no proposals at all (unreadable), in 2 images.
+  proposals = [np.array([[0, 0, 100, 83.0]])]
+  r = recall.evaluate_recall(proposals, [GT], top_n=10, missed_gt=3, missed_images=2)
+  assert r["num_gt"] == 4 and r["missed_gt"] == 3 and r["num_images"] == 3
+  assert r["recall@0.5"] == 0.25 and r["recall@0.7"] == 0.25
+  assert r["recalls"] == [0.25] * 7 + [0.0] * 3
+  assert r["ar"] == pytest.approx(0.7 / 4)
+  assert r["mean_proposals"] == 1.0  # over the images that have proposals only
+  # Without it: the same image alone.
+  alone = recall.evaluate_recall(proposals, [GT], top_n=10)
+  assert alone["num_gt"] == 1 and alone["missed_gt"] == 0 and alone["recall@0.5"] == 1.0
+  # Only missed gt boxes: recall 0, not None.
+  r = recall.evaluate_recall([], [], top_n=10, missed_gt=2, missed_images=1)
+  assert r["num_gt"] == 2 and r["recall@0.5"] == 0.0 and r["ar"] == 0.0
+  assert r["mean_proposals"] == 0.0
+  with pytest.raises(ValueError, match="missed_gt"):
+    recall.evaluate_recall(proposals, [GT], 10, missed_gt=-1)
+  # evaluate() passes them on to every top N; the tables keep working.
+  results = recall.evaluate([{"boxes": [[0, 0, 100, 83]]}], [GT], top_ns=(1, 10), missed_gt=3,
+                            missed_images=2)
+  assert all(v["num_gt"] == 4 and v["recall@0.7"] == 0.25 for v in results.values())
+  assert recall.format_table({"results": results}).splitlines()[1].split() == [
+      "1", "1.0", "0.250", "0.250", "0.175"]
+  assert "4 gt boxes in 3 images" in recall.format_comparison({"a": {"results": results}})

@@ -167,3 +167,68 @@ def test_bad_shards_are_named_or_skipped(tmp_path, capsys, caplog):
   assert last["scores_tiles"] == 64  # 32 records in each of the 2 sound shards
   with open(os.path.join(job, "train_config.json")) as f:
     assert list(json.load(f)["shards_skipped"]) == [victim]
+
+
+def test_rerun_of_a_finished_job_keeps_its_results(learnable, tmp_path, caplog):
+  train_dir, val_dir = learnable
+  job = str(tmp_path / "job")
+  first = train_lib.train(_args(train_dir, job, "--val_data", val_dir, "--epochs", "2"))
+  def read(name):
+    with open(os.path.join(job, name), "rb") as f:
+      return f.read()
+
+  files = {name: read(name)
+           for name in ("metrics.json", "history.csv", "rpn.weights.h5", "train_config.json")}
+  again = train_lib.train(_args(train_dir, job, "--val_data", val_dir, "--epochs", "2"))
+  assert again == pytest.approx(first) and again["val_loss"] > 0
+  for name, content in files.items():
+    assert read(name) == content, name
+  assert f"{job} is complete: it ran 2 epochs" in caplog.text
+  # A larger --epochs trains on from there.
+  train_lib.train(_args(train_dir, job, "--val_data", val_dir, "--epochs", "3"))
+  assert [r["epoch"] for r in _history(job)] == ["0", "1", "2"]
+  with open(os.path.join(job, "metrics.json")) as f:
+    assert set(json.load(f)) >= {"loss", "val_loss"}
+  with open(os.path.join(job, "train_config.json")) as f:
+    config = json.load(f)
+  assert config["epochs_run"] == [2] and config["epochs_completed"] == 3
+
+
+def test_feature_statistics_are_sampled_across_all_shards(tmp_path):
+  data = str(tmp_path / "data")
+  fixtures.write_shards(data, num_records=800, channels=CHANNELS, num_shards=8, seed=4)
+  manifest = manifest_lib.load(data)
+  files, report = data_lib.check_shards(data, manifest)
+  centres, info = train_lib.sample_centres(manifest, files, report["records_per_shard"],
+                                           max_tiles=80, seed=0)
+  assert info["shards"] == 8 and info["of_shards"] == 8 and info["of_records"] == 800
+  assert 40 <= info["records"] <= 120 and centres.shape == (info["records"], CHANNELS)
+  again, _ = train_lib.sample_centres(manifest, files, report["records_per_shard"],
+                                      max_tiles=80, seed=0)
+  np.testing.assert_array_equal(again, centres)  # the same sample on every run
+  other, _ = train_lib.sample_centres(manifest, files, report["records_per_shard"],
+                                      max_tiles=80, seed=1)
+  assert other.shape != centres.shape or not np.array_equal(other, centres)
+  # Drawn from within each shard's first 4x its share, not its first records only:
+  # with 100 records a shard and a share of 10, records up to index 39 are eligible.
+  _, records = fixtures.write_shards(str(tmp_path / "again"), num_records=800,
+                                     channels=CHANNELS, num_shards=8, seed=4)
+  position = {tuple(np.round(tile[1, 1], 5)): index
+              for index, (tile, _, _) in enumerate(records.values())}
+  shard_positions = [position[tuple(np.round(c, 5))] // 8 for c in centres]
+  assert max(shard_positions) >= 10 and max(shard_positions) < 40
+  # Fewer records than asked for: all of them.
+  everything, info = train_lib.sample_centres(manifest, files, report["records_per_shard"],
+                                              max_tiles=10000, seed=0)
+  assert info["records"] == 800 and len(everything) == 800
+
+
+def test_train_config_says_how_the_statistics_were_sampled(learnable, tmp_path):
+  train_dir, _ = learnable
+  job = str(tmp_path / "job")
+  train_lib.train(_args(train_dir, job, "--epochs", "1"))
+  with open(os.path.join(job, "train_config.json")) as f:
+    sample = json.load(f)["feature_statistics"]
+  assert sample["records"] == 1024 and sample["shards"] == 4 and sample["of_shards"] == 4
+  assert os.path.isfile(os.path.join(job, "feature_statistics.json"))
+  assert os.path.isfile(os.path.join(job, "history.png"))
