@@ -54,7 +54,7 @@ STATISTICS_TILES = 20000  # tiles sampled for the per-channel feature statistics
 STATISTICS_WINDOW = 4
 STATISTICS_NAME = "feature_statistics.json"
 METRICS_NAME = "metrics.json"
-HISTORY_NAME = "history.csv"
+HISTORY_NAME = plots.HISTORY_NAME  # CSVLogger's file, which HistoryPlot reads on resume
 
 
 @dataclasses.dataclass(frozen=True)
