@@ -10,7 +10,7 @@ TF_VERSION = "2.21.*"
 
 setuptools.setup(
     name="rpn-pipeline",
-    version="0.4.0",
+    version="0.5.0",
     description="Beam pipeline turning ILSVRC images into RPN training TFRecords, and an RPN trainer",
     python_requires=">=3.10",
     packages=["pipeline", "trainer"],
@@ -35,8 +35,8 @@ setuptools.setup(
             "rpn-anchors=pipeline.coverage_run:main",
             "rpn-sample-data=pipeline.sample_data:main",
             "rpn-draw=pipeline.draw:main",
-            "rpn-train=trainer.train:main",
-            "rpn-propose=trainer.propose:main",
+            "rpn-train=trainer.cli:train_main",
+            "rpn-propose=trainer.cli:propose_main",
             "rpn-evaluate=trainer.evaluate:main",
         ],
     },

@@ -481,6 +481,24 @@ def _layer_info(backbone_name: str, model, feature_layer: Optional[str]) -> Laye
                    max(_min_side(axis) for axis in steps), steps)
 
 
+def layer_info_dict(info: LayerInfo, feature_layer: Optional[str]) -> Dict:
+  """A JSON-ready dict of `info`, asked for as `feature_layer` (remember_layer_info)."""
+  return dict(dataclasses.asdict(info), feature_layer=feature_layer or None)
+
+
+def _tuples(value):
+  return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def remember_layer_info(info: Dict) -> LayerInfo:
+  """Puts a layer_info_dict (e.g. from a child process that built the net) into
+  this process's cache, so check_feature_layer and feature_size need no build."""
+  fields = {f.name for f in dataclasses.fields(LayerInfo)}
+  layer = LayerInfo(**{k: _tuples(v) for k, v in info.items() if k in fields})
+  with _LAYER_INFO_LOCK:
+    return _LAYER_INFO.setdefault((layer.backbone, info.get("feature_layer") or None), layer)
+
+
 def _remember(backbone_name: str, model, feature_layer: Optional[str]) -> LayerInfo:
   """_layer_info, from the cache of check_feature_layer or into it."""
   key = (backbone_name, feature_layer or None)

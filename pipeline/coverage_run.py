@@ -31,8 +31,8 @@ from apache_beam.io import textio
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipeline import backbone as backbone_lib
+from pipeline import cli, coverage, ilsvrc, plots, preflight, storage, transforms
 from pipeline import config as config_lib
-from pipeline import coverage, ilsvrc, plots, storage, transforms
 from pipeline import run as run_lib
 
 ANCHORS_NAME = "anchors.json"
@@ -44,10 +44,9 @@ DEFAULT_SEARCH_IMAGES = 20_000
 _LOGGER = logging.getLogger(__name__)
 
 
-def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog="rpn-anchors", description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser() -> cli.Parser:
+  parser = cli.Parser(prog="rpn-anchors", description=__doc__.split("\n\n")[0],
+                      allow_abbrev=False)  # an abbreviation could take a Beam flag
   run_lib.add_input_arguments(parser)
   parser.add_argument("--output", required=True, help="output directory (local, gs://, ...)")
   run_lib.add_frame_arguments(parser)
@@ -64,12 +63,11 @@ def config_from_args(args: argparse.Namespace) -> config_lib.PreprocessConfig:
   """The input, frame and anchor settings, as rpn-preprocess holds them."""
   images_dir, annotations_dir = ilsvrc.layout_roots(
       input_root=args.input, split=args.split, images=args.images, annotations=args.annotations)
-  if args.max_images is not None and args.max_images < 1:
-    raise ValueError(f"--max_images must be >= 1, got {args.max_images}")
-  if args.search_images < 1:
-    raise ValueError(f"--search_images must be >= 1, got {args.search_images}")
-  if min(args.scales) <= 0 or min(args.ratios) <= 0:
-    raise ValueError(f"--scales and --ratios must be > 0, got {args.scales} and {args.ratios}")
+  for flag in ("max_images", "search_images"):
+    value = getattr(args, flag)
+    if value is not None and value < 1:
+      raise cli.UsageError(f"--{flag}", value, "must be >= 1")
+  run_lib.check_ranges(args)
   return config_lib.PreprocessConfig(
       images_dir=images_dir, annotations_dir=annotations_dir, output=args.output.rstrip("/"),
       image_set=args.image_set, missing_annotations=args.missing_annotations,
@@ -310,11 +308,17 @@ def format_report(report: Dict[str, Any]) -> str:
 
 def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   """Parses flags, runs the pipeline; returns anchors.json's content."""
-  args, beam_args = build_parser().parse_known_args(argv)
+  args, beam_args = build_parser().parse_with_beam(argv)
   setup = run_lib.runner_setup(beam_args)
   cfg = config_from_args(args)
-  backbone_lib.backbone_spec(cfg.backbone.backbone)  # fails fast on a bad name
-  backbone_lib.check_feature_layer(cfg.backbone.backbone, cfg.backbone.feature_layer)
+  # The feature layer's shape arithmetic, from a child process (the launcher
+  # imports no TensorFlow), beside the checks of the input and the output.
+  with preflight.Checks(preflight.start_backbone_check(
+      cfg.backbone.backbone, "none", cfg.backbone.feature_layer, always=True)) as checks:
+    preflight.check_ilsvrc_input(args.input, args.split, args.images, args.annotations,
+                                 args.image_set, args.missing_annotations)
+    preflight.check_output(cfg.output)
+    checks.finish()
   options = PipelineOptions(setup.beam_args)
   options.view_as(SetupOptions).save_main_session = False
   storage.makedirs(cfg.output)
@@ -330,12 +334,11 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-  try:
-    report = run(argv)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"rpn-anchors: error: {e}", file=sys.stderr)
-    return 2
+  cli.setup_logging()
+  return cli.run_command("rpn-anchors", lambda: _report(run(argv)))
+
+
+def _report(report: Dict[str, Any]) -> int:
   print(format_report(report))
   c = report["counts"]
   print(f"images: {c['images_found']} found = {c['images_ok']} ok + {c['images_failed']} failed"

@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline import backbone, ilsvrc, storage, targets
+from pipeline import backbone, cli, ilsvrc, preflight, storage, targets
 from pipeline import config as config_lib
 from pipeline import manifest as manifest_lib
 
@@ -86,8 +86,26 @@ def draw_image(shards_dir: str, manifest: dict, line: dict, image_path: str,
                       line["feature_width"])
 
 
+def check(args: argparse.Namespace) -> dict:
+  """rpn-draw's checks: a finished shard directory, the images, a positive
+  --count, an output that can be written; returns the manifest."""
+  if args.count < 1:
+    raise cli.UsageError("--count", args.count, "must be >= 1")
+  if not preflight.is_dir(args.shards):
+    raise cli.UsageError("--shards", args.shards, "no such directory")
+  try:
+    manifest = manifest_lib.load(args.shards)
+  except manifest_lib.ManifestError as e:
+    raise cli.UsageError("--shards", args.shards, str(e)) from None
+  preflight.check_ilsvrc_input(args.input, args.split, args.images, args.annotations,
+                               missing_annotations="negative")
+  preflight.check_output(args.output)
+  return manifest
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="rpn-draw", description=__doc__.split("\n\n")[0])
+  cli.setup_logging()
+  parser = cli.Parser(prog="rpn-draw", description=__doc__.split("\n\n")[0])
   parser.add_argument("--shards", required=True, help="output directory of rpn-preprocess")
   parser.add_argument("--input", help="dataset root (ILSVRC 2015+ layout)")
   parser.add_argument("--split", default="DET/train")
@@ -96,12 +114,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--image_id", nargs="*", help="images to draw (default: the first --count)")
   parser.add_argument("--count", type=int, default=4)
   parser.add_argument("--output", required=True, help="directory for the PNGs")
-  args = parser.parse_args(argv)
+  args = parser.parse(argv)
   try:
-    manifest = manifest_lib.load(args.shards)
-  except manifest_lib.ManifestError as e:
-    print(f"rpn-draw: error: {e}", file=sys.stderr)
-    return 2
+    manifest = check(args)
+  except ValueError as e:  # cli.UsageError and layout_roots' errors
+    return cli.fail("rpn-draw", e)
   images_dir, annotations_dir = ilsvrc.layout_roots(args.input, args.split, args.images,
                                                     args.annotations)
   lines = {line["image_id"]: line for line in read_images_jsonl(args.shards)}

@@ -33,8 +33,8 @@ from apache_beam.options.pipeline_options import (
 )
 
 from pipeline import backbone as backbone_lib
+from pipeline import cli, ilsvrc, preflight, transforms
 from pipeline import config as config_lib
-from pipeline import ilsvrc, storage, transforms
 from pipeline import manifest as manifest_lib
 
 _LOGGER = logging.getLogger(__name__)
@@ -83,12 +83,13 @@ def add_frame_arguments(parser: argparse.ArgumentParser):
   return model
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> cli.Parser:
+  """The flags of rpn-preprocess; parse_with_beam() leaves Beam's to Beam and
+  refuses what neither knows."""
   targets, backbone = config_lib.TargetConfig(), config_lib.BackboneConfig()
   output = config_lib.OutputConfig()
-  parser = argparse.ArgumentParser(
-      prog="rpn-preprocess", description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  parser = cli.Parser(prog="rpn-preprocess", description=__doc__.split("\n\n")[0],
+                      allow_abbrev=False)  # an abbreviation could take a Beam flag
   add_input_arguments(parser)
   parser.add_argument("--output", required=True, help="output directory (local, gs://, ...)")
   model = add_frame_arguments(parser)
@@ -172,19 +173,11 @@ def config_from_args(args: argparse.Namespace,
   setup = setup or RunnerSetup([], local=True, backbone_threads=None)
   images_dir, annotations_dir = ilsvrc.layout_roots(
       input_root=args.input, split=args.split, images=args.images, annotations=args.annotations)
-  if not (0 < args.fg_fraction <= 1):
-    raise ValueError(f"--fg_fraction must be in (0, 1], got {args.fg_fraction}")
-  if not (0 <= args.bg_iou_thresh <= args.fg_iou_thresh <= 1):
-    raise ValueError(f"need 0 <= bg_iou_thresh ({args.bg_iou_thresh}) <= fg_iou_thresh "
-                     f"({args.fg_iou_thresh}) <= 1")
+  check_ranges(args)
   num_shards = args.num_shards
   if num_shards is None:
     num_shards = setup.num_shards
   threads = setup.backbone_threads if args.backbone_threads is None else args.backbone_threads
-  if args.batch_size <= 0 or num_shards < 0 or args.max_shard_mb < 0:
-    raise ValueError("--batch_size must be > 0, --num_shards and --max_shard_mb >= 0")
-  if threads is not None and threads < 1:
-    raise ValueError(f"--backbone_threads must be >= 1, got {threads}")
   return config_lib.PreprocessConfig(
       images_dir=images_dir, annotations_dir=annotations_dir, output=args.output.rstrip("/"),
       image_set=args.image_set, missing_annotations=args.missing_annotations,
@@ -201,6 +194,51 @@ def config_from_args(args: argparse.Namespace,
           max_shard_mb=args.max_shard_mb),
       split=args.split if args.input else None, input_root=args.input,
       shuffle_records=args.shuffle_records)
+
+
+def check_ranges(args: argparse.Namespace) -> None:
+  """Flag values out of range: a cli.UsageError naming the flag (rpn-anchors
+  shares the frame and anchor flags, not the target flags)."""
+  if hasattr(args, "fg_fraction") and not (0 < args.fg_fraction <= 1):
+    raise cli.UsageError("--fg_fraction", args.fg_fraction, "must be in (0, 1]")
+  if hasattr(args, "fg_iou_thresh") and not (
+      0 <= args.bg_iou_thresh <= args.fg_iou_thresh <= 1):
+    flag = "--bg_iou_thresh" if not 0 <= args.bg_iou_thresh <= 1 else "--fg_iou_thresh"
+    raise cli.UsageError(flag, getattr(args, flag[2:]), f"need 0 <= --bg_iou_thresh "
+                         f"({args.bg_iou_thresh}) <= --fg_iou_thresh ({args.fg_iou_thresh}) <= 1")
+  for flag, least in (("batch_size", 1), ("num_shards", 0), ("max_shard_mb", 0),
+                      ("backbone_threads", 1), ("min_side", 1), ("max_side", 1),
+                      ("max_pixels", 1)):
+    value = getattr(args, flag, None)
+    if value is not None and value < least:
+      raise cli.UsageError(f"--{flag}", value, f"must be >= {least}")
+  for flag in ("scales", "ratios"):
+    values = getattr(args, flag, None)
+    if values is not None and (not values or min(values) <= 0):
+      raise cli.UsageError(f"--{flag}", ",".join(f"{v:g}" for v in values),
+                           "must be positive numbers")
+
+
+def check_before_run(args: argparse.Namespace, cfg: config_lib.PreprocessConfig,
+                     extractor_factory=None) -> None:
+  """Everything the launching machine can check, before any Beam step: the
+  backbone, its feature layer and weights (in a child process, beside the
+  rest), the input folders and image set, the output. A cli.UsageError names
+  the flag; nothing is written."""
+  backbone = cfg.backbone
+  if extractor_factory is None:
+    backbone_check = preflight.start_backbone_check(
+        backbone.backbone, backbone.weights, backbone.feature_layer, cfg.targets.seed)
+  else:  # an injected extractor (tests, benchmarks) stands for the weights
+    backbone_check = None
+    backbone_lib.backbone_spec(backbone.backbone)
+    if backbone.feature_layer:
+      backbone_lib.check_feature_layer(backbone.backbone, backbone.feature_layer)
+  with preflight.Checks(backbone_check) as checks:
+    preflight.check_ilsvrc_input(args.input, args.split, args.images, args.annotations,
+                                 args.image_set, args.missing_annotations)
+    preflight.check_output(cfg.output)
+    checks.finish()
 
 
 # ---------------------------------------------------------------------------
@@ -280,15 +318,10 @@ def summary(manifest: dict) -> str:
 
 def run(argv: Optional[Sequence[str]] = None, extractor_factory=None) -> PreprocessResult:
   """Parses flags, clears old outputs, runs the pipeline; returns what it wrote."""
-  args, beam_args = build_parser().parse_known_args(argv)
+  args, beam_args = build_parser().parse_with_beam(argv)
   setup = runner_setup(beam_args)
   cfg = config_from_args(args, setup)
-  backbone_lib.backbone_spec(cfg.backbone.backbone)  # fails fast on a bad name
-  if cfg.backbone.feature_layer:  # and on a layer the backbone does not have
-    backbone_lib.check_feature_layer(cfg.backbone.backbone, cfg.backbone.feature_layer)
-  weights = cfg.backbone.weights
-  if weights not in ("imagenet", "none") and not storage.exists(weights):
-    raise FileNotFoundError(f"--weights {weights}: no such file")
+  check_before_run(args, cfg, extractor_factory)
   options = PipelineOptions(setup.beam_args)
   options.view_as(SetupOptions).save_main_session = False
   deleted = clear_outputs(cfg.output)
@@ -302,15 +335,13 @@ def run(argv: Optional[Sequence[str]] = None, extractor_factory=None) -> Preproc
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+  cli.setup_logging()
   transforms.PROGRESS_LOGGER.setLevel(logging.INFO)  # the progress line; Beam stays quiet
-  try:
-    result = run(argv)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"rpn-preprocess: error: {e}", file=sys.stderr)
-    return 2
-  print(summary(result.manifest))
-  return 0
+
+  def command() -> int:
+    print(summary(run(argv).manifest))
+    return 0
+  return cli.run_command("rpn-preprocess", command)
 
 
 if __name__ == "__main__":

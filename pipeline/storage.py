@@ -38,6 +38,16 @@ def glob(pattern: str) -> List[str]:
   return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
 
 
+def glob_some(pattern: str, limit: int = 1) -> List[str]:
+  """Up to `limit` paths matching `pattern`: cheap on object stores (the listing
+  stops there)."""
+  from apache_beam.io.filesystems import FileSystems  # lazy: see the module doc
+  try:
+    return [m.path for m in FileSystems.match([pattern], limits=[limit])[0].metadata_list]
+  except Exception:  # BeamIOError: nothing there to list
+    return []
+
+
 def read_bytes(path: str) -> bytes:
   from apache_beam.io.filesystems import FileSystems  # lazy: see the module doc
   with FileSystems.open(path) as f:

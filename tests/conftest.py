@@ -11,8 +11,13 @@ from this file's location.
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
+
+# The launcher remembers passed backbone checks (pipeline/preflight.py); the
+# tests, and the commands they start, keep theirs apart from the user's.
+os.environ["RPN_CACHE_DIR"] = tempfile.mkdtemp(prefix="rpn-test-cache-")
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_ROOT = os.path.join(os.path.dirname(REPO_ROOT), "shared")

@@ -116,3 +116,19 @@ def test_the_static_check_finds_imports_inside_functions(tmp_path):
 @pytest.mark.parametrize("filename", _sources())
 def test_no_pipeline_file_imports_the_trainer(filename):
   assert _trainer_imports(os.path.join(PIPELINE_DIR, filename)) == []
+
+
+# The trainer's command-line front ends check their flags before TensorFlow
+# loads (its import alone takes seconds and prints lines on stderr).
+TRAINER_FRONT_ENDS = ("trainer.cli", "trainer.settings", "trainer.evaluate")
+
+
+@pytest.mark.parametrize("module", TRAINER_FRONT_ENDS)
+def test_trainer_front_ends_leave_out_tensorflow(module):
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+  result = subprocess.run([sys.executable, "-c", CHILD, module], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  loaded = json.loads(result.stdout.strip().splitlines()[-1])
+  assert module in loaded and not _forbidden(loaded, "tensorflow")

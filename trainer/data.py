@@ -30,8 +30,8 @@ import tensorflow as tf
 from pipeline import manifest as manifest_lib
 from pipeline import schema
 from pipeline import shards as shards_lib
+from trainer.settings import DEFAULT_SHUFFLE_BUFFER_MB
 
-DEFAULT_SHUFFLE_BUFFER_MB = 256
 _MAX_INTERLEAVE = 16
 _LOGGER = logging.getLogger(__name__)
 

@@ -69,6 +69,13 @@ def _done(start: float) -> None:
   print(f"    ({time.monotonic() - start:.0f} s)", flush=True)
 
 
+def _ok(code: int, command: str) -> None:
+  """Stops the demo where a step failed (the step printed why)."""
+  if code:
+    print(f"demo: {command} failed (exit code {code}); stopping", file=sys.stderr)
+    sys.exit(code)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m trainer.demo")
   parser.add_argument("--out", default="out")
@@ -124,14 +131,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _done(start)
 
   start = _step("rpn-draw: anchors and sampled labels of 3 training images")
-  draw.main(["--shards", shards["train"], "--input", args.sample, "--split", "DET/train",
-             "--count", "3", "--output", os.path.join(out, "pictures", "anchors")])
+  _ok(draw.main(["--shards", shards["train"], "--input", args.sample, "--split", "DET/train",
+             "--count", "3", "--output", os.path.join(out, "pictures", "anchors")]), "rpn-draw")
   _done(start)
 
   job = os.path.join(out, "job")
   start = _step(f"rpn-train -> {job}")
-  train.main(["--data", shards["train"], "--val_data", shards["val"], "--job_dir", job,
-              "--epochs", str(args.epochs)])
+  _ok(train.main(["--data", shards["train"], "--val_data", shards["val"], "--job_dir", job,
+                  "--epochs", str(args.epochs)]), "rpn-train")
   _done(start)
 
   # The same RPN before training: same architecture, initial weights.
@@ -143,11 +150,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   for name, job_dir in (("untrained RPN", untrained), ("trained RPN", job)):
     proposals = os.path.join(out, "proposals", name.split()[0])
     start = _step(f"rpn-propose ({name}) on DET/val -> {proposals}")
-    propose.main(["--job_dir", job_dir, "--input", args.sample, "--split", "DET/val",
-                  "--output", proposals, "--draw", "6"])
+    _ok(propose.main(["--job_dir", job_dir, "--input", args.sample, "--split", "DET/val",
+                      "--output", proposals, "--draw", "6"]), "rpn-propose")
     _done(start)
     start = _step(f"rpn-evaluate ({name})")
-    evaluate.main(["--proposals", proposals, "--input", args.sample, "--split", "DET/val"])
+    _ok(evaluate.main(["--proposals", proposals, "--input", args.sample, "--split", "DET/val"]),
+        "rpn-evaluate")
     results[name] = storage.read_json(os.path.join(proposals, evaluate.RECALL_NAME))
     _done(start)
 

@@ -22,11 +22,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pipeline import config, ilsvrc, storage
-from trainer import plots
+from pipeline import cli, config, ilsvrc, preflight, storage
+from trainer import plots, settings
 from trainer import recall as recall_lib
 
-PROPOSALS_NAME = "proposals.jsonl"
+PROPOSALS_NAME = settings.PROPOSALS_NAME
 ERRORS_NAME = config.ERRORS_NAME  # rpn-propose's failed images
 RECALL_NAME = "recall.json"
 PLOT_NAME = "recall.png"
@@ -203,10 +203,8 @@ def recall_plot(results: Dict[str, dict], title: str) -> bytes:
   return plots.recall_png(curves, title=title)
 
 
-def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog="rpn-evaluate", description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser() -> cli.Parser:
+  parser = cli.Parser(prog="rpn-evaluate", description=__doc__.split("\n\n")[0])
   parser.add_argument("--proposals", required=True,
                       help="output directory of rpn-propose (holds proposals.jsonl, errors.jsonl)")
   parser.add_argument("--input", required=True, help="dataset root of the ILSVRC 2015+ layout")
@@ -219,9 +217,32 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def check(args: argparse.Namespace) -> None:
+  """rpn-evaluate's checks: a finished rpn-propose output, the split's
+  annotations, positive --top_n, an output that can be written."""
+  if not args.top_n or min(args.top_n) < 1:
+    raise cli.UsageError("--top_n", ",".join(map(str, args.top_n)), "must be numbers >= 1")
+  if not preflight.is_dir(args.proposals):
+    raise cli.UsageError("--proposals", args.proposals, "no such directory")
+  if not storage.exists(storage.join(args.proposals, PROPOSALS_NAME)):
+    raise cli.UsageError("--proposals", args.proposals, f"has no {PROPOSALS_NAME}: not the "
+                         f"--output of an rpn-propose run")
+  if not storage.exists(storage.join(args.proposals, settings.PROPOSE_SETTINGS_NAME)):
+    # Proposals of another method in the same format are welcome; a cut-short
+    # rpn-propose run is the other reason.
+    logging.getLogger(__name__).warning(
+        "%s has no %s: rpn-propose did not finish there, or the proposals come from "
+        "elsewhere; evaluating the lines it has", args.proposals, settings.PROPOSE_SETTINGS_NAME)
+  preflight.check_root(args.input, folder="Annotations")
+  preflight.check_split(args.input, args.split, "Annotations")
+  preflight.check_output(args.output or args.proposals, "--output")
+
+
 def run(argv: Optional[Sequence[str]] = None) -> dict:
-  """Parses flags, evaluates, writes recall.json and recall.png; returns recall.json."""
-  args = build_parser().parse_args(argv)
+  """Parses and checks the flags, evaluates, writes recall.json and recall.png;
+  returns recall.json (with "output")."""
+  args = build_parser().parse(argv)
+  check(args)
   output = (args.output or args.proposals).rstrip("/")
   images_dir, annotations_dir = ilsvrc.layout_roots(input_root=args.input, split=args.split)
   lines = read_proposals(args.proposals)
@@ -263,12 +284,11 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-  try:
-    recall = run(argv)
-  except ValueError as e:  # EvaluateError, bad flags or layout
-    print(f"rpn-evaluate: error: {e}", file=sys.stderr)
-    return 2
+  cli.setup_logging()
+  return cli.run_command("rpn-evaluate", lambda: _report(run(argv)))
+
+
+def _report(recall: dict) -> int:
   print(f"proposal recall: {recall['num_gt']} gt boxes in {recall['num_images_with_gt']} "
         f"of {recall['num_images']} images")
   print(recall_lib.format_table(recall))

@@ -40,8 +40,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from trainer.settings import DEFAULT_BOX_LOSS_WEIGHT
+
 SMOOTH_L1_BETA = 1.0 / 9.0  # sigma = 3
-DEFAULT_BOX_LOSS_WEIGHT = 1.0
 SCORE_THRESHOLD = 0.5  # objectness above which a metric counts an anchor as positive
 
 

@@ -33,10 +33,7 @@ import numpy as np
 from pipeline import manifest as manifest_lib
 from pipeline import schema, storage
 from pipeline.config import MANIFEST_NAME, AnchorConfig
-
-WEIGHTS_NAME = "rpn.weights.h5"
-TRAIN_CONFIG_NAME = "train_config.json"
-DEFAULT_HIDDEN = 512  # filters of the 3x3 conv, as in the paper
+from trainer.settings import DEFAULT_HIDDEN, TRAIN_CONFIG_NAME, WEIGHTS_NAME  # noqa: F401
 
 
 def _layers(channels_hidden: int, num_anchors: int, padding: str):

@@ -46,19 +46,21 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import anchors as anchors_lib
 from pipeline import backbone as backbone_lib
-from pipeline import config, ilsvrc, storage
+from pipeline import backbone_check, config, ilsvrc, storage
 from pipeline import manifest as manifest_lib
 from pipeline import proposals as proposals_lib
+from trainer import cli as trainer_cli
 from trainer import draw
 from trainer import evaluate as evaluate_lib
 from trainer import model as model_lib
+from trainer import settings as settings_lib
 
 WEIGHTS_NAME = model_lib.WEIGHTS_NAME
 MANIFEST_NAME = model_lib.MANIFEST_NAME
 TRAIN_CONFIG_NAME = model_lib.TRAIN_CONFIG_NAME
-JOB_FILES = (WEIGHTS_NAME, MANIFEST_NAME, TRAIN_CONFIG_NAME)
+JOB_FILES = settings_lib.JOB_FILES
 PROPOSALS_NAME = evaluate_lib.PROPOSALS_NAME
-SETTINGS_NAME = "propose.json"
+SETTINGS_NAME = settings_lib.PROPOSE_SETTINGS_NAME
 PICTURES_DIR = "pictures"
 PICTURE_TOP = 20  # proposals drawn per picture
 
@@ -153,7 +155,10 @@ class Proposer:
           manifest["backbone"], self.weights, int(manifest.get("weights_seed", 0)),
           feature_layer=manifest.get("feature_layer"))
     except backbone_lib.WeightsUnavailableError as e:
-      raise JobError(f"backbone weights of the job ({self.weights}): {e}") from None
+      problem = backbone_check.weights_problem(e, manifest["backbone"])
+      if weights:
+        raise JobError(f"--weights {weights}: {problem}") from None
+      raise JobError(f"backbone weights of the job ({self.weights}): {problem}") from None
     # Features go through the dtype the tiles were stored in, as in training.
     self.feature_dtype = np.dtype(manifest.get("dtype", "float32"))
     self.traces = 0
@@ -300,33 +305,7 @@ def iter_proposals(proposer: Proposer, inputs, max_pixels: int
     yield "ok", line, (frame, boxes, scores, gt)
 
 
-def build_parser() -> argparse.ArgumentParser:
-  defaults = config.ProposalConfig()
-  parser = argparse.ArgumentParser(
-      prog="rpn-propose", description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  parser.add_argument("--job_dir", required=True,
-                      help="output of rpn-train (rpn.weights.h5, manifest.json, train_config.json)")
-  parser.add_argument("--input", help="dataset root of the ILSVRC 2015+ layout; annotations "
-                      "(Annotations/<split>/<id>.xml) give the gt boxes")
-  parser.add_argument("--split", default="DET/val", help="split under Data/ and Annotations/")
-  parser.add_argument("--images", help="glob of image files (no gt boxes), e.g. 'dir/*.JPEG'")
-  parser.add_argument("--output", required=True, help="output directory")
-  parser.add_argument("--pre_nms_top_n", type=int, default=defaults.pre_nms_top_n,
-                      help="boxes kept before NMS, best score first (0: all)")
-  parser.add_argument("--post_nms_top_n", type=int, default=defaults.post_nms_top_n,
-                      help="proposals kept after NMS (0: all)")
-  parser.add_argument("--nms_thresh", type=float, default=defaults.nms_thresh)
-  parser.add_argument("--min_size", type=float, default=defaults.min_size,
-                      help="drop boxes narrower or lower than this, in pixels of the frame")
-  parser.add_argument("--anchors", choices=("inside", "all"), default=defaults.anchors,
-                      help="propose from the anchors inside the image (those training "
-                      "labels) or from all anchors, clipped")
-  parser.add_argument("--draw", type=int, default=8,
-                      help="pictures of the first N images (top 20 proposals, gt boxes)")
-  parser.add_argument("--weights", default=None,
-                      help="backbone weights instead of the manifest's (imagenet|none|PATH)")
-  return parser
+build_parser = trainer_cli.propose_parser  # the flags and their checks: trainer/cli.py
 
 
 def _write_json_line(f, record: dict) -> None:
@@ -334,8 +313,16 @@ def _write_json_line(f, record: dict) -> None:
 
 
 def run(argv: Optional[Sequence[str]] = None) -> dict:
-  """Parses flags, proposes for every image, writes the outputs; returns propose.json."""
-  args = build_parser().parse_args(argv)
+  """Parses and checks the flags, proposes for every image, writes the outputs;
+  returns propose.json (with "output")."""
+  args = build_parser().parse(argv)
+  trainer_cli.check_propose(args)
+  return propose(args)
+
+
+def propose(args: argparse.Namespace) -> dict:
+  """Proposes for every image of checked flags, writes the outputs; returns
+  propose.json (with "output")."""
   proposal_config = config.ProposalConfig(args.pre_nms_top_n, args.post_nms_top_n,
                                           args.nms_thresh, args.min_size, args.anchors)
   if (proposal_config.pre_nms_top_n < 0 or proposal_config.post_nms_top_n < 0
@@ -389,20 +376,19 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
   return settings
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-  try:
-    settings = run(argv)
-  except ValueError as e:  # JobError, bad flags, no images
-    print(f"rpn-propose: error: {e}", file=sys.stderr)
-    return 2
+def report(settings: dict) -> None:
+  """The summary on stdout."""
   c = settings["counts"]
   print(f"images: {c['images_found']} found = {c['images_ok']} ok + {c['images_failed']} "
         f"failed; {c['proposals']} proposals "
         f"({c['proposals'] / max(1, c['images_ok']):.1f} per image) in {settings['seconds']:.1f} s")
   print(f"wrote {settings['output']}/{PROPOSALS_NAME}, {config.ERRORS_NAME}, {SETTINGS_NAME} and "
         f"{settings['pictures']} pictures")
-  return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """rpn-propose (trainer/cli.py: the flags are checked before the backbone loads)."""
+  return trainer_cli.propose_main(argv)
 
 
 if __name__ == "__main__":

@@ -41,10 +41,10 @@ import tensorflow as tf
 
 from pipeline import manifest as manifest_lib
 from pipeline import schema, storage
+from trainer import cli, plots, settings
 from trainer import data as data_lib
 from trainer import losses as losses_lib
 from trainer import model as model_lib
-from trainer import plots
 
 _LOGGER = logging.getLogger(__name__)
 STATISTICS_TILES = 20000  # tiles sampled for the per-channel feature statistics
@@ -53,60 +53,14 @@ STATISTICS_TILES = 20000  # tiles sampled for the per-channel feature statistics
 # STATISTICS_WINDOW * STATISTICS_TILES records, wherever the shards are.
 STATISTICS_WINDOW = 4
 STATISTICS_NAME = "feature_statistics.json"
-METRICS_NAME = "metrics.json"
+METRICS_NAME = settings.METRICS_NAME
 HISTORY_NAME = plots.HISTORY_NAME  # CSVLogger's file, which HistoryPlot reads on resume
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-  epochs: int = 10
-  batch_size: int = 256  # tiles per step
-  learning_rate: float = 1e-3  # Adam
-  box_loss_weight: float = losses_lib.DEFAULT_BOX_LOSS_WEIGHT
-  hidden: int = model_lib.DEFAULT_HIDDEN
-  steps_per_epoch: Optional[int] = None  # None: one pass over the shards
-  shuffle_buffer_mb: int = data_lib.DEFAULT_SHUFFLE_BUFFER_MB
-  mixed_precision: bool = False
-  skip_corrupt_shards: bool = False
-  verify_shards: bool = False
-  seed: int = 0
-
-
-_HELP = {
-    "batch_size": "tiles per step",
-    "learning_rate": "Adam learning rate",
-    "box_loss_weight": "weight of the box (smooth L1) loss against the objectness loss",
-    "hidden": "filters of the 3x3 conv",
-    "steps_per_epoch": "steps per epoch (the data repeats); default: one pass over the shards",
-    "shuffle_buffer_mb": "megabytes of records in the shuffle buffer",
-    "mixed_precision": "compute in mixed_float16 (GPUs with tensor cores); outputs stay float32",
-    "skip_corrupt_shards": "leave out shards that cannot be read to the end (logged) "
-                           "instead of failing",
-    "verify_shards": "before training, read every shard whole and check each record's "
-                     "framing and checksum (default: compare each shard's size with the "
-                     "manifest, a stat per file)",
-    "seed": "seed of the shuffling, the sampling of the feature statistics and the weights",
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="rpn-train", description=__doc__.split("\n\n")[0],
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  parser.add_argument("--data", required=True, help="shard directory of rpn-preprocess")
-  parser.add_argument("--val_data", help="held-out shard directory (same backbone and anchors)")
-  parser.add_argument("--job_dir", required=True, help="where the model, logs and checkpoints go")
-  for field in dataclasses.fields(TrainConfig):
-    flag, help_text = "--" + field.name, _HELP.get(field.name)
-    if field.type in (bool, "bool"):
-      parser.add_argument(flag, action="store_true", help=help_text)
-    else:
-      kind = {"int": int, "float": float, "Optional[int]": int}[str(field.type)]
-      parser.add_argument(flag, type=kind, default=field.default, help=help_text)
-  return parser
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-  return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+# The flags and their checks live in trainer/cli.py (no TensorFlow there).
+TrainConfig = cli.TrainConfig
+build_parser = cli.train_parser
+config_from_args = cli.train_config_from_args
 
 
 def default_strategy():
@@ -377,16 +331,8 @@ def train(args: argparse.Namespace, callbacks: Sequence = (),
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-  args = build_parser().parse_args(argv)
-  try:
-    last = train(args)
-  except manifest_lib.ManifestError as e:  # CorruptShardError included
-    print(f"rpn-train: error: {e}", file=sys.stderr)
-    return 2
-  print("final epoch: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(last.items())))
-  print(f"model: {os.path.join(args.job_dir, model_lib.WEIGHTS_NAME)}")
-  return 0
+  """rpn-train (trainer/cli.py: the flags are checked before training starts)."""
+  return cli.train_main(argv)
 
 
 if __name__ == "__main__":

@@ -268,8 +268,9 @@ def test_plain_run_is_multi_process_with_runner_decided_shards(tmp_path, monkeyp
 
 def test_unknown_feature_layer_stops_before_the_pipeline(tmp_path, capsys):
   output = tmp_path / "out"
-  code = run.main(["--input", str(tmp_path), "--output", str(output), "--backbone", "VGG16",
-                   "--weights", "none", "--feature_layer", "block5_conv9"])
+  fixtures.write_dataset(str(tmp_path / "data"), num_images=1)
+  code = run.main(["--input", str(tmp_path / "data"), "--output", str(output),
+                   "--backbone", "VGG16", "--weights", "none", "--feature_layer", "block5_conv9"])
   err = capsys.readouterr().err.strip()
   assert code == 2 and "\n" not in err
   assert err.startswith("rpn-preprocess: error: --feature_layer block5_conv9: no such layer "

@@ -45,9 +45,10 @@ def test_frame_gt_boxes_resize_and_size_mismatch():
 
 
 def test_run_missing_proposals_names_the_file(tmp_path, capsys):
-  code = evaluate.main(["--proposals", str(tmp_path / "nothing"), "--input", str(tmp_path)])
+  (tmp_path / "empty").mkdir()
+  code = evaluate.main(["--proposals", str(tmp_path / "empty"), "--input", str(tmp_path)])
   assert code == 2
-  assert "proposals.jsonl" in capsys.readouterr().err
+  assert "has no proposals.jsonl" in capsys.readouterr().err
 
 
 def test_evaluate_end_to_end(proposals, val_dataset, tmp_path, capsys):

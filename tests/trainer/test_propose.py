@@ -166,7 +166,9 @@ def test_manifest_of_another_backbone_is_refused(untrained_job, tmp_path):
 
 
 def test_no_images_is_a_clear_error(untrained_job, tmp_path, capsys):
+  os.makedirs(tmp_path / "Data" / "DET" / "val")
   code = propose.main(["--job_dir", untrained_job, "--input", str(tmp_path), "--output",
                        str(tmp_path / "out")])
   assert code == 2
-  assert "no images" in capsys.readouterr().err
+  assert "--split DET/val: no image files" in capsys.readouterr().err
+  assert not (tmp_path / "out").exists()

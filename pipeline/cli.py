@@ -1,0 +1,186 @@
+"""What every console script shares: flags parsed strictly, errors in one line.
+
+A mistake the launching machine can see (a mistyped flag, a path that does
+not exist, an output that cannot be written) ends the command before it does
+any work, with exit code 2 and exactly one line on stderr:
+
+    rpn-preprocess: error: --split DET/trian: no such split under d/Data; found DET/train, DET/val
+
+No traceback, no usage block, nothing written. Stdlib only: the commands parse
+their flags and run their checks before TensorFlow is imported (its import
+alone prints lines on stderr).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import difflib
+import logging
+import os
+import re
+import sys
+import tempfile
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+
+EXIT_USAGE = 2
+
+
+class UsageError(ValueError):
+  """A mistake in the command line or in what it points to: one line naming the flag.
+
+  str(): "--flag VALUE: problem" (or "--flag: problem" without a value).
+  """
+
+  def __init__(self, flag: Optional[str], value, problem: str):
+    self.flag, self.value, self.problem = flag, value, problem
+    head = flag or ""
+    if value is not None and value != "":
+      head = f"{head} {value}" if head else str(value)
+    super().__init__(f"{head}: {problem}" if head else problem)
+
+
+def one_line(text) -> str:
+  """`text` with every run of whitespace (newlines included) as one space."""
+  return " ".join(str(text).split())
+
+
+def error_line(prog: str, error) -> str:
+  return f"{prog}: error: {one_line(error)}"
+
+
+def fail(prog: str, error) -> int:
+  """Prints the one error line on stderr; returns the exit code, 2."""
+  print(error_line(prog, error), file=sys.stderr, flush=True)
+  return EXIT_USAGE
+
+
+def closest(flag: str, known: Iterable[str]) -> Optional[str]:
+  """The known flag nearest to `flag` (a typo, '-' for '_', a lost letter), or None."""
+  def normal(name: str) -> str:
+    return "--" + name.split("=", 1)[0].lstrip("-").replace("-", "_").lower()
+  normalised = {normal(k): k for k in sorted(set(known))}
+  key = normal(flag)
+  if key in normalised:
+    return normalised[key]
+  matches = difflib.get_close_matches(key, list(normalised), n=1, cutoff=0.6)
+  return normalised[matches[0]] if matches else None
+
+
+def unknown_flag_error(arg: str, known: Iterable[str]) -> UsageError:
+  name = arg.split("=", 1)[0]
+  if not name.startswith("-"):
+    return UsageError(None, None, f"unexpected argument {arg!r} (flags take the form "
+                      f"--name VALUE)")
+  suggestion = closest(name, known)
+  hint = f"; did you mean {suggestion}?" if suggestion else "; see --help"
+  return UsageError(name, None, f"no such flag{hint}")
+
+
+class Parser(argparse.ArgumentParser):
+  """argparse whose errors are one line (no usage block) and exit 2.
+
+  parse() is parse_args() that also names the closest valid flag for an
+  unknown one; parse_with_beam() keeps the arguments that Beam's
+  PipelineOptions knows and refuses the rest the same way.
+  """
+
+  def __init__(self, *args, **kwargs):
+    kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+    super().__init__(*args, **kwargs)
+
+  def error(self, message):  # argparse's own errors: missing, invalid or unknown
+    self.exit(EXIT_USAGE, error_line(self.prog, message) + "\n")
+
+  def flags(self) -> List[str]:
+    return [s for action in self._actions for s in action.option_strings if s.startswith("--")]
+
+  def parse(self, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    args, unknown = self.parse_known_args(argv)
+    if unknown:
+      self.error(str(unknown_flag_error(unknown[0], self.flags())))
+    return args
+
+  def parse_with_beam(self, argv: Optional[Sequence[str]] = None
+                      ) -> Tuple[argparse.Namespace, List[str]]:
+    """(own arguments, Beam's arguments); an argument neither knows is an error."""
+    args, rest = self.parse_known_args(argv)
+    beam_flags, unknown = beam_unknown_args(rest)
+    if unknown:
+      self.error(str(unknown_flag_error(unknown[0], self.flags() + beam_flags)))
+    return args, rest
+
+
+def beam_unknown_args(args: Sequence[str]) -> Tuple[List[str], List[str]]:
+  """(every flag Beam's PipelineOptions define, the arguments of `args` none of
+  them parses): what PipelineOptions would log as "Discarding unparseable args"
+  and drop. Built the way PipelineOptions.get_all_options builds its parser."""
+  from apache_beam.options import pipeline_options  # lazy: a second's import
+
+  parser = pipeline_options._BeamArgumentParser(allow_abbrev=False)  # pylint: disable=protected-access
+  seen = {}
+  for cls in pipeline_options.PipelineOptions.__subclasses__():
+    seen.setdefault(str(cls), cls)
+  for cls in seen.values():
+    cls._add_argparse_args(parser)  # pylint: disable=protected-access
+  _, unknown = parser.parse_known_args(list(args))
+  flags = [s for action in parser._actions for s in action.option_strings  # pylint: disable=protected-access
+           if s.startswith("--")]
+  return flags, [a for a in unknown if a != "--"]
+
+
+# What TensorFlow's native code prints while it is imported: a note that absl
+# logging is not set up yet, oneDNN's and the CPU feature guard's notices.
+TENSORFLOW_IMPORT_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\)|"
+    r"I\d{4} [^\]]*\] (oneDNN custom operations|This TensorFlow binary is optimized)|"
+    r"To enable the following instructions:)")
+
+
+@contextlib.contextmanager
+def quiet_native_stderr(noise: "re.Pattern[str]" = TENSORFLOW_IMPORT_NOISE):
+  """Holds back what is written to file descriptor 2 (native code included)
+  inside the block, then writes it out less the lines matching `noise`."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as held:
+    os.dup2(held.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      held.seek(0)
+      lines = held.read().decode("utf-8", "replace").splitlines(keepends=True)
+      kept = "".join(line for line in lines if not noise.match(line))
+      if kept:
+        sys.stderr.write(kept)
+        sys.stderr.flush()
+
+
+def import_tensorflow_quietly() -> None:
+  """Imports TensorFlow without its start-up notices on stderr (anything else
+  it prints still shows)."""
+  if "tensorflow" in sys.modules:
+    return
+  with quiet_native_stderr():
+    import tensorflow  # noqa: F401
+
+
+def setup_logging(level: int = logging.WARNING) -> None:
+  """The commands' logging: WARNING and up, timestamped (replacing the handler
+  that a library's logging.warning() at import may have set up), without the
+  import-time noise that pipeline/__init__.py filters out."""
+  logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", force=True)
+
+
+def run_command(prog: str, command: Callable[[], int],
+                errors: Tuple[type, ...] = (ValueError, FileNotFoundError)) -> int:
+  """Runs `command` (a main body returning an exit code); a UsageError or one of
+  `errors` becomes the one error line and exit code 2."""
+  try:
+    return command()
+  except UsageError as e:
+    return fail(prog, e)
+  except errors as e:
+    return fail(prog, e)

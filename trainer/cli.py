@@ -1,0 +1,227 @@
+"""The front ends of rpn-train and rpn-propose: flags and checks, before TensorFlow.
+
+Each command parses its flags and checks what it is pointed at (the shard
+directories, the job directory, the images, the output) without importing
+TensorFlow, so that a mistake ends it within a second, with exit code 2 and
+one line on stderr (pipeline.cli). Only then is the training or proposing
+module imported, with TensorFlow's start-up notices held back.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Dict, Optional, Sequence
+
+from pipeline import cli, config, preflight, storage
+from pipeline import manifest as manifest_lib
+from trainer import settings
+
+# ---------------------------------------------------------------------------
+# rpn-train
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  epochs: int = 10
+  batch_size: int = 256  # tiles per step
+  learning_rate: float = 1e-3  # Adam
+  box_loss_weight: float = settings.DEFAULT_BOX_LOSS_WEIGHT
+  hidden: int = settings.DEFAULT_HIDDEN
+  steps_per_epoch: Optional[int] = None  # None: one pass over the shards
+  shuffle_buffer_mb: int = settings.DEFAULT_SHUFFLE_BUFFER_MB
+  mixed_precision: bool = False
+  skip_corrupt_shards: bool = False
+  verify_shards: bool = False
+  seed: int = 0
+
+
+_TRAIN_HELP = {
+    "batch_size": "tiles per step",
+    "learning_rate": "Adam learning rate",
+    "box_loss_weight": "weight of the box (smooth L1) loss against the objectness loss",
+    "hidden": "filters of the 3x3 conv",
+    "steps_per_epoch": "steps per epoch (the data repeats); default: one pass over the shards",
+    "shuffle_buffer_mb": "megabytes of records in the shuffle buffer",
+    "mixed_precision": "compute in mixed_float16 (GPUs with tensor cores); outputs stay float32",
+    "skip_corrupt_shards": "leave out shards that cannot be read to the end (logged) "
+                           "instead of failing",
+    "verify_shards": "before training, read every shard whole and check each record's "
+                     "framing and checksum (default: compare each shard's size with the "
+                     "manifest, a stat per file)",
+    "seed": "seed of the shuffling, the sampling of the feature statistics and the weights",
+}
+# The least value of each numeric flag (learning_rate: more than 0).
+_TRAIN_LEAST = {"epochs": 1, "batch_size": 1, "box_loss_weight": 0, "hidden": 1,
+                "steps_per_epoch": 1, "shuffle_buffer_mb": 0}
+
+
+def train_parser() -> cli.Parser:
+  parser = cli.Parser(prog="rpn-train", description=(
+      "Stream the shards of rpn-preprocess into the Keras RPN head."))
+  parser.add_argument("--data", required=True, help="shard directory of rpn-preprocess")
+  parser.add_argument("--val_data", help="held-out shard directory (same backbone and anchors)")
+  parser.add_argument("--job_dir", required=True, help="where the model, logs and checkpoints go")
+  for field in dataclasses.fields(TrainConfig):
+    flag, help_text = "--" + field.name, _TRAIN_HELP.get(field.name)
+    if field.type in (bool, "bool"):
+      parser.add_argument(flag, action="store_true", help=help_text)
+    else:
+      kind = {"int": int, "float": float, "Optional[int]": int}[str(field.type)]
+      parser.add_argument(flag, type=kind, default=field.default, help=help_text)
+  return parser
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+  return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+
+
+def load_data_manifest(data_dir: str, flag: str) -> Dict:
+  """The manifest of a finished rpn-preprocess run in `data_dir`, or a UsageError."""
+  if not preflight.is_dir(data_dir):
+    raise cli.UsageError(flag, data_dir, "no such directory")
+  if not storage.exists(manifest_lib.path_in(data_dir)):
+    raise cli.UsageError(flag, data_dir, f"has no {config.MANIFEST_NAME}: not the output of a "
+                         f"finished rpn-preprocess run (the manifest is written last)")
+  try:
+    return manifest_lib.load(data_dir)
+  except manifest_lib.ManifestError as e:
+    raise cli.UsageError(flag, data_dir, str(e)) from None
+
+
+def check_train(args: argparse.Namespace) -> None:
+  """rpn-train's checks: values in range, finished shard directories of one
+  backbone and anchors, a job dir that holds nothing else and can be written."""
+  for name, least in _TRAIN_LEAST.items():
+    value = getattr(args, name)
+    if value is not None and value < least:
+      raise cli.UsageError(f"--{name}", value, f"must be >= {least}")
+  if not args.learning_rate > 0:
+    raise cli.UsageError("--learning_rate", args.learning_rate, "must be > 0")
+  manifest = load_data_manifest(args.data, "--data")
+  if args.val_data:
+    val_manifest = load_data_manifest(args.val_data, "--val_data")
+    try:
+      manifest_lib.check_compatible(manifest, val_manifest, "the --data manifest")
+    except manifest_lib.ManifestError as e:
+      raise cli.UsageError("--val_data", args.val_data, f"does not go with --data {args.data} "
+                           f"({e})") from None
+  job_manifest = storage.join(args.job_dir, settings.JOB_MANIFEST_NAME)
+  if storage.exists(job_manifest):
+    try:
+      manifest_lib.check_compatible(manifest_lib.read(job_manifest), manifest, "--data")
+    except manifest_lib.ManifestError as e:
+      raise cli.UsageError("--job_dir", args.job_dir, f"holds a model of other data ({e}); use "
+                           f"a fresh --job_dir") from None
+  preflight.check_output(args.job_dir, "--job_dir")
+
+
+def train_main(argv: Optional[Sequence[str]] = None) -> int:
+  cli.setup_logging()
+  args = train_parser().parse(argv)
+
+  def command() -> int:
+    check_train(args)
+    cli.import_tensorflow_quietly()
+    from trainer import train  # lazy: TensorFlow, after the checks
+    last = train.train(args)
+    print("final epoch: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(last.items())))
+    print(f"model: {storage.join(args.job_dir, settings.WEIGHTS_NAME)}")
+    return 0
+  return cli.run_command("rpn-train", command, errors=(manifest_lib.ManifestError,))
+
+
+# ---------------------------------------------------------------------------
+# rpn-propose
+
+
+def propose_parser() -> cli.Parser:
+  defaults = config.ProposalConfig()
+  parser = cli.Parser(prog="rpn-propose",
+                      description="Region proposals of a trained RPN for whole images.")
+  parser.add_argument("--job_dir", required=True,
+                      help="output of rpn-train (rpn.weights.h5, manifest.json, train_config.json)")
+  parser.add_argument("--input", help="dataset root of the ILSVRC 2015+ layout; annotations "
+                      "(Annotations/<split>/<id>.xml) give the gt boxes")
+  parser.add_argument("--split", default="DET/val", help="split under Data/ and Annotations/")
+  parser.add_argument("--images", help="glob of image files (no gt boxes), e.g. 'dir/*.JPEG'")
+  parser.add_argument("--output", required=True, help="output directory")
+  parser.add_argument("--pre_nms_top_n", type=int, default=defaults.pre_nms_top_n,
+                      help="boxes kept before NMS, best score first (0: all)")
+  parser.add_argument("--post_nms_top_n", type=int, default=defaults.post_nms_top_n,
+                      help="proposals kept after NMS (0: all)")
+  parser.add_argument("--nms_thresh", type=float, default=defaults.nms_thresh)
+  parser.add_argument("--min_size", type=float, default=defaults.min_size,
+                      help="drop boxes narrower or lower than this, in pixels of the frame")
+  parser.add_argument("--anchors", choices=("inside", "all"), default=defaults.anchors,
+                      help="propose from the anchors inside the image (those training "
+                      "labels) or from all anchors, clipped")
+  parser.add_argument("--draw", type=int, default=8,
+                      help="pictures of the first N images (top 20 proposals, gt boxes)")
+  parser.add_argument("--weights", default=None,
+                      help="backbone weights instead of the manifest's (imagenet|none|PATH)")
+  return parser
+
+
+def check_job_dir(job_dir: str, flag: str = "--job_dir") -> Dict:
+  """A finished rpn-train job dir: its files are there; returns its manifest."""
+  if not preflight.is_dir(job_dir):
+    raise cli.UsageError(flag, job_dir, "no such directory")
+  missing = [name for name in settings.JOB_FILES
+             if not storage.exists(storage.join(job_dir, name))]
+  if missing:
+    raise cli.UsageError(flag, job_dir, f"has no {', '.join(missing)}: not the --job_dir of a "
+                         f"finished rpn-train run")
+  try:
+    return manifest_lib.read(storage.join(job_dir, settings.JOB_MANIFEST_NAME))
+  except manifest_lib.ManifestError as e:
+    raise cli.UsageError(flag, job_dir, str(e)) from None
+
+
+def check_propose(args: argparse.Namespace) -> None:
+  """rpn-propose's checks: values in range, a finished job, images to propose
+  for, backbone weights that exist, an output that can be written."""
+  if args.pre_nms_top_n < 0 or args.post_nms_top_n < 0 or args.draw < 0:
+    flag = next(f for f in ("pre_nms_top_n", "post_nms_top_n", "draw") if getattr(args, f) < 0)
+    raise cli.UsageError(f"--{flag}", getattr(args, flag), "must be >= 0")
+  if not 0 < args.nms_thresh <= 1:
+    raise cli.UsageError("--nms_thresh", args.nms_thresh, "must be in (0, 1]")
+  if args.min_size < 0:
+    raise cli.UsageError("--min_size", args.min_size, "must be >= 0")
+  manifest = check_job_dir(args.job_dir)
+  if bool(args.input) == bool(args.images):
+    raise cli.UsageError(None, None, "give exactly one of --input ROOT (ILSVRC layout, with "
+                         "annotations) or --images GLOB")
+  if args.weights:  # other weights than the job's: loaded once aside, beside the checks below
+    backbone_check = preflight.start_backbone_check(
+        manifest["backbone"], args.weights, manifest.get("feature_layer"),
+        int(manifest.get("weights_seed", 0)))
+  else:  # the job's own, which loaded when its shards were made: they must be here
+    backbone_check = None
+    try:
+      preflight.check_weights_path(manifest["weights"])
+    except cli.UsageError:
+      raise cli.UsageError("--job_dir", args.job_dir, f"its backbone weights file "
+                           f"{manifest['weights']} is not here; pass --weights PATH to that "
+                           f"file") from None
+  with preflight.Checks(backbone_check) as checks:
+    if args.input:
+      preflight.check_root(args.input)
+      images_dir = preflight.check_split(args.input, args.split)
+      preflight.check_images(images_dir, "--split", args.split)
+    elif not storage.glob_some(args.images):
+      raise cli.UsageError("--images", args.images, "no file matches")
+    preflight.check_output(args.output)
+    checks.finish()
+
+
+def propose_main(argv: Optional[Sequence[str]] = None) -> int:
+  cli.setup_logging()
+  args = propose_parser().parse(argv)
+
+  def command() -> int:
+    check_propose(args)
+    cli.import_tensorflow_quietly()
+    from trainer import propose  # lazy: TensorFlow, after the checks
+    propose.report(propose.propose(args))
+    return 0
+  return cli.run_command("rpn-propose", command)
