@@ -40,8 +40,10 @@ def _match(pattern: str, limit: int) -> List[str]:
     raise UsageError(None, None, f"{pattern.rsplit('/', 1)[0]}: {one_line(e)}") from None
   try:
     result = FileSystems.match([pattern], limits=[limit])[0]
-  except Exception:  # BeamIOError: nothing to list, or the store refused
-    return []
+  except Exception as e:  # BeamIOError: the store refused (credentials, network)
+    # A missing folder lists as empty on every filesystem: this is something else.
+    raise UsageError(None, None, f"{pattern}: cannot list it "
+                     f"({one_line(e)[:300]})") from None
   return [m.path for m in result.metadata_list]
 
 
