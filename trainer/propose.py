@@ -321,14 +321,10 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 def propose(args: argparse.Namespace) -> dict:
-  """Proposes for every image of checked flags, writes the outputs; returns
-  propose.json (with "output")."""
+  """Proposes for every image of flags that trainer.cli.check_propose passed
+  (value ranges included), writes the outputs; returns propose.json (with "output")."""
   proposal_config = config.ProposalConfig(args.pre_nms_top_n, args.post_nms_top_n,
                                           args.nms_thresh, args.min_size, args.anchors)
-  if (proposal_config.pre_nms_top_n < 0 or proposal_config.post_nms_top_n < 0
-      or not 0 < proposal_config.nms_thresh <= 1):
-    raise ValueError(f"need pre_nms_top_n, post_nms_top_n >= 0 and 0 < nms_thresh <= 1, "
-                     f"got {proposal_config}")
   inputs = list_inputs(args.input, args.split, args.images)
   proposer = Proposer(args.job_dir, args.weights, proposal_config)
   output = args.output.rstrip("/")
