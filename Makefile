@@ -34,7 +34,10 @@ RUNNER ?=
 BEAM_ARGS ?=
 BACKBONE_THREADS ?=
 PREPROCESS_ARGS ?=
-PREPROCESS_FLAGS = --backbone $(BACKBONE) --weights $(WEIGHTS) \
+# tiles (the method) or maps: one record per image, rpn-train draws the targets
+# every epoch with the anchors it is given (README, "Choosing a layout").
+LAYOUT ?=
+PREPROCESS_FLAGS = --backbone $(BACKBONE) --weights $(WEIGHTS) $(if $(LAYOUT),--layout $(LAYOUT)) \
   $(if $(RUNNER),--runner $(RUNNER)) $(if $(BACKBONE_THREADS),--backbone_threads $(BACKBONE_THREADS)) \
   $(PREPROCESS_ARGS) $(BEAM_ARGS)
 TEST_ARGS ?=
@@ -91,7 +94,7 @@ evaluate: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m trainer.demo --out $(OUT) --backbone $(DEMO_BACKBONE) --weights $(DEMO_WEIGHTS) \
-	  $(if $(DEMO_EPOCHS),--epochs $(DEMO_EPOCHS)) $(DEMO_ARGS)
+	  $(if $(DEMO_EPOCHS),--epochs $(DEMO_EPOCHS)) $(if $(LAYOUT),--layout $(LAYOUT)) $(DEMO_ARGS)
 
 # ruff (lint and import order, configured in pyproject.toml) runs before the tests.
 lint: $(STAMP)

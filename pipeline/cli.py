@@ -39,6 +39,11 @@ class UsageError(ValueError):
     super().__init__(f"{head}: {problem}" if head else problem)
 
 
+def floats(text: str):
+  """argparse type of a comma-separated list of numbers, e.g. --scales 3,6,12."""
+  return tuple(float(v) for v in text.split(","))
+
+
 def one_line(text) -> str:
   """`text` with every run of whitespace (newlines included) as one space."""
   return " ".join(str(text).split())

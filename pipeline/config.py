@@ -10,7 +10,10 @@ from typing import Optional, Tuple
 
 POSITIVE, NEGATIVE, IGNORE = 1, 0, -1
 
-SHARD_PREFIX = "tiles"
+SHARD_PREFIX = "tiles"  # the shards of the tiles layout (the method)
+MAPS_PREFIX = "maps"  # the shards of the maps layout: one record per image
+TILES_LAYOUT, MAPS_LAYOUT = "tiles", "maps"
+LAYOUTS = (TILES_LAYOUT, MAPS_LAYOUT)
 MANIFEST_NAME = "manifest.json"
 IMAGES_NAME = "images.jsonl"
 ERRORS_NAME = "errors.jsonl"
@@ -62,7 +65,11 @@ class BackboneConfig:
 class OutputConfig:
   num_shards: int = 16
   compression: str = "NONE"  # NONE | GZIP
-  tile_dtype: str = "float32"  # float32 | float16
+  tile_dtype: str = "float32"  # float32 | float16 (of the tiles, or of the maps)
+  # tiles: the sampled 3x3 tiles and their targets (the method); maps: one
+  # record per image, its whole feature map and gt boxes, the targets drawn
+  # by rpn-train (DESIGN.md, "Feature-map layout").
+  layout: str = TILES_LAYOUT
   # With num_shards 0 (the runner decides), a shard is closed and a new one
   # started after this many megabytes of records (before compression).
   max_shard_mb: float = 1024.0
@@ -82,6 +89,13 @@ class ProposalConfig:
   # 0.644 with stride-16 VGG16 features and tuned anchors), and only "all"
   # proposes near the borders of an image, where inside anchors are few.
   anchors: str = "all"
+
+
+def shard_prefix(layout: str) -> str:
+  """The file name prefix of the shards of a layout."""
+  if layout not in LAYOUTS:
+    raise ValueError(f"layout {layout!r} not in {LAYOUTS}")
+  return MAPS_PREFIX if layout == MAPS_LAYOUT else SHARD_PREFIX
 
 
 def to_dict(config) -> dict:

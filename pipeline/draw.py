@@ -8,6 +8,10 @@ the point has at least one inside anchor), the inside anchors (faint grey),
 and the anchors sampled as positives (red) and negatives (blue). The targets
 are recomputed from the manifest's settings and the image's seed, exactly as
 the pipeline did, and checked against the image's line in images.jsonl.
+
+On a maps-layout directory (rpn-preprocess --layout maps) the pictures show
+what rpn-train draws at epoch 0: with the method's anchors, or with
+--scales/--ratios, the ones training is given.
 """
 from __future__ import annotations
 
@@ -64,7 +68,7 @@ def draw_targets(image: np.ndarray, gt_boxes: np.ndarray, result, feature_width:
 
 
 def draw_image(shards_dir: str, manifest: dict, line: dict, image_path: str,
-               annotation_path: Optional[str]):
+               annotation_path: Optional[str], scales=None, ratios=None):
   """Recomputes the targets of one image as the pipeline did; returns the picture."""
   image, gt_boxes, _, _ = ilsvrc.load_example(image_path, annotation_path,
                                               manifest_lib.max_pixels(manifest))
@@ -75,10 +79,10 @@ def draw_image(shards_dir: str, manifest: dict, line: dict, image_path: str,
   result = targets.compute_targets(
       line["width"], line["height"], line["feature_height"], line["feature_width"],
       np.asarray(line["gt_boxes"], np.float64).reshape(-1, 4), line["image_id"],
-      scales=manifest["anchor"]["scales"], ratios=manifest["anchor"]["ratios"],
+      scales=scales or manifest["anchor"]["scales"], ratios=ratios or manifest["anchor"]["ratios"],
       fg_iou_thresh=t["fg_iou_thresh"], bg_iou_thresh=t["bg_iou_thresh"],
       batch_size=t["batch_size"], fg_fraction=t["fg_fraction"], seed=t["seed"])
-  if (result.num_fg, result.num_bg) != (line["num_fg"], line["num_bg"]):
+  if "num_fg" in line and (result.num_fg, result.num_bg) != (line["num_fg"], line["num_bg"]):
     raise RuntimeError(
         f"{line['image_id']}: recomputed {result.num_fg} positives / {result.num_bg} negatives, "
         f"images.jsonl says {line['num_fg']} / {line['num_bg']}: settings differ from the run")
@@ -97,6 +101,16 @@ def check(args: argparse.Namespace) -> dict:
     manifest = manifest_lib.load(args.shards)
   except manifest_lib.ManifestError as e:
     raise cli.UsageError("--shards", args.shards, str(e)) from None
+  for flag in ("scales", "ratios"):
+    values = getattr(args, flag)
+    if values is None:
+      continue
+    if manifest_lib.layout(manifest) != config_lib.MAPS_LAYOUT:
+      raise cli.UsageError(f"--{flag}", ",".join(f"{v:g}" for v in values),
+                           "only for a maps-layout --shards (the tiles' anchors are fixed)")
+    if not values or min(values) <= 0:
+      raise cli.UsageError(f"--{flag}", ",".join(f"{v:g}" for v in values),
+                           "must be positive numbers")
   preflight.check_ilsvrc_input(args.input, args.split, args.images, args.annotations,
                                missing_annotations="negative")
   preflight.check_output(args.output)
@@ -113,6 +127,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--annotations", help="annotation directory (2014 layout)")
   parser.add_argument("--image_id", nargs="*", help="images to draw (default: the first --count)")
   parser.add_argument("--count", type=int, default=4)
+  parser.add_argument("--scales", type=cli.floats, default=None,
+                      help="maps layout: draw with these anchor scales (default: the method's)")
+  parser.add_argument("--ratios", type=cli.floats, default=None,
+                      help="maps layout: draw with these anchor ratios (default: the method's)")
   parser.add_argument("--output", required=True, help="directory for the PNGs")
   args = parser.parse(argv)
   try:
@@ -132,7 +150,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       return 2
     annotation = storage.join(annotations_dir, image_id + ilsvrc.ANNOTATION_EXTENSION)
     picture = draw_image(args.shards, manifest, lines[image_id], paths[image_id],
-                         annotation if storage.exists(annotation) else None)
+                         annotation if storage.exists(annotation) else None,
+                         args.scales, args.ratios)
     out = os.path.join(args.output, image_id.replace("/", "__") + ".png")
     picture.save(out)
     print(out)

@@ -54,6 +54,8 @@ def build(cfg: config.PreprocessConfig, counts: Dict[str, int], shard_files: Lis
   manifest = {
       "version": config.MANIFEST_VERSION,
       "created_by": "rpn-preprocess",
+      # maps: "anchor" and "targets" are rpn-train's defaults, not applied here
+      "layout": fmt.layout,
       "backbone": cfg.backbone.backbone,
       # None: the backbone's final output
       "feature_layer": cfg.backbone.feature_layer,
@@ -73,7 +75,7 @@ def build(cfg: config.PreprocessConfig, counts: Dict[str, int], shard_files: Lis
       "input": {"root": cfg.input_root, "split": cfg.split, "images": cfg.images_dir,
                 "annotations": cfg.annotations_dir, "image_set": cfg.image_set,
                 "missing_annotations": cfg.missing_annotations},
-      "shard_pattern": f"{config.SHARD_PREFIX}-?????-of-{num_shards:05d}"
+      "shard_pattern": f"{config.shard_prefix(fmt.layout)}-?????-of-{num_shards:05d}"
                        f"{shard_suffix(fmt.compression)}",
       "num_shards": num_shards,
       "max_shard_mb": fmt.max_shard_mb if fmt.num_shards == 0 else None,
@@ -120,13 +122,26 @@ def load(data_dir: str) -> Dict:
   for shard in shard_paths(data_dir, manifest):
     if not storage.exists(shard):
       raise ManifestError(f"{shard}: shard listed in {path} is missing")
+  prefix = config.shard_prefix(layout(manifest))
   present = {os.path.basename(p)
-             for p in storage.glob(storage.join(data_dir, config.SHARD_PREFIX + "-*"))}
+             for p in storage.glob(storage.join(data_dir, prefix + "-*"))}
   stale = sorted(present - set(listed))
   if stale:
     raise ManifestError(f"{data_dir}: shard files not listed in {path} (stale, from another "
                         f"run? remove them): {stale}")
+  for other in config.LAYOUTS:
+    foreign = storage.glob(storage.join(data_dir, config.shard_prefix(other) + "-*"))
+    if other != layout(manifest) and foreign:
+      raise ManifestError(
+          f"{data_dir}: mixed layouts: {path} is of layout {layout(manifest)!r} but "
+          f"{os.path.basename(sorted(foreign)[0])} is a shard of layout {other!r} (and "
+          f"{len(foreign) - 1} more); remove them, or write each layout to its own directory")
   return manifest
+
+
+def layout(manifest: Dict) -> str:
+  """The manifest's layout: "tiles" (the method; also every manifest before 0.6.0) or "maps"."""
+  return manifest.get("layout", config.TILES_LAYOUT)
 
 
 def shard_paths(data_dir: str, manifest: Dict) -> List[str]:
@@ -173,6 +188,13 @@ def validate(manifest: Dict, path: str) -> None:
   if not isinstance(files, list) or len(files) != manifest["num_shards"]:
     raise ManifestError(f"{path}: shard_files lists {len(files)} files but num_shards is "
                         f"{manifest['num_shards']}")
+  if layout(manifest) not in config.LAYOUTS:
+    raise ManifestError(f"{path}: layout {manifest['layout']!r} not in {config.LAYOUTS}")
+  prefix = config.shard_prefix(layout(manifest)) + "-"
+  wrong = [name for name in files if not str(name).startswith(prefix)]
+  if wrong:
+    raise ManifestError(f"{path}: layout {layout(manifest)!r} but shard file {wrong[0]!r} "
+                        f"does not start with {prefix!r}")
   _validate_shards(manifest, path)
 
 

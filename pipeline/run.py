@@ -6,7 +6,8 @@
 With no runner options it runs on this machine in its fastest safe mode: every
 core, one worker process each, shards decided by the runner (flat memory).
 
-Writes into DIR: tiles-SSSSS-of-NNNNN.tfrecord[.gz], images.jsonl, errors.jsonl
+Writes into DIR: tiles-SSSSS-of-NNNNN.tfrecord[.gz] (with --layout maps:
+maps-SSSSS-of-NNNNN.tfrecord[.gz], one record per image), images.jsonl, errors.jsonl
 and, last of all, manifest.json (its presence marks a complete run). Files of
 an earlier run in DIR (shards, manifest, jsonl files, Beam temp dirs) are
 deleted before the new run starts, so shards of two runs never mix.
@@ -40,8 +41,7 @@ from pipeline import manifest as manifest_lib
 _LOGGER = logging.getLogger(__name__)
 
 
-def _floats(text: str):
-  return tuple(float(v) for v in text.split(","))
+_floats = cli.floats
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,7 +114,13 @@ def build_parser() -> cli.Parser:
                    help="with --num_shards 0, start a new shard after this many MB of "
                    "records (uncompressed); 0: no limit")
   out.add_argument("--compression", choices=("NONE", "GZIP"), default=output.compression)
-  out.add_argument("--tile_dtype", choices=("float32", "float16"), default=output.tile_dtype)
+  out.add_argument("--layout", choices=config_lib.LAYOUTS, default=output.layout,
+                   help="tiles: the sampled 3x3 tiles and their targets (the method); maps: "
+                   "one record per image, its whole feature map and gt boxes, so that "
+                   "rpn-train draws the anchors' targets afresh every epoch, with anchors "
+                   "chosen at training time (README, 'Choosing a layout')")
+  out.add_argument("--tile_dtype", choices=("float32", "float16"), default=output.tile_dtype,
+                   help="dtype of the stored features (the tiles, or the maps)")
   out.add_argument("--shuffle_records", action="store_true",
                    help="shuffle every record across images before the sink (one more "
                    "GroupByKey over all records: twice the shuffle bytes on Dataflow, and "
@@ -174,6 +180,7 @@ def config_from_args(args: argparse.Namespace,
   images_dir, annotations_dir = ilsvrc.layout_roots(
       input_root=args.input, split=args.split, images=args.images, annotations=args.annotations)
   check_ranges(args)
+  check_layout(args)
   num_shards = args.num_shards
   if num_shards is None:
     num_shards = setup.num_shards
@@ -191,9 +198,37 @@ def config_from_args(args: argparse.Namespace,
           batch_size=args.batch_size, fg_fraction=args.fg_fraction, seed=args.seed),
       output_format=config_lib.OutputConfig(
           num_shards=num_shards, compression=args.compression, tile_dtype=args.tile_dtype,
-          max_shard_mb=args.max_shard_mb),
+          max_shard_mb=args.max_shard_mb, layout=getattr(args, "layout", output_layout())),
       split=args.split if args.input else None, input_root=args.input,
       shuffle_records=args.shuffle_records)
+
+
+def output_layout() -> str:
+  return config_lib.OutputConfig().layout
+
+
+# The flags of the targets, which the maps layout leaves to rpn-train.
+TARGET_FLAGS = ("scales", "ratios", "fg_iou_thresh", "bg_iou_thresh", "batch_size",
+                "fg_fraction")
+
+
+def check_layout(args: argparse.Namespace) -> None:
+  """With --layout maps no target is drawn here: an anchor or target flag other
+  than its default is a cli.UsageError pointing to rpn-train's."""
+  if getattr(args, "layout", output_layout()) != config_lib.MAPS_LAYOUT:
+    return
+  defaults = dict(config_lib.to_dict(config_lib.AnchorConfig()),
+                  **config_lib.to_dict(config_lib.TargetConfig()))
+  for flag in TARGET_FLAGS:
+    value = getattr(args, flag)
+    default = defaults[flag]
+    if (tuple(value) if isinstance(value, tuple) else value) != (
+        tuple(default) if isinstance(default, list) else default):
+      train_flag = "--batch_size_per_image" if flag == "batch_size" else f"--{flag}"
+      shown = ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else value
+      raise cli.UsageError(f"--{flag}", shown, f"with --layout maps the anchors and their "
+                           f"targets are drawn at training time: give it to rpn-train "
+                           f"({train_flag})")
 
 
 def check_ranges(args: argparse.Namespace) -> None:
@@ -244,7 +279,8 @@ def check_before_run(args: argparse.Namespace, cfg: config_lib.PreprocessConfig,
 # ---------------------------------------------------------------------------
 # Output directory handling
 
-OUTPUT_GLOBS = (f"{config_lib.SHARD_PREFIX}-*", config_lib.MANIFEST_NAME,
+OUTPUT_GLOBS = (f"{config_lib.SHARD_PREFIX}-*", f"{config_lib.MAPS_PREFIX}-*",
+                config_lib.MANIFEST_NAME,
                 config_lib.IMAGES_NAME, config_lib.ERRORS_NAME, "beam-temp-*")
 
 
@@ -306,11 +342,16 @@ def pipeline_metrics(result) -> Dict:
 
 def summary(manifest: dict) -> str:
   c = manifest["counts"]
+  if manifest_lib.layout(manifest) == config_lib.MAPS_LAYOUT:
+    records = (f"records: {c['records']} feature maps in {manifest['num_shards']} shards "
+               f"(layout maps: rpn-train draws the targets)")
+  else:
+    records = (f"records: {c['records']} in {manifest['num_shards']} shards"
+               f" ({c['fg_anchors']} positive, {c['bg_anchors']} negative anchors sampled)")
   lines = [
       f"images: {c['images_found']} found = {c['images_ok']} ok + {c['images_failed']} failed"
       f" + {c['images_skipped']} skipped",
-      f"records: {c['records']} in {manifest['num_shards']} shards"
-      f" ({c['fg_anchors']} positive, {c['bg_anchors']} negative anchors sampled)",
+      records,
       f"boxes dropped: {c['boxes_dropped']}, clipped: {c.get('boxes_clipped', 0)}",
   ]
   return "\n".join(lines)

@@ -1,11 +1,18 @@
-"""The record schema shared by the pipeline (writing) and the trainer (reading).
+"""The record schemas shared by the pipeline (writing) and the trainer (reading).
 
-One tf.train.Example per sampled feature-map point:
+Layout tiles (the method): one tf.train.Example per sampled feature-map point:
   tile      bytes   raw little-endian [3, 3, C] array, dtype from the manifest
   labels    int64   x A   1 positive, 0 negative, -1 not sampled/ignored/outside
   deltas    float   x 4A  (dx, dy, dw, dh) per anchor, anchor-major
   image_id  bytes   image path relative to the split root, no extension
   location  int64   x 2   (y, x) of the point in the feature map
+
+Layout maps: one tf.train.Example per image:
+  feature_map    bytes   raw little-endian [Hf, Wf, C] array, dtype from the manifest
+  feature_shape  int64   x 3   (Hf, Wf, C)
+  image_size     int64   x 2   (height, width) of the frame fed to the backbone
+  gt_boxes       float   x 4G  x1, y1, x2, y2 of each gt box in that frame
+  image_id       bytes   as above
 
 No Beam here; TensorFlow is imported only where a function needs it.
 """
@@ -21,6 +28,10 @@ DELTAS_KEY = "deltas"
 IMAGE_ID_KEY = "image_id"
 LOCATION_KEY = "location"
 TILE_SIZE = 3
+FEATURE_MAP_KEY = "feature_map"
+FEATURE_SHAPE_KEY = "feature_shape"
+IMAGE_SIZE_KEY = "image_size"
+GT_BOXES_KEY = "gt_boxes"
 
 TILE_DTYPES = ("float32", "float16")
 
@@ -38,6 +49,37 @@ def make_example(tile: np.ndarray, labels: np.ndarray, deltas: np.ndarray,
   feature[IMAGE_ID_KEY].bytes_list.value.append(image_id.encode("utf-8"))
   feature[LOCATION_KEY].int64_list.value.extend([int(location[0]), int(location[1])])
   return example.SerializeToString(deterministic=True)
+
+
+def make_map_example(feature_map: np.ndarray, image_size, gt_boxes: np.ndarray,
+                     image_id: str) -> bytes:
+  """Serialized tf.train.Example of one image's feature map [Hf, Wf, C] (already in
+  its dtype), its frame's (height, width) and gt boxes [G, 4] in that frame."""
+  from tensorflow.core.example import example_pb2  # lazy: as below
+  if feature_map.ndim != 3:
+    raise ValueError(f"feature_map must be [H, W, C], got shape {feature_map.shape}")
+  example = example_pb2.Example()
+  feature = example.features.feature
+  feature[FEATURE_MAP_KEY].bytes_list.value.append(np.ascontiguousarray(
+      feature_map, dtype=feature_map.dtype.newbyteorder("<")).tobytes())
+  feature[FEATURE_SHAPE_KEY].int64_list.value.extend(int(v) for v in feature_map.shape)
+  feature[IMAGE_SIZE_KEY].int64_list.value.extend([int(image_size[0]), int(image_size[1])])
+  feature[GT_BOXES_KEY].float_list.value.extend(
+      np.asarray(gt_boxes, np.float32).reshape(-1).tolist())
+  feature[IMAGE_ID_KEY].bytes_list.value.append(image_id.encode("utf-8"))
+  return example.SerializeToString(deterministic=True)
+
+
+def map_feature_spec() -> Dict:
+  """tf.io.parse_single_example spec of a maps record."""
+  import tensorflow as tf  # lazy: the pipeline imports this module without TensorFlow
+  return {
+      FEATURE_MAP_KEY: tf.io.FixedLenFeature([], tf.string),
+      FEATURE_SHAPE_KEY: tf.io.FixedLenFeature([3], tf.int64),
+      IMAGE_SIZE_KEY: tf.io.FixedLenFeature([2], tf.int64),
+      GT_BOXES_KEY: tf.io.VarLenFeature(tf.float32),
+      IMAGE_ID_KEY: tf.io.FixedLenFeature([], tf.string),
+  }
 
 
 def feature_spec(num_anchors: int) -> Dict:

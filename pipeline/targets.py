@@ -32,6 +32,19 @@ def image_seed(seed: int, image_id: str) -> int:
   return int.from_bytes(digest[:8], "big")
 
 
+def epoch_image_seed(seed: int, epoch: int, image_id: str) -> int:
+  """The sampling seed of an image at a training epoch (the maps layout).
+
+  Epoch 0 is image_seed(seed, image_id), the seed rpn-preprocess samples the
+  tiles layout with, so that epoch 0 draws the same samples; epoch e > 0 is
+  sha256(f"{seed}:{e}:{image_id}") the same way.
+  """
+  if epoch == 0:
+    return image_seed(seed, image_id)
+  digest = hashlib.sha256(f"{seed}:{epoch}:{image_id}".encode("utf-8")).digest()
+  return int.from_bytes(digest[:8], "big")
+
+
 def label_anchors(anchors: np.ndarray, inside: np.ndarray, gt_boxes: np.ndarray,
                   fg_iou_thresh: float = 0.7, bg_iou_thresh: float = 0.3
                   ) -> tuple[np.ndarray, np.ndarray]:
@@ -167,10 +180,12 @@ class ImageTargets:
 def compute_targets(width: float, height: float, feature_height: int, feature_width: int,
                     gt_boxes: np.ndarray, image_id: str, *, scales, ratios,
                     fg_iou_thresh: float, bg_iou_thresh: float, batch_size: int,
-                    fg_fraction: float, seed: int) -> ImageTargets:
+                    fg_fraction: float, seed: int, epoch: int = 0) -> ImageTargets:
   """All targets of one width x height image with a feature_height x feature_width map.
 
-  Strides in stride_mode "ratio"; sampling seeded by image_seed(seed, image_id).
+  Strides in stride_mode "ratio"; sampling seeded by epoch_image_seed(seed,
+  epoch, image_id), which is image_seed(seed, image_id) at epoch 0 (the
+  tiles layout's; rpn-train draws the maps layout's afresh every epoch).
   The feature map is not needed: cut the tiles with extract_tiles(..., points, ...).
   """
   stride_x, stride_y = anchors_lib.ratio_strides(width, height, feature_width, feature_height)
@@ -179,7 +194,7 @@ def compute_targets(width: float, height: float, feature_height: int, feature_wi
   inside = anchors_lib.inside_mask(anchors, width, height)  # [N]
   gt_boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4)  # [G, 4]
   labels, matched = label_anchors(anchors, inside, gt_boxes, fg_iou_thresh, bg_iou_thresh)
-  rng = np.random.default_rng(image_seed(seed, image_id))
+  rng = np.random.default_rng(epoch_image_seed(seed, epoch, image_id))
   labels = sample_labels(labels, batch_size, fg_fraction, rng)
   deltas = anchor_deltas(anchors, gt_boxes, matched, labels)  # [N, 4]
   num_anchors = len(scales) * len(ratios)

@@ -339,6 +339,46 @@ class SampleTargetsFn(beam.DoFn):
     yield beam.pvalue.TaggedOutput(STATS, dict(counts))
 
 
+class MapRecordFn(beam.DoFn):
+  """ImageFeatures -> one serialized maps record (main), an images.jsonl line, counts.
+
+  The maps layout (--layout maps): the whole feature map, the frame size and
+  the gt boxes; the anchors and their targets are drawn by rpn-train.
+  """
+
+  def __init__(self, feature_dtype: str):
+    self._dtype = feature_dtype
+
+  def setup(self):
+    self._records = _counter("records")
+    self._ok = _counter("images_ok")
+
+  def process(self, item: ImageFeatures):
+    feature_height, feature_width = item.feature_map.shape[:2]
+    feature_map = item.feature_map.astype(np.dtype(self._dtype), copy=False)
+    gt_boxes = np.asarray(item.gt_boxes, np.float64).reshape(-1, 4)
+    yield schema.make_map_example(feature_map, (item.height, item.width), gt_boxes,
+                                  item.image_id)
+    self._records.inc()
+    self._ok.inc()
+    stride_x, stride_y = anchors_lib.ratio_strides(item.width, item.height, feature_width,
+                                                   feature_height)
+    yield beam.pvalue.TaggedOutput(IMAGES, {
+        "image_id": item.image_id,
+        "width": int(item.width),
+        "height": int(item.height),
+        "feature_height": int(feature_height),
+        "feature_width": int(feature_width),
+        "stride_x": float(stride_x),
+        "stride_y": float(stride_y),
+        # float32, as in the record (the tiles layout labels against float64)
+        "gt_boxes": [[float(v) for v in box] for box in gt_boxes.astype(np.float32)],
+    })
+    counts = collections.Counter(item.stats)
+    counts.update({"images_ok": 1, "records_expected": 1})
+    yield beam.pvalue.TaggedOutput(STATS, dict(counts))
+
+
 def no_anchor_error(path: str, image_id: str, num_inside: int, num_anchors: int, width: int,
                     height: int, feature_height: int, feature_width: int, scales
                     ) -> Dict[str, Any]:
@@ -487,8 +527,9 @@ class ImagesToRecords(beam.PTransform):
   "stats": count dicts, "errors": error records}.
 
   Load (decode, parse, box policy, pad), features (the frozen backbone), then
-  targets (anchors, labels, sampling, tiles); any step's failure is an errors
-  record (Beam's dead letters for exceptions nobody expected).
+  targets (anchors, labels, sampling, tiles; with the maps layout, one record
+  of the whole feature map instead); any step's failure is an errors record
+  (Beam's dead letters for exceptions nobody expected).
   """
 
   def __init__(self, cfg: config_lib.PreprocessConfig, extractor_factory=None):
@@ -505,9 +546,14 @@ class ImagesToRecords(beam.PTransform):
     features = (loaded.ok | "ComputeFeatures" >> beam.ParDo(
         ComputeFeaturesFn(cfg.backbone, cfg.targets.seed, extractor_factory=self._factory))
         .with_exception_handling())
-    sampled = (features.good | "SampleTargets" >> beam.ParDo(
-        SampleTargetsFn(cfg.anchors, cfg.targets, cfg.output_format.tile_dtype))
-        .with_outputs(IMAGES, STATS, ERRORS, main="records").with_exception_handling())
+    fmt = cfg.output_format
+    if fmt.layout == config_lib.MAPS_LAYOUT:
+      label, to_records = "MapRecords", MapRecordFn(fmt.tile_dtype)
+    else:
+      label, to_records = "SampleTargets", SampleTargetsFn(cfg.anchors, cfg.targets,
+                                                           fmt.tile_dtype)
+    sampled = (features.good | label >> beam.ParDo(to_records)
+               .with_outputs(IMAGES, STATS, ERRORS, main="records").with_exception_handling())
     errors = ((loaded[ERRORS], sampled[ERRORS],
                loaded.bad | "LoadDeadLetters" >> beam.Map(dead_letter_to_error("load")),
                features.bad | "FeatureDeadLetters" >> beam.Map(dead_letter_to_error("features")),
@@ -563,7 +609,8 @@ class WriteOutputs(beam.PTransform):
     if cfg.shuffle_records:
       records = records | "ShuffleRecords" >> beam.Reshuffle()
     written_shards = records | "WriteShards" >> write_to_tfrecord(
-        storage.join(cfg.output, config_lib.SHARD_PREFIX), cfg.output_format)
+        storage.join(cfg.output, config_lib.shard_prefix(cfg.output_format.layout)),
+        cfg.output_format)
     # The sink yields the final file names from one finalize step: reshuffled,
     # so that a runner spreads the counting over its workers.
     shard_info = (written_shards | "SpreadShards" >> beam.Reshuffle()

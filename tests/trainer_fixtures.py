@@ -159,3 +159,47 @@ def write_val_dataset(root: str) -> str:
   fx.write_pair(root, VAL_SPLIT, "c_0004", fx.random_image(rng, 50, 40), None)
   fx.write_pair(root, VAL_SPLIT, "d_0005", None, None, image_bytes=b"not a jpeg")
   return root
+
+
+# ---------------------------------------------------------------------------
+# Maps-layout shard directories (rpn-preprocess --layout maps)
+
+
+def map_image(image_id: str, feature_height: int = 4, feature_width: int = 5, channels: int = 8,
+              stride: int = 32, gt=((10.0, 20.0, 90.0, 100.0),), seed: int = 0):
+  """(feature map float32 [Hf, Wf, C], (height, width), gt [G, 4], image_id) of one
+  image whose frame is stride times the map."""
+  rng = np.random.default_rng(seed)
+  feature_map = rng.normal(size=(feature_height, feature_width, channels)).astype(np.float32)
+  return (feature_map, (feature_height * stride, feature_width * stride),
+          np.asarray(gt, np.float64).reshape(-1, 4), image_id)
+
+
+def write_map_shards(directory: str, images, channels: int = 8, dtype: str = "float32",
+                     compression: str = "NONE", num_shards: int = 1, raw_records=()) -> Dict:
+  """Writes maps shards (images dealt round robin, then `raw_records`, serialized
+  Examples, into the last shard) and their manifest.json; returns the manifest."""
+  import tensorflow as tf
+  os.makedirs(directory, exist_ok=True)
+  suffix = ".tfrecord.gz" if compression == "GZIP" else ".tfrecord"
+  files = [f"{config.MAPS_PREFIX}-{i:05d}-of-{num_shards:05d}{suffix}" for i in range(num_shards)]
+  manifest = make_manifest(channels, num_shards, dtype, compression,
+                           len(images) + len(raw_records), layout=config.MAPS_LAYOUT,
+                           shard_files=files)
+  options = tf.io.TFRecordOptions(compression_type="GZIP" if compression == "GZIP" else "")
+  counts = [0] * num_shards
+  writers = [tf.io.TFRecordWriter(os.path.join(directory, name), options) for name in files]
+  for i, (feature_map, size, gt, image_id) in enumerate(images):
+    writers[i % num_shards].write(
+        schema.make_map_example(feature_map.astype(dtype), size, gt, image_id))
+    counts[i % num_shards] += 1
+  for record in raw_records:
+    writers[-1].write(record)
+    counts[-1] += 1
+  for writer in writers:
+    writer.close()
+  manifest["shards"] = [{"file": name, "bytes": os.path.getsize(os.path.join(directory, name)),
+                         "records": counts[k]} for k, name in enumerate(files)]
+  with open(os.path.join(directory, config.MANIFEST_NAME), "w") as f:
+    json.dump(manifest, f, indent=2)
+  return manifest

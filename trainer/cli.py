@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 from pipeline import cli, config, preflight, storage
 from pipeline import manifest as manifest_lib
@@ -55,6 +55,18 @@ _TRAIN_LEAST = {"epochs": 1, "batch_size": 1, "box_loss_weight": 0, "hidden": 1,
                 "steps_per_epoch": 1, "shuffle_buffer_mb": 0}
 
 
+# The anchor and target flags of a maps dataset (name, type, help); unset, each
+# takes the method's default (the maps manifest's "anchor" and "targets").
+_SAMPLING_FLAGS = (
+    ("scales", cli.floats, "comma-separated anchor scales, in units of the stride"),
+    ("ratios", cli.floats, "comma-separated anchor ratios (height / width)"),
+    ("fg_iou_thresh", float, "IoU from which an anchor is positive"),
+    ("bg_iou_thresh", float, "IoU below which an anchor is negative"),
+    ("batch_size_per_image", int, "anchors sampled per image and epoch"),
+    ("fg_fraction", float, "at most this fraction of them positive"),
+)
+
+
 def train_parser() -> cli.Parser:
   parser = cli.Parser(prog="rpn-train", description=(
       "Stream the shards of rpn-preprocess into the Keras RPN head."))
@@ -68,7 +80,119 @@ def train_parser() -> cli.Parser:
     else:
       kind = {"int": int, "float": float, "Optional[int]": int}[str(field.type)]
       parser.add_argument(flag, type=kind, default=field.default, help=help_text)
+  sampling = parser.add_argument_group(
+      "anchors and targets (maps layout only)", "drawn afresh every epoch, seeded by (--seed, "
+      "epoch, image id); unset, the method's (3,6,12 and 0.5,1,2; 0.7, 0.3, 256, 0.5)")
+  for name, kind, help_text in _SAMPLING_FLAGS:
+    sampling.add_argument("--" + name, type=kind, default=None, help=help_text)
+  sampling.add_argument("--anchors_json", default=None,
+                        help="anchors.json of rpn-anchors: train with its suggested scales "
+                        "and ratios (--scales/--ratios override)")
   return parser
+
+
+def sampling_given(args: argparse.Namespace) -> Optional[str]:
+  """The first anchor or target flag given, e.g. "--scales"; None when none is."""
+  for name in [n for n, _, _ in _SAMPLING_FLAGS] + ["anchors_json"]:
+    if getattr(args, name, None) is not None:
+      return "--" + name
+  return None
+
+
+def read_anchors_json(path: str, manifest: Dict) -> Dict:
+  """rpn-anchors' anchors.json at `path`, made for the data's backbone, layer
+  and frame; returns its "suggested" block. A cli.UsageError otherwise."""
+  if not storage.exists(path):
+    raise cli.UsageError("--anchors_json", path, "no such file")
+  try:
+    report = storage.read_json(path)
+    suggested = report["suggested"]
+    [float(v) for v in suggested["scales"]], [float(v) for v in suggested["ratios"]]
+  except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+    raise cli.UsageError("--anchors_json", path, "not the anchors.json of rpn-anchors (no "
+                         "suggested scales and ratios)") from None
+  resize = manifest_lib.resize(manifest)
+  frame = report.get("frame") or {}
+  for key, theirs, ours in (
+      ("backbone", report.get("backbone"), manifest["backbone"]),
+      ("feature_layer", report.get("feature_layer"), manifest.get("feature_layer")),
+      ("min_side", frame.get("min_side"), resize.get("min_side")),
+      ("max_side", frame.get("max_side"), resize.get("max_side"))):
+    if theirs != ours:
+      raise cli.UsageError("--anchors_json", path, f"was made for {key} {theirs!r}, the data "
+                           f"has {ours!r}: run rpn-anchors with the data's settings")
+  return suggested
+
+
+def sampling_from_args(args: argparse.Namespace, manifest: Dict
+                       ) -> Tuple[config.AnchorConfig, config.TargetConfig]:
+  """The anchors and targets rpn-train draws a maps dataset with: the flags
+  given, --anchors_json's suggestion, else the manifest's (the method's)."""
+  anchor, targets = manifest["anchor"], manifest["targets"]
+  scales, ratios = anchor["scales"], anchor["ratios"]
+  if getattr(args, "anchors_json", None):
+    suggested = read_anchors_json(args.anchors_json, manifest)
+    scales, ratios = suggested["scales"], suggested["ratios"]
+  pick = lambda name, default: default if getattr(args, name, None) is None else getattr(  # noqa: E731
+      args, name)
+  anchors = config.AnchorConfig(scales=tuple(float(v) for v in pick("scales", scales)),
+                                ratios=tuple(float(v) for v in pick("ratios", ratios)))
+  target_config = config.TargetConfig(
+      fg_iou_thresh=float(pick("fg_iou_thresh", targets["fg_iou_thresh"])),
+      bg_iou_thresh=float(pick("bg_iou_thresh", targets["bg_iou_thresh"])),
+      batch_size=int(pick("batch_size_per_image", targets["batch_size"])),
+      fg_fraction=float(pick("fg_fraction", targets["fg_fraction"])),
+      seed=int(args.seed))
+  return anchors, target_config
+
+
+def check_sampling(args: argparse.Namespace, manifest: Dict) -> Optional[Tuple]:
+  """The anchor and target flags against the --data layout: refused on tiles
+  data (fixed at preprocessing), checked on maps; returns the maps sampling."""
+  if manifest_lib.layout(manifest) != config.MAPS_LAYOUT:
+    given = sampling_given(args)
+    if given:
+      value = getattr(args, given[2:])
+      shown = ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else value
+      raise cli.UsageError(given, shown, f"--data {args.data} is of layout "
+                           f"tiles, whose anchors and targets were fixed by rpn-preprocess; "
+                           f"preprocess with --layout maps to choose them at training")
+    return None
+  anchors, target_config = sampling_from_args(args, manifest)
+  for flag, values in (("--scales", anchors.scales), ("--ratios", anchors.ratios)):
+    if not values or min(values) <= 0:
+      raise cli.UsageError(flag, ",".join(f"{v:g}" for v in values), "must be positive numbers")
+  t = target_config
+  if not 0 <= t.bg_iou_thresh <= t.fg_iou_thresh <= 1:
+    raise cli.UsageError("--bg_iou_thresh", t.bg_iou_thresh, f"need 0 <= --bg_iou_thresh "
+                         f"({t.bg_iou_thresh}) <= --fg_iou_thresh ({t.fg_iou_thresh}) <= 1")
+  if t.batch_size < 1:
+    raise cli.UsageError("--batch_size_per_image", t.batch_size, "must be >= 1")
+  if not 0 < t.fg_fraction <= 1:
+    raise cli.UsageError("--fg_fraction", t.fg_fraction, "must be in (0, 1]")
+  return anchors, target_config
+
+
+def manifest_sampling(manifest: Dict, seed: int
+                      ) -> Tuple[config.AnchorConfig, config.TargetConfig]:
+  """The anchors and targets of a manifest (a tiles dataset's), to draw maps
+  validation data with; the sampling seed is rpn-train's."""
+  anchor, targets = manifest["anchor"], manifest["targets"]
+  return (config.AnchorConfig(tuple(anchor["scales"]), tuple(anchor["ratios"])),
+          config.TargetConfig(targets["fg_iou_thresh"], targets["bg_iou_thresh"],
+                              targets["batch_size"], targets["fg_fraction"], seed))
+
+
+def training_manifest(manifest: Dict, sampling: Optional[Tuple]) -> Dict:
+  """The manifest a model of this data is trained for: a maps manifest with
+  the anchors and targets drawn at training (what the job dir records)."""
+  if sampling is None:
+    return manifest
+  anchors, target_config = sampling
+  return dict(manifest,
+              anchor=dict(config.to_dict(anchors), num_anchors=anchors.num_anchors),
+              targets=config.to_dict(target_config),
+              sampling="per epoch, seeded by (seed, epoch, image_id)")
 
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -98,8 +222,13 @@ def check_train(args: argparse.Namespace) -> None:
   if not args.learning_rate > 0:
     raise cli.UsageError("--learning_rate", args.learning_rate, "must be > 0")
   manifest = load_data_manifest(args.data, "--data")
+  sampling = check_sampling(args, manifest)
+  manifest = training_manifest(manifest, sampling)
   if args.val_data:
     val_manifest = load_data_manifest(args.val_data, "--val_data")
+    if manifest_lib.layout(val_manifest) == config.MAPS_LAYOUT:
+      val_manifest = training_manifest(val_manifest,
+                                       sampling or manifest_sampling(manifest, args.seed))
     try:
       manifest_lib.check_compatible(manifest, val_manifest, "the --data manifest")
     except manifest_lib.ManifestError as e:
@@ -107,8 +236,15 @@ def check_train(args: argparse.Namespace) -> None:
                            f"({e})") from None
   job_manifest = storage.join(args.job_dir, settings.JOB_MANIFEST_NAME)
   if storage.exists(job_manifest):
+    job = manifest_lib.read(job_manifest)
+    theirs = {k: job["anchor"].get(k) for k in ("scales", "ratios")}
+    if sampling is not None and theirs != {"scales": list(sampling[0].scales),
+                                           "ratios": list(sampling[0].ratios)}:
+      raise cli.UsageError("--job_dir", args.job_dir, f"holds a model trained with other "
+                           f"anchors (scales {theirs['scales']}, ratios {theirs['ratios']}); "
+                           f"pass those, or use a fresh --job_dir")
     try:
-      manifest_lib.check_compatible(manifest_lib.read(job_manifest), manifest, "--data")
+      manifest_lib.check_compatible(job, manifest, "--data")
     except manifest_lib.ManifestError as e:
       raise cli.UsageError("--job_dir", args.job_dir, f"holds a model of other data ({e}); use "
                            f"a fresh --job_dir") from None

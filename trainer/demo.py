@@ -6,6 +6,10 @@ splits, DirectRunner, all cores) -> rpn-draw (what the pipeline decided, as
 pictures) -> rpn-train -> rpn-propose on the held-out val split with the
 untrained and the trained RPN -> rpn-evaluate
 of both, printed side by side.
+
+With --layout maps (make demo LAYOUT=maps) rpn-preprocess writes the feature
+maps, and the anchors go to rpn-train instead (--anchors_json, rpn-anchors'
+suggestion), which draws the samples afresh every epoch.
 """
 from __future__ import annotations
 
@@ -18,7 +22,6 @@ from typing import Optional, Sequence
 
 from pipeline import backbone as backbone_lib
 from pipeline import coverage_run, draw, run, sample_data, storage
-from pipeline import manifest as manifest_lib
 from trainer import evaluate, propose, recall, train
 from trainer import model as model_lib
 
@@ -94,10 +97,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--anchors", choices=("suggested", "method"), default="suggested",
                       help="train with rpn-anchors' suggested scales and ratios, or the "
                       "method's 3,6,12 and 0.5,1,2")
+  parser.add_argument("--layout", choices=("tiles", "maps"), default="tiles",
+                      help="tiles: the anchors are fixed at rpn-preprocess (the method); "
+                      "maps: rpn-preprocess writes the feature maps and rpn-train draws the "
+                      "samples every epoch with the anchors it is given")
   args = parser.parse_args(argv)
   choose_settings(args)
   print(f"demo settings: {args.backbone} ({args.feature_layer or 'final output'}), weights "
-        f"{args.weights}, {args.epochs} epochs, {args.anchors} anchors; {args.reason}")
+        f"{args.weights}, {args.epochs} epochs, {args.anchors} anchors, layout {args.layout}; "
+        f"{args.reason}")
   logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
 
   out = args.out
@@ -119,6 +127,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
              "--ratios", ",".join(f"{v:g}" for v in chosen["ratios"])]
   print(f"training with the {args.anchors} anchors: {' '.join(anchors)}")
   _done(start)
+  # tiles: the anchors are fixed when the shards are made; maps: at training,
+  # from rpn-anchors' anchors.json (the method's are rpn-train's defaults)
+  preprocess_anchors, draw_anchors, train_anchors = anchors, [], []
+  if args.layout == "maps":
+    preprocess_anchors, draw_anchors = ["--layout", "maps"], anchors
+    if args.anchors == "suggested":
+      train_anchors = ["--anchors_json", os.path.join(out, "anchors", coverage_run.ANCHORS_NAME)]
 
   # No runner options: rpn-preprocess's local default (all cores, one process each).
   for split, num_shards in (("train", 4), ("val", 1)):
@@ -126,25 +141,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = run.run(["--input", args.sample, "--split", f"DET/{split}",
                       "--output", shards[split], "--backbone", args.backbone,
                       "--weights", args.weights, "--num_shards", str(num_shards),
-                      *layer, *anchors])
+                      *layer, *preprocess_anchors])
     print(run.summary(result.manifest))
     _done(start)
 
   start = _step("rpn-draw: anchors and sampled labels of 3 training images")
   _ok(draw.main(["--shards", shards["train"], "--input", args.sample, "--split", "DET/train",
-             "--count", "3", "--output", os.path.join(out, "pictures", "anchors")]), "rpn-draw")
+                 "--count", "3", "--output", os.path.join(out, "pictures", "anchors"),
+                 *draw_anchors]), "rpn-draw")
   _done(start)
 
   job = os.path.join(out, "job")
   start = _step(f"rpn-train -> {job}")
   _ok(train.main(["--data", shards["train"], "--val_data", shards["val"], "--job_dir", job,
-                  "--epochs", str(args.epochs)]), "rpn-train")
+                  "--epochs", str(args.epochs), *train_anchors]), "rpn-train")
   _done(start)
 
   # The same RPN before training: same architecture, initial weights.
   untrained = os.path.join(out, "job_untrained")
-  _, _, _, train_config = model_lib.load_rpn(job)
-  model_lib.save_untrained_rpn(untrained, manifest_lib.load(shards["train"]), train_config)
+  _, _, job_manifest, train_config = model_lib.load_rpn(job)  # the anchors it trained with
+  model_lib.save_untrained_rpn(untrained, job_manifest, train_config)
 
   results = {}
   for name, job_dir in (("untrained RPN", untrained), ("trained RPN", job)):

@@ -33,17 +33,20 @@ import io
 import logging
 import os
 import sys
+import warnings
 from typing import Dict, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from pipeline import config as config_lib
 from pipeline import manifest as manifest_lib
 from pipeline import schema, storage
 from trainer import cli, plots, settings
 from trainer import data as data_lib
 from trainer import losses as losses_lib
+from trainer import maps as maps_lib
 from trainer import model as model_lib
 
 _LOGGER = logging.getLogger(__name__)
@@ -152,22 +155,44 @@ def feature_statistics(data_dir: str, manifest: Dict, files, skip_corrupt: bool 
   return model_lib.feature_statistics(centres)
 
 
-def _job_statistics(args, config: "TrainConfig", manifest: Dict, files, report) -> Dict:
+def _job_statistics(args, config: "TrainConfig", manifest: Dict, files, report,
+                    sampling=None) -> Dict:
   """JOB/feature_statistics.json: read when it was made from the same data and
-  seed (a resumed or continued job), else sampled and written."""
+  seed (a resumed or continued job), else sampled and written. From a maps
+  dataset (`sampling`: its anchors and targets) the tiles are epoch 0's."""
   path = storage.join(args.job_dir, STATISTICS_NAME)
   wanted = {"data": args.data, "seed": config.seed, "max_records": STATISTICS_TILES}
+  if sampling is not None:
+    wanted["anchor"] = manifest["anchor"]
+    wanted["targets"] = manifest["targets"]
   if storage.exists(path):
     saved = storage.read_json(path)
     if all(saved.get("sample", {}).get(k) == v for k, v in wanted.items()):
       return saved
-  centres, info = sample_centres(manifest, files, report["records_per_shard"], STATISTICS_TILES,
-                                 config.seed, config.skip_corrupt_shards)
+  if sampling is not None:
+    centres, info = maps_lib.sample_centres(files, manifest, *sampling, STATISTICS_TILES,
+                                            config.skip_corrupt_shards)
+    info.update(seed=config.seed, anchor=manifest["anchor"], targets=manifest["targets"])
+  else:
+    centres, info = sample_centres(manifest, files, report["records_per_shard"],
+                                   STATISTICS_TILES, config.seed, config.skip_corrupt_shards)
   mean, variance = model_lib.feature_statistics(centres)
   statistics = {"sample": dict(info, data=args.data), "feature_mean": [float(v) for v in mean],
                 "feature_variance": [float(v) for v in variance]}
   storage.write_json(path, statistics)
   return statistics
+
+
+def _raise_input_error(error: tf.errors.OpError, dirs_and_manifests) -> None:
+  """Raises what a TensorFlow error of the input means: a maps record that
+  does not hold together (maps.MapRecordError, naming it), a corrupt shard
+  (DataLossError: found and named), else the error itself."""
+  record_error = maps_lib.record_error(error)
+  if record_error is not None:
+    raise record_error from error
+  if isinstance(error, tf.errors.DataLossError):
+    raise _corrupt_data_error(error, *dirs_and_manifests) from error
+  raise error
 
 
 def _corrupt_data_error(error, *dirs_and_manifests) -> data_lib.CorruptShardError:
@@ -242,6 +267,9 @@ def train(args: argparse.Namespace, callbacks: Sequence = (),
   config = config_from_args(args)
   keras.utils.set_random_seed(config.seed)
   manifest = manifest_lib.load(args.data)
+  # maps: the anchors and targets drawn at training; None for tiles
+  sampling = cli.check_sampling(args, manifest)
+  manifest = cli.training_manifest(manifest, sampling)
   job_manifest = os.path.join(args.job_dir, model_lib.MANIFEST_NAME)
   if storage.exists(job_manifest):
     manifest_lib.check_compatible(storage.read_json(job_manifest), manifest, (
@@ -253,29 +281,56 @@ def train(args: argparse.Namespace, callbacks: Sequence = (),
                       "Pass a larger --epochs to train on, or a fresh --job_dir to start over.",
                       args.job_dir, finished, config.epochs)
       return storage.read_json(storage.join(args.job_dir, METRICS_NAME))
-  manifest, files, report = _load_data(args.data, config.skip_corrupt_shards,
-                                       config.verify_shards)
-  sources = [(args.data, manifest)]
+  data_manifest, files, report = _load_data(args.data, config.skip_corrupt_shards,
+                                            config.verify_shards)
+  manifest = cli.training_manifest(data_manifest, sampling)
+  sources = [(args.data, data_manifest)]
   val = val_report = None
   if args.val_data:
     val_manifest, val_files, val_report = _load_data(args.val_data, config.skip_corrupt_shards,
                                                      config.verify_shards)
-    manifest_lib.check_compatible(manifest, val_manifest, f"--val_data {args.val_data}")
+    val_maps = manifest_lib.layout(val_manifest) == config_lib.MAPS_LAYOUT
+    # maps validation data is drawn with the training anchors and targets
+    drawn = (sampling or cli.manifest_sampling(manifest, config.seed)) if val_maps else None
+    manifest_lib.check_compatible(
+        manifest, cli.training_manifest(val_manifest, drawn),
+        f"--val_data {args.val_data}")
     sources.append((args.val_data, val_manifest))
-    val = data_lib.make_dataset(args.val_data, val_manifest, config.batch_size, shuffle=False,
-                                skip_corrupt=config.skip_corrupt_shards, files=val_files,
-                                num_records=val_report["records"])
+    if val_maps:  # always epoch 0's samples, so that the epochs compare
+      val = maps_lib.make_dataset(val_files, val_manifest, *drawn, config.batch_size, epochs=0,
+                                  shuffle=False, skip_corrupt=config.skip_corrupt_shards)
+      val_report = None  # its tiles are not counted in advance
+    else:
+      val = data_lib.make_dataset(args.val_data, val_manifest, config.batch_size,
+                                  shuffle=False, skip_corrupt=config.skip_corrupt_shards,
+                                  files=val_files, num_records=val_report["records"])
   storage.makedirs(os.path.join(args.job_dir, "checkpoints"))
   storage.write_json(job_manifest, manifest)
-  train_ds = data_lib.make_dataset(
-      args.data, manifest, config.batch_size, shuffle=True,
-      repeat=config.steps_per_epoch is not None, shuffle_buffer_mb=config.shuffle_buffer_mb,
-      seed=config.seed, skip_corrupt=config.skip_corrupt_shards, files=files,
-      num_records=report["records"])
   try:
-    statistics = _job_statistics(args, config, manifest, files, report)
-  except tf.errors.DataLossError as e:
-    raise _corrupt_data_error(e, *sources) from e
+    statistics = _job_statistics(args, config, manifest, files, report, sampling)
+  except tf.errors.OpError as e:
+    _raise_input_error(e, sources)
+  steps_per_epoch = config.steps_per_epoch
+  epoch_log = None
+  if sampling is not None:  # pass after pass, each drawn afresh; an epoch is about one
+    epoch_log = maps_lib.EpochLog(images_per_pass=report["records"])
+    tiles = report["records"] * statistics["sample"]["tiles_per_image"]
+    train_ds = maps_lib.make_dataset(
+        files, data_manifest, *sampling, config.batch_size, epochs=epoch_log, shuffle=True,
+        shuffle_buffer_mb=config.shuffle_buffer_mb, seed=config.seed,
+        skip_corrupt=config.skip_corrupt_shards, tiles_per_pass=int(tiles))
+    if steps_per_epoch is None:
+      steps_per_epoch = max(1, int(np.ceil(tiles / config.batch_size)))
+      _LOGGER.warning("maps: an epoch is %d steps of %d tiles (about one pass: %d images at "
+                      "%.1f tiles each in epoch 0's sample)", steps_per_epoch,
+                      config.batch_size, report["records"],
+                      statistics["sample"]["tiles_per_image"])
+  else:
+    train_ds = data_lib.make_dataset(
+        args.data, manifest, config.batch_size, shuffle=True,
+        repeat=steps_per_epoch is not None, shuffle_buffer_mb=config.shuffle_buffer_mb,
+        seed=config.seed, skip_corrupt=config.skip_corrupt_shards, files=files,
+        num_records=report["records"])
   feature_mean, feature_variance = statistics["feature_mean"], statistics["feature_variance"]
   policy = keras.mixed_precision.global_policy()
   if config.mixed_precision:
@@ -297,17 +352,22 @@ def train(args: argparse.Namespace, callbacks: Sequence = (),
       keras.callbacks.TensorBoard(os.path.join(args.job_dir, "logs")),
       keras.callbacks.CSVLogger(os.path.join(args.job_dir, HISTORY_NAME), append=True),
       keras.callbacks.TerminateOnNaN(),
-      EpochSizeCheck(report["records"] if config.steps_per_epoch is None else None,
-                     val_report["records"] if val_report else None),
+      EpochSizeCheck(report["records"] if config.steps_per_epoch is None and sampling is None
+                     else None, val_report["records"] if val_report else None),
       plots.HistoryPlot(args.job_dir),
   ] + list(callbacks)
+  if epoch_log is not None:
+    fit_callbacks.insert(0, maps_lib.EpochClock(epoch_log))
   try:
-    history = model.fit(train_ds, validation_data=val, epochs=config.epochs,
-                        steps_per_epoch=config.steps_per_epoch, callbacks=fit_callbacks,
-                        shuffle=False,  # the dataset shuffles
-                        verbose=1 if sys.stdout.isatty() else 2)
-  except tf.errors.DataLossError as e:
-    raise _corrupt_data_error(e, *sources) from e
+    with warnings.catch_warnings():
+      if val_report is None and val is not None:  # maps: Keras counts its batches once
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+      history = model.fit(train_ds, validation_data=val, epochs=config.epochs,
+                          steps_per_epoch=steps_per_epoch, callbacks=fit_callbacks,
+                          shuffle=False,  # the dataset shuffles
+                          verbose=1 if sys.stdout.isatty() else 2)
+  except tf.errors.OpError as e:
+    _raise_input_error(e, sources)
   if history.history:
     last = {k: float(v[-1]) for k, v in history.history.items() if v}
   else:  # no epoch left to run (the backup holds the last epoch): history.csv's last row
@@ -320,6 +380,10 @@ def train(args: argparse.Namespace, callbacks: Sequence = (),
                       loss_normalisation="N_cls (sampled anchors in the global batch)",
                       objectness_loss="sigmoid cross-entropy on logits",
                       shards_skipped=report["skipped"],
+                      layout=manifest_lib.layout(manifest),
+                      anchor=manifest["anchor"], targets=manifest["targets"],
+                      steps_per_epoch_used=steps_per_epoch,
+                      passes_drawn=epoch_log.done if epoch_log else None,
                       epochs_run=[int(e) for e in history.epoch],
                       epochs_completed=config.epochs,
                       replicas=int(model.distribute_strategy.num_replicas_in_sync),

@@ -129,6 +129,9 @@ PREPROCESS_CASES = [
      "--layuot", ["no such flag"]),
     ("beam_flag_typo", lambda d, o: _preprocess_args(d, o, "--runer", "DataflowRunner"),
      "--runer", ["did you mean --runner?"]),
+    ("maps_with_a_target_flag", lambda d, o: _preprocess_args(d, o, "--layout", "maps",
+                                                              "--scales", "1,2"),
+     "--scales 1,2", ["drawn at training time", "rpn-train (--scales)"]),
     ("stray_value", lambda d, o: _preprocess_args(d, o) + ["float16"],
      "float16", ["unexpected argument"]),
 ]
@@ -202,11 +205,17 @@ def shards(tmp_path_factory):
   unfinished = str(root / "unfinished")
   shutil.copytree(data, unfinished)
   os.remove(os.path.join(unfinished, "manifest.json"))
+  maps = str(root / "maps")
+  trainer_fixtures.write_map_shards(maps, [trainer_fixtures.map_image("d/a")])
+  mixed = str(root / "mixed")
+  trainer_fixtures.write_map_shards(mixed, [trainer_fixtures.map_image("d/a")])
+  shutil.copy(os.path.join(data, manifest["shard_files"][0]), mixed)
   other_job = str(root / "other_job")
   os.makedirs(other_job)
   with open(os.path.join(other_job, "manifest.json"), "w") as f:
     json.dump(dict(manifest, backbone="ResNet50"), f)
-  return {"data": data, "other": other, "unfinished": unfinished, "other_job": other_job}
+  return {"data": data, "other": other, "unfinished": unfinished, "other_job": other_job,
+          "mixed": mixed, "maps": maps}
 
 
 def test_train_mistakes(shards, dataset, tmp_path):
@@ -219,6 +228,12 @@ def test_train_mistakes(shards, dataset, tmp_path):
       (_replace(base, "--job_dir", shards["other_job"]), "--job_dir", "holds a model of other"),
       (_replace(base, "--job_dir", dataset["file"] + "/job"), "--job_dir", "is a file"),
       (base + ["--epochs", "0"], "--epochs 0", "must be >= 1"),
+      (base + ["--scales", "2,4"], "--scales 2,4", "is of layout tiles"),
+      (_replace(base, "--data", shards["mixed"]), "--data", "mixed layouts"),
+      (_replace(base, "--data", shards["maps"]) + ["--anchors_json", "/nope.json"],
+       "--anchors_json /nope.json", "no such file"),
+      (_replace(base, "--data", shards["maps"]) + ["--fg_fraction", "2"], "--fg_fraction 2.0",
+       "(0, 1]"),
       (base + ["--learning-rate", "0.01"], "--learning-rate", "did you mean --learning_rate?"),
       (["--job_dir", str(job)], "--data", "required"),
   ]:
