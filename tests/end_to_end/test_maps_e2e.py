@@ -167,3 +167,17 @@ def test_a_bad_maps_record_ends_rpn_train_in_one_line(tmp_path, capsys):
   path = manifest_lib.shard_paths(directory, manifest)[0]
   assert err[-1] == (f"rpn-train: error: {path}: record 3 (image d/bad): gt box 0 "
                      f"[10.0, 10.0, 300.0, 50.0] is not a box inside its 160x128 frame")
+
+
+def test_rpn_draw_draws_epoch_zero_of_a_maps_directory(dataset, outputs, tmp_path, capsys):
+  from pipeline import draw
+  pictures = tmp_path / "pictures"
+  code = draw.main(["--shards", outputs["final_f32"]["maps"], "--input", dataset,
+                    "--count", "2", "--output", str(pictures), "--scales", "2,4", "--ratios", "1"])
+  assert code == 0 and len(os.listdir(pictures)) == 2
+  code = draw.main(["--shards", outputs["final_f32"]["tiles"], "--input", dataset,
+                    "--output", str(tmp_path / "other"), "--scales", "2,4"])
+  assert code == 2
+  assert capsys.readouterr().err.strip().splitlines()[-1] == (
+      "rpn-draw: error: --scales 2,4: only for a maps-layout --shards (the tiles' anchors "
+      "are fixed)")

@@ -54,6 +54,17 @@ args = train_lib.build_parser().parse_args(["--data", data_dir, "--job_dir", job
 out["train"] = train_lib.train(args, strategy=mirrored)
 with open(job + "/train_config.json") as f:
   out["train_replicas"] = json.load(f)["replicas"]
+# The maps layout's input (from_generator, tf.numpy_function) under the strategy.
+maps_dir, maps_job = data_dir + "_maps", job + "_maps"
+images = [fixtures.map_image(f"d/img{i}", 6, 7, CHANNELS, gt=((20, 30, 120, 150),), seed=i)
+          for i in range(12)]
+fixtures.write_map_shards(maps_dir, images, channels=CHANNELS, num_shards=2)
+args = train_lib.build_parser().parse_args(["--data", maps_dir, "--job_dir", maps_job,
+    "--batch_size", str(BATCH), "--hidden", "16", "--epochs", "2"])
+out["train_maps"] = train_lib.train(args, strategy=mirrored)
+with open(maps_job + "/train_config.json") as f:
+  maps_config = json.load(f)
+out["maps_replicas"], out["maps_passes"] = maps_config["replicas"], maps_config["passes_drawn"]
 print("RESULT " + json.dumps(out))
 '''
 
@@ -91,3 +102,12 @@ def test_rpn_train_runs_under_mirrored_strategy(result):
   assert result["train_replicas"] == 2
   assert all(value == value and abs(value) < 1e6 for value in result["train"].values())
   assert result["train"]["scores_tiles"] == 512
+
+
+def test_rpn_train_on_maps_runs_under_mirrored_strategy(result):
+  assert result["maps_replicas"] == 2
+  assert all(value == value and abs(value) < 1e6 for value in result["train_maps"].values())
+  assert result["train_maps"]["scores_tiles"] > 0
+  passes = result["maps_passes"]
+  assert [p["epoch"] for p in passes][:2] == [0, 1]
+  assert all(p["images"] == 12 and p["tiles"] > 0 for p in passes)

@@ -239,3 +239,28 @@ def test_training_takes_the_suggestion_of_rpn_anchors(maps_dir, tmp_path):
   with pytest.raises(pipeline_cli.UsageError, match="not the anchors.json of rpn-anchors"):
     cli.sampling_from_args(cli.train_parser().parse(
         ["--data", directory, "--job_dir", "-", "--anchors_json", str(not_it)]), manifest)
+
+
+def test_training_on_from_a_finished_job_draws_on_from_its_epoch(tmp_path):
+  """A larger --epochs trains on: the passes go on from the epoch it starts at."""
+  import json
+
+  from trainer import cli, train
+  images = [fixtures.map_image(f"d/img{i}", 5, 6, gt=((20, 30, 120, 150),), seed=i)
+            for i in range(6)]
+  directory, job = str(tmp_path / "maps"), str(tmp_path / "job")
+  fixtures.write_map_shards(directory, images)
+
+  def run(epochs):
+    args = cli.train_parser().parse(["--data", directory, "--job_dir", job, "--epochs",
+                                     str(epochs), "--hidden", "8", "--batch_size", "32"])
+    cli.check_train(args)
+    train.train(args)
+    with open(os.path.join(job, "train_config.json")) as f:
+      return json.load(f)
+  first = run(2)
+  assert [p["epoch"] for p in first["passes_drawn"]][:2] == [0, 1]
+  assert first["steps_per_epoch_used"] >= 1 and first["anchor"]["num_anchors"] == 9
+  second = run(3)
+  assert second["epochs_run"] == [2]
+  assert [p["epoch"] for p in second["passes_drawn"]][:1] == [2]
