@@ -1,7 +1,7 @@
 """`python -m bench.maps`: the maps layout against the tiles layout, on the same images.
 
     python -m bench.maps [--out out/bench_maps] [--parts bytes,rate,recall]
-                         [--seeds 0,1,2] [--rate_batches 100]
+                         [--seeds 0,1,2] [--rate_batches 400]
 
 On the sample data (make sample-data: DET/train, 240 images; DET/val, 48
 held out), everything through the product's own code:
@@ -12,9 +12,11 @@ held out), everything through the product's own code:
           (its GZIP ratio is that of real features). Bytes per image, and
           the projection for ILSVRC2014 DET train (456,567 images).
   rate    rpn-train's input as training uses it (shuffled, batches of 256),
-          steady state after the shuffle buffer is full, tiles/s and
-          images/s, both layouts, float32 and float16 + GZIP; against one
-          compiled training step of the same width (tiles/s it consumes).
+          steady state after the shuffle buffer is full (the median of 3
+          windows of --rate_batches batches), tiles/s and images/s, both
+          layouts, float32, float16 and float16 + GZIP; the numpy target
+          code alone (ms per image); against one compiled training step of
+          the same width (tiles/s it consumes).
   recall  rpn-train then rpn-propose and rpn-evaluate on DET/val, both layouts,
           the same anchors (rpn-anchors' suggestion: given to rpn-preprocess
           for tiles, to rpn-train for maps), the same epochs and seeds, with
@@ -100,15 +102,19 @@ def part_bytes(out: str, settings: Dict) -> Dict:
   return results
 
 
-def _time_batches(dataset, warmup: int, batches: int) -> float:
-  """Seconds for `batches` batches after `warmup` (steady state)."""
+def _time_batches(dataset, warmup: int, batches: int, windows: int = 3) -> List[float]:
+  """Seconds for `batches` batches, in `windows` windows one after the other,
+  after `warmup` batches (steady state)."""
   iterator = iter(dataset)
   for _ in range(warmup):
     next(iterator)
-  start = time.perf_counter()
-  for _ in range(batches):
-    next(iterator)
-  return time.perf_counter() - start
+  seconds = []
+  for _ in range(windows):
+    start = time.perf_counter()
+    for _ in range(batches):
+      next(iterator)
+    seconds.append(time.perf_counter() - start)
+  return seconds
 
 
 def input_rate(directory: str, batch_size: int, batches: int) -> Dict:
@@ -134,9 +140,31 @@ def input_rate(directory: str, batch_size: int, batches: int) -> Dict:
     dataset = data_lib.make_dataset(directory, manifest, batch_size, shuffle=True, repeat=True)
   warmup = max(10, buffer // batch_size + 10)
   seconds = _time_batches(dataset, warmup, batches)
-  tiles_per_s = batches * batch_size / seconds
-  return {"tiles_per_s": tiles_per_s, "images_per_s": tiles_per_s / tiles_per_image,
-          "tiles_per_image": tiles_per_image, "warmup_batches": warmup, "batches": batches}
+  tiles_per_s = batches * batch_size / float(np.median(seconds))  # the median window
+  out = {"tiles_per_s": tiles_per_s, "images_per_s": tiles_per_s / tiles_per_image,
+         "tiles_per_image": tiles_per_image, "warmup_batches": warmup, "batches": batches,
+         "window_tiles_per_s": [batches * batch_size / s for s in seconds]}
+  if manifest_lib.layout(manifest) == "maps":
+    out["targets_ms_per_image"] = targets_ms(directory)
+  return out
+
+
+def targets_ms(directory: str) -> float:
+  """Milliseconds per image of the numpy target code alone (what the
+  tf.numpy_function runs), over the images of images.jsonl, the method's anchors."""
+  from pipeline import targets
+  with open(os.path.join(directory, config.IMAGES_NAME)) as f:
+    lines = [json.loads(line) for line in f]
+  anchors, t = config.AnchorConfig(), config.TargetConfig()
+  start = time.perf_counter()
+  for line in lines:
+    targets.compute_targets(
+        line["width"], line["height"], line["feature_height"], line["feature_width"],
+        np.asarray(line["gt_boxes"], np.float64).reshape(-1, 4), line["image_id"],
+        scales=anchors.scales, ratios=anchors.ratios, fg_iou_thresh=t.fg_iou_thresh,
+        bg_iou_thresh=t.bg_iou_thresh, batch_size=t.batch_size, fg_fraction=t.fg_fraction,
+        seed=t.seed, epoch=1)
+  return 1000 * (time.perf_counter() - start) / max(1, len(lines))
 
 
 def step_rate(channels: int, batch_size: int, steps: int = 20) -> Dict:
@@ -165,7 +193,7 @@ def step_rate(channels: int, batch_size: int, steps: int = 20) -> Dict:
 def part_rate(out: str, batches: int) -> Dict:
   results = {}
   for name in ("VGG16_block5_conv3", "InceptionResNetV2"):
-    for fmt in ("float32", "float16+GZIP"):
+    for fmt in FORMATS:
       for layout in config.LAYOUTS:
         directory = os.path.join(out, "shards", name, f"{layout}_{fmt}")
         if not os.path.exists(os.path.join(directory, config.MANIFEST_NAME)):
@@ -269,8 +297,10 @@ def format_tables(result: Dict) -> str:
         lines.append(f"{key:<48} {r['tiles_per_s']:>9.0f} tiles/s consumed "
                      f"({r['ms_per_step']:.0f} ms/step)")
       else:
+        targets_ms = (f"  (numpy targets {r['targets_ms_per_image']:.2f} ms/image)"
+                      if "targets_ms_per_image" in r else "")
         lines.append(f"{key:<48} {r['tiles_per_s']:>9.0f} tiles/s {r['images_per_s']:>7.1f} "
-                     f"images/s")
+                     f"images/s{targets_ms}")
   if result.get("recall"):
     lines.append("\nrecall@300 on DET/val (48 images), same anchors, epochs and seeds")
     for key, r in result["recall"].items():
@@ -286,7 +316,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--out", default=os.path.join(REPO, "out", "bench_maps"))
   parser.add_argument("--parts", default="bytes,rate,recall")
   parser.add_argument("--seeds", default="0,1,2")
-  parser.add_argument("--rate_batches", type=int, default=100)
+  parser.add_argument("--rate_batches", type=int, default=400,
+                      help="batches of 256 in each of the 3 timed windows")
   parser.add_argument("--weights", default=os.environ.get("RPN_VGG16_WEIGHTS") or VGG16_WEIGHTS)
   args = parser.parse_args(argv)
   if not os.path.isdir(os.path.join(SAMPLE, "Data")):

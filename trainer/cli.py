@@ -124,25 +124,26 @@ def read_anchors_json(path: str, manifest: Dict) -> Dict:
   return suggested
 
 
+# rpn-train's target flags and the TargetConfig fields they set
+_TARGET_FIELDS = (("fg_iou_thresh", "fg_iou_thresh"), ("bg_iou_thresh", "bg_iou_thresh"),
+                  ("batch_size_per_image", "batch_size"), ("fg_fraction", "fg_fraction"))
+
+
 def sampling_from_args(args: argparse.Namespace, manifest: Dict
                        ) -> Tuple[config.AnchorConfig, config.TargetConfig]:
   """The anchors and targets rpn-train draws a maps dataset with: the flags
   given, --anchors_json's suggestion, else the manifest's (the method's)."""
-  anchor, targets = manifest["anchor"], manifest["targets"]
-  scales, ratios = anchor["scales"], anchor["ratios"]
+  anchors, target_config = manifest_sampling(manifest, int(args.seed))
   if getattr(args, "anchors_json", None):
     suggested = read_anchors_json(args.anchors_json, manifest)
-    scales, ratios = suggested["scales"], suggested["ratios"]
-  pick = lambda name, default: default if getattr(args, name, None) is None else getattr(  # noqa: E731
-      args, name)
-  anchors = config.AnchorConfig(scales=tuple(float(v) for v in pick("scales", scales)),
-                                ratios=tuple(float(v) for v in pick("ratios", ratios)))
-  target_config = config.TargetConfig(
-      fg_iou_thresh=float(pick("fg_iou_thresh", targets["fg_iou_thresh"])),
-      bg_iou_thresh=float(pick("bg_iou_thresh", targets["bg_iou_thresh"])),
-      batch_size=int(pick("batch_size_per_image", targets["batch_size"])),
-      fg_fraction=float(pick("fg_fraction", targets["fg_fraction"])),
-      seed=int(args.seed))
+    anchors = config.AnchorConfig(tuple(float(v) for v in suggested["scales"]),
+                                  tuple(float(v) for v in suggested["ratios"]))
+  given = {name: getattr(args, name, None) for name in ("scales", "ratios")}
+  anchors = dataclasses.replace(anchors, **{name: tuple(float(v) for v in value)
+                                            for name, value in given.items() if value is not None})
+  given = {field: getattr(args, flag, None) for flag, field in _TARGET_FIELDS}
+  target_config = dataclasses.replace(target_config, **{
+      field: value for field, value in given.items() if value is not None})
   return anchors, target_config
 
 
@@ -175,12 +176,14 @@ def check_sampling(args: argparse.Namespace, manifest: Dict) -> Optional[Tuple]:
 
 def manifest_sampling(manifest: Dict, seed: int
                       ) -> Tuple[config.AnchorConfig, config.TargetConfig]:
-  """The anchors and targets of a manifest (a tiles dataset's), to draw maps
-  validation data with; the sampling seed is rpn-train's."""
+  """The anchors and targets a manifest records (a maps manifest's defaults, or
+  a tiles dataset's, to draw maps validation data with), with rpn-train's
+  sampling seed."""
   anchor, targets = manifest["anchor"], manifest["targets"]
-  return (config.AnchorConfig(tuple(anchor["scales"]), tuple(anchor["ratios"])),
-          config.TargetConfig(targets["fg_iou_thresh"], targets["bg_iou_thresh"],
-                              targets["batch_size"], targets["fg_fraction"], seed))
+  return (config.AnchorConfig(tuple(float(v) for v in anchor["scales"]),
+                              tuple(float(v) for v in anchor["ratios"])),
+          config.TargetConfig(float(targets["fg_iou_thresh"]), float(targets["bg_iou_thresh"]),
+                              int(targets["batch_size"]), float(targets["fg_fraction"]), seed))
 
 
 def training_manifest(manifest: Dict, sampling: Optional[Tuple]) -> Dict:

@@ -200,6 +200,29 @@ def test_bad_values_raise_naming_the_flag(flags, named):
     run.config_from_args(_parse(*flags), run.runner_setup([], cores=4))
 
 
+def test_maps_layout_takes_no_target_flags():
+  cfg = run.config_from_args(_parse("--layout", "maps", "--tile_dtype", "float16", "--seed", "3"))
+  assert cfg.output_format.layout == "maps" and cfg.output_format.tile_dtype == "float16"
+  assert cfg.anchors == config_lib.AnchorConfig()  # recorded as rpn-train's defaults
+  assert run.config_from_args(_parse("--layout", "maps", "--scales", "3,6,12")).anchors == (
+      config_lib.AnchorConfig())  # the default, given: nothing to refuse
+  for flags, flag in ((("--scales", "2,4"), "--scales 2,4"), (("--ratios", "1"), "--ratios 1"),
+                      (("--fg_iou_thresh", "0.6"), "--fg_iou_thresh 0.6"),
+                      (("--batch_size", "128"), "--batch_size 128"),
+                      (("--fg_fraction", "0.25"), "--fg_fraction 0.25")):
+    with pytest.raises(ValueError, match=re.escape(flag) + ": with --layout maps .* rpn-train"):
+      run.config_from_args(_parse("--layout", "maps", *flags))
+
+
+def test_clear_outputs_removes_the_shards_of_both_layouts(tmp_path):
+  names = ["tiles-00000-of-00001.tfrecord", "maps-00000-of-00002.tfrecord.gz",
+           config_lib.MANIFEST_NAME, "keep.txt"]
+  for name in names:
+    (tmp_path / name).write_text("x")
+  run.clear_outputs(str(tmp_path))
+  assert sorted(os.listdir(tmp_path)) == ["keep.txt"]
+
+
 def test_conflicting_inputs_raise():
   args = run.build_parser().parse_args(
       ["--input", "/r", "--images", "/i", "--annotations", "/a", "--output", "/o"])
