@@ -28,12 +28,13 @@ def preprocess(input_root: str, output: str, split: str = "DET/train",
                   *extra, *runner_args]).manifest
 
 
-def read_records(output: str) -> List[bytes]:
-  """Every serialized Example in the shards of `output` (compression from the manifest)."""
+def read_records(output: str, prefix: str = "tiles") -> List[bytes]:
+  """Every serialized Example in the `prefix` shards of `output` (compression
+  from the manifest)."""
   import tensorflow as tf
   with open(os.path.join(output, "manifest.json")) as f:
     manifest = json.load(f)
-  files = sorted(glob.glob(os.path.join(output, "tiles-*")))
+  files = sorted(glob.glob(os.path.join(output, prefix + "-*")))
   compression = "GZIP" if manifest["compression"] == "GZIP" else ""
   return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type=compression)]
 
