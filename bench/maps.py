@@ -1,6 +1,6 @@
 """`python -m bench.maps`: the maps layout against the tiles layout, on the same images.
 
-    python -m bench.maps [--out out/bench_maps] [--parts bytes,rate,recall]
+    python -m bench.maps [--out out/bench_maps] [--parts bytes,rate,recall,memory]
                          [--seeds 0,1,2] [--rate_batches 400]
 
 On the sample data (make sample-data: DET/train, 240 images; DET/val, 48
@@ -23,6 +23,9 @@ held out), everything through the product's own code:
           TinyTestNet (conv1, stride 8, random weights, 40 epochs) and VGG16
           (block5_conv3, real weights, 10 epochs); the resident memory of
           the training process at every epoch end.
+  memory  rpn-train in a fresh process per layout, 60 epochs of the
+          TinyTestNet data of the recall part: the resident memory at every
+          epoch end.
 
 Writes OUT/maps.json with every figure and prints the tables.
 """
@@ -282,6 +285,45 @@ def part_recall(out: str, settings: Dict, seeds: Sequence[int]) -> Dict:
   return results
 
 
+def memory_child(layout: str, data: str, job: str, epochs: int, extra: Sequence[str]) -> None:
+  """In a fresh process: rpn-train, printing the RSS at every epoch end."""
+  from trainer import cli as trainer_cli
+  from trainer import train
+  args = trainer_cli.train_parser().parse(["--data", data, "--job_dir", job, "--epochs",
+                                           str(epochs), *extra])
+  trainer_cli.check_train(args)
+  rss = RssLog()
+  train.train(args, callbacks=[rss])
+  print("RSS " + json.dumps({"layout": layout, "rss_mib": rss.mib}), flush=True)
+
+
+def part_memory(out: str, epochs: int) -> Dict:
+  """The RSS of a fresh rpn-train process at each epoch end, both layouts
+  (TinyTestNet conv1 data and anchors of the recall part)."""
+  import shutil
+  import subprocess
+  base = os.path.join(out, "recall", "TinyTestNet_conv1")
+  anchors = os.path.join(base, "anchors", coverage_run.ANCHORS_NAME)
+  if not os.path.exists(anchors):
+    _log("memory: run --parts recall first (it makes the data)")
+    return {}
+  results = {}
+  for layout in config.LAYOUTS:
+    job = os.path.join(out, "memory", layout)
+    shutil.rmtree(job, ignore_errors=True)
+    extra = ["--anchors_json", anchors] if layout == "maps" else []
+    _log(f"memory: rpn-train {layout}, {epochs} epochs, a fresh process")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.maps", "--memory_child", json.dumps(
+            [layout, os.path.join(base, layout), job, epochs, extra])],
+        capture_output=True, text=True, cwd=REPO, env=dict(os.environ, **common.CHILD_ENV))
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RSS ")]
+    if proc.returncode or not lines:
+      raise RuntimeError(f"memory child failed: {proc.stderr[-2000:]}")
+    results[layout] = json.loads(lines[-1][4:])["rss_mib"]
+  return results
+
+
 def format_tables(result: Dict) -> str:
   lines = []
   if result.get("bytes"):
@@ -308,18 +350,29 @@ def format_tables(result: Dict) -> str:
       lines.append(f"{key:<40} R@0.5 {r['recall@0.5']:.3f} R@0.7 {r['recall@0.7']:.3f} "
                    f"AR {r['ar']:.3f}  {r['train_seconds']:.0f} s  RSS MiB first/last/max "
                    f"{rss[0]:.0f}/{rss[-1]:.0f}/{max(rss):.0f}")
+  if result.get("memory"):
+    lines.append("\nresident memory of a fresh rpn-train process at epoch ends (MiB)")
+    for layout, rss in result["memory"].items():
+      marks = [1, 5, 10, 20, 30, 40, 50, 60]
+      shown = "  ".join(f"{e}: {rss[e - 1]:.0f}" for e in marks if e <= len(rss))
+      lines.append(f"{layout:<6} {shown}  max {max(rss):.0f}")
   return "\n".join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m bench.maps")
   parser.add_argument("--out", default=os.path.join(REPO, "out", "bench_maps"))
-  parser.add_argument("--parts", default="bytes,rate,recall")
+  parser.add_argument("--parts", default="bytes,rate,recall,memory")
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--rate_batches", type=int, default=400,
                       help="batches of 256 in each of the 3 timed windows")
   parser.add_argument("--weights", default=os.environ.get("RPN_VGG16_WEIGHTS") or VGG16_WEIGHTS)
+  parser.add_argument("--memory_epochs", type=int, default=60)
+  parser.add_argument("--memory_child", help=argparse.SUPPRESS)  # JSON: the child's arguments
   args = parser.parse_args(argv)
+  if args.memory_child:
+    memory_child(*json.loads(args.memory_child))
+    return 0
   if not os.path.isdir(os.path.join(SAMPLE, "Data")):
     sample_data.main(["--output", SAMPLE])
   os.makedirs(args.out, exist_ok=True)
@@ -338,6 +391,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if "recall" in parts:
     result["recall"] = part_recall(args.out, settings,
                                    [int(s) for s in args.seeds.split(",")])
+  if "memory" in parts:
+    result["memory"] = part_memory(args.out, args.memory_epochs)
   with open(path, "w") as f:
     json.dump(result, f, indent=1, default=common.json_default)
   print(format_tables(result))
