@@ -320,19 +320,9 @@ class SampleTargetsFn(beam.DoFn):
     self._fg.inc(result.num_fg)
     self._bg.inc(result.num_bg)
     self._ok.inc()
-    yield beam.pvalue.TaggedOutput(IMAGES, {
-        "image_id": item.image_id,
-        "width": int(item.width),
-        "height": int(item.height),
-        "feature_height": int(feature_height),
-        "feature_width": int(feature_width),
-        "stride_x": float(result.stride_x),
-        "stride_y": float(result.stride_y),
-        "gt_boxes": [[float(v) for v in box] for box in np.asarray(item.gt_boxes)],
-        "num_fg": int(result.num_fg),
-        "num_bg": int(result.num_bg),
-        "num_locations": int(num_records),
-    })
+    yield beam.pvalue.TaggedOutput(IMAGES, dict(
+        image_line(item, feature_height, feature_width, item.gt_boxes),
+        num_fg=int(result.num_fg), num_bg=int(result.num_bg), num_locations=int(num_records)))
     counts.update({"images_ok": 1, "fg_anchors": int(result.num_fg),
                    "bg_anchors": int(result.num_bg), "records_expected": num_records,
                    "inside_anchors": int(result.num_inside)})
@@ -361,22 +351,30 @@ class MapRecordFn(beam.DoFn):
                                   item.image_id)
     self._records.inc()
     self._ok.inc()
-    stride_x, stride_y = anchors_lib.ratio_strides(item.width, item.height, feature_width,
-                                                   feature_height)
-    yield beam.pvalue.TaggedOutput(IMAGES, {
-        "image_id": item.image_id,
-        "width": int(item.width),
-        "height": int(item.height),
-        "feature_height": int(feature_height),
-        "feature_width": int(feature_width),
-        "stride_x": float(stride_x),
-        "stride_y": float(stride_y),
-        # float32, as in the record (the tiles layout labels against float64)
-        "gt_boxes": [[float(v) for v in box] for box in gt_boxes.astype(np.float32)],
-    })
+    # gt boxes in float32, as in the record (the tiles layout labels against float64)
+    yield beam.pvalue.TaggedOutput(IMAGES, image_line(item, feature_height, feature_width,
+                                                      gt_boxes.astype(np.float32)))
     counts = collections.Counter(item.stats)
     counts.update({"images_ok": 1, "records_expected": 1})
     yield beam.pvalue.TaggedOutput(STATS, dict(counts))
+
+
+def image_line(item: ImageFeatures, feature_height: int, feature_width: int,
+               gt_boxes) -> Dict[str, Any]:
+  """The images.jsonl fields both layouts write for an image (the frame, its
+  feature map and strides, the gt boxes)."""
+  stride_x, stride_y = anchors_lib.ratio_strides(item.width, item.height, feature_width,
+                                                 feature_height)
+  return {
+      "image_id": item.image_id,
+      "width": int(item.width),
+      "height": int(item.height),
+      "feature_height": int(feature_height),
+      "feature_width": int(feature_width),
+      "stride_x": float(stride_x),
+      "stride_y": float(stride_y),
+      "gt_boxes": [[float(v) for v in box] for box in np.asarray(gt_boxes).reshape(-1, 4)],
+  }
 
 
 def no_anchor_error(path: str, image_id: str, num_inside: int, num_anchors: int, width: int,
