@@ -87,20 +87,20 @@ class EpochLog:
       counts["images_no_anchor"] += int(no_anchor)
       if counts["images"] != self.images_per_pass:
         return
-      summary = dict(self.counts_locked(epoch), epoch=int(epoch))
+      summary = dict(self._counts_of(epoch), epoch=int(epoch))
       self.done.append(summary)
     _LOGGER.warning("maps pass %d (sampled with epoch %d): drew %d tiles from %d images; %d "
                     "images had no anchor inside their frame (no tile)", epoch + 1, epoch,
                     summary["tiles"], summary["images"], summary["images_no_anchor"])
 
-  def counts_locked(self, epoch: int) -> Dict[str, int]:
+  def _counts_of(self, epoch: int) -> Dict[str, int]:
     counts = self._counts.get(int(epoch), collections.Counter())
     return {key: int(counts[key]) for key in ("images", "tiles", "images_no_anchor")}
 
   def counts(self, epoch: int) -> Dict[str, int]:
     """{"images", "tiles", "images_no_anchor"} drawn with `epoch` so far."""
     with self._lock:
-      return self.counts_locked(epoch)
+      return self._counts_of(epoch)
 
 
 class EpochClock(keras.callbacks.Callback):
