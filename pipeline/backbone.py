@@ -583,6 +583,9 @@ class FeatureExtractor:
     import tensorflow as tf  # lazy: see the module doc
     if threads:
       set_threads(threads)
+    # What computes the features (the manifest's backbone_threads): the cap
+    # set here, or TensorFlow's own when it had started already.
+    self.threads = intra_op_threads()
     self.spec = backbone_spec(backbone)
     self.feature_layer = feature_layer or None
     self.model = build_backbone(backbone, weights, seed, self.feature_layer)
@@ -637,6 +640,23 @@ def set_threads(threads: int) -> bool:
     logging.getLogger(__name__).warning(
         "TensorFlow already started in this process: --backbone_threads %d not applied", threads)
     return False
+
+
+def intra_op_threads() -> int:
+  """The intra-op threads TensorFlow runs this process's ops with: the cap
+  set by set_threads, else TF_NUM_INTRAOP_THREADS, else (TensorFlow's
+  default) the CPUs this process may run on."""
+  import tensorflow as tf  # lazy: see the module doc
+  configured = tf.config.threading.get_intra_op_parallelism_threads()
+  if configured > 0:
+    return configured
+  from_env = os.environ.get("TF_NUM_INTRAOP_THREADS", "")
+  if from_env.isdigit() and int(from_env) > 0:
+    return int(from_env)
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not on Linux
+    return os.cpu_count() or 1
 
 
 def prepare_image(image: np.ndarray, boxes: np.ndarray, min_input_side: int,

@@ -42,12 +42,15 @@ def path_in(data_dir: str) -> str:
 
 def build(cfg: config.PreprocessConfig, counts: Dict[str, int], shard_files: List[str],
           feature_channels: int, min_input_side: int,
-          shards: Optional[List[Dict]] = None) -> Dict:
+          shards: Optional[List[Dict]] = None,
+          backbone_threads: Optional[Dict[str, int]] = None) -> Dict:
   """The manifest of a finished run: `cfg`, the run's counts and its shard file names.
 
   `shards` ({"file", "bytes", "records"} of each shard, any order;
   pipeline.shards.describe_shard) become the "shards" key, in the order of
-  shard_files; they must name the same files.
+  shard_files; they must name the same files. `backbone_threads` ({"1": 13}:
+  images whose features that many TensorFlow threads computed) says which
+  runs' features are byte-identical (pipeline/determinism.py).
   """
   fmt = cfg.output_format
   num_shards = len(shard_files)
@@ -82,6 +85,7 @@ def build(cfg: config.PreprocessConfig, counts: Dict[str, int], shard_files: Lis
       "records_shuffled": cfg.shuffle_records,
       "shard_files": sorted(shard_files),
       "counts": dict(sorted(counts.items())),
+      "backbone_threads": dict(backbone_threads or {}),
   }
   if shards is not None:
     by_file = {shard["file"]: shard for shard in shards}

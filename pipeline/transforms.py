@@ -31,7 +31,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
 from pipeline import anchors as anchors_lib
-from pipeline import backbone, ilsvrc, schema, shards, storage, targets
+from pipeline import backbone, determinism, ilsvrc, schema, shards, storage, targets
 from pipeline import config as config_lib
 from pipeline import manifest as manifest_lib
 
@@ -269,8 +269,12 @@ class ComputeFeaturesFn(beam.DoFn):
     self._images.inc()
     PROGRESS.image_done()
     height, width = item.image.shape[:2]
+    stats = item.stats
+    threads = getattr(self._holder.extractor, "threads", None)
+    if threads:  # the manifest's backbone_threads (determinism.py)
+      stats = dict(stats, **determinism.threads_count(threads))
     yield ImageFeatures(item.image_id, item.image_path, width, height, item.gt_boxes,
-                        feature_map, item.stats)
+                        feature_map, stats)
 
 
 class SampleTargetsFn(beam.DoFn):
@@ -653,11 +657,14 @@ def write_manifest(_, cfg, feature_channels, min_input_side, counts, found, reco
   if in_shards != records:
     raise shards.ShardError(f"{cfg.output}: the shards hold {in_shards} records but the run "
                             f"made {records}; no manifest written")
+  counts = dict(counts)
+  threads = determinism.pop_threads(counts)
   counts = sum_box_stats(counts)
   counts.update({"images_found": found, "records": records})
   for key in ("images_ok", "images_failed", "images_skipped", "fg_anchors", "bg_anchors"):
     counts.setdefault(key, 0)
   manifest = manifest_lib.build(cfg, counts, [shard["file"] for shard in shard_info],
-                                feature_channels, min_input_side, shards=shard_info)
+                                feature_channels, min_input_side, shards=shard_info,
+                                backbone_threads=threads)
   manifest_lib.write(cfg.output, manifest)
   return manifest
