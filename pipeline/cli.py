@@ -23,6 +23,35 @@ import tempfile
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+class RunState:
+  """What run_command needs to know of a command's run when it fails: where
+  its output is (the failure log goes there), the flag that names it, whether
+  the work has started (from then on every exception is a runtime failure, exit
+  1), what was cleaned up, and --verbose."""
+
+  def __init__(self):
+    self.output: Optional[str] = None
+    self.flag = "--output"
+    self.running = False
+    self.cleanup_note: Optional[str] = None
+    self.verbose = False
+    self.captured_log: Optional[str] = None  # what console.held_back kept of stderr
+
+
+RUN = RunState()
+
+
+def running(output: str, flag: str = "--output") -> None:
+  """Marks the start of a command's work on `output` (named by `flag`)."""
+  RUN.output, RUN.flag, RUN.running = output, flag, True
+
+
+def note_cleanup(note: str) -> None:
+  """What the command removed after a failure, for the failure line."""
+  RUN.cleanup_note = note
 
 
 class UsageError(ValueError):
@@ -92,6 +121,14 @@ class Parser(argparse.ArgumentParser):
   def __init__(self, *args, **kwargs):
     kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
     super().__init__(*args, **kwargs)
+    self.add_argument("--verbose", action="store_true",
+                      help="on a failure while running, print the full traceback too (it "
+                           "always goes to failure.log in the output directory)")
+
+  def parse_known_args(self, args=None, namespace=None):
+    parsed, rest = super().parse_known_args(args, namespace)
+    RUN.verbose = bool(getattr(parsed, "verbose", False))
+    return parsed, rest
 
   def error(self, message):  # argparse's own errors: missing, invalid or unknown
     self.exit(EXIT_USAGE, error_line(self.prog, message) + "\n")
@@ -181,11 +218,63 @@ def setup_logging(level: int = logging.WARNING) -> None:
 
 def run_command(prog: str, command: Callable[[], int],
                 errors: Tuple[type, ...] = (ValueError, FileNotFoundError)) -> int:
-  """Runs `command` (a main body returning an exit code); a UsageError or one of
-  `errors` becomes the one error line and exit code 2."""
+  """Runs `command` (a main body returning an exit code). A UsageError, or one
+  of `errors` before the work started (running()), is the one error line and
+  exit code 2. Any other exception is a runtime failure: one line saying what,
+  where and what to do, the traceback in failure.log (and on stderr with
+  --verbose), exit code 1."""
+  RUN.output, RUN.flag, RUN.running, RUN.cleanup_note = None, "--output", False, None
+  RUN.captured_log = None
   try:
     return command()
   except UsageError as e:
     return fail(prog, e)
   except errors as e:
-    return fail(prog, e)
+    if not RUN.running:
+      return fail(prog, e)
+    # Found while running (a corrupt shard, say): its own one-line message, exit 1.
+    return _end_after(prog, runtime_failure(prog, e, own_message=True))
+  except Exception as e:  # noqa: BLE001 - every runtime failure gets its one line
+    return _end_after(prog, runtime_failure(prog, e))
+  finally:
+    if RUN.captured_log:
+      with contextlib.suppress(OSError):
+        os.remove(RUN.captured_log)
+      RUN.captured_log = None
+
+
+def _end_after(prog: str, code: int) -> int:
+  """Ends the console script `prog` at once after a runtime failure, with
+  `code`: what the failed run leaves behind (an HDF5 file half written on a
+  full disk, Beam's threads) can crash the interpreter's teardown, turning
+  exit code 1 into a segmentation fault. Called from Python (tests), returns."""
+  if os.path.basename(sys.argv[0] if sys.argv else "") != prog:
+    return code
+  if RUN.captured_log:
+    with contextlib.suppress(OSError):
+      os.remove(RUN.captured_log)
+  logging.shutdown()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
+
+
+def runtime_failure(prog: str, error: BaseException, own_message: bool = False) -> int:
+  """Prints the one line of a failure while running (the error's own message
+  when `own_message`, else failures.describe's); returns 1."""
+  import traceback
+
+  from pipeline import failures  # stdlib only, like this module
+  line = one_line(error) if own_message else failures.describe(error, RUN.flag, RUN.output)
+  if RUN.cleanup_note:
+    line += f"; {RUN.cleanup_note}"
+  formatted = "".join(traceback.format_exception(error))
+  if RUN.verbose:
+    sys.stderr.write(formatted)
+  unraisable: list = []
+  failures.release(error, unraisable)  # open files of the failed run: closed, space freed
+  log = failures.write_log(RUN.output, prog, error, captured=RUN.captured_log,
+                           formatted=formatted + "".join(unraisable))
+  where = f" (traceback: {log})" if log else ""
+  print(error_line(prog, line + where), file=sys.stderr, flush=True)
+  return EXIT_FAILURE

@@ -21,7 +21,10 @@ with no runner options, on every core of this machine.
 from __future__ import annotations
 
 import argparse
+import glob
 import logging
+import os
+import shutil
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -31,14 +34,26 @@ from apache_beam.io import textio
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipeline import backbone as backbone_lib
-from pipeline import cli, coverage, ilsvrc, plots, preflight, storage, transforms
+from pipeline import (
+  cli,
+  console,
+  coverage,
+  failures,
+  ilsvrc,
+  lock,
+  plots,
+  preflight,
+  storage,
+  transforms,
+)
 from pipeline import config as config_lib
 from pipeline import run as run_lib
 
 ANCHORS_NAME = "anchors.json"
 COVERAGE_PNG = "coverage.png"
 BOXES_PNG = "boxes.png"
-OUTPUT_NAMES = (ANCHORS_NAME, COVERAGE_PNG, BOXES_PNG, config_lib.ERRORS_NAME)
+OUTPUT_NAMES = (ANCHORS_NAME, COVERAGE_PNG, BOXES_PNG, config_lib.ERRORS_NAME,
+                failures.LOG_NAME)
 DEFAULT_SEARCH_IMAGES = 20_000
 
 _LOGGER = logging.getLogger(__name__)
@@ -321,21 +336,41 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     checks.finish()
   options = PipelineOptions(setup.beam_args)
   options.view_as(SetupOptions).save_main_session = False
-  storage.makedirs(cfg.output)
-  for name in OUTPUT_NAMES:  # a report of an earlier run must not survive a failed one
-    path = storage.join(cfg.output, name)
+  with lock.hold(cfg.output, "--output", "rpn-anchors"):  # one run per directory
+    cli.running(cfg.output)
+    clear_outputs(cfg.output)  # a report of an earlier run must not survive a failed one
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, cfg, args.max_images, args.search_images)
+    with run_lib.removed_on_failure(cfg.output, clear_outputs):
+      p.run().wait_until_finish()
+      return storage.read_json(storage.join(cfg.output, ANCHORS_NAME))
+
+
+def clear_outputs(output: str) -> List[str]:
+  """Deletes the reports, errors and Beam temp directories of a run in `output`."""
+  deleted = []
+  for name in OUTPUT_NAMES:
+    path = storage.join(output, name)
     if storage.exists(path):
       from apache_beam.io.filesystems import FileSystems
       FileSystems.delete([path])
-  p = beam.Pipeline(options=options)
-  build_pipeline(p, cfg, args.max_images, args.search_images)
-  p.run().wait_until_finish()
-  return storage.read_json(storage.join(cfg.output, ANCHORS_NAME))
+      deleted.append(path)
+  if storage.is_local(output) and os.path.isdir(output):
+    for temp_dir in glob.glob(os.path.join(output, "beam-temp-*")):
+      shutil.rmtree(temp_dir, ignore_errors=True)
+      deleted.append(temp_dir)
+  return deleted
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   cli.setup_logging()
-  return cli.run_command("rpn-anchors", lambda: _report(run(argv)))
+  argv = list(sys.argv[1:] if argv is None else argv)
+
+  def command() -> int:
+    with console.held_back("rpn-anchors", enabled="--verbose" not in argv):
+      report = run(argv)
+    return _report(report)
+  return cli.run_command("rpn-anchors", command)
 
 
 def _report(report: Dict[str, Any]) -> int:

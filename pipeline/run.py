@@ -15,6 +15,7 @@ deleted before the new run starts, so shards of two runs never mix.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import glob
 import json
@@ -34,7 +35,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from pipeline import backbone as backbone_lib
-from pipeline import cli, ilsvrc, preflight, transforms
+from pipeline import cli, console, failures, ilsvrc, lock, preflight, space, storage, transforms
 from pipeline import config as config_lib
 from pipeline import manifest as manifest_lib
 
@@ -121,6 +122,9 @@ def build_parser() -> cli.Parser:
                    "chosen at training time (README, 'Choosing a layout')")
   out.add_argument("--tile_dtype", choices=("float32", "float16"), default=output.tile_dtype,
                    help="dtype of the stored features (the tiles, or the maps)")
+  out.add_argument("--no_space_check", action="store_true",
+                   help="start even when the estimated output clearly exceeds the free "
+                   "space of a local --output's disk (the estimate is printed at the start)")
   out.add_argument("--shuffle_records", action="store_true",
                    help="shuffle every record across images before the sink (one more "
                    "GroupByKey over all records: twice the shuffle bytes on Dataflow, and "
@@ -261,9 +265,14 @@ def check_before_run(args: argparse.Namespace, cfg: config_lib.PreprocessConfig,
   rest), the input folders and image set, the output. A cli.UsageError names
   the flag; nothing is written."""
   backbone = cfg.backbone
+  # The output's size is estimated for local inputs and outputs; it needs the
+  # layer's shape arithmetic, which the child check hands over (remembered).
+  estimate_size = (extractor_factory is None and storage.is_local(cfg.output)
+                   and storage.is_local(cfg.images_dir))
   if extractor_factory is None:
     backbone_check = preflight.start_backbone_check(
-        backbone.backbone, backbone.weights, backbone.feature_layer, cfg.targets.seed)
+        backbone.backbone, backbone.weights, backbone.feature_layer, cfg.targets.seed,
+        always=estimate_size)
   else:  # an injected extractor (tests, benchmarks) stands for the weights
     backbone_check = None
     backbone_lib.backbone_spec(backbone.backbone)
@@ -274,6 +283,25 @@ def check_before_run(args: argparse.Namespace, cfg: config_lib.PreprocessConfig,
                                  args.image_set, args.missing_annotations)
     preflight.check_output(cfg.output)
     checks.finish()
+  if estimate_size:
+    check_space(args, cfg)
+
+
+def check_space(args: argparse.Namespace, cfg: config_lib.PreprocessConfig) -> None:
+  """Prints the estimated output size; a cli.UsageError when the local output's
+  disk clearly lacks the room (unless --no_space_check)."""
+  spec = backbone_lib.backbone_spec(cfg.backbone.backbone)
+  layer = cfg.backbone.feature_layer
+  channels = (backbone_lib.check_feature_layer(cfg.backbone.backbone, layer).channels if layer
+              else spec.channels)
+  found = space.estimate(cfg, channels, spec.min_input_side)
+  if found is None:
+    return
+  free = space.free_bytes(cfg.output)
+  print(space.describe(found, free, cfg.output, cfg.output_format.compression), flush=True)
+  problem = space.check(cfg, found, free)
+  if problem and not getattr(args, "no_space_check", False):
+    raise cli.UsageError("--output", cfg.output, problem)
 
 
 # ---------------------------------------------------------------------------
@@ -281,7 +309,28 @@ def check_before_run(args: argparse.Namespace, cfg: config_lib.PreprocessConfig,
 
 OUTPUT_GLOBS = (f"{config_lib.SHARD_PREFIX}-*", f"{config_lib.MAPS_PREFIX}-*",
                 config_lib.MANIFEST_NAME,
-                config_lib.IMAGES_NAME, config_lib.ERRORS_NAME, "beam-temp-*")
+                config_lib.IMAGES_NAME, config_lib.ERRORS_NAME, "beam-temp-*",
+                failures.LOG_NAME)
+
+
+@contextlib.contextmanager
+def removed_on_failure(output: str, clear=None):
+  """A failure inside the block removes what the run wrote into `output` (its
+  partial shards, jsonl files and beam-temp-* directories: none of it is
+  complete without the manifest, and on a full disk it keeps the disk full),
+  then goes on. `clear` (default clear_outputs) returns what it deleted."""
+  try:
+    yield
+  except BaseException:
+    try:
+      removed = (clear or clear_outputs)(output)
+    except Exception as e:  # noqa: BLE001 - the run's own error matters more
+      _LOGGER.warning("could not remove the partial output of %s: %s", output, e)
+      cli.note_cleanup(f"its partial output in {output} could not be removed ({e})")
+    else:
+      _LOGGER.info("removed the partial output of the failed run: %s", removed)
+      cli.note_cleanup("the run's partial output was removed")
+    raise
 
 
 def clear_outputs(output: str) -> List[str]:
@@ -296,6 +345,7 @@ def clear_outputs(output: str) -> List[str]:
   if "://" not in output and os.path.isdir(output):
     for temp_dir in glob.glob(os.path.join(output, "beam-temp-*")):
       shutil.rmtree(temp_dir, ignore_errors=True)
+      deleted.append(temp_dir)
   return deleted
 
 
@@ -365,22 +415,29 @@ def run(argv: Optional[Sequence[str]] = None, extractor_factory=None) -> Preproc
   check_before_run(args, cfg, extractor_factory)
   options = PipelineOptions(setup.beam_args)
   options.view_as(SetupOptions).save_main_session = False
-  deleted = clear_outputs(cfg.output)
-  if deleted:
-    _LOGGER.warning("cleared %d files of an earlier run from %s", len(deleted), cfg.output)
-  p = beam.Pipeline(options=options)
-  build_pipeline(p, cfg, extractor_factory=extractor_factory)
-  result = p.run()
-  result.wait_until_finish()
-  return PreprocessResult(manifest_lib.load(cfg.output), pipeline_metrics(result))
+  with lock.hold(cfg.output, "--output", "rpn-preprocess"):  # one run per directory
+    cli.running(cfg.output)
+    deleted = clear_outputs(cfg.output)
+    if deleted:
+      _LOGGER.warning("cleared %d files of an earlier run from %s", len(deleted), cfg.output)
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, cfg, extractor_factory=extractor_factory)
+    with removed_on_failure(cfg.output):
+      result = p.run()
+      result.wait_until_finish()
+      return PreprocessResult(manifest_lib.load(cfg.output), pipeline_metrics(result))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   cli.setup_logging()
   transforms.PROGRESS_LOGGER.setLevel(logging.INFO)  # the progress line; Beam stays quiet
 
+  argv = list(sys.argv[1:] if argv is None else argv)
+
   def command() -> int:
-    print(summary(run(argv).manifest))
+    with console.held_back("rpn-preprocess", enabled="--verbose" not in argv):
+      manifest = run(argv).manifest
+    print(summary(manifest))
     return 0
   return cli.run_command("rpn-preprocess", command)
 

@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 from typing import Dict, Optional, Sequence, Tuple
 
-from pipeline import cli, config, preflight, storage
+from pipeline import cli, config, console, failures, lock, preflight, storage
 from pipeline import manifest as manifest_lib
 from trainer import settings
 
@@ -262,7 +262,11 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     check_train(args)
     cli.import_tensorflow_quietly()
     from trainer import train  # lazy: TensorFlow, after the checks
-    last = train.train(args)
+    with lock.hold(args.job_dir, "--job_dir", "rpn-train"), console.held_back(
+        "rpn-train", enabled=not args.verbose):  # one run per job; TF's logs to the log
+      cli.running(args.job_dir, "--job_dir")
+      failures.clear_log(args.job_dir)  # an earlier failure's: this run resumes it
+      last = train.train(args)
     print("final epoch: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(last.items())))
     print(f"model: {storage.join(args.job_dir, settings.WEIGHTS_NAME)}")
     return 0
@@ -361,6 +365,10 @@ def propose_main(argv: Optional[Sequence[str]] = None) -> int:
     check_propose(args)
     cli.import_tensorflow_quietly()
     from trainer import propose  # lazy: TensorFlow, after the checks
-    propose.report(propose.propose(args))
+    with lock.hold(args.output, "--output", "rpn-propose"), console.held_back(
+        "rpn-propose", enabled=not args.verbose):  # one run per directory
+      cli.running(args.output)
+      failures.clear_log(args.output)
+      propose.report(propose.propose(args))
     return 0
   return cli.run_command("rpn-propose", command)

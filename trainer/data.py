@@ -108,7 +108,7 @@ def _check_shard(path: str, compression: str, listed: Optional[Dict],
 
 
 def check_shards(data_dir: str, manifest: Dict, skip_corrupt: bool = False,
-                 verify: bool = False) -> Tuple[List[str], Dict]:
+                 verify: bool = False, log: bool = True) -> Tuple[List[str], Dict]:
   """Checks every shard of a loaded manifest; returns (usable paths, report).
 
   By default each shard's size is compared with the manifest's "shards" entry
@@ -118,7 +118,8 @@ def check_shards(data_dir: str, manifest: Dict, skip_corrupt: bool = False,
   byte), and compares with the manifest's counts where it has them.
 
   A bad shard raises CorruptShardError naming it, unless skip_corrupt: then it
-  is left out, logged, and listed in report["skipped"] ({path: problem}).
+  is left out, logged (unless not `log`), and listed in report["skipped"]
+  ({path: problem}).
   Sound shards must hold the manifest's counts["records"] in all. The report
   also holds "shards" (how many are listed), "records" (in the usable ones),
   "records_per_shard" ({path: records} of the usable ones) and "check" (what
@@ -147,7 +148,7 @@ def check_shards(data_dir: str, manifest: Dict, skip_corrupt: bool = False,
   if not bad and expected is not None and records != expected:
     raise CorruptShardError(f"{manifest_lib.path_in(data_dir)}: counts.records is "
                             f"{expected} but the shards hold {records} records")
-  if bad:
+  if bad and log:
     _LOGGER.warning("%s: leaving out %d of %d shards: %s", data_dir, len(bad), len(paths), bad)
   report = {"shards": len(paths), "records": records, "skipped": bad,
             "records_per_shard": per_shard,
@@ -157,7 +158,8 @@ def check_shards(data_dir: str, manifest: Dict, skip_corrupt: bool = False,
 
 def find_corrupt_shards(data_dir: str, manifest: Dict) -> Dict[str, str]:
   """{path: problem} of every shard whose framing or payload checksums fail."""
-  return check_shards(data_dir, manifest, skip_corrupt=True, verify=True)[1]["skipped"]
+  return check_shards(data_dir, manifest, skip_corrupt=True, verify=True,
+                      log=False)[1]["skipped"]
 
 
 def to_model_inputs(parsed: Dict):

@@ -344,8 +344,6 @@ def train(args: argparse.Namespace, callbacks: Sequence = (),
   finally:
     keras.mixed_precision.set_global_policy(policy)
   fit_callbacks = [
-      keras.callbacks.BackupAndRestore(os.path.join(args.job_dir, "backup"),
-                                       double_checkpoint=True, delete_checkpoint=False),
       keras.callbacks.ModelCheckpoint(
           os.path.join(args.job_dir, "checkpoints", "epoch-{epoch:03d}.weights.h5"),
           save_weights_only=True),
@@ -355,6 +353,12 @@ def train(args: argparse.Namespace, callbacks: Sequence = (),
       EpochSizeCheck(report["records"] if config.steps_per_epoch is None and sampling is None
                      else None, val_report["records"] if val_report else None),
       plots.HistoryPlot(args.job_dir),
+      # Last: the point a rerun resumes from moves on only once the epoch's
+      # checkpoint and history row are written, so that a failure while
+      # writing them (a full disk) has the rerun do that epoch again. Two
+      # copies: a backup cut short falls back to the one before.
+      keras.callbacks.BackupAndRestore(os.path.join(args.job_dir, "backup"),
+                                       double_checkpoint=True, delete_checkpoint=False),
   ] + list(callbacks)
   if epoch_log is not None:
     fit_callbacks.insert(0, maps_lib.EpochClock(epoch_log))
@@ -372,7 +376,8 @@ def train(args: argparse.Namespace, callbacks: Sequence = (),
     last = {k: float(v[-1]) for k, v in history.history.items() if v}
   else:  # no epoch left to run (the backup holds the last epoch): history.csv's last row
     rows = _history_rows(args.job_dir)
-    last = {k: float(v) for k, v in rows[-1].items() if k != "epoch" and v} if rows else {}
+    last = {k: float(v) for k, v in rows[-1].items()
+            if k != "epoch" and v not in ("", "NA", None)} if rows else {}
   train_config = dict(dataclasses.asdict(config), data=args.data, val_data=args.val_data,
                       num_anchors=manifest_lib.num_anchors(manifest),
                       channels=int(manifest["feature_channels"]),
