@@ -10,7 +10,7 @@ TF_VERSION = "2.21.*"
 
 setuptools.setup(
     name="rpn-pipeline",
-    version="0.6.0",
+    version="0.7.0",
     description="Beam pipeline turning ILSVRC images into RPN training TFRecords, and an RPN trainer",
     python_requires=">=3.10",
     packages=["pipeline", "trainer"],

@@ -219,10 +219,11 @@ def setup_logging(level: int = logging.WARNING) -> None:
 def run_command(prog: str, command: Callable[[], int],
                 errors: Tuple[type, ...] = (ValueError, FileNotFoundError)) -> int:
   """Runs `command` (a main body returning an exit code). A UsageError, or one
-  of `errors` before the work started (running()), is the one error line and
-  exit code 2. Any other exception is a runtime failure: one line saying what,
-  where and what to do, the traceback in failure.log (and on stderr with
-  --verbose), exit code 1."""
+  of `errors` (the command's own: bad flags or data), is its one error line and
+  exit code 2; found after the work started (running()), its traceback also
+  goes to failure.log. Any other exception is a runtime failure: one line
+  saying what, where and what to do, the traceback in failure.log (and on
+  stderr with --verbose), exit code 1."""
   RUN.output, RUN.flag, RUN.running, RUN.cleanup_note = None, "--output", False, None
   RUN.captured_log = None
   try:
@@ -232,7 +233,8 @@ def run_command(prog: str, command: Callable[[], int],
   except errors as e:
     if not RUN.running:
       return fail(prog, e)
-    # Found while running (a corrupt shard, say): its own one-line message, exit 1.
+    # Found while running (a corrupt shard or record, say): the data is what is
+    # wrong, as before the start: its own one-line message, exit 2, and the log.
     return _end_after(prog, runtime_failure(prog, e, own_message=True))
   except Exception as e:  # noqa: BLE001 - every runtime failure gets its one line
     return _end_after(prog, runtime_failure(prog, e))
@@ -260,8 +262,9 @@ def _end_after(prog: str, code: int) -> int:
 
 
 def runtime_failure(prog: str, error: BaseException, own_message: bool = False) -> int:
-  """Prints the one line of a failure while running (the error's own message
-  when `own_message`, else failures.describe's); returns 1."""
+  """Prints the one line of a failure while running; returns its exit code: 2
+  for an error of the command's own kinds (`own_message`: its message is the
+  line), else 1 (failures.describe's line)."""
   import traceback
 
   from pipeline import failures  # stdlib only, like this module
@@ -277,4 +280,4 @@ def runtime_failure(prog: str, error: BaseException, own_message: bool = False) 
                            formatted=formatted + "".join(unraisable))
   where = f" (traceback: {log})" if log else ""
   print(error_line(prog, line + where), file=sys.stderr, flush=True)
-  return EXIT_FAILURE
+  return EXIT_USAGE if own_message else EXIT_FAILURE

@@ -435,6 +435,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
 
   def command() -> int:
+    build_parser().parse_with_beam(argv)  # flag mistakes on the terminal, not the log
     with console.held_back("rpn-preprocess", enabled="--verbose" not in argv):
       manifest = run(argv).manifest
     print(summary(manifest))

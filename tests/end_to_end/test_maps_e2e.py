@@ -160,13 +160,15 @@ def test_a_bad_maps_record_ends_rpn_train_in_one_line(tmp_path, capsys):
   from pipeline import schema as schema_lib
   record = schema_lib.make_map_example(bad[0], bad[1], bad[2], bad[3])
   manifest = trainer_fixtures.write_map_shards(directory, good, raw_records=[record])
-  code = trainer_cli.train_main(["--data", directory, "--job_dir", str(tmp_path / "job"),
+  job = str(tmp_path / "job")
+  code = trainer_cli.train_main(["--data", directory, "--job_dir", job,
                                  "--epochs", "1", "--hidden", "8"])
   err = capsys.readouterr().err.strip().splitlines()
   assert code == 2
   path = manifest_lib.shard_paths(directory, manifest)[0]
   assert err[-1] == (f"rpn-train: error: {path}: record 3 (image d/bad): gt box 0 "
-                     f"[10.0, 10.0, 300.0, 50.0] is not a box inside its 160x128 frame")
+                     f"[10.0, 10.0, 300.0, 50.0] is not a box inside its 160x128 frame "
+                     f"(traceback: {job}/failure.log)")  # found while training: a log too
 
 
 def test_rpn_draw_draws_epoch_zero_of_a_maps_directory(dataset, outputs, tmp_path, capsys):

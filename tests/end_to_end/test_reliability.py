@@ -283,7 +283,7 @@ def test_a_shard_spoilt_after_preprocessing_is_named_and_can_be_left_out(tmp_pat
     f.write(os.urandom(size))
   job = str(tmp_path / "job")
   result = run_script("rpn-train", ["--data", data, "--job_dir", job, "--epochs", "1"])
-  assert result.returncode == 1, result.stderr[-3000:]
+  assert result.returncode == 2, result.stderr[-3000:]  # the data is what is wrong
   line = _error_line(result, "rpn-train")
   assert f"{victim}: corrupt header of record 0" in line and "--skip_corrupt_shards" in line
   assert line.endswith(f"(traceback: {job}/failure.log)")

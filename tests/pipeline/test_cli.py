@@ -65,10 +65,17 @@ def test_run_command_turns_errors_into_one_line(capsys):
   assert capsys.readouterr().err == "tool: error: first line second line\n"
   assert cli.run_command("tool", lambda: 0) == 0
 
-  def bug():
-    raise KeyError("a bug keeps its traceback")
-  with pytest.raises(KeyError):
-    cli.run_command("tool", bug)
+  def bug():  # any other exception: one line, exit 1, the traceback in the log
+    raise KeyError("a bug")
+  assert cli.run_command("tool", bug) == 1
+  line = capsys.readouterr().err
+  assert line.startswith("tool: error: KeyError: 'a bug' (traceback: ")
+  log = line.split("(traceback: ")[1].strip().rstrip(")")
+  try:
+    with open(log) as f:
+      assert 'raise KeyError("a bug")' in f.read()
+  finally:
+    os.remove(log)
 
 
 def test_quiet_native_stderr_drops_only_the_noise(capfd):
