@@ -21,10 +21,7 @@ with no runner options, on every core of this machine.
 from __future__ import annotations
 
 import argparse
-import glob
 import logging
-import os
-import shutil
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -45,6 +42,7 @@ from pipeline import (
   preflight,
   storage,
   transforms,
+  watchdog,
 )
 from pipeline import config as config_lib
 from pipeline import run as run_lib
@@ -341,7 +339,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     clear_outputs(cfg.output)  # a report of an earlier run must not survive a failed one
     p = beam.Pipeline(options=options)
     build_pipeline(p, cfg, args.max_images, args.search_images)
-    with run_lib.removed_on_failure(cfg.output, clear_outputs):
+    with run_lib.removed_on_failure(cfg.output, clear_outputs), watchdog.watched():
       p.run().wait_until_finish()
       return storage.read_json(storage.join(cfg.output, ANCHORS_NAME))
 
@@ -355,11 +353,7 @@ def clear_outputs(output: str) -> List[str]:
       from apache_beam.io.filesystems import FileSystems
       FileSystems.delete([path])
       deleted.append(path)
-  if storage.is_local(output) and os.path.isdir(output):
-    for temp_dir in glob.glob(os.path.join(output, "beam-temp-*")):
-      shutil.rmtree(temp_dir, ignore_errors=True)
-      deleted.append(temp_dir)
-  return deleted
+  return deleted + run_lib.remove_temp_dirs(output)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -368,7 +362,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
   def command() -> int:
     build_parser().parse_with_beam(argv)  # flag mistakes on the terminal, not the log
-    with console.held_back("rpn-anchors", enabled="--verbose" not in argv):
+    with console.held_back("rpn-anchors", enabled=not cli.RUN.verbose):
       report = run(argv)
     return _report(report)
   return cli.run_command("rpn-anchors", command)

@@ -35,7 +35,18 @@ from apache_beam.options.pipeline_options import (
 )
 
 from pipeline import backbone as backbone_lib
-from pipeline import cli, console, failures, ilsvrc, lock, preflight, space, storage, transforms
+from pipeline import (
+  cli,
+  console,
+  failures,
+  ilsvrc,
+  lock,
+  preflight,
+  space,
+  storage,
+  transforms,
+  watchdog,
+)
 from pipeline import config as config_lib
 from pipeline import manifest as manifest_lib
 
@@ -342,11 +353,17 @@ def clear_outputs(output: str) -> List[str]:
   # beam-temp-* are directories on local filesystems: match returns their files.
   if deleted:
     FileSystems.delete(sorted(set(deleted)))
-  if "://" not in output and os.path.isdir(output):
-    for temp_dir in glob.glob(os.path.join(output, "beam-temp-*")):
-      shutil.rmtree(temp_dir, ignore_errors=True)
-      deleted.append(temp_dir)
-  return deleted
+  return deleted + remove_temp_dirs(output)
+
+
+def remove_temp_dirs(output: str) -> List[str]:
+  """Removes Beam's beam-temp-* directories from a local `output`; returns them."""
+  if not storage.is_local(output) or not os.path.isdir(output):
+    return []
+  temp_dirs = glob.glob(os.path.join(output, "beam-temp-*"))
+  for temp_dir in temp_dirs:
+    shutil.rmtree(temp_dir, ignore_errors=True)
+  return temp_dirs
 
 
 # ---------------------------------------------------------------------------
@@ -422,7 +439,7 @@ def run(argv: Optional[Sequence[str]] = None, extractor_factory=None) -> Preproc
       _LOGGER.warning("cleared %d files of an earlier run from %s", len(deleted), cfg.output)
     p = beam.Pipeline(options=options)
     build_pipeline(p, cfg, extractor_factory=extractor_factory)
-    with removed_on_failure(cfg.output):
+    with removed_on_failure(cfg.output), watchdog.watched():
       result = p.run()
       result.wait_until_finish()
       return PreprocessResult(manifest_lib.load(cfg.output), pipeline_metrics(result))
@@ -436,7 +453,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
   def command() -> int:
     build_parser().parse_with_beam(argv)  # flag mistakes on the terminal, not the log
-    with console.held_back("rpn-preprocess", enabled="--verbose" not in argv):
+    with console.held_back("rpn-preprocess", enabled=not cli.RUN.verbose):
       manifest = run(argv).manifest
     print(summary(manifest))
     return 0

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from pipeline import backbone, config, run, space
+from pipeline import backbone, run, space
 from tests import dataset_fixtures as fixtures
 from tests import pipeline_helpers as helpers
 
@@ -69,4 +69,3 @@ def test_the_start_line_and_the_refusal_in_the_run(dataset, tmp_path, monkeypatc
 
 def test_human():
   assert [space.human(n) for n in (999, 1500, 2.5e9)] == ["999 B", "1.5 KB", "2.5 GB"]
-  assert config.MAPS_LAYOUT == "maps"
