@@ -67,7 +67,7 @@ preprocess: $(STAMP) $(if $(filter $(SAMPLE),$(INPUT)),$(SAMPLE)/Data)
 # The same pipeline on Beam's portable job service with an external worker
 # pool (how Flink runs Python pipelines); the script starts and stops both.
 preprocess-portable: $(STAMP) $(if $(filter $(SAMPLE),$(INPUT)),$(SAMPLE)/Data)
-	$(BIN)/python -m pipeline.portable -- --input $(INPUT) --split $(SPLIT) \
+	$(BIN)/python -m pipeline.commands.portable -- --input $(INPUT) --split $(SPLIT) \
 	  --output $(OUT)/shards/portable --backbone $(BACKBONE) --weights $(WEIGHTS) \
 	  --num_shards $(or $(NUM_SHARDS),0) --backbone_threads $(or $(BACKBONE_THREADS),1) $(PREPROCESS_ARGS)
 

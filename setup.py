@@ -13,7 +13,8 @@ setuptools.setup(
     version="0.7.0",
     description="Beam pipeline turning ILSVRC images into RPN training TFRecords, and an RPN trainer",
     python_requires=">=3.10",
-    packages=["pipeline", "trainer"],
+    # pipeline/ is one package per layer (core, io, model, beam, commands).
+    packages=setuptools.find_packages(include=["pipeline", "pipeline.*", "trainer", "trainer.*"]),
     install_requires=[
         "apache-beam[tfrecord]>=2.77,<3",
         "numpy>=1.26,<2.5",
@@ -31,10 +32,10 @@ setuptools.setup(
     },
     entry_points={
         "console_scripts": [
-            "rpn-preprocess=pipeline.run:main",
-            "rpn-anchors=pipeline.coverage_run:main",
-            "rpn-sample-data=pipeline.sample_data:main",
-            "rpn-draw=pipeline.draw:main",
+            "rpn-preprocess=pipeline.commands.preprocess:main",
+            "rpn-anchors=pipeline.commands.anchors_run:main",
+            "rpn-sample-data=pipeline.commands.sample_data:main",
+            "rpn-draw=pipeline.commands.draw:main",
             "rpn-train=trainer.cli:train_main",
             "rpn-propose=trainer.cli:propose_main",
             "rpn-evaluate=trainer.evaluate:main",

@@ -2,7 +2,7 @@
 
     python -m bench.anchors [--images 2000] [--backbone VGG16] [--feature_layer block5_conv3]
 
-On a synthetic DET-layout dataset (pipeline.sample_data, JPEG + XML, long
+On a synthetic DET-layout dataset (pipeline.commands.sample_data, JPEG + XML, long
 side mostly 300-500 px) of --images images:
 
   per image   the work rpn-anchors does per image, in this process, no Beam:
@@ -28,7 +28,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from pipeline import backbone, coverage, coverage_run, ilsvrc, sample_data
+from pipeline.commands import anchors_run as coverage_run
+from pipeline.commands import sample_data
+from pipeline.core import coverage
+from pipeline.io import ilsvrc
+from pipeline.model import backbone
 
 DET_TRAIN_XMLS = 456_567
 WORK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "work", "anchors")

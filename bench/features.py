@@ -27,8 +27,10 @@ PROCESS_START = time.monotonic()
 import numpy as np  # noqa: E402
 
 from bench import common  # noqa: E402
-from pipeline import backbone, ilsvrc, schema, targets  # noqa: E402
-from pipeline import config as config_lib  # noqa: E402
+from pipeline.core import config as config_lib  # noqa: E402
+from pipeline.core import targets  # noqa: E402
+from pipeline.io import ilsvrc, schema  # noqa: E402
+from pipeline.model import backbone  # noqa: E402
 
 
 def load_images(root: str, limit: int = 0):
@@ -222,7 +224,7 @@ def parse_args(argv):
   parser.add_argument("--repeat_pass", action="store_true",
                       help="time a second floor pass over the same images (shapes seen)")
   parser.add_argument("--extractor_images", type=int, default=0,
-                      help="also time pipeline.backbone.FeatureExtractor on the first N images")
+                      help="also time the pipeline's FeatureExtractor on the first N images")
   parser.add_argument("--bytes_dir", default=os.path.join(common.WORK, "bytes"))
   parser.add_argument("--sections", default="floor,targets,bytes")
   parser.add_argument("--result", required=True)

@@ -1,8 +1,8 @@
 """A timeline of the pipeline's forward passes, to split its wall time into phases.
 
 `timed_extractor(directory, backbone_config, seed)`, bound to its arguments
-with functools.partial, is passed to pipeline.run.run(extractor_factory=...):
-it builds the product's own pipeline.backbone.FeatureExtractor from the run's
+with functools.partial, is passed to pipeline.commands.preprocess.run(extractor_factory=...):
+it builds the product's own pipeline.model.backbone.FeatureExtractor from the run's
 own BackboneConfig (same net, same weights, same TensorFlow threads, same
 tf.function) and appends (start, end) of every call to DIRECTORY/<pid>.txt
 (wall-clock seconds, time.time()). The partial travels to the worker
@@ -14,8 +14,8 @@ import os
 import time
 from typing import Dict, List
 
-from pipeline import backbone
-from pipeline import config as config_lib
+from pipeline.core import config as config_lib
+from pipeline.model import backbone
 
 
 class _Timed:

@@ -41,9 +41,10 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from bench import common
-from pipeline import config, coverage_run, sample_data
-from pipeline import manifest as manifest_lib
-from pipeline import run as preprocess
+from pipeline.commands import anchors_run as coverage_run
+from pipeline.commands import preprocess, sample_data
+from pipeline.core import config
+from pipeline.io import manifest as manifest_lib
 
 REPO = common.REPO
 SAMPLE = os.path.join(REPO, "data", "sample")
@@ -155,7 +156,7 @@ def input_rate(directory: str, batch_size: int, batches: int) -> Dict:
 def targets_ms(directory: str) -> float:
   """Milliseconds per image of the numpy target code alone (what the
   tf.numpy_function runs), over the images of images.jsonl, the method's anchors."""
-  from pipeline import targets
+  from pipeline.core import targets
   with open(os.path.join(directory, config.IMAGES_NAME)) as f:
     lines = [json.loads(line) for line in f]
   anchors, t = config.AnchorConfig(), config.TargetConfig()

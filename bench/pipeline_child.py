@@ -1,9 +1,9 @@
-"""Child: one rpn-preprocess run (pipeline.run.run), timed from process start.
+"""Child: one rpn-preprocess run (pipeline.commands.preprocess.run), timed from process start.
 
     python -m bench.pipeline_child --result FILE [--timeline DIR] -- RPN_PREPROCESS_ARGS...
 
 Writes the manifest counts, the shard bytes, the run's Beam metrics and the
-times: import (Beam, the pipeline modules), run (pipeline.run.run, which
+times: import (Beam, the pipeline modules), run (pipeline.commands.preprocess.run, which
 builds the backbone in its workers) and the whole process. The driver
 measures the wall time of the process from outside as well (that includes the
 interpreter start). With --timeline DIR the backbone is the product's
@@ -27,7 +27,7 @@ from bench import common  # noqa: E402  (stdlib only)
 
 # import_s: the product's imports (Beam, the DoFn modules) from a bare interpreter.
 IMPORT_START = time.monotonic()
-from pipeline import run  # noqa: E402
+from pipeline.commands import preprocess as run  # noqa: E402
 
 IMPORT_S = time.monotonic() - IMPORT_START
 

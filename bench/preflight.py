@@ -3,7 +3,7 @@
     python -m bench.preflight [--input data/sample] [--split DET/val] [--repeats 2]
 
 Runs the installed rpn-preprocess on the same images with its checks
-(pipeline.run.check_before_run: input folders, output probe, the backbone's
+(pipeline.commands.preprocess.check_before_run: input folders, output probe, the backbone's
 weights and feature layer loaded once in a child process) and without them
 (the same console entry with check_before_run replaced by a no-op), in
 alternating order, --repeats times each, in two settings:
@@ -36,7 +36,7 @@ import tempfile
 import time
 from typing import Dict, List
 
-from pipeline import sample_data
+from pipeline.commands import sample_data
 
 _RUN = ("import sys\n"
         "from pipeline import run\n"

@@ -28,8 +28,10 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-from pipeline import backbone, coverage_run, sample_data, storage
-from pipeline import run as preprocess
+from pipeline.commands import anchors_run as coverage_run
+from pipeline.commands import preprocess, sample_data
+from pipeline.io import storage
+from pipeline.model import backbone
 from trainer import evaluate, propose, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -10,7 +10,7 @@ also gives its peak resident memory.
 
 Parts:
   data      ILSVRC 2015-layout JPEG + XML datasets of the two sizes (synthetic,
-            pipeline.sample_data: many sizes, long side mostly 300-500 px)
+            pipeline.commands.sample_data: many sizes, long side mostly 300-500 px)
   features  backbone floor, targets cost, bytes per setting (bench/features.py)
   pipeline  rpn-preprocess end to end on DirectRunner at both sizes, as it
             ships, in the modes of bench/modes.py: in-process; 2 worker
@@ -39,7 +39,7 @@ from PIL import Image
 
 from bench import common, report
 from bench import modes as modes_lib
-from pipeline import sample_data
+from pipeline.commands import sample_data
 
 DEFAULT_SIZES = (64, 128)
 QUICK_SIZES = (8, 16)

@@ -20,7 +20,7 @@ import os
 import time
 from typing import Callable, Dict, Optional
 
-from pipeline import manifest as manifest_lib
+from pipeline.io import manifest as manifest_lib
 from trainer import data as data_lib
 
 

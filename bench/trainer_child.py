@@ -35,7 +35,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bench import common  # noqa: E402
-from pipeline import manifest as manifest_lib  # noqa: E402
+from pipeline.io import manifest as manifest_lib  # noqa: E402
 from trainer import data as data_lib  # noqa: E402
 from trainer import model as model_lib  # noqa: E402
 from trainer import train  # noqa: E402

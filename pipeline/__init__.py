@@ -4,7 +4,7 @@ import logging
 
 class _DropImportNoise(logging.Filter):
   """Drops what a library logs at import that says nothing about this run, so a
-  command's error stays the one line on stderr (pipeline.cli). Beam without
+  command's error stays the one line on stderr (pipeline.commands.cli). Beam without
   its gcp extra logs the first on every import."""
   NOISE = ("apitools not found",)
 

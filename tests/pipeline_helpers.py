@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from pipeline import backbone
+from pipeline.model import backbone
 from tests import reference
 
 TINY = backbone.TINY_BACKBONE
@@ -22,7 +22,7 @@ def preprocess(input_root: str, output: str, split: str = "DET/train",
                extra: Sequence[str] = (), runner_args: Sequence[str] = IN_PROCESS,
                num_shards: int = 2) -> dict:
   """rpn-preprocess with the tiny Keras backbone; returns the manifest."""
-  from pipeline import run
+  from pipeline.commands import preprocess as run
   return run.run(["--input", input_root, "--split", split, "--output", output,
                   "--backbone", TINY, "--weights", "none", "--num_shards", str(num_shards),
                   *extra, *runner_args]).manifest
@@ -158,7 +158,7 @@ def check_same_output(reference_output: str, output: str, manifest: dict,
   holds, by the determinism contract (pipeline/determinism.py): the same
   records, images.jsonl and errors.jsonl, the features byte for byte when one
   thread count computed both, else within the tolerance. Returns the comparison."""
-  from pipeline import determinism
+  from pipeline.io import determinism
   check_accounting(output, manifest, images_dir)
   result = determinism.compare(reference_output, output)
   assert result.ok, result.problems

@@ -41,7 +41,7 @@ MODULES = [_module(name) for name in _sources()]
 
 
 def test_the_package_has_modules():
-  assert "pipeline" in MODULES and "pipeline.run" in MODULES and "pipeline.backbone" in MODULES
+  assert "pipeline" in MODULES and "pipeline.commands.preprocess" in MODULES and "pipeline.model.backbone" in MODULES
   assert len(MODULES) >= 10
 
 

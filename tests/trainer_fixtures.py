@@ -17,7 +17,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from pipeline import config, schema
+from pipeline.core import config
+from pipeline.io import schema
 
 NUM_ANCHORS = 9
 # The shard_dir fixture (tests/conftest.py): 45 records of this many channels in 3 shards.

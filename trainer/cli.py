@@ -3,7 +3,7 @@
 Each command parses its flags and checks what it is pointed at (the shard
 directories, the job directory, the images, the output) without importing
 TensorFlow, so that a mistake ends it within a second, with exit code 2 and
-one line on stderr (pipeline.cli). Only then is the training or proposing
+one line on stderr (pipeline.commands.cli). Only then is the training or proposing
 module imported, with TensorFlow's start-up notices held back.
 """
 from __future__ import annotations
@@ -12,8 +12,10 @@ import argparse
 import dataclasses
 from typing import Dict, Optional, Sequence, Tuple
 
-from pipeline import cli, config, console, failures, lock, preflight, storage
-from pipeline import manifest as manifest_lib
+from pipeline.commands import cli, console, failures, lock, preflight
+from pipeline.core import config
+from pipeline.io import manifest as manifest_lib
+from pipeline.io import storage
 from trainer import settings
 
 # ---------------------------------------------------------------------------

@@ -27,9 +27,9 @@ from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
-from pipeline import manifest as manifest_lib
-from pipeline import schema
-from pipeline import shards as shards_lib
+from pipeline.io import manifest as manifest_lib
+from pipeline.io import schema
+from pipeline.io import shards as shards_lib
 from trainer.settings import DEFAULT_SHUFFLE_BUFFER_MB
 
 _MAX_INTERLEAVE = 16
@@ -63,7 +63,7 @@ def _size(path: str) -> Optional[int]:
 def scan_shard(path: str, compression: str, verify_payload: bool = False) -> Tuple[int, str]:
   """(records, problem) of one TFRecord file; problem is "" for a sound file.
 
-  Walks the framing (pipeline.shards.walk): each header's length checksum, and
+  Walks the framing (pipeline.io.shards.walk): each header's length checksum, and
   that each payload is all there. An uncompressed shard is walked by seeking
   from header to header (reads ~12 bytes a record locally; through tf.io.gfile
   each seek refills a 512 KB buffer, which reads nearly the whole file) unless
@@ -176,7 +176,7 @@ def make_dataset(data_dir: str, manifest: Dict, batch_size: int, shuffle: bool =
                  drop_remainder: bool = False):
   """The shards of `data_dir` read in parallel, shuffled, batched, then parsed.
 
-  `manifest` is pipeline.manifest.load(data_dir). `files` (paths already through
+  `manifest` is pipeline.io.manifest.load(data_dir). `files` (paths already through
   check_shards, holding num_records records) skips the shard check; by
   default every shard is checked here. The shuffle buffer holds about
   shuffle_buffer_mb megabytes of records, and at least 4 batches. Unless

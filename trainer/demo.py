@@ -20,8 +20,11 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from pipeline import backbone as backbone_lib
-from pipeline import coverage_run, draw, run, sample_data, storage
+from pipeline.commands import anchors_run as coverage_run
+from pipeline.commands import draw, sample_data
+from pipeline.commands import preprocess as run
+from pipeline.io import storage
+from pipeline.model import backbone as backbone_lib
 from trainer import evaluate, propose, recall, train
 from trainer import model as model_lib
 

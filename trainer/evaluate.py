@@ -22,7 +22,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pipeline import cli, config, ilsvrc, preflight, storage
+from pipeline.commands import cli, preflight
+from pipeline.core import config
+from pipeline.io import ilsvrc, storage
 from trainer import plots, settings
 from trainer import recall as recall_lib
 

@@ -74,11 +74,12 @@ def _run(cmd: Sequence[str], env: Optional[Dict[str, str]] = None, log: str = ""
 def make_shards(work: str) -> Tuple[str, str]:
   """(train, val) shard directories of the bundled sample data, TinyTestNet features."""
   sample = os.path.join(work, "sample")
-  _run(_command("pipeline.sample_data", "--output", sample))
+  _run(_command("pipeline.commands.sample_data", "--output", sample))
   dirs = []
   for split, shards in (("train", "2"), ("val", "1")):
     out = os.path.join(work, "shards", split)
-    _run(_command("pipeline.run", "--input", sample, "--split", f"DET/{split}", "--output", out,
+    _run(_command("pipeline.commands.preprocess", "--input", sample, "--split", f"DET/{split}",
+                  "--output", out,
                   "--backbone", "TinyTestNet", "--weights", "none", "--feature_layer", "conv1",
                   "--num_shards", shards),
          log=os.path.join(work, f"preprocess-{split}.log"))

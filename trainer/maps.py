@@ -2,7 +2,7 @@
 
 A maps shard holds one record per image (pipeline/schema.py): its whole
 feature map, the frame size, the gt boxes and the image id. For each image and
-epoch, the pipeline's own numpy target code (pipeline.targets.compute_targets:
+epoch, the pipeline's own numpy target code (pipeline.core.targets.compute_targets:
 anchors, labels, sampling, deltas, points) runs in a tf.numpy_function on the
 small fields only (feature-map shape, frame size, gt boxes, image id), seeded
 by (seed, epoch, image id); the 3x3 tiles of the sampled points are then cut
@@ -37,9 +37,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import config as config_lib
-from pipeline import manifest as manifest_lib
-from pipeline import schema, targets
+from pipeline.core import config as config_lib
+from pipeline.core import targets
+from pipeline.io import manifest as manifest_lib
+from pipeline.io import schema
 from trainer.settings import DEFAULT_SHUFFLE_BUFFER_MB
 
 _LOGGER = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ def _targets_fn(anchors: config_lib.AnchorConfig, target_config: config_lib.Targ
 
 def cut_tiles(feature_map, locations):
   """Tiles [P, 3, 3, C] of feature_map [Hf, Wf, C] at locations [P, 2] (y, x):
-  the zero-padded 3x3 window centred on each, as pipeline.targets.extract_tiles."""
+  the zero-padded 3x3 window centred on each, as pipeline.core.targets.extract_tiles."""
   padded = tf.pad(feature_map, [[1, 1], [1, 1], [0, 0]])  # [Hf + 2, Wf + 2, C]
   offsets = tf.stack(tf.meshgrid(tf.range(3), tf.range(3), indexing="ij"), axis=-1)  # [3, 3, 2]
   return tf.gather_nd(padded, locations[:, None, None, :] + offsets[None])  # [P, 3, 3, C]

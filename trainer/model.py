@@ -30,9 +30,9 @@ from typing import Tuple
 import keras
 import numpy as np
 
-from pipeline import manifest as manifest_lib
-from pipeline import schema, storage
-from pipeline.config import MANIFEST_NAME, AnchorConfig
+from pipeline.core.config import MANIFEST_NAME, AnchorConfig
+from pipeline.io import manifest as manifest_lib
+from pipeline.io import schema, storage
 from trainer.settings import DEFAULT_HIDDEN, TRAIN_CONFIG_NAME, WEIGHTS_NAME  # noqa: F401
 
 

@@ -1,7 +1,7 @@
 """Plots of the trainer's results, drawn with matplotlib (headless, Agg canvas).
 
 Each *_png function returns PNG bytes, so that callers write them through
-pipeline.storage to any filesystem (gs:// included). matplotlib is imported
+pipeline.io.storage to any filesystem (gs:// included). matplotlib is imported
 lazily, by the functions that draw, and only its object-oriented API is used
 (no pyplot state), so drawing from a Keras callback leaks no figure.
 
@@ -20,7 +20,7 @@ import logging
 import math
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from pipeline import storage
+from pipeline.io import storage
 
 HISTORY_NAME = "history.csv"  # what keras.callbacks.CSVLogger writes into the job directory
 HISTORY_PLOT_NAME = "history.png"

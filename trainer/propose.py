@@ -44,11 +44,13 @@ import numpy as np
 import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import anchors as anchors_lib
-from pipeline import backbone as backbone_lib
-from pipeline import backbone_check, config, ilsvrc, storage
-from pipeline import manifest as manifest_lib
-from pipeline import proposals as proposals_lib
+from pipeline.commands import backbone_check
+from pipeline.core import anchors as anchors_lib
+from pipeline.core import config
+from pipeline.core import proposals as proposals_lib
+from pipeline.io import ilsvrc, storage
+from pipeline.io import manifest as manifest_lib
+from pipeline.model import backbone as backbone_lib
 from trainer import cli as trainer_cli
 from trainer import draw
 from trainer import evaluate as evaluate_lib

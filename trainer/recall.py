@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from pipeline import boxes as boxes_lib
+from pipeline.core import boxes as boxes_lib
 
 TOP_NS = (10, 100, 300, 1000)
 # 0.5, 0.55, ..., 0.95, rounded so that 0.7 is exactly 0.7.

@@ -1,6 +1,6 @@
 """Names and defaults of the trainer that its command-line front end needs
 (trainer/cli.py) without importing TensorFlow."""
-from pipeline.config import MANIFEST_NAME
+from pipeline.core.config import MANIFEST_NAME
 
 # The files of a job directory (rpn-train's --job_dir).
 WEIGHTS_NAME = "rpn.weights.h5"

@@ -40,9 +40,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import config as config_lib
-from pipeline import manifest as manifest_lib
-from pipeline import schema, storage
+from pipeline.core import config as config_lib
+from pipeline.io import manifest as manifest_lib
+from pipeline.io import schema, storage
 from trainer import cli, plots, settings
 from trainer import data as data_lib
 from trainer import losses as losses_lib

@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from pipeline import coverage, coverage_run
+from pipeline.commands import anchors_run as coverage_run
+from pipeline.core import coverage
 from tests import dataset_fixtures as fixtures
 from tests import pipeline_helpers as helpers
 from tests.end_to_end.test_bad_input_e2e import SPLIT, write_bad_and_odd_inputs

@@ -61,7 +61,7 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_weights(dataset):
   """A weights file of the tiny test net: made for another backbone than VGG16."""
-  from pipeline import backbone
+  from pipeline.model import backbone
   path = os.path.join(dataset["root"], "tiny.weights.h5")
   backbone.build_backbone(backbone.TINY_BACKBONE, "none").save_weights(path)
   return path

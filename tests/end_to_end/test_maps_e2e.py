@@ -9,8 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from pipeline import config, schema
-from pipeline import manifest as manifest_lib
+from pipeline.core import config
+from pipeline.io import manifest as manifest_lib
+from pipeline.io import schema
 from tests import dataset_fixtures as fixtures
 from tests import pipeline_helpers as helpers
 from tests import trainer_fixtures
@@ -157,7 +158,7 @@ def test_a_bad_maps_record_ends_rpn_train_in_one_line(tmp_path, capsys):
   directory = str(tmp_path / "maps")
   good = [trainer_fixtures.map_image(f"d/img{i}", 4, 5, seed=i) for i in range(3)]
   bad = trainer_fixtures.map_image("d/bad", 4, 5, gt=((10, 10, 300, 50),))
-  from pipeline import schema as schema_lib
+  from pipeline.io import schema as schema_lib
   record = schema_lib.make_map_example(bad[0], bad[1], bad[2], bad[3])
   manifest = trainer_fixtures.write_map_shards(directory, good, raw_records=[record])
   job = str(tmp_path / "job")
@@ -172,7 +173,7 @@ def test_a_bad_maps_record_ends_rpn_train_in_one_line(tmp_path, capsys):
 
 
 def test_rpn_draw_draws_epoch_zero_of_a_maps_directory(dataset, outputs, tmp_path, capsys):
-  from pipeline import draw
+  from pipeline.commands import draw
   pictures = tmp_path / "pictures"
   code = draw.main(["--shards", outputs["final_f32"]["maps"], "--input", dataset,
                     "--count", "2", "--output", str(pictures), "--scales", "2,4", "--ratios", "1"])
@@ -190,7 +191,7 @@ def test_maps_records_are_the_same_on_another_runner_mode(dataset, outputs, tmp_
   maps records as the in-process runner, over other shards, by the determinism
   contract: everything but the feature maps byte for byte, the maps too when
   one thread count computed both, else within its tolerance."""
-  from pipeline import determinism
+  from pipeline.io import determinism
   other = str(tmp_path / "multi")
   helpers.preprocess(dataset, other, extra=["--layout", "maps"], runner_args=(), num_shards=3)
   result = determinism.compare(outputs["final_f32"]["maps"], other)

@@ -64,7 +64,8 @@ def test_images_jsonl_boxes_and_frame(generated_run):
 
 
 def test_tiles_are_windows_of_the_padded_feature_map(generated_run):
-  from pipeline import backbone, ilsvrc
+  from pipeline.io import ilsvrc
+  from pipeline.model import backbone
   root, _, output, manifest = generated_run
   extractor = backbone.FeatureExtractor(helpers.TINY, "none", seed=0)
   records = [helpers.decode_record(r, manifest["feature_channels"])
@@ -99,8 +100,8 @@ def test_run_dying_before_its_manifest_leaves_none_and_rerun_recovers(
   # A run that dies after writing its shards but before manifest.json (always
   # written last) leaves no manifest, so the trainer refuses the directory;
   # a rerun into it gives the complete output, with no shard of either run.
-  from pipeline import manifest as manifest_lib
-  from pipeline import storage
+  from pipeline.io import manifest as manifest_lib
+  from pipeline.io import storage
   root, _, output, _ = generated_run
   out = str(tmp_path / "dies")
   helpers.preprocess(root, out, num_shards=3)  # a complete earlier run in the directory
@@ -178,7 +179,7 @@ def test_tarball_2014_layout(tmp_path):
   root = str(tmp_path / "data")
   fixtures.write_dataset(root, num_images=2, seed=3)
   output = str(tmp_path / "out")
-  from pipeline import run
+  from pipeline.commands import preprocess as run
   manifest = run.run(["--images", os.path.join(root, "Data/DET/train"),
                       "--annotations", os.path.join(root, "Annotations/DET/train"),
                       "--output", output, "--backbone", helpers.TINY, "--weights", "none",

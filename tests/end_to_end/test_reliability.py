@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from pipeline import lock
+from pipeline.commands import lock
 from tests import dataset_fixtures as fixtures
 from tests import pipeline_helpers as helpers
 from tests import trainer_fixtures
@@ -63,7 +63,7 @@ def test_a_second_preprocess_into_a_live_run_s_output_is_refused(dataset, tmp_pa
 
 HOLD = r'''
 import sys, time
-from pipeline import lock
+from pipeline.commands import lock
 with lock.hold(sys.argv[1], "--job_dir", "rpn-train"):
   print("held", flush=True)
   time.sleep(120)

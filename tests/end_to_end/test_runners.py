@@ -20,12 +20,13 @@ import time
 import numpy as np
 import pytest
 
-from pipeline import backbone
+from pipeline.model import backbone
 from tests import dataset_fixtures as fixtures
 from tests import pipeline_helpers as helpers
 
 pytestmark = pytest.mark.slow
 SAMPLE_16 = ("--batch_size", "16")
+PREPROCESS = "pipeline.commands.preprocess"  # rpn-preprocess as a module
 THROUGH_BACKBONE = 10  # the images whose features were computed (the bad ones were not)
 
 
@@ -33,7 +34,7 @@ def _preprocess_in_a_process(root, output, threads, num_shards=2, runner_args=(
     "--runner=DirectRunner", "--direct_running_mode=in_memory")):
   """rpn-preprocess in a fresh process (so that --backbone_threads takes effect:
   TensorFlow has started in this one); returns the manifest."""
-  command = [sys.executable, "-m", "pipeline.run", "--input", root, "--split", "DET/train",
+  command = [sys.executable, "-m", PREPROCESS, "--input", root, "--split", "DET/train",
              "--output", output, "--backbone", helpers.TINY, "--weights", "none",
              "--num_shards", str(num_shards), "--backbone_threads", str(threads),
              *SAMPLE_16, *runner_args]
@@ -88,7 +89,7 @@ def _direct_runner_in_process(root, output, tmp_path, threads):
 
 
 def _portable_runner_with_external_worker_pool(root, output, tmp_path, threads):
-  from pipeline import portable
+  from pipeline.commands import portable
   result = portable.run(["--input", root, "--split", "DET/train", "--output", output,
                          "--backbone", helpers.TINY, "--weights", "none",
                          "--num_shards", "3", "--backbone_threads", str(threads), *SAMPLE_16],
@@ -134,7 +135,7 @@ def test_same_records_on_another_runner(dataset, tmp_path, run_another_way, thre
 def test_killed_run_leaves_nothing_that_looks_complete_and_rerun_recovers(dataset, tmp_path):
   root, reference, _ = dataset
   output = str(tmp_path / "killed")
-  command = [sys.executable, "-m", "pipeline.run", "--input", root, "--output", output,
+  command = [sys.executable, "-m", PREPROCESS, "--input", root, "--output", output,
              "--backbone", helpers.TINY, "--weights", "none", "--num_shards", "2",
              "--runner=DirectRunner", "--direct_running_mode=multi_processing",
              "--direct_num_workers=2", *SAMPLE_16]
@@ -153,7 +154,7 @@ def test_killed_run_leaves_nothing_that_looks_complete_and_rerun_recovers(datase
   assert not glob.glob(os.path.join(output, "tiles-*"))  # no shard looks complete
   assert not os.path.exists(os.path.join(output, "manifest.json"))
   # The trainer refuses a directory without a manifest.
-  from pipeline import manifest as manifest_lib
+  from pipeline.io import manifest as manifest_lib
   with pytest.raises(manifest_lib.ManifestError, match="manifest.json"):
     manifest_lib.load(output)
   manifest = helpers.preprocess(root, output, num_shards=2, extra=SAMPLE_16)
@@ -173,7 +174,7 @@ def test_real_features_that_round_by_thread_count_hold_the_tolerance(vgg16_weigh
   manifests = {}
   for threads in (1, 2):
     output = str(tmp_path / f"threads_{threads}")
-    command = [sys.executable, "-m", "pipeline.run", "--input", root, "--output", output,
+    command = [sys.executable, "-m", PREPROCESS, "--input", root, "--output", output,
                "--backbone", "VGG16", "--weights", vgg16_weights,
                "--feature_layer", "block5_conv3", "--num_shards", "1",
                "--backbone_threads", str(threads), "--runner=DirectRunner",
@@ -183,7 +184,7 @@ def test_real_features_that_round_by_thread_count_hold_the_tolerance(vgg16_weigh
     with open(os.path.join(output, "manifest.json")) as f:
       manifests[threads] = json.load(f)
     assert manifests[threads]["backbone_threads"] == {str(threads): 3}
-  from pipeline import determinism
+  from pipeline.io import determinism
   result = determinism.compare(str(tmp_path / "threads_1"), str(tmp_path / "threads_2"))
   assert result.ok, result.problems
   assert not result.features_byte_identical_required

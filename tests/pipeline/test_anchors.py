@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import anchors as anchors_lib
+from pipeline.core import anchors as anchors_lib
 from tests import reference
 
 # A 2x3 map (feature_height 2, feature_width 3) on a 60x50 image (width 60,

@@ -1,8 +1,8 @@
-"""pipeline.backbone: one trace for every size, padding, weights handling."""
+"""pipeline.model.backbone: one trace for every size, padding, weights handling."""
 import numpy as np
 import pytest
 
-from pipeline import backbone
+from pipeline.model import backbone
 
 
 def test_one_trace_serves_every_image_size():

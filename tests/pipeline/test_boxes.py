@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline import boxes as boxes_lib
+from pipeline.core import boxes as boxes_lib
 from tests import reference
 
 
@@ -19,7 +19,7 @@ def _random_boxes(rng, n, size=100.0):
 
 def test_imports_no_beam_or_tensorflow():
   code = ("import sys\n"
-          "import pipeline.boxes, pipeline.anchors, pipeline.targets\n"
+          "import pipeline.core.boxes, pipeline.core.anchors, pipeline.core.targets\n"
           "bad = [m for m in ('apache_beam', 'tensorflow') if m in sys.modules]\n"
           "assert not bad, bad\n")
   subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,9 +1,9 @@
-"""pipeline.cli: one-line errors, the closest flag, Beam's flags, quiet TF start-up."""
+"""pipeline.commands.cli: one-line errors, the closest flag, Beam's flags, quiet TF start-up."""
 import os
 
 import pytest
 
-from pipeline import cli
+from pipeline.commands import cli
 
 
 def _parser():

@@ -1,8 +1,8 @@
-"""pipeline.coverage: best anchor IoUs, coverage sums, the fast IoU and the search."""
+"""pipeline.core.coverage: best anchor IoUs, coverage sums, the fast IoU and the search."""
 import numpy as np
 import pytest
 
-from pipeline import coverage
+from pipeline.core import coverage
 from tests import reference
 
 SCALES, RATIOS = (3.0, 6.0, 12.0), (0.5, 1.0, 2.0)

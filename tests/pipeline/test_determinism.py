@@ -1,4 +1,4 @@
-"""pipeline.determinism: the manifest's thread counts, and compare() finding each
+"""pipeline.io.determinism: the manifest's thread counts, and compare() finding each
 kind of difference the contract forbids (and allowing the one it allows)."""
 import json
 import os
@@ -7,7 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline import backbone, determinism, schema
+from pipeline.io import determinism, schema
+from pipeline.model import backbone
 from tests import dataset_fixtures as fixtures
 from tests import pipeline_helpers as helpers
 

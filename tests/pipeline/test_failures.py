@@ -1,5 +1,5 @@
-"""Runtime failures in one line (pipeline.failures, cli.run_command) and the
-console that holds Beam's and the workers' stderr back (pipeline.console)."""
+"""Runtime failures in one line (pipeline.commands.failures, cli.run_command) and the
+console that holds Beam's and the workers' stderr back (pipeline.commands.console)."""
 import errno
 import os
 import subprocess
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pipeline import cli, console, failures
+from pipeline.commands import cli, console, failures
 
 BEAM_STEP = "WriteOutputs/WriteShards/Write/WriteImpl/WriteBundles"
 
@@ -138,12 +138,12 @@ def test_held_back_shows_progress_and_own_records_and_logs_the_rest(tmp_path):
   # In a fresh process: the capture replaces file descriptor 2.
   script = r'''
 import logging, subprocess, sys
-from pipeline import cli, console
+from pipeline.commands import cli, console
 cli.setup_logging()
 def command():
   with console.held_back("rpn-x"):
     subprocess.run([sys.executable, "-c", sys.argv[1]])
-    logging.getLogger("pipeline.run").warning("our own warning")
+    logging.getLogger("pipeline.commands.preprocess").warning("our own warning")
     logging.getLogger("apache_beam.runners").warning("beam's warning")
     raise OSError(28, "No space left on device")
 sys.exit(cli.run_command("rpn-x", command))

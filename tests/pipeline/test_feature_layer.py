@@ -1,4 +1,4 @@
-"""pipeline.backbone feature layers: truncated nets, validation, channels, and the
+"""pipeline.model.backbone feature layers: truncated nets, validation, channels, and the
 shape arithmetic (feature_size, FeatureGrid) against real forward passes.
 
 Random weights throughout (weights "none"); one FeatureExtractor per (backbone,
@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline import backbone
+from pipeline.model import backbone
 
 IRV2 = "InceptionResNetV2"
 TINY = backbone.TINY_BACKBONE

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import ilsvrc
+from pipeline.io import ilsvrc
 from tests.dataset_fixtures import png_header_only
 
 VID = "VID/train/ILSVRC2015_VID_train_0000/ILSVRC2015_train_00078000"

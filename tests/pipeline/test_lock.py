@@ -1,4 +1,4 @@
-"""pipeline.lock: one run per output directory, a dead run's lock taken over,
+"""pipeline.commands.lock: one run per output directory, a dead run's lock taken over,
 and the object-store variant with its heartbeat."""
 import json
 import logging
@@ -11,11 +11,11 @@ import time
 
 import pytest
 
-from pipeline import lock
+from pipeline.commands import lock
 
 HOLDER = r'''
 import sys, time
-from pipeline import lock
+from pipeline.commands import lock
 with lock.hold(sys.argv[1], "--output", "holder-command", remote=sys.argv[2] == "remote"):
   print("held", flush=True)
   time.sleep(120)
@@ -77,7 +77,7 @@ def test_a_killed_run_s_lock_is_taken_over_saying_so(tmp_path, holder_process, c
   os.kill(process.pid, signal.SIGKILL)
   process.wait()
   assert os.path.exists(tmp_path / lock.LOCK_NAME)  # left behind by the dead run
-  with caplog.at_level(logging.WARNING, logger="pipeline.lock"), \
+  with caplog.at_level(logging.WARNING, logger="pipeline.commands.lock"), \
       lock.hold(str(tmp_path), "--output", "rpn-preprocess") as holder, \
       open(tmp_path / lock.LOCK_NAME) as f:
     assert json.load(f)["pid"] == holder["pid"] == os.getpid()
@@ -101,7 +101,7 @@ def test_object_store_lock_refuses_a_live_run_and_takes_a_stale_one(tmp_path, ca
   dead = {"command": "dead", "host": "h", "pid": 1, "started": 0.0,
           "heartbeat": time.time() - lock.STALE_S - 1}
   path.write_text(json.dumps(dead))
-  with caplog.at_level(logging.WARNING, logger="pipeline.lock"), \
+  with caplog.at_level(logging.WARNING, logger="pipeline.commands.lock"), \
       lock.hold(str(tmp_path), "--output", "second", remote=True):
     assert json.loads(path.read_text())["command"] == "second"
   assert "took over the lock of a run that stopped beating" in caplog.text

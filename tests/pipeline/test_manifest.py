@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-from pipeline import config
-from pipeline import manifest as manifest_lib
+from pipeline.core import config
+from pipeline.io import manifest as manifest_lib
 from tests import trainer_fixtures as fixtures
 
 

@@ -3,8 +3,8 @@ arguments and the command line (the portable run itself is in
 tests/end_to_end/test_runners.py)."""
 from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions
 
-from pipeline import portable
-from pipeline import run as run_lib
+from pipeline.commands import portable
+from pipeline.commands import preprocess as run_lib
 from tests import trainer_fixtures as fixtures
 
 

@@ -1,11 +1,13 @@
-"""pipeline.preflight: the checks of the launching machine, local and through
+"""pipeline.commands.preflight: the checks of the launching machine, local and through
 the remote code path (Beam's FileSystems with a listing limit)."""
 import os
 
 import pytest
 
-from pipeline import backbone, preflight, storage
-from pipeline.cli import UsageError
+from pipeline.commands import preflight
+from pipeline.commands.cli import UsageError
+from pipeline.io import storage
+from pipeline.model import backbone
 from tests import dataset_fixtures as fixtures
 
 

@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import anchors as anchors_lib
-from pipeline import config, proposals
+from pipeline.core import anchors as anchors_lib
+from pipeline.core import config, proposals
 from tests import reference
 
 

@@ -1,4 +1,4 @@
-"""pipeline.run: runner_setup's defaults, config_from_args, and the plain CLI run."""
+"""rpn-preprocess's front end: runner_setup's defaults, config_from_args, and the plain CLI run."""
 import json
 import logging
 import os
@@ -7,8 +7,9 @@ import re
 import pytest
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
-from pipeline import config as config_lib
-from pipeline import run, transforms
+from pipeline.beam import transforms
+from pipeline.commands import preprocess as run
+from pipeline.core import config as config_lib
 from tests import dataset_fixtures as fixtures
 
 MULTI = "--direct_running_mode=multi_processing"

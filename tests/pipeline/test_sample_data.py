@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from pipeline import ilsvrc, sample_data
+from pipeline.commands import sample_data
+from pipeline.io import ilsvrc
 
 
 def tree_bytes(root):

@@ -1,4 +1,4 @@
-"""pipeline.schema: Example round trip, eagerly and inside Dataset.map."""
+"""pipeline.io.schema: Example round trip, eagerly and inside Dataset.map."""
 import subprocess
 import sys
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import schema
+from pipeline.io import schema
 
 
 def _record(dtype, seed=0, channels=5):
@@ -49,7 +49,7 @@ def test_tile_bytes_are_little_endian_raw():
 
 
 def test_importing_numeric_modules_and_schema_leaves_beam_and_tf_out():
-  code = ("import sys; import pipeline.schema, pipeline.config;"
+  code = ("import sys; import pipeline.io.schema, pipeline.core.config;"
           "print('apache_beam' in sys.modules, 'tensorflow' in sys.modules)")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.split() == ["False", "False"]

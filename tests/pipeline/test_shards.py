@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from pipeline import shards
+from pipeline.io import shards
 
 
 def _write(path, payloads, gzip=False):

@@ -1,10 +1,12 @@
-"""pipeline.space: the output size estimated before the run, against what the
+"""pipeline.commands.space: the output size estimated before the run, against what the
 run writes, and the refusal when the disk clearly lacks the room."""
 import os
 
 import pytest
 
-from pipeline import backbone, run, space
+from pipeline.commands import preprocess as run
+from pipeline.commands import space
+from pipeline.model import backbone
 from tests import dataset_fixtures as fixtures
 from tests import pipeline_helpers as helpers
 

@@ -1,8 +1,8 @@
-"""pipeline.storage on local paths (gs:// only through makedirs / is_local)."""
+"""pipeline.io.storage on local paths (gs:// only through makedirs / is_local)."""
 import json
 import os
 
-from pipeline import storage
+from pipeline.io import storage
 
 
 def test_text_round_trip(tmp_path):

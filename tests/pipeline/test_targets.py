@@ -4,11 +4,11 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import anchors as anchors_lib
-from pipeline import boxes as boxes_lib
-from pipeline import config as config_lib
-from pipeline import targets
-from pipeline.config import IGNORE, NEGATIVE, POSITIVE
+from pipeline.core import anchors as anchors_lib
+from pipeline.core import boxes as boxes_lib
+from pipeline.core import config as config_lib
+from pipeline.core import targets
+from pipeline.core.config import IGNORE, NEGATIVE, POSITIVE
 from tests import reference
 
 ANCHORS = config_lib.AnchorConfig()

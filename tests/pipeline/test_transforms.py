@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from apache_beam.pvalue import TaggedOutput
 
-from pipeline import config as config_lib
-from pipeline import transforms as T
+from pipeline.beam import transforms as T
+from pipeline.core import config as config_lib
 from tests import dataset_fixtures as fixtures
 
 
@@ -182,7 +182,7 @@ def test_write_to_tfrecord_sets_the_private_sink_limit(tmp_path):
   exists to FAIL when a Beam upgrade renames `_sink` or its
   `max_bytes_per_shard`: runner-sharded runs would then silently write one
   file per bundle (or write_to_tfrecord raises), so look again at
-  pipeline.transforms.write_to_tfrecord when it fails."""
+  pipeline.beam.transforms.write_to_tfrecord when it fails."""
   from apache_beam.io.tfrecordio import WriteToTFRecord
   prefix = str(tmp_path / config_lib.SHARD_PREFIX)
   default = WriteToTFRecord(prefix)._sink.max_bytes_per_shard
@@ -301,8 +301,8 @@ def test_write_outputs_lists_each_shards_bytes_and_records(tmp_path, compression
   import tensorflow as tf
   from apache_beam.options.pipeline_options import PipelineOptions
 
-  from pipeline import backbone
-  from pipeline import manifest as manifest_lib
+  from pipeline.io import manifest as manifest_lib
+  from pipeline.model import backbone
   rng = np.random.default_rng(0)
   records = [bytes([i]) + rng.bytes(int(n)) for i, n in enumerate(rng.integers(100, 3000, 57))]
   out = str(tmp_path / "out")

@@ -1,4 +1,4 @@
-"""pipeline.watchdog: a run left waiting on a dead worker process is ended."""
+"""pipeline.beam.watchdog: a run left waiting on a dead worker process is ended."""
 import subprocess
 import sys
 import threading
@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from pipeline import failures, watchdog
+from pipeline.beam import watchdog
+from pipeline.commands import failures
 
 # A stand-in for an SDK worker: a Python process with the worker's mark in its command.
 WORKER = [sys.executable, "-c", "import time; time.sleep(120)", "sdk_worker_main"]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import manifest as manifest_lib
-from pipeline import schema
+from pipeline.io import manifest as manifest_lib
+from pipeline.io import schema
 from tests import trainer_fixtures as fixtures
 from trainer import data as data_lib
 
@@ -202,10 +202,10 @@ def test_default_check_reads_no_shard_bytes_through_gfile(tmp_path, monkeypatch)
 
   Bytes are counted where they are read, by the process's read() system calls
   (/proc/self/io rchar): GFile's own buffer refills never reach Python. Beam's
-  FileSystems (pipeline.storage) has no file:// scheme, so storage.join is
+  FileSystems (pipeline.io.storage) has no file:// scheme, so storage.join is
   given one here; the shards are read only through tf.io.gfile.
   """
-  from pipeline import storage
+  from pipeline.io import storage
   directory = str(tmp_path / "data")
   manifest, _ = fixtures.write_shards(directory, num_records=60, channels=256, num_shards=2)
   join = storage.join

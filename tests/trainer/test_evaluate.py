@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import ilsvrc
+from pipeline.io import ilsvrc
 from tests import dataset_fixtures as fx
 from tests import pipeline_helpers as helpers
 from trainer import evaluate, recall

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import config, schema, targets
-from pipeline import manifest as manifest_lib
+from pipeline.core import config, targets
+from pipeline.io import manifest as manifest_lib
+from pipeline.io import schema
 from tests import trainer_fixtures as fixtures
 from trainer import maps
 
@@ -217,7 +218,7 @@ def _anchors_json(path, **changes):
 
 
 def test_training_takes_the_suggestion_of_rpn_anchors(maps_dir, tmp_path):
-  from pipeline import cli as pipeline_cli
+  from pipeline.commands import cli as pipeline_cli
   from trainer import cli
   directory, manifest, _ = maps_dir
   path = _anchors_json(tmp_path / "anchors.json")

@@ -45,7 +45,7 @@ def test_prepare_frame_resize_and_padding():
   assert frame.shape == (48, 80, 3) and box_scale == (2.0, 2.0)
   np.testing.assert_allclose(frame_gt, gt * 2)
   # rpn-evaluate brings the XML boxes into the same frame from the recorded line.
-  from pipeline import ilsvrc
+  from pipeline.io import ilsvrc
   annotation = ilsvrc.Annotation(40, 24, np.array([[2.0, 3.0, 30.0, 20.0]]), ["n1"])
   line = {"width": 80, "height": 48, "image_width": 40, "image_height": 24,
           "box_scale": list(box_scale)}

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import manifest as manifest_lib
+from pipeline.io import manifest as manifest_lib
 from tests import trainer_fixtures as fixtures
 from trainer import data as data_lib
 from trainer import model as model_lib

@@ -39,7 +39,8 @@ import threading
 import time
 from typing import Dict, Iterator, Optional
 
-from pipeline import cli, storage
+from pipeline.commands import cli
+from pipeline.io import storage
 
 LOCK_NAME = ".rpn-run.lock"
 HEARTBEAT_S = 30.0

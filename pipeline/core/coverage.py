@@ -20,8 +20,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pipeline import anchors as anchors_lib
-from pipeline import boxes as boxes_lib
+from pipeline.core import anchors as anchors_lib
+from pipeline.core import boxes as boxes_lib
 
 THRESHOLDS = (0.5, 0.7)
 # sqrt(area) bounds of the size buckets, in pixels of the frame.

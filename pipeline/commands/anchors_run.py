@@ -30,22 +30,13 @@ import numpy as np
 from apache_beam.io import textio
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
-from pipeline import backbone as backbone_lib
-from pipeline import (
-  cli,
-  console,
-  coverage,
-  failures,
-  ilsvrc,
-  lock,
-  plots,
-  preflight,
-  storage,
-  transforms,
-  watchdog,
-)
-from pipeline import config as config_lib
-from pipeline import run as run_lib
+from pipeline.beam import transforms, watchdog
+from pipeline.commands import cli, console, failures, lock, plots, preflight
+from pipeline.commands import preprocess as run_lib
+from pipeline.core import config as config_lib
+from pipeline.core import coverage
+from pipeline.io import ilsvrc, storage
+from pipeline.model import backbone as backbone_lib
 
 ANCHORS_NAME = "anchors.json"
 COVERAGE_PNG = "coverage.png"

@@ -6,7 +6,7 @@ external worker pool starts (`--environment_type EXTERNAL`). Here both servers
 run locally, started and stopped by this module, with this interpreter (the
 venv's python), so the pipeline code and its dependencies are the same.
 
-    python -m pipeline.portable [--workers 2] -- <rpn-preprocess flags>
+    python -m pipeline.commands.portable [--workers 2] -- <rpn-preprocess flags>
 
 Beam's local job service always runs one SDK worker (it calls the
 FnApiRunner's run_via_runner_api directly, which ignores
@@ -30,7 +30,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 from apache_beam.runners.portability import local_job_service_main
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 
-from pipeline import run as run_lib
+from pipeline.commands import preprocess as run_lib
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def local_portable_services(log_dir: Optional[str] = None,
     job_log = os.path.join(log_dir, "job_service.log")
     with open(job_log, "w") as log:
       job = subprocess.Popen(
-          [sys.executable, "-m", "pipeline.portable", "--job_service",
+          [sys.executable, "-m", "pipeline.commands.portable", "--job_service",
            f"--port={job_port}", f"--staging_dir={os.path.join(log_dir, 'staging')}"],
           stdout=log, stderr=subprocess.STDOUT, env=dict(env, RPN_PORTABLE_WORKERS=str(workers)))
     processes.append(job)
@@ -136,7 +136,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     job_service_main(argv[1:])
     return 0
   own, rest = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else ([], argv)
-  parser = argparse.ArgumentParser(prog="python -m pipeline.portable")
+  parser = argparse.ArgumentParser(prog="python -m pipeline.commands.portable")
   parser.add_argument("--workers", type=int, default=2)
   parser.add_argument("--log_dir")
   args = parser.parse_args(own)

@@ -1,7 +1,7 @@
 """Pictures of anchor coverage, drawn with matplotlib (headless, Agg backend).
 
 Each function returns PNG bytes, so that callers write them through
-pipeline.storage to any filesystem.
+pipeline.io.storage to any filesystem.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Dict
 
 import numpy as np
 
-from pipeline import coverage
+from pipeline.core import coverage
 
 COLOURS = {"current": "tab:red", "suggested": "tab:green"}
 

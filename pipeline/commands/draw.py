@@ -23,9 +23,12 @@ from typing import List, Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline import backbone, cli, ilsvrc, preflight, storage, targets
-from pipeline import config as config_lib
-from pipeline import manifest as manifest_lib
+from pipeline.commands import cli, preflight
+from pipeline.core import config as config_lib
+from pipeline.core import targets
+from pipeline.io import ilsvrc, storage
+from pipeline.io import manifest as manifest_lib
+from pipeline.model import backbone
 
 GT_COLOUR = (40, 220, 60, 255)
 POSITIVE_COLOUR = (235, 40, 40, 255)

@@ -1,7 +1,8 @@
 """The child process of preflight.BackboneCheck: builds the backbone as a worker
 would and answers in one JSON line on stdout.
 
-    python -m pipeline.backbone_check '{"backbone": ..., "weights": ..., "feature_layer": ...,
+    python -m pipeline.commands.backbone_check '{"backbone": ..., "weights": ...,
+                                               "feature_layer": ...,
                                         "seed": 0, "weights_flag": "--weights"}'
 
 Answer: {"ok": true, "layer_info": {...}} or {"flag", "value", "error"}: a
@@ -17,7 +18,7 @@ import re
 import sys
 from typing import Dict
 
-from pipeline import backbone as backbone_lib
+from pipeline.model import backbone as backbone_lib
 
 # Keras' load error lists every layer it could not load; one example is enough.
 _KERAS_EXAMPLE = re.compile(r"Layer '([^']+)' expected (\d+) variables?, but received (\d+)")

@@ -8,7 +8,7 @@ file and deletes it.
 
 The backbone check (weights that Keras can get or load, a --feature_layer the
 backbone has) needs TensorFlow, whose import alone prints lines on stderr; it
-runs in a child process (`python -m pipeline.backbone_check`) started before
+runs in a child process (`python -m pipeline.commands.backbone_check`) started before
 the other checks, so that it overlaps with them.
 """
 from __future__ import annotations
@@ -21,9 +21,9 @@ import tempfile
 import uuid
 from typing import Dict, List, Optional, Sequence
 
-from pipeline import backbone as backbone_lib
-from pipeline import ilsvrc, storage
-from pipeline.cli import UsageError, one_line
+from pipeline.commands.cli import UsageError, one_line
+from pipeline.io import ilsvrc, storage
+from pipeline.model import backbone as backbone_lib
 
 # Files listed at most to decide that a remote folder holds no image.
 LISTING_LIMIT = 1000
@@ -344,7 +344,7 @@ class BackboneCheck:
       return self
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
     self._process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.backbone_check", json.dumps(self.request)],
+        [sys.executable, "-m", "pipeline.commands.backbone_check", json.dumps(self.request)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return self

@@ -21,7 +21,7 @@ from typing import Dict, Optional, Tuple
 
 from google_crc32c import value as crc32c
 
-from pipeline import storage
+from pipeline.io import storage
 
 HEADER_BYTES = 12  # uint64 length, uint32 masked crc32c of the length
 FOOTER_BYTES = 4  # uint32 masked crc32c of the payload

@@ -33,7 +33,7 @@ import defusedxml.ElementTree as SafeElementTree
 import numpy as np
 from PIL import Image
 
-from pipeline import config
+from pipeline.core import config
 
 IMAGE_EXTENSIONS = (".JPEG", ".jpeg", ".jpg", ".JPG", ".png", ".PNG")
 ANNOTATION_EXTENSION = ".xml"

@@ -267,7 +267,7 @@ def runtime_failure(prog: str, error: BaseException, own_message: bool = False) 
   line), else 1 (failures.describe's line)."""
   import traceback
 
-  from pipeline import failures  # stdlib only, like this module
+  from pipeline.commands import failures  # stdlib only, like this module
   line = one_line(error) if own_message else failures.describe(error, RUN.flag, RUN.output)
   if RUN.cleanup_note:
     line += f"; {RUN.cleanup_note}"

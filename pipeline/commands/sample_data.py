@@ -1,6 +1,6 @@
 """A small synthetic dataset in the ILSVRC 2015 DET layout (numpy + Pillow only).
 
-    python -m pipeline.sample_data --output data/sample [--train 240] [--val 48] [--seed 0]
+    python -m pipeline.commands.sample_data --output data/sample [--train 240] [--val 48] [--seed 0]
 
 writes
 

@@ -3,7 +3,7 @@
 Every path goes through Beam's FileSystems, so the same call works on a
 laptop and on Dataflow. Beam is imported inside each function on purpose:
 the trainer and the numeric modules import this one, and importing Beam
-costs about a second that a plain `import pipeline.manifest` should not pay.
+costs about a second that a plain `import pipeline.io.manifest` should not pay.
 """
 from __future__ import annotations
 

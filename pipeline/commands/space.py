@@ -20,10 +20,10 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from pipeline import anchors as anchors_lib
-from pipeline import backbone as backbone_lib
-from pipeline import config as config_lib
-from pipeline import ilsvrc, storage
+from pipeline.core import anchors as anchors_lib
+from pipeline.core import config as config_lib
+from pipeline.io import ilsvrc, storage
+from pipeline.model import backbone as backbone_lib
 
 SAMPLE_IMAGES = 32
 # Refuse when the free space is under this share of the estimate (the

@@ -19,7 +19,7 @@ import tempfile
 import threading
 from typing import Iterator, List
 
-from pipeline import cli
+from pipeline.commands import cli
 
 # Lines of the worker processes shown on the terminal as they come.
 SHOWN = re.compile(r"progress \(worker \d+\)")

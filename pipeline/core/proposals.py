@@ -14,9 +14,9 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from pipeline import anchors as anchors_lib
-from pipeline import boxes as boxes_lib
-from pipeline import config
+from pipeline.core import anchors as anchors_lib
+from pipeline.core import boxes as boxes_lib
+from pipeline.core import config
 
 _DEFAULTS = config.ProposalConfig()
 

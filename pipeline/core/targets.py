@@ -14,9 +14,9 @@ import hashlib
 
 import numpy as np
 
-from pipeline import anchors as anchors_lib
-from pipeline import boxes as boxes_lib
-from pipeline.config import IGNORE, NEGATIVE, POSITIVE
+from pipeline.core import anchors as anchors_lib
+from pipeline.core import boxes as boxes_lib
+from pipeline.core.config import IGNORE, NEGATIVE, POSITIVE
 
 # An inside anchor whose IoU with a gt box is within this of that gt box's best
 # IoU over the inside anchors is one of its argmax anchors (ties included).

@@ -30,10 +30,12 @@ from apache_beam.io.tfrecordio import WriteToTFRecord
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
-from pipeline import anchors as anchors_lib
-from pipeline import backbone, determinism, ilsvrc, schema, shards, storage, targets
-from pipeline import config as config_lib
-from pipeline import manifest as manifest_lib
+from pipeline.core import anchors as anchors_lib
+from pipeline.core import config as config_lib
+from pipeline.core import targets
+from pipeline.io import determinism, ilsvrc, schema, shards, storage
+from pipeline.io import manifest as manifest_lib
+from pipeline.model import backbone
 
 NAMESPACE = "rpn"
 ERRORS = "errors"
@@ -583,7 +585,7 @@ def write_to_tfrecord(prefix: str, output_format: config_lib.OutputConfig) -> Wr
     sink = write._sink
     if not hasattr(sink, "max_bytes_per_shard"):
       raise RuntimeError("this apache-beam's TFRecord sink has no max_bytes_per_shard; "
-                         "see pipeline.transforms.write_to_tfrecord")
+                         "see pipeline.beam.transforms.write_to_tfrecord")
     sink.max_bytes_per_shard = int(fmt.max_shard_mb * (1 << 20))
   return write
 
@@ -594,7 +596,7 @@ class WriteOutputs(beam.PTransform):
   Writes the shards, images.jsonl and errors.jsonl, then, last, manifest.json
   with the counts (side inputs on every other output order it after them).
   Once the shards are in place, each is described on the workers (bytes, and
-  records counted by walking its framing: pipeline.shards.describe_shard),
+  records counted by walking its framing: pipeline.io.shards.describe_shard),
   for the manifest's "shards" key.
   """
 
@@ -649,7 +651,7 @@ def write_manifest(_, cfg, feature_channels, min_input_side, counts, found, reco
                    shard_info, images_written, errors_written) -> Dict[str, Any]:
   """Completes the counts and writes manifest.json; returns the manifest.
 
-  `shard_info` holds pipeline.shards.describe_shard of every written shard;
+  `shard_info` holds pipeline.io.shards.describe_shard of every written shard;
   their records must add up to the records made, else no manifest is written.
   """
   del images_written, errors_written  # side inputs only to order this step last

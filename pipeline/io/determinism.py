@@ -18,7 +18,7 @@ The contract (README "Determinism", DESIGN.md): the same input, options
    count on some CPUs, so they round differently (one float32 ulp seen).
 
 `compare(reference_dir, other_dir)` checks two finished outputs against each
-line; `python -m pipeline.determinism REF OTHER` prints what it found (exit 1
+line; `python -m pipeline.io.determinism REF OTHER` prints what it found (exit 1
 on a difference). It holds both outputs' records in memory: meant for a
 sample run of the same images (tests, a check of a new runner or machine).
 """
@@ -33,8 +33,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pipeline import config, schema, storage
-from pipeline import manifest as manifest_lib
+from pipeline.core import config
+from pipeline.io import manifest as manifest_lib
+from pipeline.io import schema, storage
 
 # Allowed difference of a feature value, relative to the largest |feature| of
 # its image, between outputs computed with other thread counts or CPUs.
@@ -185,7 +186,7 @@ def compare(reference_dir: str, other_dir: str, limit: int = 10) -> Comparison:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(
-      prog="python -m pipeline.determinism",
+      prog="python -m pipeline.io.determinism",
       description="Check an rpn-preprocess output against a reference output of the "
                   "same input and options, by the determinism contract (README).")
   parser.add_argument("reference", help="a finished rpn-preprocess output directory")
@@ -194,7 +195,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     result = compare(args.reference, args.other)
   except manifest_lib.ManifestError as e:
-    print(f"python -m pipeline.determinism: error: {e}", file=sys.stderr)
+    print(f"python -m pipeline.io.determinism: error: {e}", file=sys.stderr)
     return 2
   how = ("byte-identical required (one thread count)" if result.features_byte_identical_required
          else f"tolerance {FEATURE_RTOL}")

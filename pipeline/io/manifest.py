@@ -8,14 +8,16 @@ records) and to reproduce them
 `rpn-draw` and the demo read it through `load`, which fails with a
 ManifestError naming the file and the problem.
 
-Paths go through `pipeline.storage`, so gs:// and other remote paths work.
+Paths go through `pipeline.io.storage`, so gs:// and other remote paths work.
 """
 from __future__ import annotations
 
 import os
 from typing import Dict, List, Optional
 
-from pipeline import backbone, config, schema, storage
+from pipeline.core import config
+from pipeline.io import schema, storage
+from pipeline.model import backbone
 
 REQUIRED_KEYS = ("version", "backbone", "weights", "feature_channels", "tile_size", "dtype",
                  "compression", "anchor", "targets", "num_shards", "shard_files", "counts")
@@ -47,7 +49,7 @@ def build(cfg: config.PreprocessConfig, counts: Dict[str, int], shard_files: Lis
   """The manifest of a finished run: `cfg`, the run's counts and its shard file names.
 
   `shards` ({"file", "bytes", "records"} of each shard, any order;
-  pipeline.shards.describe_shard) become the "shards" key, in the order of
+  pipeline.io.shards.describe_shard) become the "shards" key, in the order of
   shard_files; they must name the same files. `backbone_threads` ({"1": 13}:
   images whose features that many TensorFlow threads computed) says which
   runs' features are byte-identical (pipeline/determinism.py).

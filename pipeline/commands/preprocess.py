@@ -34,21 +34,12 @@ from apache_beam.options.pipeline_options import (
   StandardOptions,
 )
 
-from pipeline import backbone as backbone_lib
-from pipeline import (
-  cli,
-  console,
-  failures,
-  ilsvrc,
-  lock,
-  preflight,
-  space,
-  storage,
-  transforms,
-  watchdog,
-)
-from pipeline import config as config_lib
-from pipeline import manifest as manifest_lib
+from pipeline.beam import transforms, watchdog
+from pipeline.commands import cli, console, failures, lock, preflight, space
+from pipeline.core import config as config_lib
+from pipeline.io import ilsvrc, storage
+from pipeline.io import manifest as manifest_lib
+from pipeline.model import backbone as backbone_lib
 
 _LOGGER = logging.getLogger(__name__)
 

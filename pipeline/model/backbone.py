@@ -392,7 +392,7 @@ def _layer_steps(layer):
     sign = 1 if kind == "ZeroPadding2D" else -1
     return tuple(((sign * sum(amount), 1, 1),) if sum(amount) else () for amount in amounts)
   raise FeatureLayerError(f"layer {layer.name} ({kind}) on the path to the feature layer: its "
-                          f"effect on the feature-map size is not known to pipeline.backbone")
+                          f"effect on the feature-map size is not known to pipeline.model.backbone")
 
 
 def _output_layer(model):
