@@ -33,7 +33,7 @@ setuptools.setup(
     entry_points={
         "console_scripts": [
             "rpn-preprocess=pipeline.commands.preprocess:main",
-            "rpn-anchors=pipeline.commands.anchors_run:main",
+            "rpn-anchors=pipeline.commands.anchors:main",
             "rpn-sample-data=pipeline.commands.sample_data:main",
             "rpn-draw=pipeline.commands.draw:main",
             "rpn-train=trainer.cli:train_main",

@@ -28,11 +28,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from pipeline.commands import anchors_run as coverage_run
+from pipeline.commands import anchors as coverage_run
 from pipeline.commands import sample_data
 from pipeline.core import coverage
+from pipeline.core import frame as frame_lib
 from pipeline.io import ilsvrc
-from pipeline.model import backbone
+from pipeline.model import layers, registry
 
 DET_TRAIN_XMLS = 456_567
 WORK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "work", "anchors")
@@ -40,16 +41,16 @@ WORK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "work", "anchors
 
 def per_image_seconds(root: str, backbone_name: str, layer: Optional[str]) -> float:
   """Seconds per image of rpn-anchors' per-image work, in this process."""
-  grid = backbone.FeatureGrid(backbone_name, layer)
+  grid = layers.FeatureGrid(backbone_name, layer)
   grid(500, 500)  # builds the arithmetic once, as a worker's setup does
-  min_input_side = backbone.backbone_spec(backbone_name).min_input_side
+  min_input_side = registry.backbone_spec(backbone_name).min_input_side
   images = sorted(glob.glob(os.path.join(root, "Data", "DET", "train", "**", "*.JPEG"),
                             recursive=True))
   start = time.perf_counter()
   for path in images:
     xml = path.replace(os.sep + "Data" + os.sep, os.sep + "Annotations" + os.sep)[:-5] + ".xml"
     (width, height), boxes, _ = ilsvrc.load_boxes(path, xml if os.path.exists(xml) else None)
-    frame = backbone.frame_size(width, height, min_input_side)
+    frame = frame_lib.frame_size(width, height, min_input_side)
     feature_height, feature_width = grid(frame.height, frame.width)
     frame_boxes = coverage.FrameBoxes(path, frame.width, frame.height, feature_height,
                                       feature_width, np.asarray(boxes))

@@ -28,15 +28,17 @@ import numpy as np  # noqa: E402
 
 from bench import common  # noqa: E402
 from pipeline.core import config as config_lib  # noqa: E402
+from pipeline.core import frame as frame_lib  # noqa: E402
 from pipeline.core import targets  # noqa: E402
 from pipeline.io import ilsvrc, schema  # noqa: E402
-from pipeline.model import backbone  # noqa: E402
+from pipeline.model import extractor as extractor_lib  # noqa: E402
+from pipeline.model import registry  # noqa: E402
 
 
 def load_images(root: str, limit: int = 0):
   """Decoded images exactly as LoadImageFn prepares them (decode, boxes, padding)."""
   cfg = config_lib.BackboneConfig(backbone="InceptionResNetV2", weights="none")
-  spec = backbone.backbone_spec(cfg.backbone)
+  spec = registry.backbone_spec(cfg.backbone)
   examples = common.list_examples(root)
   if limit:
     examples = examples[:limit]
@@ -44,7 +46,7 @@ def load_images(root: str, limit: int = 0):
   for e in examples:
     start = time.perf_counter()
     image, boxes, _, _ = ilsvrc.load_example(e["image_path"], e["annotation_path"], cfg.max_pixels)
-    image, boxes, _ = backbone.prepare_image(image, boxes, spec.min_input_side, cfg.min_side,
+    image, boxes, _ = frame_lib.prepare_image(image, boxes, spec.min_input_side, cfg.min_side,
                                              cfg.max_side)
     decode_s.append(time.perf_counter() - start)
     loaded.append((e["image_id"], image, boxes))
@@ -207,7 +209,7 @@ def image_sizes(loaded):
 def time_extractor(loaded, feature_maps, warmup: int):
   """The product's FeatureExtractor on `loaded` (a prefix of the floor's images,
   shapes already seen: compare with floor_repeat_shapes): does the wrapper cost?"""
-  extractor = backbone.FeatureExtractor("InceptionResNetV2", "none", 0)
+  extractor = extractor_lib.FeatureExtractor("InceptionResNetV2", "none", 0)
   maps, figures = time_forward(extractor, loaded, warmup, lambda: extractor.traces)
   # zip stops at the prefix: feature_maps holds every image.
   figures["max_abs_diff_vs_floor"] = float(max(

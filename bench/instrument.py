@@ -2,7 +2,7 @@
 
 `timed_extractor(directory, backbone_config, seed)`, bound to its arguments
 with functools.partial, is passed to pipeline.commands.preprocess.run(extractor_factory=...):
-it builds the product's own pipeline.model.backbone.FeatureExtractor from the run's
+it builds the product's own pipeline.model.extractor.FeatureExtractor from the run's
 own BackboneConfig (same net, same weights, same TensorFlow threads, same
 tf.function) and appends (start, end) of every call to DIRECTORY/<pid>.txt
 (wall-clock seconds, time.time()). The partial travels to the worker
@@ -15,7 +15,7 @@ import time
 from typing import Dict, List
 
 from pipeline.core import config as config_lib
-from pipeline.model import backbone
+from pipeline.model import extractor as extractor_lib
 
 
 class _Timed:
@@ -42,7 +42,7 @@ def timed_extractor(directory: str, cfg: config_lib.BackboneConfig, seed: int):
 
   Module level, so that a functools.partial of it pickles by reference."""
   setup_start = time.time()
-  extractor = backbone.FeatureExtractor(cfg.backbone, cfg.weights, seed, cfg.threads,
+  extractor = extractor_lib.FeatureExtractor(cfg.backbone, cfg.weights, seed, cfg.threads,
                                         feature_layer=cfg.feature_layer)
   os.makedirs(directory, exist_ok=True)
   return _Timed(extractor, os.path.join(directory, f"{os.getpid()}.txt"), time.time(),

@@ -41,7 +41,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from bench import common
-from pipeline.commands import anchors_run as coverage_run
+from pipeline.beam import anchors as anchors_beam
+from pipeline.commands import anchors as coverage_run
 from pipeline.commands import preprocess, sample_data
 from pipeline.core import config
 from pipeline.io import manifest as manifest_lib
@@ -254,10 +255,10 @@ def part_recall(out: str, settings: Dict, seeds: Sequence[int]) -> Dict:
       continue
     base = os.path.join(out, "recall", name)
     anchors_dir = os.path.join(base, "anchors")
-    if not os.path.exists(os.path.join(anchors_dir, coverage_run.ANCHORS_NAME)):
+    if not os.path.exists(os.path.join(anchors_dir, anchors_beam.ANCHORS_NAME)):
       coverage_run.run(["--input", SAMPLE, "--split", "DET/train", "--output", anchors_dir,
                         "--backbone", setting["backbone"], "--feature_layer", setting["layer"]])
-    with open(os.path.join(anchors_dir, coverage_run.ANCHORS_NAME)) as f:
+    with open(os.path.join(anchors_dir, anchors_beam.ANCHORS_NAME)) as f:
       suggested = json.load(f)["suggested"]
     flags = ["--scales", ",".join(f"{v:g}" for v in suggested["scales"]),
              "--ratios", ",".join(f"{v:g}" for v in suggested["ratios"])]
@@ -271,7 +272,7 @@ def part_recall(out: str, settings: Dict, seeds: Sequence[int]) -> Dict:
         argv = ["--data", data[layout], "--job_dir", job, "--epochs", str(epochs),
                 "--seed", str(seed)]
         if layout == "maps":
-          argv += ["--anchors_json", os.path.join(anchors_dir, coverage_run.ANCHORS_NAME)]
+          argv += ["--anchors_json", os.path.join(anchors_dir, anchors_beam.ANCHORS_NAME)]
         args = trainer_cli.train_parser().parse(argv)
         trainer_cli.check_train(args)
         rss = RssLog()
@@ -304,7 +305,7 @@ def part_memory(out: str, epochs: int) -> Dict:
   import shutil
   import subprocess
   base = os.path.join(out, "recall", "TinyTestNet_conv1")
-  anchors = os.path.join(base, "anchors", coverage_run.ANCHORS_NAME)
+  anchors = os.path.join(base, "anchors", anchors_beam.ANCHORS_NAME)
   if not os.path.exists(anchors):
     _log("memory: run --parts recall first (it makes the data)")
     return {}

@@ -32,6 +32,7 @@ from pipeline.commands import preprocess as run  # noqa: E402
 IMPORT_S = time.monotonic() - IMPORT_START
 
 from bench import instrument  # noqa: E402  (after the timed import: not part of it)
+from pipeline.beam import preprocess as preprocess_beam  # noqa: E402
 
 
 def parse_args(argv):
@@ -49,7 +50,7 @@ def timed_factory(directory: str, argv):
   `argv` (its threads derived from the runner options as run.run derives them),
   logging its forward passes into `directory`."""
   args, beam_args = run.build_parser().parse_known_args(argv)
-  cfg = run.config_from_args(args, run.runner_setup(beam_args))
+  cfg = run.config_from_args(args, preprocess_beam.runner_setup(beam_args))
   return functools.partial(instrument.timed_extractor, directory, cfg.backbone,
                            cfg.targets.seed)
 

@@ -28,10 +28,10 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-from pipeline.commands import anchors_run as coverage_run
+from pipeline.commands import anchors as coverage_run
 from pipeline.commands import preprocess, sample_data
 from pipeline.io import storage
-from pipeline.model import backbone
+from pipeline.model import registry
 from trainer import evaluate, propose, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,7 +130,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
   if not os.path.isdir(os.path.join(args.sample, "Data")):
     sample_data.main(["--output", args.sample])
-  layer = args.layer or backbone.STRIDE16_LAYERS[args.backbone]
+  layer = args.layer or registry.STRIDE16_LAYERS[args.backbone]
   settings = {"method": Setting("method", None), "stride16": Setting("stride16", layer)}
   results = []
   wanted = args.settings.split(",")

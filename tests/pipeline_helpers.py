@@ -9,10 +9,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from pipeline.model import backbone
+from pipeline.model import registry
 from tests import reference
 
-TINY = backbone.TINY_BACKBONE
+TINY = registry.TINY_BACKBONE
 # In-process DirectRunner: rpn-preprocess without --direct_* options would
 # start one worker process per core.
 IN_PROCESS = ("--runner=DirectRunner", "--direct_running_mode=in_memory")

@@ -20,11 +20,12 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from pipeline.commands import anchors_run as coverage_run
+from pipeline.beam import anchors as anchors_beam
+from pipeline.commands import anchors as coverage_run
 from pipeline.commands import draw, sample_data
 from pipeline.commands import preprocess as run
 from pipeline.io import storage
-from pipeline.model import backbone as backbone_lib
+from pipeline.model import registry
 from trainer import evaluate, propose, recall, train
 from trainer import model as model_lib
 
@@ -53,17 +54,17 @@ def choose_settings(args: argparse.Namespace) -> None:
       args.backbone, args.weights = "VGG16", path
       args.reason = f"real VGG16 features ({path})"
     else:
-      args.backbone = backbone_lib.TINY_BACKBONE
+      args.backbone = registry.TINY_BACKBONE
       args.reason = (f"no real weights file found ({VGG16_WEIGHTS_ENV} or {path}): the small "
                      f"random net, whose features show much less (README, 'make demo')")
   if args.weights in (None, AUTO):
     found = args.backbone == "VGG16" and os.path.exists(path)
     args.weights = path if found else "none"
   if args.feature_layer is None:
-    args.feature_layer = (TINY_LAYER if args.backbone == backbone_lib.TINY_BACKBONE
-                          else backbone_lib.STRIDE16_LAYERS.get(args.backbone, ""))
+    args.feature_layer = (TINY_LAYER if args.backbone == registry.TINY_BACKBONE
+                          else registry.STRIDE16_LAYERS.get(args.backbone, ""))
   if args.epochs is None:
-    args.epochs = 40 if args.backbone == backbone_lib.TINY_BACKBONE else 10
+    args.epochs = 40 if args.backbone == registry.TINY_BACKBONE else 10
 
 
 def _step(title: str) -> float:
@@ -136,7 +137,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.layout == "maps":
     preprocess_anchors, draw_anchors = ["--layout", "maps"], anchors
     if args.anchors == "suggested":
-      train_anchors = ["--anchors_json", os.path.join(out, "anchors", coverage_run.ANCHORS_NAME)]
+      train_anchors = ["--anchors_json", os.path.join(out, "anchors", anchors_beam.ANCHORS_NAME)]
 
   # No runner options: rpn-preprocess's local default (all cores, one process each).
   for split, num_shards in (("train", 4), ("val", 1)):

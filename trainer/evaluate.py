@@ -25,6 +25,7 @@ import numpy as np
 from pipeline.commands import cli, preflight
 from pipeline.core import config
 from pipeline.io import ilsvrc, storage
+from pipeline.io import images as images_lib
 from trainer import plots, settings
 from trainer import recall as recall_lib
 
@@ -169,7 +170,7 @@ def load_unreadable_gt(error_records: Sequence[dict], lines: Sequence[dict], ima
     else:
       try:
         num_gt = len(xml_gt_boxes(ilsvrc.parse_annotation(ilsvrc.read_bytes(path))))
-      except (ilsvrc.InputError, OSError) as e:
+      except (images_lib.InputError, OSError) as e:
         errors.append({"path": path, "stage": "annotation", "reason": str(e)})
     unreadable.append({"image_id": image_id, "stage": record["stage"], "num_gt": int(num_gt)})
   return unreadable, counts, errors
@@ -187,7 +188,7 @@ def load_gt(lines: List[dict], annotations_dir: str):
       continue
     try:
       annotation = ilsvrc.parse_annotation(ilsvrc.read_bytes(path))
-    except (ilsvrc.InputError, OSError) as e:
+    except (images_lib.InputError, OSError) as e:
       counts["annotation_errors"] += 1
       errors.append({"path": path, "stage": "annotation", "reason": str(e)})
       gt_per_image.append(np.zeros((0, 4)))

@@ -47,10 +47,13 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline.commands import backbone_check
 from pipeline.core import anchors as anchors_lib
 from pipeline.core import config
+from pipeline.core import frame as frame_lib
 from pipeline.core import proposals as proposals_lib
 from pipeline.io import ilsvrc, storage
+from pipeline.io import images as images_lib
 from pipeline.io import manifest as manifest_lib
 from pipeline.model import backbone as backbone_lib
+from pipeline.model import extractor as extractor_lib
 from trainer import cli as trainer_cli
 from trainer import draw
 from trainer import evaluate as evaluate_lib
@@ -97,7 +100,7 @@ def read_job_manifest(job_dir: str) -> dict:
   path = storage.join(job_dir, MANIFEST_NAME)
   try:
     manifest = manifest_lib.read(path)
-    manifest_lib.check_backbone(manifest, path)
+    backbone_lib.check_manifest(manifest, path)
   except manifest_lib.ManifestError as e:
     raise JobError(str(e)) from None
   return manifest
@@ -115,7 +118,7 @@ def prepare_frame(image: np.ndarray, gt_boxes: np.ndarray, manifest: dict
   resize = manifest_lib.resize(manifest)
   # The whole image as one more box gives the resized size.
   whole = np.array([[0.0, 0.0, width, height]])
-  frame, frame_boxes, _ = backbone_lib.prepare_image(
+  frame, frame_boxes, _ = frame_lib.prepare_image(
       image, np.vstack([np.asarray(gt_boxes, np.float64).reshape(-1, 4), whole]),
       int(manifest["min_input_side"]), resize.get("min_side"), resize.get("max_side"))
   box_scale = (float(frame_boxes[-1, 2]) / width, float(frame_boxes[-1, 3]) / height)
@@ -153,7 +156,7 @@ class Proposer:
       _LOGGER.warning("backbone weights %s instead of the manifest's %s: the RPN was trained "
                       "on features of the latter", weights, manifest["weights"])
     try:
-      self.extractor = backbone_lib.FeatureExtractor(
+      self.extractor = extractor_lib.FeatureExtractor(
           manifest["backbone"], self.weights, int(manifest.get("weights_seed", 0)),
           feature_layer=manifest.get("feature_layer"))
     except backbone_lib.WeightsUnavailableError as e:
@@ -283,7 +286,7 @@ def iter_proposals(proposer: Proposer, inputs, max_pixels: int
   for image_id, image_path, annotation_path in inputs:
     try:
       image, gt_boxes, _, _ = ilsvrc.load_example(image_path, annotation_path, max_pixels)
-    except ilsvrc.InputError as e:
+    except images_lib.InputError as e:
       path = annotation_path if e.stage == "annotation" else image_path
       yield "error", {"path": path, "stage": e.stage, "reason": str(e),
                       "image_id": image_id}, None

@@ -32,10 +32,13 @@ from apache_beam.utils import shared
 
 from pipeline.core import anchors as anchors_lib
 from pipeline.core import config as config_lib
+from pipeline.core import frame as frame_lib
 from pipeline.core import targets
 from pipeline.io import determinism, ilsvrc, schema, shards, storage
+from pipeline.io import images as images_lib
 from pipeline.io import manifest as manifest_lib
-from pipeline.model import backbone
+from pipeline.model import extractor as extractor_lib
+from pipeline.model import layers, registry
 
 NAMESPACE = "rpn"
 ERRORS = "errors"
@@ -213,7 +216,7 @@ class LoadImageFn(beam.DoFn):
     try:
       image, gt_boxes, _, stats = ilsvrc.load_example(
           item.image_path, item.annotation_path, self._config.max_pixels)
-    except ilsvrc.InputError as e:
+    except images_lib.InputError as e:
       _counter("images_failed").inc()
       _counter(f"failed_{e.stage}").inc()
       path = item.annotation_path if e.stage == "annotation" else item.image_path
@@ -225,7 +228,7 @@ class LoadImageFn(beam.DoFn):
     for key, value in stats.items():  # box policy counts, also as Beam metrics
       _counter(key).inc(value)
     height, width = image.shape[:2]
-    image, gt_boxes, _ = backbone.prepare_image(
+    image, gt_boxes, _ = frame_lib.prepare_image(
         image, gt_boxes, self._min_input_side, self._config.min_side, self._config.max_side)
     if image.shape[:2] != (height, width) and min(height, width) < self._min_input_side:
       stats["images_padded"] = stats.get("images_padded", 0) + 1
@@ -255,7 +258,7 @@ class ComputeFeaturesFn(beam.DoFn):
     def load():
       if self._factory is not None:
         return _SharedExtractor(self._factory())
-      return _SharedExtractor(backbone.FeatureExtractor(
+      return _SharedExtractor(extractor_lib.FeatureExtractor(
           self._config.backbone, self._config.weights, self._seed, self._config.threads,
           feature_layer=self._config.feature_layer))
     self._holder = self._shared.acquire(load, tag=(self._config, self._seed))
@@ -543,7 +546,7 @@ class ImagesToRecords(beam.PTransform):
 
   def expand(self, images):
     cfg = self._cfg
-    spec = backbone.backbone_spec(cfg.backbone.backbone)
+    spec = registry.backbone_spec(cfg.backbone.backbone)
     loaded = (images | "LoadImages" >> beam.ParDo(
         LoadImageFn(cfg.backbone, spec.min_input_side))
         .with_outputs(ERRORS, main="ok").with_exception_handling())
@@ -627,11 +630,11 @@ class WriteOutputs(beam.PTransform):
         for key, name, file_name, to_line in (
             ("images", "Images", config_lib.IMAGES_NAME, to_json_line),
             ("errors", "Errors", config_lib.ERRORS_NAME, error_line))]
-    spec = backbone.backbone_spec(cfg.backbone.backbone)
+    spec = registry.backbone_spec(cfg.backbone.backbone)
     return (pbegin_of(records) | "Start" >> beam.Create([None])
             | "WriteManifest" >> beam.Map(
                 write_manifest, cfg=cfg,
-                feature_channels=backbone.feature_channels(cfg.backbone.backbone,
+                feature_channels=layers.feature_channels(cfg.backbone.backbone,
                                                            cfg.backbone.feature_layer),
                 min_input_side=spec.min_input_side,
                 counts=beam.pvalue.AsSingleton(counts),

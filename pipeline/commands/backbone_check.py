@@ -19,6 +19,7 @@ import sys
 from typing import Dict
 
 from pipeline.model import backbone as backbone_lib
+from pipeline.model import layers
 
 # Keras' load error lists every layer it could not load; one example is enough.
 _KERAS_EXAMPLE = re.compile(r"Layer '([^']+)' expected (\d+) variables?, but received (\d+)")
@@ -46,8 +47,8 @@ def check(request: Dict) -> Dict:
   backbone, weights = request["backbone"], request.get("weights") or "none"
   layer, flag = request.get("feature_layer") or None, request.get("weights_flag", "--weights")
   try:
-    info = backbone_lib.check_feature_layer(backbone, layer)
-  except backbone_lib.FeatureLayerError as e:
+    info = layers.check_feature_layer(backbone, layer)
+  except layers.FeatureLayerError as e:
     message = " ".join(str(e).split())
     if message.startswith("--feature_layer"):  # names the flag and value already
       return {"flag": None, "value": None, "error": message}
@@ -65,7 +66,7 @@ def check(request: Dict) -> Dict:
     except ValueError as e:
       return {"flag": flag, "value": weights, "error": " ".join(str(e).split())}
   loaded = fetched[-1] if fetched else (None if weights in ("none", "imagenet") else weights)
-  return {"ok": True, "layer_info": backbone_lib.layer_info_dict(info, layer),
+  return {"ok": True, "layer_info": layers.layer_info_dict(info, layer),
           "weights_file": loaded}
 
 

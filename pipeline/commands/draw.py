@@ -25,10 +25,10 @@ from PIL import Image, ImageDraw
 
 from pipeline.commands import cli, preflight
 from pipeline.core import config as config_lib
+from pipeline.core import frame as frame_lib
 from pipeline.core import targets
 from pipeline.io import ilsvrc, storage
 from pipeline.io import manifest as manifest_lib
-from pipeline.model import backbone
 
 GT_COLOUR = (40, 220, 60, 255)
 POSITIVE_COLOUR = (235, 40, 40, 255)
@@ -76,7 +76,7 @@ def draw_image(shards_dir: str, manifest: dict, line: dict, image_path: str,
   image, gt_boxes, _, _ = ilsvrc.load_example(image_path, annotation_path,
                                               manifest_lib.max_pixels(manifest))
   resize = manifest_lib.resize(manifest)
-  image, gt_boxes, _ = backbone.prepare_image(
+  image, gt_boxes, _ = frame_lib.prepare_image(
       image, gt_boxes, manifest["min_input_side"], resize["min_side"], resize["max_side"])
   t = manifest["targets"]
   result = targets.compute_targets(

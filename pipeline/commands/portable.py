@@ -30,6 +30,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 from apache_beam.runners.portability import local_job_service_main
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 
+from pipeline.beam import preprocess as preprocess_beam
 from pipeline.commands import preprocess as run_lib
 
 _LOGGER = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ def portable_args(job_endpoint: str, worker_pool: str, workers: int) -> List[str
 
 
 def run(argv: Sequence[str], workers: int = 2, log_dir: Optional[str] = None,
-        extractor_factory=None) -> run_lib.PreprocessResult:
+        extractor_factory=None) -> preprocess_beam.PreprocessResult:
   """Runs rpn-preprocess with `argv` on the local portable services."""
   with local_portable_services(log_dir, workers) as (job_endpoint, worker_pool):
     return run_lib.run(list(argv) + portable_args(job_endpoint, worker_pool, workers),

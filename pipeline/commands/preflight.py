@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence
 
 from pipeline.commands.cli import UsageError, one_line
 from pipeline.io import ilsvrc, storage
-from pipeline.model import backbone as backbone_lib
+from pipeline.model import layers, registry
 
 # Files listed at most to decide that a remote folder holds no image.
 LISTING_LIMIT = 1000
@@ -357,7 +357,7 @@ class BackboneCheck:
   def result(self) -> Optional[Dict]:
     if self._cached is not None:
       if self._cached.get("layer_info"):
-        backbone_lib.remember_layer_info(self._cached["layer_info"])
+        layers.remember_layer_info(self._cached["layer_info"])
       return self._cached
     if self._process is None:
       return None
@@ -374,7 +374,7 @@ class BackboneCheck:
     if "error" in answer:
       raise UsageError(answer["flag"], answer["value"], answer["error"])
     if answer.get("layer_info"):
-      backbone_lib.remember_layer_info(answer["layer_info"])
+      layers.remember_layer_info(answer["layer_info"])
     self._remember(answer)
     return answer
 
@@ -387,11 +387,11 @@ def start_backbone_check(backbone: str, weights: str, feature_layer: Optional[st
   weights to load or a feature layer to check, or `always` (the caller needs
   the layer's shape arithmetic, which the child hands over)."""
   try:
-    backbone_lib.backbone_spec(backbone)
+    registry.backbone_spec(backbone)
   except ValueError as e:
     raise UsageError("--backbone", backbone, "no such backbone; "
                      + str(e).split("; ", 1)[-1]) from None
-  if backbone == backbone_lib.TINY_BACKBONE and weights not in ("none", "", None):
+  if backbone == registry.TINY_BACKBONE and weights not in ("none", "", None):
     raise UsageError(weights_flag, weights, f"{backbone} has no pretrained weights; pass "
                      f"--weights none")
   check_weights_path(weights, weights_flag)

@@ -16,30 +16,27 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import glob
-import json
 import logging
 import os
 import shutil
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (
-  DirectOptions,
   PipelineOptions,
   SetupOptions,
-  StandardOptions,
 )
 
+from pipeline.beam import preprocess as preprocess_beam
 from pipeline.beam import transforms, watchdog
 from pipeline.commands import cli, console, failures, lock, preflight, space
 from pipeline.core import config as config_lib
 from pipeline.io import ilsvrc, storage
 from pipeline.io import manifest as manifest_lib
-from pipeline.model import backbone as backbone_lib
+from pipeline.model import layers, registry
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -136,53 +133,11 @@ def build_parser() -> cli.Parser:
   return parser
 
 
-@dataclasses.dataclass(frozen=True)
-class RunnerSetup:
-  """The Beam arguments to run with, and the defaults they imply."""
-  beam_args: List[str]
-  local: bool  # DirectRunner: runner-decided shards keep its memory flat
-  backbone_threads: Optional[int]  # None: TensorFlow's default (all cores)
-
-  @property
-  def num_shards(self) -> int:
-    return 0 if self.local else config_lib.OutputConfig().num_shards
-
-
-def runner_setup(beam_args: Sequence[str], cores: Optional[int] = None) -> RunnerSetup:
-  """The fastest safe local mode unless the Beam arguments say otherwise.
-
-  No --direct_* option and no runner other than DirectRunner: multi-process
-  DirectRunner, one worker process per core, one TensorFlow thread each, and
-  runner-decided shards (the fastest local mode measured, in flat memory;
-  BENCHMARKS.md). Given --direct_* options are kept: several worker
-  processes share the cores' threads; one process uses them all. Another
-  runner keeps Beam's defaults and gets OutputConfig's fixed shard count;
-  Dataflow runs one SDK process per vCPU, so one TensorFlow thread each.
-  """
-  cores = cores or os.cpu_count() or 1
-  args = list(beam_args)
-  if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
-    args.append("--default_sdk_harness_log_level=WARNING")
-  if not any(a.startswith("--sdk_harness_log_level_overrides") for a in args):
-    args.append("--sdk_harness_log_level_overrides="
-                + json.dumps({transforms.PROGRESS_LOGGER.name: "INFO"}))
-  runner = PipelineOptions(args).view_as(StandardOptions).runner or "DirectRunner"
-  if runner not in ("DirectRunner", "direct"):
-    dataflow = runner in ("DataflowRunner", "dataflow")
-    return RunnerSetup(args, local=False, backbone_threads=1 if dataflow else None)
-  if not any(a.startswith("--direct_") for a in beam_args):
-    args += ["--direct_running_mode=multi_processing", f"--direct_num_workers={cores}"]
-  direct = PipelineOptions(args).view_as(DirectOptions)
-  workers = cores if direct.direct_num_workers == 0 else (direct.direct_num_workers or 1)
-  if direct.direct_running_mode == "multi_processing" and workers > 1:
-    return RunnerSetup(args, local=True, backbone_threads=max(1, cores // workers))
-  return RunnerSetup(args, local=True, backbone_threads=None)
-
-
 def config_from_args(args: argparse.Namespace,
-                     setup: Optional[RunnerSetup] = None) -> config_lib.PreprocessConfig:
+                     setup: Optional[preprocess_beam.RunnerSetup] = None
+                     ) -> config_lib.PreprocessConfig:
   """The run's config; flags left unset take the defaults of the runner `setup`."""
-  setup = setup or RunnerSetup([], local=True, backbone_threads=None)
+  setup = setup or preprocess_beam.RunnerSetup([], local=True, backbone_threads=None)
   images_dir, annotations_dir = ilsvrc.layout_roots(
       input_root=args.input, split=args.split, images=args.images, annotations=args.annotations)
   check_ranges(args)
@@ -277,9 +232,9 @@ def check_before_run(args: argparse.Namespace, cfg: config_lib.PreprocessConfig,
         always=estimate_size)
   else:  # an injected extractor (tests, benchmarks) stands for the weights
     backbone_check = None
-    backbone_lib.backbone_spec(backbone.backbone)
+    registry.backbone_spec(backbone.backbone)
     if backbone.feature_layer:
-      backbone_lib.check_feature_layer(backbone.backbone, backbone.feature_layer)
+      layers.check_feature_layer(backbone.backbone, backbone.feature_layer)
   with preflight.Checks(backbone_check) as checks:
     preflight.check_ilsvrc_input(args.input, args.split, args.images, args.annotations,
                                  args.image_set, args.missing_annotations)
@@ -292,9 +247,9 @@ def check_before_run(args: argparse.Namespace, cfg: config_lib.PreprocessConfig,
 def check_space(args: argparse.Namespace, cfg: config_lib.PreprocessConfig) -> None:
   """Prints the estimated output size; a cli.UsageError when the local output's
   disk clearly lacks the room (unless --no_space_check)."""
-  spec = backbone_lib.backbone_spec(cfg.backbone.backbone)
+  spec = registry.backbone_spec(cfg.backbone.backbone)
   layer = cfg.backbone.feature_layer
-  channels = (backbone_lib.check_feature_layer(cfg.backbone.backbone, layer).channels if layer
+  channels = (layers.check_feature_layer(cfg.backbone.backbone, layer).channels if layer
               else spec.channels)
   found = space.estimate(cfg, channels, spec.min_input_side)
   if found is None:
@@ -361,43 +316,6 @@ def remove_temp_dirs(output: str) -> List[str]:
 # The pipeline
 
 
-def build_pipeline(p, cfg: config_lib.PreprocessConfig, extractor_factory=None):
-  """Adds the preprocessing steps to pipeline `p`; returns the main PCollections.
-
-  ReadInputs -> ImagesToRecords -> WriteOutputs (shards, jsonl files, then the
-  manifest); every step's errors go to errors.jsonl and the counts.
-  """
-  inputs = p | "ReadInputs" >> transforms.ReadInputs(cfg)
-  images = inputs["images"] | "ImagesToRecords" >> transforms.ImagesToRecords(
-      cfg, extractor_factory)
-  errors = (inputs["errors"], images["errors"]) | "AllErrors" >> beam.Flatten()
-  outputs = dict(images, errors=errors, found=inputs["found"])
-  manifest = outputs | "WriteOutputs" >> transforms.WriteOutputs(cfg)
-  return dict(outputs, manifest=manifest)
-
-
-@dataclasses.dataclass(frozen=True)
-class PreprocessResult:
-  """What one run produced: the manifest it wrote and the Beam metrics."""
-  manifest: Dict
-  metrics: Dict  # counter name -> value; distribution name -> {sum, count, min, max}
-
-
-def pipeline_metrics(result) -> Dict:
-  """Counters and distributions of a finished PipelineResult, summed over steps."""
-  metrics: Dict = {}
-  query = result.metrics().query()
-  for counter in query["counters"]:
-    name = counter.key.metric.name
-    metrics[name] = metrics.get(name, 0) + counter.committed
-  for dist in query["distributions"]:
-    d = dist.committed
-    if d is not None and d.count:
-      metrics[dist.key.metric.name] = {"sum": d.sum, "count": d.count, "min": d.min,
-                                       "max": d.max}
-  return metrics
-
-
 def summary(manifest: dict) -> str:
   c = manifest["counts"]
   if manifest_lib.layout(manifest) == config_lib.MAPS_LAYOUT:
@@ -415,10 +333,11 @@ def summary(manifest: dict) -> str:
   return "\n".join(lines)
 
 
-def run(argv: Optional[Sequence[str]] = None, extractor_factory=None) -> PreprocessResult:
+def run(argv: Optional[Sequence[str]] = None,
+        extractor_factory=None) -> preprocess_beam.PreprocessResult:
   """Parses flags, clears old outputs, runs the pipeline; returns what it wrote."""
   args, beam_args = build_parser().parse_with_beam(argv)
-  setup = runner_setup(beam_args)
+  setup = preprocess_beam.runner_setup(beam_args)
   cfg = config_from_args(args, setup)
   check_before_run(args, cfg, extractor_factory)
   options = PipelineOptions(setup.beam_args)
@@ -429,11 +348,12 @@ def run(argv: Optional[Sequence[str]] = None, extractor_factory=None) -> Preproc
     if deleted:
       _LOGGER.warning("cleared %d files of an earlier run from %s", len(deleted), cfg.output)
     p = beam.Pipeline(options=options)
-    build_pipeline(p, cfg, extractor_factory=extractor_factory)
+    preprocess_beam.build_pipeline(p, cfg, extractor_factory=extractor_factory)
     with removed_on_failure(cfg.output), watchdog.watched():
       result = p.run()
       result.wait_until_finish()
-      return PreprocessResult(manifest_lib.load(cfg.output), pipeline_metrics(result))
+      return preprocess_beam.PreprocessResult(manifest_lib.load(cfg.output),
+                                              preprocess_beam.pipeline_metrics(result))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

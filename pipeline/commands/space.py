@@ -22,8 +22,10 @@ import numpy as np
 
 from pipeline.core import anchors as anchors_lib
 from pipeline.core import config as config_lib
+from pipeline.core import frame as frame_lib
 from pipeline.io import ilsvrc, storage
-from pipeline.model import backbone as backbone_lib
+from pipeline.io import images as images_lib
+from pipeline.model import layers
 
 SAMPLE_IMAGES = 32
 # Refuse when the free space is under this share of the estimate (the
@@ -71,9 +73,9 @@ def image_bytes(width: int, height: int, cfg: config_lib.PreprocessConfig, chann
                 min_input_side: int, id_length: int = 48) -> int:
   """The bytes one width x height image adds to the output (at most, for tiles)."""
   backbone = cfg.backbone
-  frame = backbone_lib.frame_size(width, height, min_input_side, backbone.min_side,
+  frame = frame_lib.frame_size(width, height, min_input_side, backbone.min_side,
                                   backbone.max_side)
-  grid = backbone_lib.FeatureGrid(backbone.backbone, backbone.feature_layer)
+  grid = layers.FeatureGrid(backbone.backbone, backbone.feature_layer)
   feature_height, feature_width = grid(frame.height, frame.width)
   itemsize = np.dtype(cfg.output_format.tile_dtype).itemsize
   if cfg.output_format.layout == config_lib.MAPS_LAYOUT:
@@ -106,7 +108,7 @@ def estimate(cfg: config_lib.PreprocessConfig, channels: int, min_input_side: in
   sizes: List[Tuple[int, int, int]] = []
   for path in files[::step][:SAMPLE_IMAGES]:
     try:
-      width, height = ilsvrc.image_size(path)
+      width, height = images_lib.image_size(path)
     except Exception:  # noqa: BLE001 - a bad image is the pipeline's to report
       continue
     rel = os.path.splitext(os.path.relpath(path, cfg.images_dir))[0]

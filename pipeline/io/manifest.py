@@ -17,7 +17,6 @@ from typing import Dict, List, Optional
 
 from pipeline.core import config
 from pipeline.io import schema, storage
-from pipeline.model import backbone
 
 REQUIRED_KEYS = ("version", "backbone", "weights", "feature_channels", "tile_size", "dtype",
                  "compression", "anchor", "targets", "num_shards", "shard_files", "counts")
@@ -219,34 +218,6 @@ def _validate_shards(manifest: Dict, path: str) -> None:
     if not sound:
       raise ManifestError(f"{path}: shards[{i}] is {shard!r:.200}, expected "
                           f"{{'file': {name!r}, 'bytes': int, 'records': int}}")
-
-
-def check_backbone(manifest: Dict, path: str) -> None:
-  """Checks that the manifest's features are what its backbone computes.
-
-  Needed where the backbone is run again on new images (rpn-propose, rpn-draw).
-  """
-  try:
-    spec = backbone.backbone_spec(manifest["backbone"])
-  except ValueError as e:
-    raise ManifestError(f"{path}: {e}") from None
-  if "min_input_side" not in manifest:
-    raise ManifestError(f"{path}: missing keys ['min_input_side']")
-  layer = manifest.get("feature_layer")
-  try:
-    channels = backbone.feature_channels(manifest["backbone"], layer)
-  except ValueError as e:
-    raise ManifestError(f"{path}: {e}") from None
-  if int(manifest["feature_channels"]) != channels:
-    where = f" layer {layer}" if layer else ""
-    raise ManifestError(f"{path}: feature_channels {manifest['feature_channels']} does not "
-                        f"match backbone {manifest['backbone']}{where} ({channels} channels)")
-  if int(manifest["min_input_side"]) < spec.min_input_side:
-    raise ManifestError(f"{path}: min_input_side {manifest['min_input_side']} is below the "
-                        f"{spec.min_input_side} px backbone {manifest['backbone']} accepts")
-  if manifest.get("stride_mode", "ratio") != "ratio":
-    raise ManifestError(f"{path}: stride_mode {manifest['stride_mode']!r} is not supported "
-                        f"(only 'ratio')")
 
 
 def check_compatible(manifest_a: Dict, manifest_b: Dict, what: str = "data") -> None:

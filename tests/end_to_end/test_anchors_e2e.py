@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from pipeline.commands import anchors_run as coverage_run
+from pipeline.beam import anchors as anchors_beam
+from pipeline.commands import anchors as coverage_run
 from pipeline.core import coverage
 from tests import dataset_fixtures as fixtures
 from tests import pipeline_helpers as helpers
@@ -49,10 +50,10 @@ def test_coverage_equals_preprocess_frames(dataset, tmp_path, layer, resize):
   assert (report["suggested"]["coverage"]["inside"]["0.7"]
           >= report["current"]["coverage"]["inside"]["0.7"])
   assert len(report["suggested"]["scales"]) == 3 and len(report["suggested"]["ratios"]) == 3
-  for name in (coverage_run.COVERAGE_PNG, coverage_run.BOXES_PNG):
+  for name in (anchors_beam.COVERAGE_PNG, anchors_beam.BOXES_PNG):
     with open(tmp_path / "anchors" / name, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-  with open(tmp_path / "anchors" / coverage_run.ANCHORS_NAME) as f:
+  with open(tmp_path / "anchors" / anchors_beam.ANCHORS_NAME) as f:
     assert json.load(f) == report
 
 
@@ -96,4 +97,4 @@ def test_unknown_feature_layer_is_one_line_naming_nearest(dataset, tmp_path, cap
   err = capsys.readouterr().err.strip()
   assert code == 2 and "\n" not in err
   assert err.startswith("rpn-anchors: error:") and "conv1" in err and "conv2" in err
-  assert not os.path.exists(tmp_path / "x" / coverage_run.ANCHORS_NAME)
+  assert not os.path.exists(tmp_path / "x" / anchors_beam.ANCHORS_NAME)

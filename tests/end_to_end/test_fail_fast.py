@@ -10,6 +10,7 @@ from typing import Sequence
 
 import pytest
 
+from pipeline.model import registry
 from tests import dataset_fixtures as fixtures
 from tests import trainer_fixtures
 
@@ -63,7 +64,7 @@ def tiny_weights(dataset):
   """A weights file of the tiny test net: made for another backbone than VGG16."""
   from pipeline.model import backbone
   path = os.path.join(dataset["root"], "tiny.weights.h5")
-  backbone.build_backbone(backbone.TINY_BACKBONE, "none").save_weights(path)
+  backbone.build_backbone(registry.TINY_BACKBONE, "none").save_weights(path)
   return path
 
 

@@ -6,6 +6,8 @@ import shutil
 import numpy as np
 import pytest
 
+from pipeline.io import images as images_lib
+from pipeline.model import extractor as extractor_lib
 from tests import dataset_fixtures as fixtures
 from tests import pipeline_helpers as helpers
 
@@ -64,10 +66,8 @@ def test_images_jsonl_boxes_and_frame(generated_run):
 
 
 def test_tiles_are_windows_of_the_padded_feature_map(generated_run):
-  from pipeline.io import ilsvrc
-  from pipeline.model import backbone
   root, _, output, manifest = generated_run
-  extractor = backbone.FeatureExtractor(helpers.TINY, "none", seed=0)
+  extractor = extractor_lib.FeatureExtractor(helpers.TINY, "none", seed=0)
   records = [helpers.decode_record(r, manifest["feature_channels"])
              for r in helpers.read_records(output)]
   by_image = collections.defaultdict(list)
@@ -75,7 +75,7 @@ def test_tiles_are_windows_of_the_padded_feature_map(generated_run):
     by_image[record["image_id"]].append(record)
   image_id = sorted(by_image)[0]
   with open(os.path.join(root, "Data/DET/train", image_id + ".JPEG"), "rb") as f:
-    image = ilsvrc.decode_image(f.read())
+    image = images_lib.decode_image(f.read())
   padded = np.pad(extractor(image), ((1, 1), (1, 1), (0, 0)))
   for record in by_image[image_id]:
     y, x = record["location"]

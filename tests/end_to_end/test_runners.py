@@ -20,7 +20,7 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.model import backbone
+from pipeline.model import extractor as extractor_lib
 from tests import dataset_fixtures as fixtures
 from tests import pipeline_helpers as helpers
 
@@ -120,7 +120,7 @@ def test_same_records_on_another_runner(dataset, tmp_path, run_another_way, thre
   manifest = run_another_way(root, output, tmp_path, threads)
   assert manifest["counts"] == ref_manifest["counts"]
   # The manifest names the thread count that computed every image's features.
-  threads = threads or backbone.intra_op_threads()
+  threads = threads or extractor_lib.intra_op_threads()
   assert manifest["backbone_threads"] == {str(threads): THROUGH_BACKBONE}
   result = helpers.check_same_output(reference, output, manifest,
                                      os.path.join(root, "Data", "DET", "train"))

@@ -2,11 +2,13 @@
 import numpy as np
 import pytest
 
-from pipeline.model import backbone
+from pipeline.core import frame as frame_lib
+from pipeline.model import backbone, registry
+from pipeline.model import extractor as extractor_lib
 
 
 def test_one_trace_serves_every_image_size():
-  extractor = backbone.FeatureExtractor(backbone.TINY_BACKBONE, "none", seed=0)
+  extractor = extractor_lib.FeatureExtractor(registry.TINY_BACKBONE, "none", seed=0)
   sizes = [(32, 32), (240, 320), (375, 500), (333, 500), (80, 1000), (512, 64)]
   for height, width in sizes:
     fmap = extractor(np.zeros((height, width, 3), np.uint8))
@@ -20,15 +22,15 @@ def test_one_trace_serves_every_image_size():
 
 def test_random_init_is_seeded():
   image = np.random.default_rng(1).integers(0, 256, (96, 128, 3), dtype=np.uint8)
-  a = backbone.FeatureExtractor(backbone.TINY_BACKBONE, "none", seed=3)(image)
-  b = backbone.FeatureExtractor(backbone.TINY_BACKBONE, "none", seed=3)(image)
-  c = backbone.FeatureExtractor(backbone.TINY_BACKBONE, "none", seed=4)(image)
+  a = extractor_lib.FeatureExtractor(registry.TINY_BACKBONE, "none", seed=3)(image)
+  b = extractor_lib.FeatureExtractor(registry.TINY_BACKBONE, "none", seed=3)(image)
+  c = extractor_lib.FeatureExtractor(registry.TINY_BACKBONE, "none", seed=4)(image)
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
 
 
 def test_inception_resnet_v2_smallest_input():
-  extractor = backbone.FeatureExtractor("InceptionResNetV2", "none", seed=0)
+  extractor = extractor_lib.FeatureExtractor("InceptionResNetV2", "none", seed=0)
   assert extractor.min_input_side == 75
   assert extractor(np.zeros((75, 75, 3), np.uint8)).shape == (1, 1, 1536)
   with pytest.raises(ValueError, match="smaller than 75"):
@@ -38,7 +40,7 @@ def test_inception_resnet_v2_smallest_input():
 def test_prepare_image_pads_small_images_bottom_right():
   image = np.full((50, 300, 3), 7, np.uint8)
   boxes = np.array([[10.0, 5.0, 60.0, 40.0]])
-  out, out_boxes, scale = backbone.prepare_image(image, boxes, min_input_side=75)
+  out, out_boxes, scale = frame_lib.prepare_image(image, boxes, min_input_side=75)
   assert out.shape == (75, 300, 3) and scale == 1.0
   assert (out[:50] == 7).all() and (out[50:] == 0).all()
   np.testing.assert_array_equal(out_boxes, boxes)  # padding never moves boxes
@@ -47,17 +49,17 @@ def test_prepare_image_pads_small_images_bottom_right():
 def test_prepare_image_resize_min_and_max_side():
   image = np.zeros((100, 400, 3), np.uint8)
   boxes = np.array([[0.0, 0.0, 400.0, 100.0]])
-  out, out_boxes, scale = backbone.prepare_image(image, boxes, 32, min_side=200, max_side=600)
+  out, out_boxes, scale = frame_lib.prepare_image(image, boxes, 32, min_side=200, max_side=600)
   # min_side asks for x2 (800 wide), max_side caps the long side: 600 / 400 = 1.5.
   assert scale == 1.5 and out.shape == (150, 600, 3)
   np.testing.assert_allclose(out_boxes, [[0, 0, 600, 150]])
-  same, _, one = backbone.prepare_image(image, boxes, 32)
+  same, _, one = frame_lib.prepare_image(image, boxes, 32)
   assert one == 1.0 and same is image  # resizing is off by default
 
 
 def test_unknown_backbone_and_missing_weights_file(tmp_path):
   with pytest.raises(ValueError, match="unknown backbone 'ResNet9000'"):
-    backbone.backbone_spec("ResNet9000")
+    registry.backbone_spec("ResNet9000")
   with pytest.raises(backbone.WeightsUnavailableError, match="not found"):
     backbone.build_backbone("MobileNetV2", str(tmp_path / "nope.weights.h5"))
 
@@ -85,8 +87,8 @@ def test_real_vgg16_weights_load_and_differ_from_random(vgg16_weights):
   # The optional real VGG16 convolution weights (RPN_VGG16_WEIGHTS; see tests/conftest.py)
   # load into the VGG16 backbone without its top: 512 channels at stride 32.
   image = np.random.default_rng(2).integers(0, 256, (224, 320, 3), dtype=np.uint8)
-  real = backbone.FeatureExtractor("VGG16", vgg16_weights, seed=0)
+  real = extractor_lib.FeatureExtractor("VGG16", vgg16_weights, seed=0)
   features = real(image)
   assert features.shape == (7, 10, 512) and np.isfinite(features).all()
-  random = backbone.FeatureExtractor("VGG16", "none", seed=0)(image)
+  random = extractor_lib.FeatureExtractor("VGG16", "none", seed=0)(image)
   assert not np.allclose(features, random)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.io import determinism, schema
-from pipeline.model import backbone
+from pipeline.model import extractor as extractor_lib
 from tests import dataset_fixtures as fixtures
 from tests import pipeline_helpers as helpers
 
@@ -35,7 +35,7 @@ def test_same_threads(reference, other, same):
 def test_intra_op_threads_is_what_tensorflow_runs_with():
   import tensorflow as tf
   configured = tf.config.threading.get_intra_op_parallelism_threads()
-  threads = backbone.intra_op_threads()
+  threads = extractor_lib.intra_op_threads()
   assert threads >= 1
   if configured:
     assert threads == configured
@@ -50,7 +50,7 @@ def output(tmp_path_factory):
   fixtures.write_dataset(root, num_images=3, seed=2)
   out = str(tmp_path_factory.mktemp("out") / "shards")
   manifest = helpers.preprocess(root, out, num_shards=1, extra=("--batch_size", "16"))
-  assert manifest["backbone_threads"] == {str(backbone.intra_op_threads()): 3}
+  assert manifest["backbone_threads"] == {str(extractor_lib.intra_op_threads()): 3}
   return out
 
 
@@ -108,7 +108,7 @@ def test_an_ulp_is_allowed_between_thread_counts_not_within_one(output, tmp_path
   result = determinism.compare(output, other)
   assert result.problems == [
       f"features not byte-identical although one thread count "
-      f"({backbone.intra_op_threads()}) computed both"]
+      f"({extractor_lib.intra_op_threads()}) computed both"]
 
 
 def test_a_feature_beyond_the_tolerance_is_named(output, tmp_path):

@@ -12,10 +12,11 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline.model import backbone
+from pipeline.model import backbone, layers, registry
+from pipeline.model import extractor as extractor_lib
 
 IRV2 = "InceptionResNetV2"
-TINY = backbone.TINY_BACKBONE
+TINY = registry.TINY_BACKBONE
 
 # (backbone, layer or None, probe side, expected [Hf, Wf, C] at probe x probe):
 # maps of known shapes (Faster R-CNN's conv5_3, detectron2's C4, ...).
@@ -43,7 +44,7 @@ def extractor():
 
   def get(name, layer):
     if (name, layer) not in built:
-      built[name, layer] = backbone.FeatureExtractor(name, "none", seed=0, feature_layer=layer)
+      built[name, layer] = extractor_lib.FeatureExtractor(name, "none", seed=0, feature_layer=layer)
     return built[name, layer]
   return get
 
@@ -57,9 +58,9 @@ def test_known_feature_map_shapes_and_channels(extractor, name, layer, side, exp
   ext = extractor(name, layer)
   fmap = ext(_zeros(side, side))
   assert fmap.shape == expected and fmap.dtype == np.float32
-  assert ext.channels == expected[2] == backbone.feature_channels(name, layer)
-  assert backbone.feature_size(name, layer, side, side) == expected[:2]
-  info = backbone.check_feature_layer(name, layer)
+  assert ext.channels == expected[2] == layers.feature_channels(name, layer)
+  assert layers.feature_size(name, layer, side, side) == expected[:2]
+  info = layers.check_feature_layer(name, layer)
   assert info.channels == expected[2]
   if layer:
     assert info.name == layer and ext.model.output.shape[-1] == expected[2]
@@ -71,10 +72,10 @@ def test_feature_size_equals_the_forward_pass(extractor, name, layer):
   side = ext.min_input_side
   # Sizes of every residue mod 32 at the smallest side (cheap frames), then ILSVRC-like ones.
   sizes = [(side, side + extra) for extra in range(0, 32, 3)] + [(side + 1, side)] + SIZES
-  grid = backbone.FeatureGrid(name, layer)
+  grid = layers.FeatureGrid(name, layer)
   for height, width in sizes:
     expected = ext(_zeros(height, width)).shape[:2]
-    assert backbone.feature_size(name, layer, height, width) == expected, (height, width)
+    assert layers.feature_size(name, layer, height, width) == expected, (height, width)
     assert grid(height, width) == expected
 
 
@@ -82,23 +83,23 @@ def test_stride16_layers(extractor):
   # (Hf, Wf) for a 500 x 375 ILSVRC image: 375 / 16 = 23.4, 500 / 16 = 31.2; valid
   # padding trims InceptionResNetV2's map, ResNet50's same padding rounds up.
   at_500x375 = {"VGG16": (23, 31), "ResNet50": (24, 32), IRV2: (21, 29)}
-  assert set(backbone.STRIDE16_LAYERS) == set(at_500x375)
-  for name, layer in backbone.STRIDE16_LAYERS.items():
-    info = backbone.check_feature_layer(name, layer)
+  assert set(registry.STRIDE16_LAYERS) == set(at_500x375)
+  for name, layer in registry.STRIDE16_LAYERS.items():
+    info = layers.check_feature_layer(name, layer)
     assert info.nominal_stride == 16 and 16 <= info.stride < 17.1, info
-    assert backbone.feature_size(name, layer, 375, 500) == at_500x375[name]
+    assert layers.feature_size(name, layer, 375, 500) == at_500x375[name]
     assert extractor(name, layer)(_zeros(375, 500)).shape[:2] == at_500x375[name]
     # It is the deepest named stride-16 layer: the one an unknown name suggests.
-    with pytest.raises(backbone.FeatureLayerError, match=f"e.g. {layer} \\(stride 16\\)"):
-      backbone.check_feature_layer(name, "zzz")
-  assert backbone.check_feature_layer(IRV2, None).name == "conv_7b_ac"
-  assert TINY not in backbone.STRIDE16_LAYERS  # conv1 is stride 8, conv2 stride 32
-  assert backbone.check_feature_layer(TINY, "conv1").stride == 8
+    with pytest.raises(layers.FeatureLayerError, match=f"e.g. {layer} \\(stride 16\\)"):
+      layers.check_feature_layer(name, "zzz")
+  assert layers.check_feature_layer(IRV2, None).name == "conv_7b_ac"
+  assert TINY not in registry.STRIDE16_LAYERS  # conv1 is stride 8, conv2 stride 32
+  assert layers.check_feature_layer(TINY, "conv1").stride == 8
 
 
 def _one_line_error(name, layer) -> str:
-  with pytest.raises(backbone.FeatureLayerError) as raised:
-    backbone.check_feature_layer(name, layer)
+  with pytest.raises(layers.FeatureLayerError) as raised:
+    layers.check_feature_layer(name, layer)
   message = str(raised.value)
   assert "\n" not in message and isinstance(raised.value, ValueError)
   return message
@@ -111,7 +112,7 @@ def test_unknown_layer_lists_the_nearest_names():
   assert "conv4_block6_out" in _one_line_error("ResNet50", "conv4_block6")
   assert "block17_20_ac" in _one_line_error(IRV2, "block17_20")
   assert "conv1" in _one_line_error(TINY, "conv3")
-  with pytest.raises(backbone.FeatureLayerError, match="no such layer in VGG16"):
+  with pytest.raises(layers.FeatureLayerError, match="no such layer in VGG16"):
     backbone.build_backbone("VGG16", "none", feature_layer="block5_conv9")
 
 
@@ -119,7 +120,7 @@ def test_layer_under_stride_4_is_refused():
   message = _one_line_error("VGG16", "block1_conv1")
   assert "stride 1 in VGG16" in message and "at least 4" in message
   assert "stride 2 in ResNet50" in _one_line_error("ResNet50", "conv1_conv")
-  assert backbone.check_feature_layer("VGG16", "block2_pool").stride == 4  # the least allowed
+  assert layers.check_feature_layer("VGG16", "block2_pool").stride == 4  # the least allowed
 
 
 def test_layers_without_a_4d_map_or_a_stable_name_are_refused(monkeypatch):
@@ -146,18 +147,18 @@ def test_layers_without_a_4d_map_or_a_stable_name_are_refused(monkeypatch):
   assert "not a 4-D map [B, H, W, C]" in _one_line_error("VGG16", "pooled")
   assert "has 2 outputs" in _one_line_error("VGG16", "two_maps")
   assert "Keras generated this name" in _one_line_error("VGG16", "conv2d_811")
-  assert backbone.check_feature_layer("VGG16", "conv").channels == 4  # the fake is sound
+  assert layers.check_feature_layer("VGG16", "conv").channels == 4  # the fake is sound
   assert _one_line_error("VGG16", "xyz").endswith("no similar name, e.g. conv (stride 8)")
 
 
 def test_feature_size_refuses_frames_the_net_maps_to_nothing():
-  assert backbone.feature_size(IRV2, None, 75, 75) == (1, 1)
-  assert backbone.check_feature_layer(IRV2, None).min_side == 75  # = spec.min_input_side
+  assert layers.feature_size(IRV2, None, 75, 75) == (1, 1)
+  assert layers.check_feature_layer(IRV2, None).min_side == 75  # = spec.min_input_side
   with pytest.raises(ValueError, match="height of 74 px gives an empty feature map"):
-    backbone.feature_size(IRV2, None, 74, 500)
+    layers.feature_size(IRV2, None, 74, 500)
   with pytest.raises(ValueError, match="width of 31 px"):
-    backbone.feature_size("VGG16", "", 500, 31)
-  assert backbone.feature_size("VGG16", "block5_conv3", 31, 31) == (1, 1)  # a shallower layer
+    layers.feature_size("VGG16", "", 500, 31)
+  assert layers.feature_size("VGG16", "block5_conv3", 31, 31) == (1, 1)  # a shallower layer
 
 
 def test_truncated_net_has_the_full_nets_weights(tmp_path):
@@ -182,12 +183,12 @@ def test_check_feature_layer_keeps_the_callers_random_state():
   random.seed(7)
   expected = random.random()
   random.seed(7)
-  backbone.check_feature_layer("VGG16", "block4_conv3")  # builds VGG16: first time asked
+  layers.check_feature_layer("VGG16", "block4_conv3")  # builds VGG16: first time asked
   assert random.random() == expected
 
 
 def test_feature_grid_pickles_without_keras(repo_root):
-  grid = backbone.FeatureGrid(IRV2, "block17_20_ac")
+  grid = layers.FeatureGrid(IRV2, "block17_20_ac")
   assert len(pickle.dumps(grid)) < 2000
   expected = grid(375, 500)
   script = ("import pickle, sys; grid = pickle.loads(sys.stdin.buffer.read()); "
@@ -196,4 +197,4 @@ def test_feature_grid_pickles_without_keras(repo_root):
                         capture_output=True, check=True)
   assert done.stdout.decode().split() == [f"({expected[0]},", f"{expected[1]})", "False", "False"]
   with pytest.raises(ValueError, match="unknown backbone"):
-    backbone.FeatureGrid("ResNet9000")
+    layers.FeatureGrid("ResNet9000")

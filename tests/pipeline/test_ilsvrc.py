@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from pipeline.io import ilsvrc
+from pipeline.io import images as images_lib
 from tests.dataset_fixtures import png_header_only
 
 VID = "VID/train/ILSVRC2015_VID_train_0000/ILSVRC2015_train_00078000"
@@ -50,11 +51,11 @@ def obj(name="n02084071", xmin=10, ymin=20, xmax=29, ymax=49,
 
 
 def test_input_error_attributes():
-  e = ilsvrc.ImageError("bad pixels")
+  e = images_lib.ImageError("bad pixels")
   assert (e.stage, e.reason, str(e)) == ("decode", "bad pixels", "bad pixels")
   a = ilsvrc.AnnotationError("bad xml")
   assert (a.stage, str(a)) == ("annotation", "bad xml")
-  assert isinstance(a, ilsvrc.InputError) and isinstance(a, ValueError)
+  assert isinstance(a, images_lib.InputError) and isinstance(a, ValueError)
 
 
 def test_pure_parsing_does_not_import_beam(repo_root):
@@ -63,7 +64,7 @@ def test_pure_parsing_does_not_import_beam(repo_root):
       "from PIL import Image\n"
       "from pipeline import ilsvrc\n"
       "b = io.BytesIO(); Image.new('RGB', (4, 3)).save(b, 'PNG')\n"
-      "ilsvrc.decode_image(b.getvalue())\n"
+      "images_lib.decode_image(b.getvalue())\n"
       "a = ilsvrc.parse_annotation(b'<annotation><size><width>4</width>"
       "<height>3</height></size></annotation>')\n"
       "ilsvrc.reconcile_size(a, 4, 3); ilsvrc.parse_image_set('a 1')\n"
@@ -154,7 +155,7 @@ def test_real_jpeg_decodes_rgb(ilsvrc_samples):
   with open(os.path.join(ilsvrc_samples, "Data", VID, "000043.JPEG"), "rb") as f:
     data = f.read()
   assert data[:4] == b"\xff\xd8\xff\xe0"
-  image = ilsvrc.decode_image(data)
+  image = images_lib.decode_image(data)
   assert image.shape == (240, 320, 3) and image.dtype == np.uint8
 
 
@@ -512,7 +513,7 @@ def test_load_example_without_annotation_is_a_negative(tmp_path):
 def test_load_example_missing_files(tmp_path):
   image_path = tmp_path / "a.JPEG"
   image_path.write_bytes(encode(Image.fromarray(gradient()), "JPEG"))
-  with pytest.raises(ilsvrc.ImageError, match="cannot read image file") as info:
+  with pytest.raises(images_lib.ImageError, match="cannot read image file") as info:
     ilsvrc.load_example(str(tmp_path / "absent.JPEG"), None)
   assert info.value.stage == "decode"
   with pytest.raises(ilsvrc.AnnotationError, match="cannot read annotation file") as info:
@@ -527,21 +528,21 @@ def test_load_example_missing_files(tmp_path):
 def test_empty_file(tmp_path):
   path = tmp_path / "empty.JPEG"
   path.write_bytes(b"")
-  with pytest.raises(ilsvrc.ImageError, match=r"^empty file \(0 bytes\)$") as info:
+  with pytest.raises(images_lib.ImageError, match=r"^empty file \(0 bytes\)$") as info:
     ilsvrc.load_example(str(path), None)
   assert info.value.stage == "decode"
 
 
 def test_truncated_jpeg():
   data = encode(Image.fromarray(gradient(200, 150)), "JPEG", quality=95)
-  with pytest.raises(ilsvrc.ImageError, match="truncated"):
-    ilsvrc.decode_image(data[:len(data) // 2])
+  with pytest.raises(images_lib.ImageError, match="truncated"):
+    images_lib.decode_image(data[:len(data) // 2])
 
 
 def test_random_bytes_named_jpeg(tmp_path):
   path = tmp_path / "noise.JPEG"
   path.write_bytes(np.random.default_rng(0).bytes(1000))
-  with pytest.raises(ilsvrc.ImageError, match="not an image: .*1000 bytes") as info:
+  with pytest.raises(images_lib.ImageError, match="not an image: .*1000 bytes") as info:
     ilsvrc.load_example(str(path), None)
   assert "0x" not in str(info.value)  # no object address in the reason
 
@@ -550,8 +551,8 @@ def test_corrupt_png_data():
   data = bytearray(encode(Image.fromarray(gradient(64, 64)), "PNG"))
   start = data.index(b"IDAT") + 8
   data[start:start + 20] = b"\x00" * 20
-  with pytest.raises(ilsvrc.ImageError, match="cannot decode PNG 64x64"):
-    ilsvrc.decode_image(bytes(data))
+  with pytest.raises(images_lib.ImageError, match="cannot decode PNG 64x64"):
+    images_lib.decode_image(bytes(data))
 
 
 def test_png_named_jpeg(tmp_path):
@@ -564,14 +565,14 @@ def test_png_named_jpeg(tmp_path):
 
 def test_cmyk_jpeg():
   cmyk = Image.new("CMYK", (16, 8), (0, 255, 255, 0))  # pure red in CMYK
-  image = ilsvrc.decode_image(encode(cmyk, "JPEG", quality=100))
+  image = images_lib.decode_image(encode(cmyk, "JPEG", quality=100))
   assert image.shape == (8, 16, 3)
   assert image[..., 0].mean() > 230 and image[..., 1:].mean() < 25
 
 
 def test_grayscale_jpeg():
   gray = Image.fromarray(np.tile(np.arange(0, 250, 10, dtype=np.uint8), (12, 1)), "L")
-  image = ilsvrc.decode_image(encode(gray, "JPEG", quality=100))
+  image = images_lib.decode_image(encode(gray, "JPEG", quality=100))
   assert image.shape == (12, 25, 3)
   np.testing.assert_array_equal(image[..., 0], image[..., 1])
   np.testing.assert_array_equal(image[..., 0], image[..., 2])
@@ -580,19 +581,19 @@ def test_grayscale_jpeg():
 def test_one_bit_png():
   bits = Image.fromarray(np.eye(6, dtype=bool))
   assert bits.mode == "1"
-  image = ilsvrc.decode_image(encode(bits, "PNG"))
+  image = images_lib.decode_image(encode(bits, "PNG"))
   np.testing.assert_array_equal(image[..., 0], np.eye(6, dtype=np.uint8) * 255)
 
 
 def test_palette_png_with_and_without_transparency():
   palette_image = Image.fromarray(gradient()).convert("P", palette=Image.ADAPTIVE, colors=16)
-  image = ilsvrc.decode_image(encode(palette_image, "PNG"))
+  image = images_lib.decode_image(encode(palette_image, "PNG"))
   np.testing.assert_array_equal(image, np.asarray(palette_image.convert("RGB")))
   indices = np.zeros((4, 4), np.uint8)
   indices[0, 0] = 1
   transparent = Image.fromarray(indices, "P")
   transparent.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
-  image = ilsvrc.decode_image(encode(transparent, "PNG", transparency=0))
+  image = images_lib.decode_image(encode(transparent, "PNG", transparency=0))
   np.testing.assert_array_equal(image[0, 0], [255, 0, 0])  # opaque red
   np.testing.assert_array_equal(image[1, 1], [255, 255, 255])  # transparent -> white
 
@@ -602,14 +603,14 @@ def test_rgba_and_la_composite_over_white():
   rgba[..., 2] = 200
   rgba[0, 0, 3] = 255  # opaque blue
   rgba[0, 1, 3] = 128  # half transparent
-  image = ilsvrc.decode_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"))
+  image = images_lib.decode_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"))
   assert image.shape == (4, 4, 3)
   np.testing.assert_array_equal(image[0, 0], [0, 0, 200])
   np.testing.assert_array_equal(image[3, 3], [255, 255, 255])
   assert 120 <= image[0, 1, 0] <= 135  # 255 * (1 - 128/255)
   la = Image.fromarray(np.dstack([np.full((3, 3), 50, np.uint8),
                                   np.full((3, 3), 255, np.uint8)]), "LA")
-  np.testing.assert_array_equal(ilsvrc.decode_image(encode(la, "PNG")), np.full((3, 3, 3), 50))
+  np.testing.assert_array_equal(images_lib.decode_image(encode(la, "PNG")), np.full((3, 3, 3), 50))
 
 
 def test_sixteen_bit_png_scales_to_eight_bit():
@@ -617,21 +618,22 @@ def test_sixteen_bit_png_scales_to_eight_bit():
   image16 = Image.fromarray(values)
   data = encode(image16, "PNG")
   assert Image.open(io.BytesIO(data)).mode.startswith("I")
-  image = ilsvrc.decode_image(data)
+  image = images_lib.decode_image(data)
   # 0 -> 0, 32768 -> 128, 65535 -> 255, 255 -> 1 (a dark 16-bit pixel stays dark)
   np.testing.assert_array_equal(image[0, :, 0], [0, 128, 255, 1])
 
 
 def test_float_and_int32_images():
   floats = Image.fromarray(np.array([[0.0, 0.5, 1.0]], np.float32), "F")
-  np.testing.assert_array_equal(ilsvrc.decode_image(encode(floats, "TIFF"))[0, :, 0], [0, 128, 255])
+  np.testing.assert_array_equal(images_lib.decode_image(encode(floats, "TIFF"))[0, :, 0],
+                                [0, 128, 255])
   # Beyond 0..65535: stretched min..max (0 -> 127.5, rounds either way).
   ints = Image.fromarray(np.array([[-100, 0, 100]], np.int32), "I")
-  np.testing.assert_allclose(ilsvrc.decode_image(encode(ints, "TIFF"))[0, :, 0], [0, 127.5, 255],
-                             atol=0.5)
+  np.testing.assert_allclose(images_lib.decode_image(encode(ints, "TIFF"))[0, :, 0],
+                             [0, 127.5, 255], atol=0.5)
   # Within 0..255: taken as 8-bit values.
   ints = Image.fromarray(np.array([[0, 7, 255]], np.int32), "I")
-  np.testing.assert_array_equal(ilsvrc.decode_image(encode(ints, "TIFF"))[0, :, 0], [0, 7, 255])
+  np.testing.assert_array_equal(images_lib.decode_image(encode(ints, "TIFF"))[0, :, 0], [0, 7, 255])
 
 
 def test_exif_rotation_is_not_applied():
@@ -640,35 +642,36 @@ def test_exif_rotation_is_not_applied():
   exif[0x0112] = 6  # orientation: rotate 90 degrees on display
   data = encode(Image.fromarray(pixels), "JPEG", quality=100, exif=exif.tobytes())
   assert Image.open(io.BytesIO(data)).getexif().get(0x0112) == 6
-  image = ilsvrc.decode_image(data)
+  image = images_lib.decode_image(data)
   assert image.shape == (20, 40, 3)  # the stored frame, as the boxes are
   assert np.abs(image.astype(int) - pixels).mean() < 3
 
 
 def test_decompression_bomb_refused_before_decoding():
   # Declares 8000 x 6000 = 48 M pixels > 40 M: refused from the header alone.
-  with pytest.raises(ilsvrc.ImageError, match="8000x6000 = 48000000 pixels > max_pixels 40000000"):
-    ilsvrc.decode_image(png_header_only(8000, 6000))
+  with pytest.raises(images_lib.ImageError,
+                     match="8000x6000 = 48000000 pixels > max_pixels 40000000"):
+    images_lib.decode_image(png_header_only(8000, 6000))
   # Far beyond Pillow's own limit: Pillow refuses in Image.open, also with the size.
-  with pytest.raises(ilsvrc.ImageError, match="decompression bomb.*10000000000 pixels"):
-    ilsvrc.decode_image(png_header_only(100000, 100000))
+  with pytest.raises(images_lib.ImageError, match="decompression bomb.*10000000000 pixels"):
+    images_lib.decode_image(png_header_only(100000, 100000))
   # A small real image over a small limit.
-  with pytest.raises(ilsvrc.ImageError, match="32x24 = 768 pixels > max_pixels 500"):
-    ilsvrc.decode_image(encode(Image.fromarray(gradient()), "PNG"), max_pixels=500)
+  with pytest.raises(images_lib.ImageError, match="32x24 = 768 pixels > max_pixels 500"):
+    images_lib.decode_image(encode(Image.fromarray(gradient()), "PNG"), max_pixels=500)
 
 
 def test_zero_sized_image_is_refused():
-  with pytest.raises(ilsvrc.ImageError):
-    ilsvrc.decode_image(png_header_only(0, 10))
+  with pytest.raises(images_lib.ImageError):
+    images_lib.decode_image(png_header_only(0, 10))
 
 
 @pytest.mark.parametrize("width, height", [(1, 1), (1, 300), (2000, 3), (5, 7)])
 def test_tiny_and_elongated_images(width, height):
   pixels = gradient(width, height)
-  image = ilsvrc.decode_image(encode(Image.fromarray(pixels), "PNG"))
+  image = images_lib.decode_image(encode(Image.fromarray(pixels), "PNG"))
   assert image.shape == (height, width, 3)
   np.testing.assert_array_equal(image, pixels)
-  jpeg = ilsvrc.decode_image(encode(Image.fromarray(pixels), "JPEG"))
+  jpeg = images_lib.decode_image(encode(Image.fromarray(pixels), "JPEG"))
   assert jpeg.shape == (height, width, 3)
 
 
@@ -682,12 +685,12 @@ def test_image_size_reads_the_header_only(tmp_path):
   whole, cut = tmp_path / "whole.JPEG", tmp_path / "cut.JPEG"
   whole.write_bytes(data)
   cut.write_bytes(data[:len(data) - 50])  # header intact, pixels cut short
-  assert ilsvrc.image_size(str(whole)) == (320, 240)
-  assert ilsvrc.image_size(str(cut)) == (320, 240)  # only decoding finds this damage
-  with pytest.raises(ilsvrc.ImageError, match="cannot decode"):
-    ilsvrc.decode_image(cut.read_bytes())
+  assert images_lib.image_size(str(whole)) == (320, 240)
+  assert images_lib.image_size(str(cut)) == (320, 240)  # only decoding finds this damage
+  with pytest.raises(images_lib.ImageError, match="cannot decode"):
+    images_lib.decode_image(cut.read_bytes())
   (tmp_path / "empty.JPEG").write_bytes(b"")
-  with pytest.raises(ilsvrc.ImageError, match="empty file"):
-    ilsvrc.image_size(str(tmp_path / "empty.JPEG"))
-  with pytest.raises(ilsvrc.ImageError, match="max_pixels"):
-    ilsvrc.image_size(str(whole), max_pixels=1000)
+  with pytest.raises(images_lib.ImageError, match="empty file"):
+    images_lib.image_size(str(tmp_path / "empty.JPEG"))
+  with pytest.raises(images_lib.ImageError, match="max_pixels"):
+    images_lib.image_size(str(whole), max_pixels=1000)

@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.core import config
 from pipeline.io import manifest as manifest_lib
+from pipeline.model import backbone as backbone_lib
 from tests import trainer_fixtures as fixtures
 
 
@@ -217,12 +218,12 @@ def test_num_anchors_max_pixels_and_resize():
 
 
 # ---------------------------------------------------------------------------
-# check_backbone: where the backbone is run again (rpn-propose, rpn-draw)
+# backbone.check_manifest: where the backbone is run again (rpn-propose, rpn-draw)
 
 
-def test_check_backbone_accepts_what_the_backbone_computes():
-  manifest_lib.check_backbone(fixtures.make_manifest(channels=1536), "m")  # InceptionResNetV2
-  manifest_lib.check_backbone(fixtures.job_manifest(), "m")  # MobileNetV2, 1280 channels
+def test_check_manifest_accepts_what_the_backbone_computes():
+  backbone_lib.check_manifest(fixtures.make_manifest(channels=1536), "m")  # InceptionResNetV2
+  backbone_lib.check_manifest(fixtures.job_manifest(), "m")  # MobileNetV2, 1280 channels
 
 
 @pytest.mark.parametrize("change, message", [
@@ -232,11 +233,11 @@ def test_check_backbone_accepts_what_the_backbone_computes():
     ({"min_input_side": 32}, "min_input_side 32 is below the 75 px backbone InceptionResNetV2"),
     ({"stride_mode": "fixed"}, "stride_mode 'fixed' is not supported"),
 ])
-def test_check_backbone_refuses_what_does_not_fit(change, message):
+def test_check_manifest_refuses_what_does_not_fit(change, message):
   manifest = fixtures.make_manifest(channels=1536, **change)  # InceptionResNetV2, 75 px
   with pytest.raises(manifest_lib.ManifestError, match=f"^m.json: {message}"):
-    manifest_lib.check_backbone(manifest, "m.json")
+    backbone_lib.check_manifest(manifest, "m.json")
   without = fixtures.make_manifest(channels=1536)
   del without["min_input_side"]
   with pytest.raises(manifest_lib.ManifestError, match=r"missing keys \['min_input_side'\]"):
-    manifest_lib.check_backbone(without, "m.json")
+    backbone_lib.check_manifest(without, "m.json")

@@ -3,6 +3,7 @@ arguments and the command line (the portable run itself is in
 tests/end_to_end/test_runners.py)."""
 from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions
 
+from pipeline.beam import preprocess as preprocess_beam
 from pipeline.commands import portable
 from pipeline.commands import preprocess as run_lib
 from tests import trainer_fixtures as fixtures
@@ -23,7 +24,7 @@ def test_main_runs_the_flags_after_the_separator_and_prints_the_summary(monkeypa
 
   def fake_run(argv, workers=2, log_dir=None, extractor_factory=None):
     calls.append((list(argv), workers, log_dir))
-    return run_lib.PreprocessResult(manifest, {})
+    return preprocess_beam.PreprocessResult(manifest, {})
   monkeypatch.setattr(portable, "run", fake_run)
   assert portable.main(["--workers", "3", "--log_dir", "/l", "--", "--input", "r",
                         "--output", "o"]) == 0

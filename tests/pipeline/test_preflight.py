@@ -7,7 +7,7 @@ import pytest
 from pipeline.commands import preflight
 from pipeline.commands.cli import UsageError
 from pipeline.io import storage
-from pipeline.model import backbone
+from pipeline.model import backbone, layers, registry
 from tests import dataset_fixtures as fixtures
 
 
@@ -86,13 +86,13 @@ def test_an_unknown_store_is_named():
 
 def test_backbone_check_in_a_child_primes_the_layer_cache(monkeypatch):
   monkeypatch.setattr(backbone, "_LAYER_INFO", {})
-  check = preflight.start_backbone_check(backbone.TINY_BACKBONE, "none", "conv1")
+  check = preflight.start_backbone_check(registry.TINY_BACKBONE, "none", "conv1")
   answer = check.result()
   assert answer["ok"] and answer["layer_info"]["name"] == "conv1"
-  info = backbone._LAYER_INFO[(backbone.TINY_BACKBONE, "conv1")]
+  info = layers._LAYER_INFO[(registry.TINY_BACKBONE, "conv1")]
   assert info.nominal_stride == 8 and isinstance(info.axes[0][0], tuple)
   # No child at all when there is nothing to load or check.
-  assert preflight.start_backbone_check(backbone.TINY_BACKBONE, "none", None).result() is None
+  assert preflight.start_backbone_check(registry.TINY_BACKBONE, "none", None).result() is None
 
 
 def test_backbone_check_is_cancelled_when_another_check_fails():
@@ -128,7 +128,7 @@ def test_a_passed_check_is_remembered_until_the_weights_file_changes(tmp_path, m
 def test_a_failed_check_is_not_remembered(tmp_path, monkeypatch):
   monkeypatch.setenv("RPN_CACHE_DIR", str(tmp_path / "cache"))
   for _ in range(2):
-    check = preflight.start_backbone_check(backbone.TINY_BACKBONE, "none", "conv9")
+    check = preflight.start_backbone_check(registry.TINY_BACKBONE, "none", "conv9")
     assert not check.from_cache
     with pytest.raises(UsageError, match="--feature_layer conv9: no such layer"):
       check.result()

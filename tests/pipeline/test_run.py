@@ -7,6 +7,7 @@ import re
 import pytest
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
+from pipeline.beam import preprocess as preprocess_beam
 from pipeline.beam import transforms
 from pipeline.commands import preprocess as run
 from pipeline.core import config as config_lib
@@ -33,7 +34,7 @@ def _direct(args):
 @pytest.mark.parametrize("beam_args", [[], ["--runner=DirectRunner"]],
                          ids=["no_args", "direct_runner"])
 def test_default_is_local_multi_process_one_thread_each(beam_args):
-  setup = run.runner_setup(beam_args, cores=4)
+  setup = preprocess_beam.runner_setup(beam_args, cores=4)
   assert setup.local
   assert MULTI in setup.beam_args
   assert "--direct_num_workers=4" in setup.beam_args
@@ -48,13 +49,13 @@ def test_default_is_local_multi_process_one_thread_each(beam_args):
 
 
 def test_cores_decide_the_worker_count():
-  setup = run.runner_setup([], cores=3)
+  setup = preprocess_beam.runner_setup([], cores=3)
   assert _direct(setup.beam_args).direct_num_workers == 3
   assert setup.backbone_threads == 1
 
 
 def test_in_memory_kept_as_given():
-  setup = run.runner_setup(["--direct_running_mode=in_memory"], cores=4)
+  setup = preprocess_beam.runner_setup(["--direct_running_mode=in_memory"], cores=4)
   assert setup.local
   assert "--direct_running_mode=in_memory" in setup.beam_args
   assert MULTI not in setup.beam_args
@@ -67,7 +68,7 @@ def test_in_memory_kept_as_given():
 
 def test_given_workers_share_the_cores():
   given = [MULTI, "--direct_num_workers=2"]
-  setup = run.runner_setup(given, cores=4)
+  setup = preprocess_beam.runner_setup(given, cores=4)
   assert setup.local
   assert setup.beam_args[:2] == given
   assert _count(setup.beam_args, "--direct_num_workers") == 1
@@ -77,24 +78,24 @@ def test_given_workers_share_the_cores():
 
 
 def test_more_workers_than_cores_still_one_thread():
-  setup = run.runner_setup([MULTI, "--direct_num_workers=8"], cores=4)
+  setup = preprocess_beam.runner_setup([MULTI, "--direct_num_workers=8"], cores=4)
   assert setup.backbone_threads == 1
 
 
 def test_multi_process_with_one_worker_uses_all_threads():
-  setup = run.runner_setup([MULTI, "--direct_num_workers=1"], cores=4)
+  setup = preprocess_beam.runner_setup([MULTI, "--direct_num_workers=1"], cores=4)
   assert setup.local and setup.backbone_threads is None
 
 
 def test_zero_workers_means_one_per_core():
   # Beam's FnApiRunner reads --direct_num_workers=0 as one worker per core.
-  setup = run.runner_setup([MULTI, "--direct_num_workers=0"], cores=4)
+  setup = preprocess_beam.runner_setup([MULTI, "--direct_num_workers=0"], cores=4)
   assert setup.local and setup.backbone_threads == 1
   assert _direct(setup.beam_args).direct_num_workers == 0  # kept as given
 
 
 def test_dataflow_runner_fixed_shards_one_thread():
-  setup = run.runner_setup(["--runner=DataflowRunner"], cores=4)
+  setup = preprocess_beam.runner_setup(["--runner=DataflowRunner"], cores=4)
   assert not setup.local
   assert setup.num_shards == config_lib.OutputConfig().num_shards == 16
   assert setup.backbone_threads == 1
@@ -103,7 +104,7 @@ def test_dataflow_runner_fixed_shards_one_thread():
 
 
 def test_other_runner_keeps_tensorflow_default_threads():
-  setup = run.runner_setup(["--runner=FlinkRunner"], cores=4)
+  setup = preprocess_beam.runner_setup(["--runner=FlinkRunner"], cores=4)
   assert not setup.local
   assert setup.backbone_threads is None
   assert setup.num_shards == 16
@@ -111,7 +112,7 @@ def test_other_runner_keeps_tensorflow_default_threads():
 
 
 def test_log_level_options_added_once():
-  setup = run.runner_setup([], cores=4)
+  setup = preprocess_beam.runner_setup([], cores=4)
   assert _count(setup.beam_args, "--default_sdk_harness_log_level") == 1
   assert _count(setup.beam_args, "--sdk_harness_log_level_overrides") == 1
   assert LOG_LEVEL in setup.beam_args and LOG_OVERRIDES in setup.beam_args
@@ -119,10 +120,10 @@ def test_log_level_options_added_once():
   override = next(a for a in setup.beam_args if a.startswith("--sdk_harness_log_level_overrides"))
   assert json.loads(override.split("=", 1)[1]) == {"pipeline.progress": "INFO"}
   # Set up again from its own arguments: nothing is added a second time.
-  again = run.runner_setup(setup.beam_args, cores=4)
+  again = preprocess_beam.runner_setup(setup.beam_args, cores=4)
   assert again.beam_args == setup.beam_args
   for runner in ("DataflowRunner", "FlinkRunner"):
-    other = run.runner_setup([f"--runner={runner}"], cores=4)
+    other = preprocess_beam.runner_setup([f"--runner={runner}"], cores=4)
     assert _count(other.beam_args, "--default_sdk_harness_log_level") == 1
     assert _count(other.beam_args, "--sdk_harness_log_level_overrides") == 1
 
@@ -130,7 +131,7 @@ def test_log_level_options_added_once():
 def test_given_log_level_options_are_not_duplicated():
   given = ["--default_sdk_harness_log_level=DEBUG",
            '--sdk_harness_log_level_overrides={"apache_beam": "ERROR"}']
-  setup = run.runner_setup(given, cores=4)
+  setup = preprocess_beam.runner_setup(given, cores=4)
   assert _count(setup.beam_args, "--default_sdk_harness_log_level") == 1
   assert _count(setup.beam_args, "--sdk_harness_log_level_overrides") == 1
   assert given[0] in setup.beam_args and given[1] in setup.beam_args
@@ -147,17 +148,19 @@ def _parse(*flags):
 
 
 def test_unset_flags_take_the_setup_defaults():
-  local = run.config_from_args(_parse(), run.runner_setup([], cores=4))
+  local = run.config_from_args(_parse(), preprocess_beam.runner_setup([], cores=4))
   assert local.output_format.num_shards == 0
   assert local.backbone.threads == 1
-  dataflow = run.config_from_args(_parse(), run.runner_setup(["--runner=DataflowRunner"], 4))
+  dataflow = run.config_from_args(_parse(),
+                                 preprocess_beam.runner_setup(["--runner=DataflowRunner"], 4))
   assert dataflow.output_format.num_shards == 16
   assert dataflow.backbone.threads == 1
-  flink = run.config_from_args(_parse(), run.runner_setup(["--runner=FlinkRunner"], cores=4))
+  flink = run.config_from_args(_parse(),
+                              preprocess_beam.runner_setup(["--runner=FlinkRunner"], cores=4))
   assert flink.output_format.num_shards == 16
   assert flink.backbone.threads is None
   shared = run.config_from_args(
-      _parse(), run.runner_setup([MULTI, "--direct_num_workers=2"], cores=4))
+      _parse(), preprocess_beam.runner_setup([MULTI, "--direct_num_workers=2"], cores=4))
   assert shared.backbone.threads == 2
   # The other fields do not depend on the runner.
   assert local.images_dir == "/data/root/Data/DET/train"
@@ -174,11 +177,11 @@ def test_no_setup_means_local_defaults():
 
 
 def test_explicit_flags_win_over_the_setup():
-  setup = run.runner_setup([], cores=4)
+  setup = preprocess_beam.runner_setup([], cores=4)
   cfg = run.config_from_args(_parse("--num_shards", "5", "--backbone_threads", "3"), setup)
   assert cfg.output_format.num_shards == 5
   assert cfg.backbone.threads == 3
-  dataflow = run.runner_setup(["--runner=DataflowRunner"], cores=4)
+  dataflow = preprocess_beam.runner_setup(["--runner=DataflowRunner"], cores=4)
   cfg = run.config_from_args(_parse("--num_shards", "0", "--backbone_threads", "4"), dataflow)
   assert cfg.output_format.num_shards == 0  # an explicit 0 is not "unset"
   assert cfg.backbone.threads == 4
@@ -198,7 +201,7 @@ def test_explicit_flags_win_over_the_setup():
 ])
 def test_bad_values_raise_naming_the_flag(flags, named):
   with pytest.raises(ValueError, match=re.escape(named)):
-    run.config_from_args(_parse(*flags), run.runner_setup([], cores=4))
+    run.config_from_args(_parse(*flags), preprocess_beam.runner_setup([], cores=4))
 
 
 def test_maps_layout_takes_no_target_flags():
@@ -228,7 +231,7 @@ def test_conflicting_inputs_raise():
   args = run.build_parser().parse_args(
       ["--input", "/r", "--images", "/i", "--annotations", "/a", "--output", "/o"])
   with pytest.raises(ValueError, match="--input"):
-    run.config_from_args(args, run.runner_setup([], cores=4))
+    run.config_from_args(args, preprocess_beam.runner_setup([], cores=4))
 
 
 # ---------------------------------------------------------------------------
@@ -241,7 +244,7 @@ def test_plain_run_is_multi_process_with_runner_decided_shards(tmp_path, monkeyp
   root, output = str(tmp_path / "data"), str(tmp_path / "out")
   written = fixtures.write_dataset(root, num_images=4, seed=3)
   setups = []
-  real_setup = run.runner_setup
+  real_setup = preprocess_beam.runner_setup
 
   def spy(beam_args, cores=None):
     setups.append(real_setup(beam_args, cores))

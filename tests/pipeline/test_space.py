@@ -4,9 +4,10 @@ import os
 
 import pytest
 
+from pipeline.beam import preprocess as preprocess_beam
 from pipeline.commands import preprocess as run
 from pipeline.commands import space
-from pipeline.model import backbone
+from pipeline.model import registry
 from tests import dataset_fixtures as fixtures
 from tests import pipeline_helpers as helpers
 
@@ -22,7 +23,7 @@ def _cfg(root, output, *extra):
   args, beam_args = run.build_parser().parse_with_beam(
       ["--input", root, "--output", output, "--backbone", helpers.TINY, "--weights", "none",
        *extra])
-  return run.config_from_args(args, run.runner_setup(beam_args))
+  return run.config_from_args(args, preprocess_beam.runner_setup(beam_args))
 
 
 def _written(output):
@@ -34,7 +35,7 @@ def _written(output):
 def test_the_estimate_is_near_what_the_run_writes(dataset, tmp_path, layout):
   output = str(tmp_path / "out")
   cfg = _cfg(dataset, output, "--layout", layout)
-  spec = backbone.backbone_spec(helpers.TINY)
+  spec = registry.backbone_spec(helpers.TINY)
   found = space.estimate(cfg, spec.channels, spec.min_input_side)
   assert found.images == 8 and found.sampled == 8
   helpers.preprocess(dataset, output, extra=["--layout", layout])

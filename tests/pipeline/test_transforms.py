@@ -5,6 +5,7 @@ from apache_beam.pvalue import TaggedOutput
 
 from pipeline.beam import transforms as T
 from pipeline.core import config as config_lib
+from pipeline.model import registry
 from tests import dataset_fixtures as fixtures
 
 
@@ -302,13 +303,12 @@ def test_write_outputs_lists_each_shards_bytes_and_records(tmp_path, compression
   from apache_beam.options.pipeline_options import PipelineOptions
 
   from pipeline.io import manifest as manifest_lib
-  from pipeline.model import backbone
   rng = np.random.default_rng(0)
   records = [bytes([i]) + rng.bytes(int(n)) for i, n in enumerate(rng.integers(100, 3000, 57))]
   out = str(tmp_path / "out")
   cfg = config_lib.PreprocessConfig(
       images_dir=str(tmp_path), annotations_dir=str(tmp_path), output=out,
-      backbone=config_lib.BackboneConfig(backbone=backbone.TINY_BACKBONE, weights="none"),
+      backbone=config_lib.BackboneConfig(backbone=registry.TINY_BACKBONE, weights="none"),
       output_format=config_lib.OutputConfig(num_shards=num_shards, compression=compression,
                                             max_shard_mb=max_shard_mb))
   options = PipelineOptions(["--runner=DirectRunner", "--direct_running_mode=in_memory"])

@@ -1,90 +1,32 @@
-"""`rpn-anchors`: how well a set of anchors covers a dataset's gt boxes, and a better set.
+"""The anchor-coverage Beam program (rpn-anchors): no forward pass.
 
-    rpn-anchors --input ROOT --output DIR [--split DET/train] [--backbone NAME]
-        [--feature_layer NAME] [--scales 3,6,12] [--ratios 0.5,1,2]
-        [--min_side N --max_side N] [--max_images N] [Beam pipeline options]
+    ReadInputs -> LoadFrames (boxes, frame and feature-map size) -> Search (a
+    fixed sample) -> Score (given and suggested anchors) -> SumCoverage ->
+    WriteReport (anchors.json, coverage.png, boxes.png) and errors.jsonl
 
-No backbone forward pass: each image's XML boxes and its size (read from the
-image file's header) go through rpn-preprocess's own reading, box policy,
-resize and padding; the feature-map size of the frame comes from the
-network's shape arithmetic (backbone.FeatureGrid); the anchors are those
-rpn-preprocess would build. A fixed sample of the images (the smallest sha256
-of their ids) feeds a search for scales and ratios that cover more boxes at IoU
-0.7 with inside anchors (coverage.search_anchors); then every image is scored
-with the given set and the suggested one.
-
-Writes into DIR: anchors.json (coverage of both sets, overall and by box size,
-the search, the counts), coverage.png, boxes.png and errors.jsonl (the same
-lines rpn-preprocess writes for the same inputs). Runs on every Beam runner;
-with no runner options, on every core of this machine.
+The front end (flags, checks, the lock) is pipeline.commands.anchors.
 """
 from __future__ import annotations
 
-import argparse
-import logging
-import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io import textio
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
-from pipeline.beam import transforms, watchdog
-from pipeline.commands import cli, console, failures, lock, plots, preflight
-from pipeline.commands import preprocess as run_lib
+from pipeline.beam import transforms
 from pipeline.core import config as config_lib
 from pipeline.core import coverage
-from pipeline.io import ilsvrc, storage
+from pipeline.io import ilsvrc, plots, storage
 from pipeline.model import backbone as backbone_lib
 
 ANCHORS_NAME = "anchors.json"
+
+
 COVERAGE_PNG = "coverage.png"
+
+
 BOXES_PNG = "boxes.png"
-OUTPUT_NAMES = (ANCHORS_NAME, COVERAGE_PNG, BOXES_PNG, config_lib.ERRORS_NAME,
-                failures.LOG_NAME)
-DEFAULT_SEARCH_IMAGES = 20_000
-
-_LOGGER = logging.getLogger(__name__)
-
-
-def build_parser() -> cli.Parser:
-  parser = cli.Parser(prog="rpn-anchors", description=__doc__.split("\n\n")[0],
-                      allow_abbrev=False)  # an abbreviation could take a Beam flag
-  run_lib.add_input_arguments(parser)
-  parser.add_argument("--output", required=True, help="output directory (local, gs://, ...)")
-  run_lib.add_frame_arguments(parser)
-  parser.add_argument("--max_images", type=int, default=None,
-                      help="use only this many images, a fixed pseudo-random subset "
-                      "(smallest sha256 of the image id); default: all")
-  parser.add_argument("--search_images", type=int, default=DEFAULT_SEARCH_IMAGES,
-                      help="images (the same kind of fixed subset) whose boxes the search for "
-                      "better anchors looks at; every image is scored with the result")
-  return parser
-
-
-def config_from_args(args: argparse.Namespace) -> config_lib.PreprocessConfig:
-  """The input, frame and anchor settings, as rpn-preprocess holds them."""
-  images_dir, annotations_dir = ilsvrc.layout_roots(
-      input_root=args.input, split=args.split, images=args.images, annotations=args.annotations)
-  for flag in ("max_images", "search_images"):
-    value = getattr(args, flag)
-    if value is not None and value < 1:
-      raise cli.UsageError(f"--{flag}", value, "must be >= 1")
-  run_lib.check_ranges(args)
-  return config_lib.PreprocessConfig(
-      images_dir=images_dir, annotations_dir=annotations_dir, output=args.output.rstrip("/"),
-      image_set=args.image_set, missing_annotations=args.missing_annotations,
-      backbone=config_lib.BackboneConfig(
-          backbone=args.backbone, weights="none", min_side=args.min_side,
-          max_side=args.max_side, max_pixels=args.max_pixels,
-          feature_layer=args.feature_layer or None),
-      anchors=config_lib.AnchorConfig(scales=tuple(args.scales), ratios=tuple(args.ratios)),
-      split=args.split if args.input else None, input_root=args.input)
-
-
-# ---------------------------------------------------------------------------
-# Per image
 
 
 class LoadFrameFn(beam.DoFn):
@@ -223,10 +165,6 @@ def build_pipeline(p, cfg: config_lib.PreprocessConfig, max_images: Optional[int
               errors_written=beam.pvalue.AsList(written)))
 
 
-# ---------------------------------------------------------------------------
-# The report
-
-
 def _set_block(scales, ratios, stats: coverage.CoverageStats) -> Dict[str, Any]:
   summary = stats.summary()
   return {"scales": [float(s) for s in scales], "ratios": [float(r) for r in ratios],
@@ -285,88 +223,3 @@ def write_report(_, cfg, totals, suggestion, sample, counts, found, errors_writt
                       plots.boxes_png(sizes, sets, f"{title} (search sample)"))
   storage.write_json(storage.join(cfg.output, ANCHORS_NAME), report)
   return report
-
-
-def format_report(report: Dict[str, Any]) -> str:
-  """The coverage table and the flags of the suggested set, for the terminal."""
-  lines = [f"{report['backbone']} ({report['feature_layer'] or 'final output'}): "
-           f"{report['num_boxes']} gt boxes in {report['num_images']} images; median stride "
-           f"{report['stride']['x_median'] or 0:.1f} x {report['stride']['y_median'] or 0:.1f} px",
-           f"{'anchors':<10} {'scales':<22} {'ratios':<22} {'inside@0.5':>10} "
-           f"{'inside@0.7':>10} {'all@0.7':>8} {'mean IoU':>8}"]
-  for name in ("current", "suggested"):
-    block = report[name]
-    cov = block["coverage"]
-    lines.append(
-        f"{name:<10} {','.join(f'{s:g}' for s in block['scales']):<22} "
-        f"{','.join(f'{r:g}' for r in block['ratios']):<22} {cov['inside']['0.5']:>10.3f} "
-        f"{cov['inside']['0.7']:>10.3f} {cov['all']['0.7']:>8.3f} "
-        f"{block['mean_best_iou']:>8.3f}")
-  if "note" in report["suggested"]:
-    lines.append(report["suggested"]["note"])
-  s = report["suggested"]
-  lines.append(f"to use the suggested set: --scales {','.join(f'{v:g}' for v in s['scales'])} "
-               f"--ratios {','.join(f'{v:g}' for v in s['ratios'])}")
-  return "\n".join(lines)
-
-
-def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-  """Parses flags, runs the pipeline; returns anchors.json's content."""
-  args, beam_args = build_parser().parse_with_beam(argv)
-  setup = run_lib.runner_setup(beam_args)
-  cfg = config_from_args(args)
-  # The feature layer's shape arithmetic, from a child process (the launcher
-  # imports no TensorFlow), beside the checks of the input and the output.
-  with preflight.Checks(preflight.start_backbone_check(
-      cfg.backbone.backbone, "none", cfg.backbone.feature_layer, always=True)) as checks:
-    preflight.check_ilsvrc_input(args.input, args.split, args.images, args.annotations,
-                                 args.image_set, args.missing_annotations)
-    preflight.check_output(cfg.output)
-    checks.finish()
-  options = PipelineOptions(setup.beam_args)
-  options.view_as(SetupOptions).save_main_session = False
-  with lock.hold(cfg.output, "--output", "rpn-anchors"):  # one run per directory
-    cli.running(cfg.output)
-    clear_outputs(cfg.output)  # a report of an earlier run must not survive a failed one
-    p = beam.Pipeline(options=options)
-    build_pipeline(p, cfg, args.max_images, args.search_images)
-    with run_lib.removed_on_failure(cfg.output, clear_outputs), watchdog.watched():
-      p.run().wait_until_finish()
-      return storage.read_json(storage.join(cfg.output, ANCHORS_NAME))
-
-
-def clear_outputs(output: str) -> List[str]:
-  """Deletes the reports, errors and Beam temp directories of a run in `output`."""
-  deleted = []
-  for name in OUTPUT_NAMES:
-    path = storage.join(output, name)
-    if storage.exists(path):
-      from apache_beam.io.filesystems import FileSystems
-      FileSystems.delete([path])
-      deleted.append(path)
-  return deleted + run_lib.remove_temp_dirs(output)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  cli.setup_logging()
-  argv = list(sys.argv[1:] if argv is None else argv)
-
-  def command() -> int:
-    build_parser().parse_with_beam(argv)  # flag mistakes on the terminal, not the log
-    with console.held_back("rpn-anchors", enabled=not cli.RUN.verbose):
-      report = run(argv)
-    return _report(report)
-  return cli.run_command("rpn-anchors", command)
-
-
-def _report(report: Dict[str, Any]) -> int:
-  print(format_report(report))
-  c = report["counts"]
-  print(f"images: {c['images_found']} found = {c['images_ok']} ok + {c['images_failed']} failed"
-        f" + {c['images_skipped']} skipped; boxes dropped by the box policy: "
-        f"{c['boxes_dropped']}")
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())
