@@ -14,11 +14,14 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io import textio
 
-from pipeline.beam import transforms
+from pipeline.beam import elements, transforms
+from pipeline.beam import outputs as outputs_lib
 from pipeline.core import config as config_lib
 from pipeline.core import coverage
+from pipeline.core import frame as frame_lib
 from pipeline.io import ilsvrc, plots, storage
-from pipeline.model import backbone as backbone_lib
+from pipeline.io import images as images_lib
+from pipeline.model import layers, registry
 
 ANCHORS_NAME = "anchors.json"
 
@@ -40,25 +43,25 @@ class LoadFrameFn(beam.DoFn):
     self._config = backbone_config
     # Derived here, on the launching machine, and pickled with its steps: the
     # workers compute sizes without importing TensorFlow or building the net.
-    self._grid = backbone_lib.FeatureGrid(backbone_config.backbone,
+    self._grid = layers.FeatureGrid(backbone_config.backbone,
                                           backbone_config.feature_layer)
     self._grid.axes  # noqa: B018 (derives the steps now)
 
   def setup(self):
-    self._min_input_side = backbone_lib.backbone_spec(self._config.backbone).min_input_side
+    self._min_input_side = registry.backbone_spec(self._config.backbone).min_input_side
 
-  def process(self, item: transforms.ImageInput):
+  def process(self, item: elements.ImageInput):
     cfg = self._config
     try:
       (width, height), gt_boxes, stats = ilsvrc.load_boxes(
           item.image_path, item.annotation_path, cfg.max_pixels)
-    except ilsvrc.InputError as e:
+    except images_lib.InputError as e:
       path = item.annotation_path if e.stage == "annotation" else item.image_path
-      yield beam.pvalue.TaggedOutput(transforms.ERRORS, transforms.error_record(
+      yield beam.pvalue.TaggedOutput(elements.ERRORS, elements.error_record(
           path, e.stage, str(e), image_id=item.image_id))
       return
     stats = dict(stats)
-    frame = backbone_lib.frame_size(width, height, self._min_input_side, cfg.min_side,
+    frame = frame_lib.frame_size(width, height, self._min_input_side, cfg.min_side,
                                     cfg.max_side)
     gt_boxes = frame.boxes_in_frame(np.asarray(gt_boxes, np.float64).reshape(-1, 4), width,
                                     height)
@@ -68,7 +71,7 @@ class LoadFrameFn(beam.DoFn):
     feature_height, feature_width = self._grid(frame.height, frame.width)
     yield coverage.FrameBoxes(item.image_id, frame.width, frame.height, feature_height,
                               feature_width, gt_boxes, item.image_path)
-    yield beam.pvalue.TaggedOutput(transforms.STATS, stats)
+    yield beam.pvalue.TaggedOutput(elements.STATS, stats)
 
 
 class ScoreFrameFn(beam.DoFn):
@@ -85,12 +88,12 @@ class ScoreFrameFn(beam.DoFn):
     suggested = coverage.best_ious(frame, suggestion["scales"], suggestion["ratios"])
     yield current, suggested, coverage.size_bucket(frame.gt_boxes)
     if current["num_inside"] == 0:
-      yield beam.pvalue.TaggedOutput(transforms.ERRORS, transforms.no_anchor_error(
+      yield beam.pvalue.TaggedOutput(elements.ERRORS, elements.no_anchor_error(
           frame.path, frame.image_id, 0, current["num_anchors"], frame.width, frame.height,
           frame.feature_height, frame.feature_width, scales))
-      yield beam.pvalue.TaggedOutput(transforms.STATS, {"images_no_anchors": 1})
+      yield beam.pvalue.TaggedOutput(elements.STATS, {"images_no_anchors": 1})
       return
-    yield beam.pvalue.TaggedOutput(transforms.STATS, {"images_ok": 1})
+    yield beam.pvalue.TaggedOutput(elements.STATS, {"images_ok": 1})
 
 
 class SumCoverage(beam.CombineFn):
@@ -135,27 +138,27 @@ def build_pipeline(p, cfg: config_lib.PreprocessConfig, max_images: Optional[int
   every frame with both sets -> anchors.json, pictures, errors.jsonl."""
   inputs = p | "ReadInputs" >> transforms.ReadInputs(cfg, max_images=max_images)
   frames = (inputs["images"] | "LoadFrames" >> beam.ParDo(LoadFrameFn(cfg.backbone))
-            .with_outputs(transforms.ERRORS, transforms.STATS, main="frames")
+            .with_outputs(elements.ERRORS, elements.STATS, main="frames")
             .with_exception_handling())
   sample = (frames.frames | "SearchSample" >> beam.combiners.Top.Smallest(
       search_images, key=_sha256_key))
   suggestion = sample | "Search" >> beam.Map(search, cfg.anchors.scales, cfg.anchors.ratios)
   scored = (frames.frames | "Score" >> beam.ParDo(
       ScoreFrameFn(cfg.anchors), suggestion=beam.pvalue.AsSingleton(suggestion))
-      .with_outputs(transforms.ERRORS, transforms.STATS, main="ious"))
+      .with_outputs(elements.ERRORS, elements.STATS, main="ious"))
   totals = scored.ious | "SumCoverage" >> beam.CombineGlobally(SumCoverage())
-  errors = ((inputs["errors"], frames[transforms.ERRORS], scored[transforms.ERRORS],
-             frames.bad | "DeadLetters" >> beam.Map(transforms.dead_letter_to_error("load")))
+  errors = ((inputs["errors"], frames[elements.ERRORS], scored[elements.ERRORS],
+             frames.bad | "DeadLetters" >> beam.Map(elements.dead_letter_to_error("load")))
             | "AllErrors" >> beam.Flatten())
-  counts = ((frames[transforms.STATS], scored[transforms.STATS],
-             errors | "ErrorCounts" >> beam.Map(transforms.error_counts))
+  counts = ((frames[elements.STATS], scored[elements.STATS],
+             errors | "ErrorCounts" >> beam.Map(elements.error_counts))
             | "AllCounts" >> beam.Flatten()
-            | "SumCounts" >> beam.CombineGlobally(transforms.SumCounts()))
-  written = (errors | "ErrorLines" >> beam.Map(transforms.error_line)
+            | "SumCounts" >> beam.CombineGlobally(outputs_lib.SumCounts()))
+  written = (errors | "ErrorLines" >> beam.Map(elements.error_line)
              | "WriteErrors" >> textio.WriteToText(
                  storage.join(cfg.output, config_lib.ERRORS_NAME), shard_name_template="",
                  num_shards=1))
-  return (transforms.pbegin_of(totals) | "Start" >> beam.Create([None])
+  return (outputs_lib.pbegin_of(totals) | "Start" >> beam.Create([None])
           | "WriteReport" >> beam.Map(
               write_report, cfg=cfg, totals=beam.pvalue.AsSingleton(totals),
               suggestion=beam.pvalue.AsSingleton(suggestion),
@@ -175,7 +178,7 @@ def _set_block(scales, ratios, stats: coverage.CoverageStats) -> Dict[str, Any]:
 def build_report(cfg: config_lib.PreprocessConfig, totals, suggestion, sample, counts,
                  found) -> Dict[str, Any]:
   """anchors.json's content (see docs/DESIGN.md, "Anchor coverage")."""
-  counts = transforms.sum_box_stats(counts)
+  counts = outputs_lib.sum_box_stats(counts)
   counts["images_found"] = found
   counts["images_skipped"] = counts.get("images_skipped", 0)
   for key in ("images_ok", "images_failed"):
@@ -198,7 +201,7 @@ def build_report(cfg: config_lib.PreprocessConfig, totals, suggestion, sample, c
       "search": suggestion["search"],
       "stride": strides,
       "frame": {"min_side": cfg.backbone.min_side, "max_side": cfg.backbone.max_side,
-                "min_input_side": backbone_lib.backbone_spec(cfg.backbone.backbone)
+                "min_input_side": registry.backbone_spec(cfg.backbone.backbone)
                 .min_input_side},
       "input": {"root": cfg.input_root, "split": cfg.split, "images": cfg.images_dir,
                 "annotations": cfg.annotations_dir, "image_set": cfg.image_set,

@@ -21,6 +21,8 @@ from apache_beam.options.pipeline_options import (
   StandardOptions,
 )
 
+from pipeline.beam import outputs as outputs_lib
+from pipeline.beam import progress as progress_lib
 from pipeline.beam import transforms
 from pipeline.core import config as config_lib
 
@@ -54,7 +56,7 @@ def runner_setup(beam_args: Sequence[str], cores: Optional[int] = None) -> Runne
     args.append("--default_sdk_harness_log_level=WARNING")
   if not any(a.startswith("--sdk_harness_log_level_overrides") for a in args):
     args.append("--sdk_harness_log_level_overrides="
-                + json.dumps({transforms.PROGRESS_LOGGER.name: "INFO"}))
+                + json.dumps({progress_lib.PROGRESS_LOGGER.name: "INFO"}))
   runner = PipelineOptions(args).view_as(StandardOptions).runner or "DirectRunner"
   if runner not in ("DirectRunner", "direct"):
     dataflow = runner in ("DataflowRunner", "dataflow")
@@ -79,7 +81,7 @@ def build_pipeline(p, cfg: config_lib.PreprocessConfig, extractor_factory=None):
       cfg, extractor_factory)
   errors = (inputs["errors"], images["errors"]) | "AllErrors" >> beam.Flatten()
   outputs = dict(images, errors=errors, found=inputs["found"])
-  manifest = outputs | "WriteOutputs" >> transforms.WriteOutputs(cfg)
+  manifest = outputs | "WriteOutputs" >> outputs_lib.WriteOutputs(cfg)
   return dict(outputs, manifest=manifest)
 
 

@@ -31,7 +31,8 @@ from apache_beam.options.pipeline_options import (
 )
 
 from pipeline.beam import preprocess as preprocess_beam
-from pipeline.beam import transforms, watchdog
+from pipeline.beam import progress as progress_lib
+from pipeline.beam import watchdog
 from pipeline.commands import cli, console, failures, lock, preflight, space
 from pipeline.core import config as config_lib
 from pipeline.io import ilsvrc, storage
@@ -358,7 +359,7 @@ def run(argv: Optional[Sequence[str]] = None,
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   cli.setup_logging()
-  transforms.PROGRESS_LOGGER.setLevel(logging.INFO)  # the progress line; Beam stays quiet
+  progress_lib.PROGRESS_LOGGER.setLevel(logging.INFO)  # the progress line; Beam stays quiet
 
   argv = list(sys.argv[1:] if argv is None else argv)
 

@@ -15,7 +15,8 @@ def test_sdist_ships_both_packages(tmp_path, repo_root):
   with tarfile.open(archive) as tar:
     names = tar.getnames()
   for module in ("pipeline/commands/preprocess.py", "pipeline/beam/preprocess.py",
-                 "pipeline/core/targets.py", "pipeline/io/manifest.py", "pipeline/model/backbone.py",
+                 "pipeline/core/targets.py", "pipeline/io/manifest.py",
+                 "pipeline/model/backbone.py",
                  "trainer/train.py", "trainer/propose.py"):
     assert any(name.endswith(module) for name in names), module
 

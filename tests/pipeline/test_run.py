@@ -8,7 +8,7 @@ import pytest
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from pipeline.beam import preprocess as preprocess_beam
-from pipeline.beam import transforms
+from pipeline.beam import progress as progress_lib
 from pipeline.commands import preprocess as run
 from pipeline.core import config as config_lib
 from tests import dataset_fixtures as fixtures
@@ -16,7 +16,7 @@ from tests import dataset_fixtures as fixtures
 MULTI = "--direct_running_mode=multi_processing"
 LOG_LEVEL = "--default_sdk_harness_log_level=WARNING"
 LOG_OVERRIDES = ("--sdk_harness_log_level_overrides="
-                 + json.dumps({transforms.PROGRESS_LOGGER.name: "INFO"}))
+                 + json.dumps({progress_lib.PROGRESS_LOGGER.name: "INFO"}))
 
 
 def _count(args, prefix):

@@ -3,6 +3,9 @@ import numpy as np
 import pytest
 from apache_beam.pvalue import TaggedOutput
 
+from pipeline.beam import dofns, elements
+from pipeline.beam import outputs as outputs_lib
+from pipeline.beam import progress as progress_lib
 from pipeline.beam import transforms as T
 from pipeline.core import config as config_lib
 from pipeline.model import registry
@@ -31,22 +34,22 @@ def _split(outputs):
 
 
 def test_pair_inputs_outcomes():
-  fn = T.PairInputsFn("skip", use_image_set=False)
+  fn = dofns.PairInputsFn("skip", use_image_set=False)
   main, tagged = _split(fn.process(("a", {"images": ["/d/a.JPEG"], "annotations": ["/x/a.xml"]})))
-  assert main == [T.ImageInput("a", "/d/a.JPEG", "/x/a.xml")] and not tagged
+  assert main == [elements.ImageInput("a", "/d/a.JPEG", "/x/a.xml")] and not tagged
   main, tagged = _split(fn.process(("b", {"images": ["/d/b.JPEG"], "annotations": []})))
   assert not main and tagged["errors"][0]["outcome"] == "skipped"
   main, tagged = _split(fn.process(("c", {"images": [], "annotations": ["/x/c.xml"]})))
   assert not main and tagged["errors"][0]["outcome"] == "unpaired"
   main, tagged = _split(fn.process(("d", {"images": ["/d/d.png", "/d/d.JPEG"],
                                           "annotations": ["/x/d.xml"]})))
-  assert main == [T.ImageInput("d", "/d/d.JPEG", "/x/d.xml")]
+  assert main == [elements.ImageInput("d", "/d/d.JPEG", "/x/d.xml")]
   assert tagged["errors"][0]["path"] == "/d/d.png"
   assert "duplicate image id" in tagged["errors"][0]["reason"]
-  negative = T.PairInputsFn("negative", use_image_set=False)
+  negative = dofns.PairInputsFn("negative", use_image_set=False)
   main, _ = _split(negative.process(("b", {"images": ["/d/b.JPEG"], "annotations": []})))
-  assert main == [T.ImageInput("b", "/d/b.JPEG", None)]
-  with_set = T.PairInputsFn("skip", use_image_set=True)
+  assert main == [elements.ImageInput("b", "/d/b.JPEG", None)]
+  with_set = dofns.PairInputsFn("skip", use_image_set=True)
   assert not list(with_set.process(("e", {"images": ["/d/e.JPEG"], "annotations": ["/x/e.xml"],
                                           "listed": []})))
 
@@ -54,8 +57,8 @@ def test_pair_inputs_outcomes():
 def test_load_image_reports_bad_input_with_stage(tmp_path):
   root = str(tmp_path)
   fixtures.write_pair(root, "DET/train", "bad", None, "<annotation>", image_bytes=b"not a jpeg")
-  fn = T.LoadImageFn(config_lib.BackboneConfig(weights="none"), 75)
-  item = T.ImageInput("bad", f"{root}/Data/DET/train/bad.JPEG",
+  fn = dofns.LoadImageFn(config_lib.BackboneConfig(weights="none"), 75)
+  item = elements.ImageInput("bad", f"{root}/Data/DET/train/bad.JPEG",
                       f"{root}/Annotations/DET/train/bad.xml")
   main, tagged = _split(fn.process(item))
   assert not main
@@ -68,14 +71,14 @@ def _load(root, image_id, width, height, boxes):
   image = fixtures.random_image(np.random.default_rng(0), width, height, boxes)
   fixtures.write_pair(root, "DET/train", image_id, image,
                       fixtures.det_xml(image_id, width, height, boxes))
-  item = T.ImageInput(image_id, f"{root}/Data/DET/train/{image_id}.JPEG",
+  item = elements.ImageInput(image_id, f"{root}/Data/DET/train/{image_id}.JPEG",
                       f"{root}/Annotations/DET/train/{image_id}.xml")
-  (loaded,) = T.LoadImageFn(config_lib.BackboneConfig(weights="none"), 75).process(item)
+  (loaded,) = dofns.LoadImageFn(config_lib.BackboneConfig(weights="none"), 75).process(item)
   return loaded
 
 
 def _features(loaded):
-  features_fn = T.ComputeFeaturesFn(config_lib.BackboneConfig(weights="none"), 0,
+  features_fn = dofns.ComputeFeaturesFn(config_lib.BackboneConfig(weights="none"), 0,
                                     extractor_factory=FakeExtractor)
   features_fn.setup()
   (features,) = features_fn.process(loaded)
@@ -83,7 +86,8 @@ def _features(loaded):
 
 
 def _targets(features):
-  targets_fn = T.SampleTargetsFn(config_lib.AnchorConfig(), config_lib.TargetConfig(), "float32")
+  targets_fn = dofns.SampleTargetsFn(config_lib.AnchorConfig(), config_lib.TargetConfig(),
+                                     "float32")
   targets_fn.setup()
   return _split(targets_fn.process(features))
 
@@ -105,7 +109,7 @@ def test_small_image_is_padded_not_dropped(tmp_path):
   assert error["outcome"] == "skipped" and error["stage"] == "targets"
   assert error["reason"].startswith("no anchor to sample: 0 of 108 anchors lie inside the "
                                     "200x75 frame")
-  assert T.error_counts(error) == {"images_skipped": 1}
+  assert elements.error_counts(error) == {"images_skipped": 1}
   assert stats == {"images_padded": 1, "images_no_anchors": 1}  # no images_ok
 
 
@@ -113,7 +117,7 @@ def test_padded_image_gives_records_with_small_anchors(tmp_path):
   # With anchors small enough to fit (scales 0.5, 1, 2 strides), the padded
   # frame is labelled like any other: records, and the frame's size recorded.
   features = _features(_load(str(tmp_path), "small", 200, 60, [(40, 10, 140, 50)]))
-  targets_fn = T.SampleTargetsFn(config_lib.AnchorConfig(scales=(0.5, 1.0, 2.0)),
+  targets_fn = dofns.SampleTargetsFn(config_lib.AnchorConfig(scales=(0.5, 1.0, 2.0)),
                                  config_lib.TargetConfig(), "float32")
   targets_fn.setup()
   records, tagged = _split(targets_fn.process(features))
@@ -138,15 +142,15 @@ def test_load_features_targets_chain(tmp_path):
 
 
 def test_dead_letter_becomes_an_error_line():
-  item = T.ImageInput("x", "/d/x.JPEG", None)
-  error = T.dead_letter_to_error("features")((item, (MemoryError, MemoryError("boom"), [])))
+  item = elements.ImageInput("x", "/d/x.JPEG", None)
+  error = elements.dead_letter_to_error("features")((item, (MemoryError, MemoryError("boom"), [])))
   assert error == {"path": "/d/x.JPEG", "stage": "features", "reason": "MemoryError: boom",
                    "outcome": "failed", "image_id": "x"}
-  assert T.error_counts(error) == {"images_failed": 1, "failed_features": 1}
+  assert elements.error_counts(error) == {"images_failed": 1, "failed_features": 1}
 
 
 def test_sum_counts():
-  combine = T.SumCounts()
+  combine = outputs_lib.SumCounts()
   acc = combine.create_accumulator()
   acc = combine.add_input(acc, {"a": 1, "b": 2})
   other = combine.add_input(combine.create_accumulator(), {"a": 3})
@@ -159,14 +163,15 @@ def test_targets_do_not_depend_on_order_or_attempts(tmp_path):
   # same records, line and counts. batch_size 16 makes the sampler choose.
   a = _features(_load(str(tmp_path), "a", 320, 256, [(40, 30, 200, 180)]))
   b = _features(_load(str(tmp_path), "b", 300, 220, [(10, 20, 150, 200), (160, 30, 290, 90)]))
-  targets_fn = T.SampleTargetsFn(config_lib.AnchorConfig(), config_lib.TargetConfig(batch_size=16),
+  targets_fn = dofns.SampleTargetsFn(config_lib.AnchorConfig(),
+                                     config_lib.TargetConfig(batch_size=16),
                                  "float32")
   targets_fn.setup()
   first_a = _split(targets_fn.process(a))
   first_b = _split(targets_fn.process(b))
   assert first_a[1]["images"][0]["num_fg"] + first_a[1]["images"][0]["num_bg"] == 16
   assert _split(targets_fn.process(a)) == first_a  # a retried attempt
-  fresh = T.SampleTargetsFn(config_lib.AnchorConfig(), config_lib.TargetConfig(batch_size=16),
+  fresh = dofns.SampleTargetsFn(config_lib.AnchorConfig(), config_lib.TargetConfig(batch_size=16),
                             "float32")
   fresh.setup()
   assert _split(fresh.process(b)) == first_b  # another worker, another order
@@ -183,11 +188,12 @@ def test_write_to_tfrecord_sets_the_private_sink_limit(tmp_path):
   exists to FAIL when a Beam upgrade renames `_sink` or its
   `max_bytes_per_shard`: runner-sharded runs would then silently write one
   file per bundle (or write_to_tfrecord raises), so look again at
-  pipeline.beam.transforms.write_to_tfrecord when it fails."""
+  pipeline.beam.outputs.write_to_tfrecord when it fails."""
   from apache_beam.io.tfrecordio import WriteToTFRecord
   prefix = str(tmp_path / config_lib.SHARD_PREFIX)
   default = WriteToTFRecord(prefix)._sink.max_bytes_per_shard
-  write = T.write_to_tfrecord(prefix, config_lib.OutputConfig(num_shards=0, max_shard_mb=2.5))
+  write = outputs_lib.write_to_tfrecord(prefix,
+                                        config_lib.OutputConfig(num_shards=0, max_shard_mb=2.5))
   assert isinstance(write, WriteToTFRecord)
   assert write._sink.max_bytes_per_shard == int(2.5 * 1024 * 1024) != default
 
@@ -199,7 +205,7 @@ def test_write_to_tfrecord_leaves_the_sink_default(tmp_path, num_shards, max_sha
   from apache_beam.io.tfrecordio import WriteToTFRecord
   prefix = str(tmp_path / config_lib.SHARD_PREFIX)
   default = WriteToTFRecord(prefix)._sink.max_bytes_per_shard
-  write = T.write_to_tfrecord(
+  write = outputs_lib.write_to_tfrecord(
       prefix, config_lib.OutputConfig(num_shards=num_shards, max_shard_mb=max_shard_mb))
   assert write._sink.max_bytes_per_shard == default
   assert write._sink.num_shards == num_shards
@@ -218,7 +224,7 @@ def test_max_shard_mb_splits_a_direct_runner_write(tmp_path):
   fmt = config_lib.OutputConfig(num_shards=0, max_shard_mb=0.1)
   options = PipelineOptions(["--runner=DirectRunner", "--direct_running_mode=in_memory"])
   with beam.Pipeline(options=options) as p:
-    _ = p | beam.Create(records) | T.write_to_tfrecord(prefix, fmt)
+    _ = p | beam.Create(records) | outputs_lib.write_to_tfrecord(prefix, fmt)
   files = sorted(glob.glob(prefix + "-*"))
   assert len(files) > 1, files
   assert all(f.endswith(".tfrecord") for f in files)
@@ -250,7 +256,7 @@ def test_worker_progress_logs_at_most_every_s(caplog, monkeypatch):
   clock = _Clock()
   monkeypatch.setattr(T, "time", clock)  # transforms' time.monotonic only
   caplog.set_level(logging.INFO, logger="pipeline.progress")
-  progress = T.WorkerProgress(every_s=10.0)
+  progress = progress_lib.WorkerProgress(every_s=10.0)
   progress.image_done()  # the first event is always logged
   lines = _progress_lines(caplog)
   assert len(lines) == 1
@@ -276,7 +282,7 @@ def test_worker_progress_first_event_an_error(caplog, monkeypatch):
   import logging
   monkeypatch.setattr(T, "time", _Clock())
   caplog.set_level(logging.INFO, logger="pipeline.progress")
-  progress = T.WorkerProgress(every_s=10.0)
+  progress = progress_lib.WorkerProgress(every_s=10.0)
   progress.error()
   progress.image_done()
   lines = _progress_lines(caplog)
@@ -318,7 +324,7 @@ def test_write_outputs_lists_each_shards_bytes_and_records(tmp_path, compression
                "stats": p | "Stats" >> beam.Create([{"images_ok": 1}]),
                "errors": p | "Errors" >> beam.Create([]),
                "found": p | "Found" >> beam.Create([1])}
-    _ = outputs | T.WriteOutputs(cfg)
+    _ = outputs | outputs_lib.WriteOutputs(cfg)
   manifest = manifest_lib.load(out)
   paths = manifest_lib.shard_paths(out, manifest)
   assert len(paths) == (num_shards or len(paths)) > 1
