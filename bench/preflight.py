@@ -16,7 +16,7 @@ alternating order, --repeats times each, in two settings:
   vgg16_final  the same at VGG16's final output: there the launcher builds no
                net, so the child is all extra
 
-A passed backbone check is remembered (pipeline/preflight.py, keyed by the
+A passed backbone check is remembered (pipeline/commands/preflight.py, keyed by the
 weights file's size and time): the first run with a weights file pays for the
 child process ("cold", one run on an empty cache, RPN_CACHE_DIR in a temp
 dir), later runs do not ("on", the runs after it). It also times the checks
@@ -39,15 +39,16 @@ from typing import Dict, List
 from pipeline.commands import sample_data
 
 _RUN = ("import sys\n"
-        "from pipeline import run\n"
+        "from pipeline.commands import preprocess as run\n"
         "if sys.argv[1] == 'off':\n"
         "  run.check_before_run = lambda *args, **kwargs: None\n"
         "sys.exit(run.main(sys.argv[2:]))\n")
 _CHECK_ONLY = ("import sys, time\n"
                "start = time.monotonic()\n"
-               "from pipeline import run\n"
+               "from pipeline.beam import preprocess as program\n"
+               "from pipeline.commands import preprocess as run\n"
                "args, beam_args = run.build_parser().parse_with_beam(sys.argv[1:])\n"
-               "cfg = run.config_from_args(args, run.runner_setup(beam_args))\n"
+               "cfg = run.config_from_args(args, program.runner_setup(beam_args))\n"
                "run.check_before_run(args, cfg)\n"
                "print(time.monotonic() - start)\n")
 

@@ -15,7 +15,7 @@ import tempfile
 
 import pytest
 
-# The launcher remembers passed backbone checks (pipeline/preflight.py); the
+# The launcher remembers passed backbone checks (pipeline/commands/preflight.py); the
 # tests, and the commands they start, keep theirs apart from the user's.
 os.environ["RPN_CACHE_DIR"] = tempfile.mkdtemp(prefix="rpn-test-cache-")
 

@@ -155,7 +155,7 @@ def images_of(output: str) -> List[dict]:
 def check_same_output(reference_output: str, output: str, manifest: dict,
                       images_dir: str):
   """`output` (with its manifest) is complete and holds what `reference_output`
-  holds, by the determinism contract (pipeline/determinism.py): the same
+  holds, by the determinism contract (pipeline/io/determinism.py): the same
   records, images.jsonl and errors.jsonl, the features byte for byte when one
   thread count computed both, else within the tolerance. Returns the comparison."""
   from pipeline.io import determinism

@@ -1,6 +1,6 @@
 """tf.data input of the maps layout: the anchors' targets drawn afresh every epoch.
 
-A maps shard holds one record per image (pipeline/schema.py): its whole
+A maps shard holds one record per image (pipeline/io/schema.py): its whole
 feature map, the frame size, the gt boxes and the image id. For each image and
 epoch, the pipeline's own numpy target code (pipeline.core.targets.compute_targets:
 anchors, labels, sampling, deltas, points) runs in a tf.numpy_function on the

@@ -55,7 +55,7 @@ def write_to_tfrecord(prefix: str, output_format: config_lib.OutputConfig) -> Wr
   FileBasedSink has `max_bytes_per_shard`, but WriteToTFRecord takes no such
   argument; without it a runner-sharded local run writes one file per worker
   bundle. So it is set on the sink WriteToTFRecord keeps in `_sink`: checked
-  against apache-beam 2.77 (tests/pipeline/test_transforms.py fails if that changes).
+  against apache-beam 2.77 (tests/pipeline/beam/test_transforms.py fails if that changes).
   """
   fmt = output_format
   write = WriteToTFRecord(

@@ -187,7 +187,7 @@ def fast_best_iou(sample: BoxSample, scales: Sequence[float], ratios: Sequence[f
   IoU of two axis-aligned boxes grows as either centre offset shrinks, and the
   inside condition restricts x and y separately, so the best anchor of each
   shape sits at the allowed grid point nearest the box centre on each axis.
-  Equals best_ious up to float rounding (tests/pipeline/test_coverage.py);
+  Equals best_ious up to float rounding (tests/pipeline/core/test_coverage.py);
   the search calls it thousands of times.
   """
   gx1, gy1, gx2, gy2 = sample.boxes.T

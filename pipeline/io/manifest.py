@@ -51,7 +51,7 @@ def build(cfg: config.PreprocessConfig, counts: Dict[str, int], shard_files: Lis
   pipeline.io.shards.describe_shard) become the "shards" key, in the order of
   shard_files; they must name the same files. `backbone_threads` ({"1": 13}:
   images whose features that many TensorFlow threads computed) says which
-  runs' features are byte-identical (pipeline/determinism.py).
+  runs' features are byte-identical (pipeline/io/determinism.py).
   """
   fmt = cfg.output_format
   num_shards = len(shard_files)

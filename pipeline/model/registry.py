@@ -40,7 +40,7 @@ BACKBONES = {
 
 # The stride-16 feature layer of a backbone (--feature_layer), for the RPN of
 # Faster R-CNN: the deepest layer whose path from the input multiplies the
-# strides to 16 (tests/pipeline/test_feature_layer.py checks that).
+# strides to 16 (tests/pipeline/model/test_feature_layer.py checks that).
 #   VGG16              block5_conv3: conv5_3 of the Faster R-CNN paper, 512 channels
 #   ResNet50           conv4_block6_out: C4 of detectron2's R50-C4, 1024 channels
 #   InceptionResNetV2  block17_20_ac: the last 17 x 17 block at 299 px (the

@@ -1,4 +1,4 @@
-"""The determinism contract (pipeline/determinism.py) on every runner and with
+"""The determinism contract (pipeline/io/determinism.py) on every runner and with
 several backbone thread counts: DirectRunner in-process and multi-process,
 PortableRunner against Beam's local job service with an external worker pool.
 

@@ -1,6 +1,6 @@
 """trainer.data: shard checks, corrupt and truncated shards, the tf.data round trip.
 
-The manifest's own checks are tested in tests/pipeline/test_manifest.py.
+The manifest's own checks are tested in tests/pipeline/io/test_manifest.py.
 """
 import os
 import struct

@@ -1,6 +1,6 @@
 """Tests of trainer/propose.py: rpn-propose on job directories and whole images.
 
-The numeric proposal steps are tested in tests/pipeline/test_proposals.py.
+The numeric proposal steps are tested in tests/pipeline/core/test_proposals.py.
 The end-to-end run (the `proposals` fixture of tests/conftest.py) is
 rpn-propose with an untrained RPN over a MobileNetV2 backbone (random
 weights) on a few generated ILSVRC-layout images; tests/trainer/test_evaluate.py

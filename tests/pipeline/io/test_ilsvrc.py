@@ -1,4 +1,4 @@
-"""Tests of pipeline/ilsvrc.py: real ILSVRC samples, layouts, and every bad input.
+"""Tests of pipeline/io/ilsvrc.py: real ILSVRC samples, layouts, and every bad input.
 
 Boxes are x1, y1, x2, y2 in pixels with x1 = xmin, x2 = xmax + 1 (same for y).
 Every bad file is made here, in tmp_path or in memory.
@@ -62,7 +62,7 @@ def test_pure_parsing_does_not_import_beam(repo_root):
   code = (
       "import sys, io\n"
       "from PIL import Image\n"
-      "from pipeline import ilsvrc\n"
+      "from pipeline.io import ilsvrc, images as images_lib\n"
       "b = io.BytesIO(); Image.new('RGB', (4, 3)).save(b, 'PNG')\n"
       "images_lib.decode_image(b.getvalue())\n"
       "a = ilsvrc.parse_annotation(b'<annotation><size><width>4</width>"

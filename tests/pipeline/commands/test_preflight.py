@@ -85,7 +85,7 @@ def test_an_unknown_store_is_named():
 
 
 def test_backbone_check_in_a_child_primes_the_layer_cache(monkeypatch):
-  monkeypatch.setattr(backbone, "_LAYER_INFO", {})
+  monkeypatch.setattr(layers, "_LAYER_INFO", {})
   check = preflight.start_backbone_check(registry.TINY_BACKBONE, "none", "conv1")
   answer = check.result()
   assert answer["ok"] and answer["layer_info"]["name"] == "conv1"

@@ -1,4 +1,4 @@
-"""Tests of pipeline/manifest.py: building, writing, reading and checking manifest.json.
+"""Tests of pipeline/io/manifest.py: building, writing, reading and checking manifest.json.
 
 Every error is a ManifestError (a ValueError) whose message names the file and
 what is wrong.

@@ -6,7 +6,6 @@ from apache_beam.pvalue import TaggedOutput
 from pipeline.beam import dofns, elements
 from pipeline.beam import outputs as outputs_lib
 from pipeline.beam import progress as progress_lib
-from pipeline.beam import transforms as T
 from pipeline.core import config as config_lib
 from pipeline.model import registry
 from tests import dataset_fixtures as fixtures
@@ -254,7 +253,7 @@ def test_worker_progress_logs_at_most_every_s(caplog, monkeypatch):
   import logging
   import os
   clock = _Clock()
-  monkeypatch.setattr(T, "time", clock)  # transforms' time.monotonic only
+  monkeypatch.setattr(progress_lib, "time", clock)  # progress.py's time.monotonic only
   caplog.set_level(logging.INFO, logger="pipeline.progress")
   progress = progress_lib.WorkerProgress(every_s=10.0)
   progress.image_done()  # the first event is always logged
@@ -280,7 +279,7 @@ def test_worker_progress_logs_at_most_every_s(caplog, monkeypatch):
 
 def test_worker_progress_first_event_an_error(caplog, monkeypatch):
   import logging
-  monkeypatch.setattr(T, "time", _Clock())
+  monkeypatch.setattr(progress_lib, "time", _Clock())
   caplog.set_level(logging.INFO, logger="pipeline.progress")
   progress = progress_lib.WorkerProgress(every_s=10.0)
   progress.error()

@@ -143,7 +143,7 @@ def test_layers_without_a_4d_map_or_a_stable_name_are_refused(monkeypatch):
     generated = keras.layers.Conv2D(4, 1, name="conv2d_811")(x)
     return keras.Model(inputs, [x, pooled, first, second, generated])
   monkeypatch.setattr(keras.applications, "VGG16", fake_vgg16)
-  monkeypatch.setattr(backbone, "_LAYER_INFO", {})  # what the fake gives stays in this test
+  monkeypatch.setattr(layers, "_LAYER_INFO", {})  # what the fake gives stays in this test
   assert "not a 4-D map [B, H, W, C]" in _one_line_error("VGG16", "pooled")
   assert "has 2 outputs" in _one_line_error("VGG16", "two_maps")
   assert "Keras generated this name" in _one_line_error("VGG16", "conv2d_811")

@@ -1,4 +1,4 @@
-"""Tests of pipeline/targets.py: labels, sampling, deltas, per-point records, tiles."""
+"""Tests of pipeline/core/targets.py: labels, sampling, deltas, per-point records, tiles."""
 import math
 
 import numpy as np

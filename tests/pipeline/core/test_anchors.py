@@ -1,4 +1,4 @@
-"""Tests of pipeline/anchors.py: strides, base and grid anchors, the inside mask."""
+"""Tests of pipeline/core/anchors.py: strides, base and grid anchors, the inside mask."""
 import math
 
 import numpy as np

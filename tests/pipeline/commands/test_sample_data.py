@@ -1,4 +1,4 @@
-"""Tests of pipeline/sample_data.py: layout, determinism, boxes that make sense."""
+"""Tests of pipeline/commands/sample_data.py: layout, determinism, boxes that make sense."""
 import json
 import os
 

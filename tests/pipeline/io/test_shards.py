@@ -1,4 +1,4 @@
-"""pipeline/shards.py: TFRecord framing walked without TensorFlow (written here
+"""pipeline/io/shards.py: TFRecord framing walked without TensorFlow (written here
 with TensorFlow's writer, the reference)."""
 import os
 

@@ -250,7 +250,7 @@ def test_plain_run_is_multi_process_with_runner_decided_shards(tmp_path, monkeyp
     setups.append(real_setup(beam_args, cores))
     return setups[-1]
 
-  monkeypatch.setattr(run, "runner_setup", spy)
+  monkeypatch.setattr(preprocess_beam, "runner_setup", spy)
   # Two cores whatever the machine: two worker processes (each imports
   # TensorFlow), so the test stays fast on many-core machines.
   monkeypatch.setattr(os, "cpu_count", lambda: 2)

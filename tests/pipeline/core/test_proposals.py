@@ -1,4 +1,4 @@
-"""Tests of pipeline/proposals.py: the RPN's outputs of one image -> proposals.
+"""Tests of pipeline/core/proposals.py: the RPN's outputs of one image -> proposals.
 
 Box post-processing is checked against the plain loop of tests/reference.py,
 with golden cases for clipping, min_size, top-N, NMS and the delta clamp.

@@ -1,4 +1,4 @@
-"""Tests of pipeline/portable.py without starting its servers: the runner
+"""Tests of pipeline/commands/portable.py without starting its servers: the runner
 arguments and the command line (the portable run itself is in
 tests/end_to_end/test_runners.py)."""
 from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions

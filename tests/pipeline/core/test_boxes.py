@@ -1,4 +1,4 @@
-"""Tests of pipeline/boxes.py: IoU, deltas, clipping, small boxes, NMS."""
+"""Tests of pipeline/core/boxes.py: IoU, deltas, clipping, small boxes, NMS."""
 import math
 import subprocess
 import sys
