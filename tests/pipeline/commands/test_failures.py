@@ -153,7 +153,7 @@ sys.exit(cli.run_command("rpn-x", command))
   result = subprocess.run([sys.executable, "-c", script, CHILD], capture_output=True,
                           text=True, timeout=120, env=dict(os.environ, TMPDIR=str(temp)),
                           cwd=os.path.dirname(os.path.dirname(os.path.dirname(
-                              os.path.abspath(__file__)))))
+                              os.path.dirname(os.path.abspath(__file__))))))
   assert result.returncode == 1
   lines = result.stderr.splitlines()
   assert lines[0] == "INFO:pipeline.progress:progress (worker 7): 3 images done in 1 s"

@@ -31,7 +31,7 @@ def holder_process():
     process = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(directory), "remote" if remote else "local"],
         stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(
-            os.path.dirname(os.path.abspath(__file__)))))
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
     started.append(process)
     assert process.stdout.readline().strip() == "held"
     return process
