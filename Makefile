@@ -26,7 +26,7 @@ VAL_NUM_SHARDS ?= $(NUM_SHARDS)
 EPOCHS ?= 10
 # auto: VGG16 with the real weights file when one is found (RPN_VGG16_WEIGHTS,
 # else shared/weights beside the checkout), else the small random conv net
-# (a deep net's random features carry almost no signal; see README).
+# (a deep net's random features carry almost no signal; see docs/demo.md).
 DEMO_BACKBONE ?= auto
 DEMO_WEIGHTS ?= auto
 DEMO_EPOCHS ?=
@@ -35,7 +35,7 @@ BEAM_ARGS ?=
 BACKBONE_THREADS ?=
 PREPROCESS_ARGS ?=
 # tiles (the method) or maps: one record per image, rpn-train draws the targets
-# every epoch with the anchors it is given (README, "Choosing a layout").
+# every epoch with the anchors it is given (docs/choosing-settings.md).
 LAYOUT ?=
 PREPROCESS_FLAGS = --backbone $(BACKBONE) --weights $(WEIGHTS) $(if $(LAYOUT),--layout $(LAYOUT)) \
   $(if $(RUNNER),--runner $(RUNNER)) $(if $(BACKBONE_THREADS),--backbone_threads $(BACKBONE_THREADS)) \

@@ -69,7 +69,7 @@ def add_frame_arguments(parser: argparse.ArgumentParser):
   model.add_argument("--feature_layer", default=backbone.feature_layer,
                      help="take the feature map from this layer of the backbone (default: its "
                      "final output); e.g. block5_conv3 (VGG16), conv4_block6_out (ResNet50): "
-                     "stride 16, see the README")
+                     "stride 16, see docs/choosing-settings.md")
   model.add_argument("--min_side", type=int, default=backbone.min_side,
                      help="resize so the shorter side is this (off by default)")
   model.add_argument("--max_side", type=int, default=backbone.max_side,
@@ -119,7 +119,7 @@ def build_parser() -> cli.Parser:
                    help="tiles: the sampled 3x3 tiles and their targets (the method); maps: "
                    "one record per image, its whole feature map and gt boxes, so that "
                    "rpn-train draws the anchors' targets afresh every epoch, with anchors "
-                   "chosen at training time (README, 'Choosing a layout')")
+                   "chosen at training time (docs/choosing-settings.md)")
   out.add_argument("--tile_dtype", choices=("float32", "float16"), default=output.tile_dtype,
                    help="dtype of the stored features (the tiles, or the maps)")
   out.add_argument("--no_space_check", action="store_true",

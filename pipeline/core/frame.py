@@ -74,3 +74,22 @@ def frame_size(width: int, height: int, min_input_side: int, min_side: Optional[
       new_w = max(1, int(round(width * scale)))
       new_h = max(1, int(round(height * scale)))
   return FrameSize(max(new_w, min_input_side), max(new_h, min_input_side), new_w, new_h, scale)
+
+
+def prepare_frame(image: np.ndarray, gt_boxes: np.ndarray, min_input_side: int,
+                  min_side: Optional[int] = None, max_side: Optional[int] = None
+                  ) -> Tuple[np.ndarray, np.ndarray, Tuple[float, float]]:
+  """(frame uint8 [H, W, 3], gt boxes [N, 4] in it, box_scale (sx, sy)) of an image.
+
+  prepare_image, plus box_scale: frame pixels per pixel of the decoded image
+  ((1, 1) without resize; padding moves no coordinate), which takes proposals
+  back to the image's own pixels.
+  """
+  height, width = image.shape[:2]
+  # The whole image as one more box gives the resized size.
+  whole = np.array([[0.0, 0.0, width, height]])
+  frame, frame_boxes, _ = prepare_image(
+      image, np.vstack([np.asarray(gt_boxes, np.float64).reshape(-1, 4), whole]),
+      min_input_side, min_side, max_side)
+  box_scale = (float(frame_boxes[-1, 2]) / width, float(frame_boxes[-1, 3]) / height)
+  return frame, frame_boxes[:-1], box_scale

@@ -1,6 +1,6 @@
 """What a rerun of rpn-preprocess reproduces, and a check of two outputs against it.
 
-The contract (README "Determinism", DESIGN.md): the same input, options
+The contract (docs/DESIGN.md, "Determinism"): the same input, options
 (`--seed` included) and software give
 
 1. byte for byte, on every runner, number of worker processes, number of
@@ -188,7 +188,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m pipeline.io.determinism",
       description="Check an rpn-preprocess output against a reference output of the "
-                  "same input and options, by the determinism contract (README).")
+                  "same input and options, by the determinism contract (docs/DESIGN.md).")
   parser.add_argument("reference", help="a finished rpn-preprocess output directory")
   parser.add_argument("other", help="another output of the same input and options")
   args = parser.parse_args(argv)

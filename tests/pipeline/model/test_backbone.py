@@ -1,8 +1,7 @@
-"""pipeline.model.backbone: one trace for every size, padding, weights handling."""
+"""pipeline.model.backbone and extractor: one trace for every size, weights handling."""
 import numpy as np
 import pytest
 
-from pipeline.core import frame as frame_lib
 from pipeline.model import backbone, registry
 from pipeline.model import extractor as extractor_lib
 
@@ -35,26 +34,6 @@ def test_inception_resnet_v2_smallest_input():
   assert extractor(np.zeros((75, 75, 3), np.uint8)).shape == (1, 1, 1536)
   with pytest.raises(ValueError, match="smaller than 75"):
     extractor(np.zeros((74, 200, 3), np.uint8))
-
-
-def test_prepare_image_pads_small_images_bottom_right():
-  image = np.full((50, 300, 3), 7, np.uint8)
-  boxes = np.array([[10.0, 5.0, 60.0, 40.0]])
-  out, out_boxes, scale = frame_lib.prepare_image(image, boxes, min_input_side=75)
-  assert out.shape == (75, 300, 3) and scale == 1.0
-  assert (out[:50] == 7).all() and (out[50:] == 0).all()
-  np.testing.assert_array_equal(out_boxes, boxes)  # padding never moves boxes
-
-
-def test_prepare_image_resize_min_and_max_side():
-  image = np.zeros((100, 400, 3), np.uint8)
-  boxes = np.array([[0.0, 0.0, 400.0, 100.0]])
-  out, out_boxes, scale = frame_lib.prepare_image(image, boxes, 32, min_side=200, max_side=600)
-  # min_side asks for x2 (800 wide), max_side caps the long side: 600 / 400 = 1.5.
-  assert scale == 1.5 and out.shape == (150, 600, 3)
-  np.testing.assert_allclose(out_boxes, [[0, 0, 600, 150]])
-  same, _, one = frame_lib.prepare_image(image, boxes, 32)
-  assert one == 1.0 and same is image  # resizing is off by default
 
 
 def test_unknown_backbone_and_missing_weights_file(tmp_path):
