@@ -237,9 +237,11 @@ class RssLog:
 
 
 def _recall(job: str, out: str) -> Dict:
+  from trainer import cli as trainer_cli
   from trainer import evaluate, propose
-  propose.run(["--job_dir", job, "--input", SAMPLE, "--split", "DET/val", "--output", out,
-               "--draw", "0"])
+  propose.propose(trainer_cli.check_propose(trainer_cli.propose_parser().parse(
+      ["--job_dir", job, "--input", SAMPLE, "--split", "DET/val", "--output", out,
+       "--draw", "0"])))
   recall = evaluate.run(["--proposals", out, "--input", SAMPLE, "--split", "DET/val"])
   return {k: recall["results"]["300"][k] for k in ("recall@0.5", "recall@0.7", "ar")}
 
@@ -273,12 +275,11 @@ def part_recall(out: str, settings: Dict, seeds: Sequence[int]) -> Dict:
                 "--seed", str(seed)]
         if layout == "maps":
           argv += ["--anchors_json", os.path.join(anchors_dir, anchors_beam.ANCHORS_NAME)]
-        args = trainer_cli.train_parser().parse(argv)
-        trainer_cli.check_train(args)
+        run = trainer_cli.check_train(trainer_cli.train_parser().parse(argv))
         rss = RssLog()
         _log(f"rpn-train {key}")
         start = time.monotonic()
-        train.train(args, callbacks=[rss])
+        train.train(run, callbacks=[rss])
         seconds = time.monotonic() - start
         results[key] = dict(_recall(job, os.path.join(base, f"proposals_{layout}_{seed}")),
                             train_seconds=seconds, rss_mib=rss.mib,
@@ -291,11 +292,10 @@ def memory_child(layout: str, data: str, job: str, epochs: int, extra: Sequence[
   """In a fresh process: rpn-train, printing the RSS at every epoch end."""
   from trainer import cli as trainer_cli
   from trainer import train
-  args = trainer_cli.train_parser().parse(["--data", data, "--job_dir", job, "--epochs",
-                                           str(epochs), *extra])
-  trainer_cli.check_train(args)
+  run = trainer_cli.check_train(trainer_cli.train_parser().parse(
+      ["--data", data, "--job_dir", job, "--epochs", str(epochs), *extra]))
   rss = RssLog()
-  train.train(args, callbacks=[rss])
+  train.train(run, callbacks=[rss])
   print("RSS " + json.dumps({"layout": layout, "rss_mib": rss.mib}), flush=True)
 
 

@@ -32,7 +32,8 @@ from pipeline.commands import anchors as coverage_run
 from pipeline.commands import preprocess, sample_data
 from pipeline.io import storage
 from pipeline.model import registry
-from trainer import evaluate, propose, train
+from trainer import cli as trainer_cli
+from trainer import evaluate, propose
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_WEIGHTS = os.path.join(os.path.dirname(REPO), "shared", "weights",
@@ -76,15 +77,15 @@ def run_setting(args, setting: Setting) -> Dict:
     preprocess.run(["--input", args.sample, "--split", f"DET/{split}",
                     "--output", os.path.join(out, "shards", split), *common])
   _log(f"{setting.name}: rpn-train, {args.epochs} epochs")
-  train.main(["--data", os.path.join(out, "shards", "train"),
-              "--val_data", os.path.join(out, "shards", "val"),
-              "--job_dir", os.path.join(out, "job"), "--epochs", str(args.epochs)])
+  trainer_cli.train_main(["--data", os.path.join(out, "shards", "train"),
+                          "--val_data", os.path.join(out, "shards", "val"),
+                          "--job_dir", os.path.join(out, "job"), "--epochs", str(args.epochs)])
   result["recall"] = {}
   for which in ("inside", "all"):
     proposals = os.path.join(out, f"proposals_{which}")
-    propose.run(["--job_dir", os.path.join(out, "job"), "--input", args.sample,
-                 "--split", "DET/val", "--output", proposals, "--anchors", which,
-                 "--draw", "4"])
+    propose.propose(trainer_cli.check_propose(trainer_cli.propose_parser().parse(
+        ["--job_dir", os.path.join(out, "job"), "--input", args.sample, "--split", "DET/val",
+         "--output", proposals, "--anchors", which, "--draw", "4"])))
     recall = evaluate.run(["--proposals", proposals, "--input", args.sample,
                            "--split", "DET/val"])
     result["recall"][which] = {k: recall["results"]["300"][k]

@@ -19,7 +19,7 @@ for every figure that follows (all of them then read from memory). Then:
              payload checksum), on the same warm-cache shards;
   step       records/s one compiled training step of the RPN tile model
              consumes (train_on_batch, batch 256, Adam, the trainer's losses).
-train: rpn-train (trainer.train.main) for one epoch, in this process, so that
+train: rpn-train (trainer.cli.train_main) for one epoch, in this process, so that
 the driver reads its peak memory.
 """
 from __future__ import annotations
@@ -36,6 +36,7 @@ import tensorflow as tf  # noqa: E402
 
 from bench import common  # noqa: E402
 from pipeline.io import manifest as manifest_lib  # noqa: E402
+from trainer import cli as trainer_cli  # noqa: E402
 from trainer import data as data_lib  # noqa: E402
 from trainer import model as model_lib  # noqa: E402
 from trainer import train  # noqa: E402
@@ -194,11 +195,12 @@ def measure_input(data_dir: str, passes: int, step_iters: int):
 
 
 def train_memory(data_dir: str, job_dir: str, epochs: int, shuffle_buffer_mb):
-  """rpn-train (trainer.train.main) in this process, for the driver to read its memory."""
+  """rpn-train (trainer.cli.train_main) in this process, for the driver to read its memory."""
   records = manifest_lib.load(data_dir)["counts"]["records"]
   start = time.monotonic()
   extra = [] if shuffle_buffer_mb is None else ["--shuffle_buffer_mb", str(shuffle_buffer_mb)]
-  rc = train.main(["--data", data_dir, "--job_dir", job_dir, "--epochs", str(epochs), *extra])
+  rc = trainer_cli.train_main(["--data", data_dir, "--job_dir", job_dir, "--epochs", str(epochs),
+                               *extra])
   seconds = time.monotonic() - start
   return {"rc": rc, "records": records, "shuffle_buffer_mb": shuffle_buffer_mb,
           "epochs": epochs, "train_s": seconds,

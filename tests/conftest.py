@@ -101,10 +101,10 @@ def val_dataset(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def proposals(untrained_job, val_dataset, tmp_path_factory) -> str:
   """rpn-propose's output directory for val_dataset (top 50, min_size 4, 2 pictures)."""
-  from trainer import propose
+  from trainer import cli as trainer_cli
   out = str(tmp_path_factory.mktemp("proposals"))
-  code = propose.main(["--job_dir", untrained_job, "--input", val_dataset, "--split", "DET/val",
-                       "--output", out, "--post_nms_top_n", "50", "--min_size", "4",
-                       "--draw", "2"])
+  code = trainer_cli.propose_main(["--job_dir", untrained_job, "--input", val_dataset,
+                                   "--split", "DET/val", "--output", out,
+                                   "--post_nms_top_n", "50", "--min_size", "4", "--draw", "2"])
   assert code == 0
   return out

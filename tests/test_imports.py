@@ -172,7 +172,8 @@ def test_importing_leaves_out_trainer_and_tensorflow(module, imported_modules):
 
 # The trainer's command-line front ends check their flags before TensorFlow
 # loads (its import alone takes seconds and prints lines on stderr).
-TRAINER_FRONT_ENDS = ("trainer.cli", "trainer.settings", "trainer.evaluate")
+TRAINER_FRONT_ENDS = ("trainer.cli", "trainer.settings", "trainer.evaluate", "trainer.arguments",
+                      "trainer.sampling", "trainer.job")
 
 
 @pytest.mark.parametrize("module", TRAINER_FRONT_ENDS)

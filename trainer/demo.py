@@ -26,7 +26,8 @@ from pipeline.commands import draw, sample_data
 from pipeline.commands import preprocess as run
 from pipeline.io import storage
 from pipeline.model import registry
-from trainer import evaluate, propose, recall, train
+from trainer import cli as trainer_cli
+from trainer import evaluate, recall
 from trainer import model as model_lib
 
 SAMPLE = "data/sample"
@@ -157,8 +158,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
   job = os.path.join(out, "job")
   start = _step(f"rpn-train -> {job}")
-  _ok(train.main(["--data", shards["train"], "--val_data", shards["val"], "--job_dir", job,
-                  "--epochs", str(args.epochs), *train_anchors]), "rpn-train")
+  _ok(trainer_cli.train_main(["--data", shards["train"], "--val_data", shards["val"],
+                              "--job_dir", job, "--epochs", str(args.epochs), *train_anchors]),
+      "rpn-train")
   _done(start)
 
   # The same RPN before training: same architecture, initial weights.
@@ -170,8 +172,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   for name, job_dir in (("untrained RPN", untrained), ("trained RPN", job)):
     proposals = os.path.join(out, "proposals", name.split()[0])
     start = _step(f"rpn-propose ({name}) on DET/val -> {proposals}")
-    _ok(propose.main(["--job_dir", job_dir, "--input", args.sample, "--split", "DET/val",
-                      "--output", proposals, "--draw", "6"]), "rpn-propose")
+    _ok(trainer_cli.propose_main(["--job_dir", job_dir, "--input", args.sample,
+                                  "--split", "DET/val", "--output", proposals, "--draw", "6"]),
+        "rpn-propose")
     _done(start)
     start = _step(f"rpn-evaluate ({name})")
     _ok(evaluate.main(["--proposals", proposals, "--input", args.sample, "--split", "DET/val"]),

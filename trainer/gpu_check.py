@@ -60,6 +60,14 @@ def _command(module: str, *args: str) -> List[str]:
   return [sys.executable, "-m", module, *args]
 
 
+def _entry_point(target: str, *args: str) -> List[str]:
+  """A console script's function, "module:function" as setup.py names it (rpn-train:
+  trainer.cli:train_main), run by this interpreter with `args` as its flags."""
+  module, function = target.split(":")
+  code = f"import sys; from {module} import {function}; sys.exit({function}())"
+  return [sys.executable, "-c", code, *args]
+
+
 def _run(cmd: Sequence[str], env: Optional[Dict[str, str]] = None, log: str = "") -> None:
   """Runs a step; on failure prints its output's tail and raises."""
   proc = subprocess.run(list(cmd), env=env, capture_output=True, text=True)
@@ -95,9 +103,9 @@ def train_run(work: str, name: str, train_dir: str, val_dir: str, epochs: int,
   if visible is not None:
     env["CUDA_VISIBLE_DEVICES"] = visible
   start = time.monotonic()
-  _run(_command("trainer.train", "--data", train_dir, "--val_data", val_dir, "--job_dir", job,
-                "--epochs", str(epochs), "--seed", "0", "--batch_size", "128",
-                *(["--mixed_precision"] if mixed else [])),
+  _run(_entry_point("trainer.cli:train_main", "--data", train_dir, "--val_data", val_dir,
+                    "--job_dir", job, "--epochs", str(epochs), "--seed", "0",
+                    "--batch_size", "128", *(["--mixed_precision"] if mixed else [])),
        env=env, log=os.path.join(work, f"train-{name}.log"))
   seconds = time.monotonic() - start
   with open(os.path.join(job, "history.csv")) as f:

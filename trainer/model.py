@@ -33,7 +33,8 @@ import numpy as np
 from pipeline.core.config import MANIFEST_NAME, AnchorConfig
 from pipeline.io import manifest as manifest_lib
 from pipeline.io import schema, storage
-from trainer.settings import DEFAULT_HIDDEN, TRAIN_CONFIG_NAME, WEIGHTS_NAME  # noqa: F401
+from trainer import job
+from trainer.settings import DEFAULT_HIDDEN
 
 
 def _layers(channels_hidden: int, num_anchors: int, padding: str):
@@ -125,11 +126,11 @@ def save_rpn(job_dir: str, tile_model, manifest: dict, train_config: dict) -> No
   """Writes JOB/rpn.weights.h5, JOB/manifest.json (verbatim) and JOB/train_config.json."""
   storage.makedirs(job_dir)
   with tempfile.TemporaryDirectory() as tmp:
-    local = os.path.join(tmp, WEIGHTS_NAME)
+    local = os.path.join(tmp, job.WEIGHTS_NAME)
     tile_model.save_weights(local)
     with open(local, "rb") as f:
-      storage.write_bytes(storage.join(job_dir, WEIGHTS_NAME), f.read())
-  for name, content in ((MANIFEST_NAME, manifest), (TRAIN_CONFIG_NAME, train_config)):
+      storage.write_bytes(storage.join(job_dir, job.WEIGHTS_NAME), f.read())
+  for name, content in ((MANIFEST_NAME, manifest), (job.TRAIN_CONFIG_NAME, train_config)):
     storage.write_json(storage.join(job_dir, name), content)
 
 
@@ -145,26 +146,25 @@ def save_untrained_rpn(job_dir: str, manifest: dict, train_config: dict) -> None
 
 def load_rpn(job_dir: str) -> Tuple[object, object, dict, dict]:
   """(tile_model, inference_model, manifest, train_config) of a job dir."""
-  paths = {name: storage.join(job_dir, name)
-           for name in (WEIGHTS_NAME, MANIFEST_NAME, TRAIN_CONFIG_NAME)}
-  for path in paths.values():
-    if not storage.exists(path):
-      raise FileNotFoundError(
-          f"{path}: missing; {job_dir} is not the job dir of a finished rpn-train run")
+  lacking = job.missing(job_dir)
+  if lacking:
+    raise FileNotFoundError(f"{job.path(job_dir, lacking[0])}: missing; {job_dir} is not the "
+                            f"job dir of a finished rpn-train run")
+  paths = {name: job.path(job_dir, name) for name in job.FILES}
   manifest = storage.read_json(paths[MANIFEST_NAME])
-  train_config = storage.read_json(paths[TRAIN_CONFIG_NAME])
+  train_config = storage.read_json(paths[job.TRAIN_CONFIG_NAME])
   channels = int(manifest["feature_channels"])
   tile_model = build_tile_model(channels, manifest_lib.num_anchors(manifest),
                                 int(train_config.get("hidden", DEFAULT_HIDDEN)),
                                 train_config.get("feature_mean"),
                                 train_config.get("feature_variance"))
   with tempfile.TemporaryDirectory() as tmp:
-    local = os.path.join(tmp, WEIGHTS_NAME)
+    local = os.path.join(tmp, job.WEIGHTS_NAME)
     with open(local, "wb") as f:
-      f.write(storage.read_bytes(paths[WEIGHTS_NAME]))
+      f.write(storage.read_bytes(paths[job.WEIGHTS_NAME]))
     try:
       tile_model.load_weights(local)
     except Exception as e:
-      raise ValueError(f"{paths[WEIGHTS_NAME]}: does not fit an RPN for "
+      raise ValueError(f"{paths[job.WEIGHTS_NAME]}: does not fit an RPN for "
                        f"{channels}-channel features ({type(e).__name__}: {e})") from e
   return tile_model, build_inference_model(tile_model, channels), manifest, train_config

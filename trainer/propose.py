@@ -4,6 +4,10 @@
                 [--pre_nms_top_n 6000] [--post_nms_top_n 300] [--nms_thresh 0.7]
                 [--min_size 16] [--draw 8] [--weights OVERRIDE]
 
+The console script is trainer.cli.propose_main: it checks the flags and the
+job before TensorFlow loads and calls propose() with the typed arguments it
+built from them (trainer/arguments.py: ProposeArgs).
+
 Everything about the backbone and the anchors comes from the job's manifest.json
 (the data manifest of rpn-preprocess), so an image goes through exactly what
 the training images went through: decode, optional resize, padding of small
@@ -31,14 +35,12 @@ Shape shorthand:
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import json
 import logging
-import sys
 import time
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -54,26 +56,15 @@ from pipeline.io import images as images_lib
 from pipeline.io import manifest as manifest_lib
 from pipeline.model import backbone as backbone_lib
 from pipeline.model import extractor as extractor_lib
-from trainer import cli as trainer_cli
-from trainer import draw
-from trainer import evaluate as evaluate_lib
+from trainer import draw, job
 from trainer import model as model_lib
 from trainer import settings as settings_lib
+from trainer.arguments import ProposeArgs
 
-WEIGHTS_NAME = model_lib.WEIGHTS_NAME
-MANIFEST_NAME = model_lib.MANIFEST_NAME
-TRAIN_CONFIG_NAME = model_lib.TRAIN_CONFIG_NAME
-JOB_FILES = settings_lib.JOB_FILES
-PROPOSALS_NAME = evaluate_lib.PROPOSALS_NAME
-SETTINGS_NAME = settings_lib.PROPOSE_SETTINGS_NAME
 PICTURES_DIR = "pictures"
 PICTURE_TOP = 20  # proposals drawn per picture
 
 _LOGGER = logging.getLogger(__name__)
-
-
-class JobError(ValueError):
-  """The job directory cannot be used (missing file, mismatched manifest or model)."""
 
 
 class NoProposalsError(ValueError):
@@ -82,28 +73,6 @@ class NoProposalsError(ValueError):
 
 # ---------------------------------------------------------------------------
 # The job
-
-
-def read_job_manifest(job_dir: str) -> dict:
-  """manifest.json of a job directory, after checking the job's files are all there.
-
-  Raises JobError naming the missing file, or the manifest field that does not
-  fit its backbone (another backbone's channels, unknown stride mode, ...).
-  """
-  if not storage.exists(job_dir):
-    raise JobError(f"job directory not found: {job_dir}")
-  for name in JOB_FILES:
-    path = storage.join(job_dir, name)
-    if not storage.exists(path):
-      raise JobError(f"job directory {job_dir} has no {name} ({path} not found): is it the "
-                     f"--job_dir of a finished rpn-train run?")
-  path = storage.join(job_dir, MANIFEST_NAME)
-  try:
-    manifest = manifest_lib.read(path)
-    backbone_lib.check_manifest(manifest, path)
-  except manifest_lib.ManifestError as e:
-    raise JobError(str(e)) from None
-  return manifest
 
 
 def prepare_frame(image: np.ndarray, gt_boxes: np.ndarray, manifest: dict
@@ -136,21 +105,25 @@ class Proposer:
   def __init__(self, job_dir: str, weights: Optional[str] = None,
                proposal_config: Optional[config.ProposalConfig] = None):
     proposal_config = proposal_config or config.ProposalConfig()
-    manifest = read_job_manifest(job_dir)
+    manifest = job.read_manifest(job_dir)
+    try:  # the backbone runs again: the manifest's features must be what it computes
+      backbone_lib.check_manifest(manifest, job.path(job_dir, config.MANIFEST_NAME))
+    except manifest_lib.ManifestError as e:
+      raise job.JobError(str(e)) from None
+    weights_path = job.path(job_dir, job.WEIGHTS_NAME)
     try:
       _, inference_model, _, train_config = model_lib.load_rpn(job_dir)
     except (ValueError, OSError, KeyError, TypeError) as e:
-      raise JobError(f"cannot load the RPN from {storage.join(job_dir, WEIGHTS_NAME)} "
-                     f"({type(e).__name__}: {e})") from None
+      raise job.JobError(f"cannot load the RPN from {weights_path} "
+                         f"({type(e).__name__}: {e})") from None
     self.manifest, self.train_config = manifest, train_config
     self.config = proposal_config
     self.channels = int(manifest["feature_channels"])
     self.num_anchors = manifest_lib.num_anchors(manifest)
     model_channels = inference_model.inputs[0].shape[-1]
     if model_channels is not None and int(model_channels) != self.channels:
-      raise JobError(f"the RPN in {storage.join(job_dir, WEIGHTS_NAME)} takes {model_channels} "
-                     f"channels but the manifest's backbone {manifest['backbone']} gives "
-                     f"{self.channels}")
+      raise job.JobError(f"the RPN in {weights_path} takes {model_channels} channels but the "
+                         f"manifest's backbone {manifest['backbone']} gives {self.channels}")
     self.weights = weights or manifest["weights"]
     if weights and weights != manifest["weights"]:
       _LOGGER.warning("backbone weights %s instead of the manifest's %s: the RPN was trained "
@@ -162,8 +135,8 @@ class Proposer:
     except backbone_lib.WeightsUnavailableError as e:
       problem = backbone_check.weights_problem(e, manifest["backbone"])
       if weights:
-        raise JobError(f"--weights {weights}: {problem}") from None
-      raise JobError(f"backbone weights of the job ({self.weights}): {problem}") from None
+        raise job.JobError(f"--weights {weights}: {problem}") from None
+      raise job.JobError(f"backbone weights of the job ({self.weights}): {problem}") from None
     # Features go through the dtype the tiles were stored in, as in training.
     self.feature_dtype = np.dtype(manifest.get("dtype", "float32"))
     self.traces = 0
@@ -186,17 +159,17 @@ class Proposer:
     """(scores [K], deltas [K, 4], anchors [K, 4]) of a frame uint8 [H, W, 3]."""
     feature_map = self.extractor(frame)  # [Hf, Wf, C]
     if feature_map.shape[-1] != self.channels:
-      raise JobError(f"backbone {self.manifest['backbone']} gave {feature_map.shape[-1]} "
-                     f"channels, the manifest says {self.channels}")
+      raise job.JobError(f"backbone {self.manifest['backbone']} gave {feature_map.shape[-1]} "
+                         f"channels, the manifest says {self.channels}")
     feature_map = feature_map.astype(self.feature_dtype).astype(np.float32)
     scores, deltas = self._forward(feature_map[np.newaxis])
     scores, deltas = scores.numpy()[0], deltas.numpy()[0]  # [Hf, Wf, A], [Hf, Wf, 4A]
     feature_height, feature_width = feature_map.shape[:2]
     if scores.shape != (feature_height, feature_width, self.num_anchors) or (
         deltas.shape != (feature_height, feature_width, 4 * self.num_anchors)):
-      raise JobError(f"the RPN gives scores {scores.shape} and deltas {deltas.shape} for a "
-                     f"{feature_height}x{feature_width} map; the manifest's anchors need "
-                     f"{self.num_anchors} per point")
+      raise job.JobError(f"the RPN gives scores {scores.shape} and deltas {deltas.shape} "
+                         f"for a {feature_height}x{feature_width} map; the manifest's anchors "
+                         f"need {self.num_anchors} per point")
     height, width = frame.shape[:2]
     stride_x, stride_y = anchors_lib.ratio_strides(width, height, feature_width, feature_height)
     anchors = anchors_lib.grid_anchors(
@@ -295,7 +268,7 @@ def iter_proposals(proposer: Proposer, inputs, max_pixels: int
     frame, frame_gt, box_scale = proposer.prepare(image, gt_boxes)
     try:
       boxes, scores = proposer(frame)
-    except JobError:
+    except job.JobError:
       raise  # the job does not fit: every image would fail the same way
     except NoProposalsError as e:
       yield "error", {"path": image_path, "stage": "propose", "reason": str(e),
@@ -310,34 +283,23 @@ def iter_proposals(proposer: Proposer, inputs, max_pixels: int
     yield "ok", line, (frame, boxes, scores, gt)
 
 
-build_parser = trainer_cli.propose_parser  # the flags and their checks: trainer/cli.py
-
-
 def _write_json_line(f, record: dict) -> None:
   f.write((json.dumps(record, sort_keys=True) + "\n").encode("utf-8"))
 
 
-def run(argv: Optional[Sequence[str]] = None) -> dict:
-  """Parses and checks the flags, proposes for every image, writes the outputs;
-  returns propose.json (with "output")."""
-  args = build_parser().parse(argv)
-  trainer_cli.check_propose(args)
-  return propose(args)
-
-
-def propose(args: argparse.Namespace) -> dict:
-  """Proposes for every image of flags that trainer.cli.check_propose passed
-  (value ranges included), writes the outputs; returns propose.json (with "output")."""
-  proposal_config = config.ProposalConfig(args.pre_nms_top_n, args.post_nms_top_n,
-                                          args.nms_thresh, args.min_size, args.anchors)
-  inputs = list_inputs(args.input, args.split, args.images)
-  proposer = Proposer(args.job_dir, args.weights, proposal_config)
-  output = args.output.rstrip("/")
+def propose(run: ProposeArgs) -> dict:
+  """Proposes for every image, writes the outputs; returns propose.json (with
+  "output"). `run` comes from rpn-propose's checked flags
+  (trainer.cli.check_propose: value ranges included)."""
+  proposal_config = run.proposal
+  inputs = list_inputs(run.input, run.split, run.images)
+  proposer = Proposer(run.job_dir, run.weights, proposal_config)
+  output = run.output.rstrip("/")
   storage.makedirs(output)
   counts = {"images_found": len(inputs), "images_ok": 0, "images_failed": 0, "proposals": 0}
   drawn, start = 0, time.monotonic()
   max_pixels = manifest_lib.max_pixels(proposer.manifest)
-  with FileSystems.create(storage.join(output, PROPOSALS_NAME)) as proposals_file, \
+  with FileSystems.create(storage.join(output, settings_lib.PROPOSALS_NAME)) as proposals_file, \
       FileSystems.create(storage.join(output, config.ERRORS_NAME)) as errors_file:
     for outcome, record, extra in iter_proposals(proposer, inputs, max_pixels):
       if outcome == "error":
@@ -348,7 +310,7 @@ def propose(args: argparse.Namespace) -> dict:
       counts["images_ok"] += 1
       counts["proposals"] += len(record["boxes"])
       _write_json_line(proposals_file, record)
-      if drawn < args.draw:
+      if drawn < run.draw:
         frame, boxes, scores, gt = extra
         picture = draw.draw_proposals(frame, boxes, scores, gt, top=PICTURE_TOP,
                                       title=record["image_id"])
@@ -363,8 +325,8 @@ def propose(args: argparse.Namespace) -> dict:
         _LOGGER.warning("rpn-propose: %d of %d images in %.0f s", done, len(inputs),
                         time.monotonic() - start)
   settings = {
-      "job_dir": args.job_dir,
-      "input": args.input, "split": args.split if args.input else None, "images": args.images,
+      "job_dir": run.job_dir,
+      "input": run.input, "split": run.split if run.input else None, "images": run.images,
       "backbone": proposer.manifest["backbone"], "weights": proposer.weights,
       "proposal": dataclasses.asdict(proposal_config),
       "counts": dict(counts, **proposer.stats),
@@ -372,7 +334,7 @@ def propose(args: argparse.Namespace) -> dict:
       "head_traces": proposer.traces,
       "seconds": round(time.monotonic() - start, 3),
   }
-  storage.write_json(storage.join(output, SETTINGS_NAME), settings)
+  storage.write_json(storage.join(output, settings_lib.PROPOSE_SETTINGS_NAME), settings)
   settings["output"] = output
   return settings
 
@@ -383,14 +345,5 @@ def report(settings: dict) -> None:
   print(f"images: {c['images_found']} found = {c['images_ok']} ok + {c['images_failed']} "
         f"failed; {c['proposals']} proposals "
         f"({c['proposals'] / max(1, c['images_ok']):.1f} per image) in {settings['seconds']:.1f} s")
-  print(f"wrote {settings['output']}/{PROPOSALS_NAME}, {config.ERRORS_NAME}, {SETTINGS_NAME} and "
-        f"{settings['pictures']} pictures")
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  """rpn-propose (trainer/cli.py: the flags are checked before the backbone loads)."""
-  return trainer_cli.propose_main(argv)
-
-
-if __name__ == "__main__":
-  sys.exit(main())
+  print(f"wrote {settings['output']}/{settings_lib.PROPOSALS_NAME}, {config.ERRORS_NAME}, "
+        f"{settings_lib.PROPOSE_SETTINGS_NAME} and {settings['pictures']} pictures")

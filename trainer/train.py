@@ -2,6 +2,10 @@
 
     rpn-train --data DIR [--val_data DIR] --job_dir JOB [--epochs 10] [--batch_size 256]
 
+The console script is trainer.cli.train_main: it checks the flags before
+TensorFlow loads and calls train() with the typed arguments it built from
+them (trainer/arguments.py: TrainArgs).
+
 Shape shorthand: B tiles per step, C feature channels, A anchors per point.
 Batches are tiles [B, 3, 3, C] with targets {"scores": [B, A], "deltas":
 [B, 5A]} (data.py); the losses and metrics skip anchors labelled -1
@@ -26,7 +30,6 @@ Rerunning a finished job keeps its results and says it is complete; a larger
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
@@ -43,11 +46,13 @@ import tensorflow as tf
 from pipeline.core import config as config_lib
 from pipeline.io import manifest as manifest_lib
 from pipeline.io import schema, storage
-from trainer import cli, plots, settings
 from trainer import data as data_lib
+from trainer import job, plots
 from trainer import losses as losses_lib
 from trainer import maps as maps_lib
 from trainer import model as model_lib
+from trainer import sampling as sampling_lib
+from trainer.arguments import TrainArgs
 
 _LOGGER = logging.getLogger(__name__)
 STATISTICS_TILES = 20000  # tiles sampled for the per-channel feature statistics
@@ -55,15 +60,6 @@ STATISTICS_TILES = 20000  # tiles sampled for the per-channel feature statistics
 # its first STATISTICS_WINDOW times that many records: reads are bounded by
 # STATISTICS_WINDOW * STATISTICS_TILES records, wherever the shards are.
 STATISTICS_WINDOW = 4
-STATISTICS_NAME = "feature_statistics.json"
-METRICS_NAME = settings.METRICS_NAME
-HISTORY_NAME = plots.HISTORY_NAME  # CSVLogger's file, which HistoryPlot reads on resume
-
-
-# The flags and their checks live in trainer/cli.py (no TensorFlow there).
-TrainConfig = cli.TrainConfig
-build_parser = cli.train_parser
-config_from_args = cli.train_config_from_args
 
 
 def default_strategy():
@@ -155,13 +151,13 @@ def feature_statistics(data_dir: str, manifest: Dict, files, skip_corrupt: bool 
   return model_lib.feature_statistics(centres)
 
 
-def _job_statistics(args, config: "TrainConfig", manifest: Dict, files, report,
-                    sampling=None) -> Dict:
+def _job_statistics(run: TrainArgs, manifest: Dict, files, report, sampling=None) -> Dict:
   """JOB/feature_statistics.json: read when it was made from the same data and
   seed (a resumed or continued job), else sampled and written. From a maps
   dataset (`sampling`: its anchors and targets) the tiles are epoch 0's."""
-  path = storage.join(args.job_dir, STATISTICS_NAME)
-  wanted = {"data": args.data, "seed": config.seed, "max_records": STATISTICS_TILES}
+  config = run.config
+  path = job.path(run.job_dir, job.STATISTICS_NAME)
+  wanted = {"data": run.data, "seed": config.seed, "max_records": STATISTICS_TILES}
   if sampling is not None:
     wanted["anchor"] = manifest["anchor"]
     wanted["targets"] = manifest["targets"]
@@ -177,7 +173,7 @@ def _job_statistics(args, config: "TrainConfig", manifest: Dict, files, report,
     centres, info = sample_centres(manifest, files, report["records_per_shard"],
                                    STATISTICS_TILES, config.seed, config.skip_corrupt_shards)
   mean, variance = model_lib.feature_statistics(centres)
-  statistics = {"sample": dict(info, data=args.data), "feature_mean": [float(v) for v in mean],
+  statistics = {"sample": dict(info, data=run.data), "feature_mean": [float(v) for v in mean],
                 "feature_variance": [float(v) for v in variance]}
   storage.write_json(path, statistics)
   return statistics
@@ -237,77 +233,67 @@ def compile_model(model, learning_rate: float, box_loss_weight: float) -> None:
 
 def _history_rows(job_dir: str):
   """The rows of JOB/history.csv (CSVLogger's), [] when there is none."""
-  path = storage.join(job_dir, HISTORY_NAME)
+  path = storage.join(job_dir, plots.HISTORY_NAME)
   if not storage.exists(path):
     return []
   return list(csv.DictReader(io.StringIO(storage.read_text(path))))
 
 
-def _finished_epochs(job_dir: str) -> Optional[int]:
-  """Epochs a finished job ran in all (its train_config.json), None when unfinished."""
-  paths = [storage.join(job_dir, name) for name in (
-      model_lib.TRAIN_CONFIG_NAME, model_lib.WEIGHTS_NAME, METRICS_NAME)]
-  if not all(storage.exists(path) for path in paths):
-    return None
-  train_config = storage.read_json(paths[0])
-  if "epochs_completed" in train_config:
-    return int(train_config["epochs_completed"])
-  runs = train_config.get("epochs_run") or []  # 0.3.0 and earlier
-  return max(runs) + 1 if runs else None
-
-
-def train(args: argparse.Namespace, callbacks: Sequence = (),
+def train(run: TrainArgs, callbacks: Sequence = (),
           strategy: Optional[tf.distribute.Strategy] = None) -> Dict[str, float]:
-  """Trains, saves into the job dir; returns the last epoch's logs.
+  """Trains, saves into the job dir; returns the last epoch's logs (name -> value).
 
+  `run` comes from rpn-train's checked flags (trainer.cli.check_train).
   `callbacks` are added to fit()'s (tests use this to interrupt a run);
   `strategy` defaults to default_strategy(). A job that already ran
   --epochs epochs is left as it is: its metrics.json is returned.
   """
-  config = config_from_args(args)
+  config = run.config
   keras.utils.set_random_seed(config.seed)
-  manifest = manifest_lib.load(args.data)
+  manifest = manifest_lib.load(run.data)
   # maps: the anchors and targets drawn at training; None for tiles
-  sampling = cli.check_sampling(args, manifest)
-  manifest = cli.training_manifest(manifest, sampling)
-  job_manifest = os.path.join(args.job_dir, model_lib.MANIFEST_NAME)
+  sampling = sampling_lib.data_sampling(manifest, run.sampling, config.seed)
+  manifest = sampling_lib.training_manifest(manifest, sampling)
+  job_manifest = os.path.join(run.job_dir, config_lib.MANIFEST_NAME)
   if storage.exists(job_manifest):
     manifest_lib.check_compatible(storage.read_json(job_manifest), manifest, (
-          f"--data {args.data} (the job dir {args.job_dir} holds a model of other data; "
+          f"--data {run.data} (the job dir {run.job_dir} holds a model of other data; "
           f"use a fresh --job_dir)"))
-    finished = _finished_epochs(args.job_dir)
+    finished = job.finished_epochs(run.job_dir)
     if finished is not None and finished >= config.epochs:
       _LOGGER.warning("%s is complete: it ran %d epochs (--epochs %d); its results are kept. "
                       "Pass a larger --epochs to train on, or a fresh --job_dir to start over.",
-                      args.job_dir, finished, config.epochs)
-      return storage.read_json(storage.join(args.job_dir, METRICS_NAME))
-  data_manifest, files, report = _load_data(args.data, config.skip_corrupt_shards,
+                      run.job_dir, finished, config.epochs)
+      return storage.read_json(job.path(run.job_dir, job.METRICS_NAME))
+  data_manifest, files, report = _load_data(run.data, config.skip_corrupt_shards,
                                             config.verify_shards)
-  manifest = cli.training_manifest(data_manifest, sampling)
-  sources = [(args.data, data_manifest)]
+  manifest = sampling_lib.training_manifest(data_manifest, sampling)
+  sources = [(run.data, data_manifest)]
   val = val_report = None
-  if args.val_data:
-    val_manifest, val_files, val_report = _load_data(args.val_data, config.skip_corrupt_shards,
+  if run.val_data:
+    val_manifest, val_files, val_report = _load_data(run.val_data, config.skip_corrupt_shards,
                                                      config.verify_shards)
     val_maps = manifest_lib.layout(val_manifest) == config_lib.MAPS_LAYOUT
     # maps validation data is drawn with the training anchors and targets
-    drawn = (sampling or cli.manifest_sampling(manifest, config.seed)) if val_maps else None
+    drawn = None
+    if val_maps:
+      drawn = sampling or sampling_lib.manifest_sampling(manifest, config.seed)
     manifest_lib.check_compatible(
-        manifest, cli.training_manifest(val_manifest, drawn),
-        f"--val_data {args.val_data}")
-    sources.append((args.val_data, val_manifest))
+        manifest, sampling_lib.training_manifest(val_manifest, drawn),
+        f"--val_data {run.val_data}")
+    sources.append((run.val_data, val_manifest))
     if val_maps:  # always epoch 0's samples, so that the epochs compare
       val = maps_lib.make_dataset(val_files, val_manifest, *drawn, config.batch_size, epochs=0,
                                   shuffle=False, skip_corrupt=config.skip_corrupt_shards)
       val_report = None  # its tiles are not counted in advance
     else:
-      val = data_lib.make_dataset(args.val_data, val_manifest, config.batch_size,
+      val = data_lib.make_dataset(run.val_data, val_manifest, config.batch_size,
                                   shuffle=False, skip_corrupt=config.skip_corrupt_shards,
                                   files=val_files, num_records=val_report["records"])
-  storage.makedirs(os.path.join(args.job_dir, "checkpoints"))
+  storage.makedirs(os.path.join(run.job_dir, "checkpoints"))
   storage.write_json(job_manifest, manifest)
   try:
-    statistics = _job_statistics(args, config, manifest, files, report, sampling)
+    statistics = _job_statistics(run, manifest, files, report, sampling)
   except tf.errors.OpError as e:
     _raise_input_error(e, sources)
   steps_per_epoch = config.steps_per_epoch
@@ -327,7 +313,7 @@ def train(args: argparse.Namespace, callbacks: Sequence = (),
                       statistics["sample"]["tiles_per_image"])
   else:
     train_ds = data_lib.make_dataset(
-        args.data, manifest, config.batch_size, shuffle=True,
+        run.data, manifest, config.batch_size, shuffle=True,
         repeat=steps_per_epoch is not None, shuffle_buffer_mb=config.shuffle_buffer_mb,
         seed=config.seed, skip_corrupt=config.skip_corrupt_shards, files=files,
         num_records=report["records"])
@@ -345,19 +331,19 @@ def train(args: argparse.Namespace, callbacks: Sequence = (),
     keras.mixed_precision.set_global_policy(policy)
   fit_callbacks = [
       keras.callbacks.ModelCheckpoint(
-          os.path.join(args.job_dir, "checkpoints", "epoch-{epoch:03d}.weights.h5"),
+          os.path.join(run.job_dir, "checkpoints", "epoch-{epoch:03d}.weights.h5"),
           save_weights_only=True),
-      keras.callbacks.TensorBoard(os.path.join(args.job_dir, "logs")),
-      keras.callbacks.CSVLogger(os.path.join(args.job_dir, HISTORY_NAME), append=True),
+      keras.callbacks.TensorBoard(os.path.join(run.job_dir, "logs")),
+      keras.callbacks.CSVLogger(os.path.join(run.job_dir, plots.HISTORY_NAME), append=True),
       keras.callbacks.TerminateOnNaN(),
       EpochSizeCheck(report["records"] if config.steps_per_epoch is None and sampling is None
                      else None, val_report["records"] if val_report else None),
-      plots.HistoryPlot(args.job_dir),
+      plots.HistoryPlot(run.job_dir),
       # Last: the point a rerun resumes from moves on only once the epoch's
       # checkpoint and history row are written, so that a failure while
       # writing them (a full disk) has the rerun do that epoch again. Two
       # copies: a backup cut short falls back to the one before.
-      keras.callbacks.BackupAndRestore(os.path.join(args.job_dir, "backup"),
+      keras.callbacks.BackupAndRestore(os.path.join(run.job_dir, "backup"),
                                        double_checkpoint=True, delete_checkpoint=False),
   ] + list(callbacks)
   if epoch_log is not None:
@@ -375,10 +361,10 @@ def train(args: argparse.Namespace, callbacks: Sequence = (),
   if history.history:
     last = {k: float(v[-1]) for k, v in history.history.items() if v}
   else:  # no epoch left to run (the backup holds the last epoch): history.csv's last row
-    rows = _history_rows(args.job_dir)
+    rows = _history_rows(run.job_dir)
     last = {k: float(v) for k, v in rows[-1].items()
             if k != "epoch" and v not in ("", "NA", None)} if rows else {}
-  train_config = dict(dataclasses.asdict(config), data=args.data, val_data=args.val_data,
+  train_config = dict(dataclasses.asdict(config), data=run.data, val_data=run.val_data,
                       num_anchors=manifest_lib.num_anchors(manifest),
                       channels=int(manifest["feature_channels"]),
                       smooth_l1_beta=losses_lib.SMOOTH_L1_BETA,
@@ -394,15 +380,6 @@ def train(args: argparse.Namespace, callbacks: Sequence = (),
                       replicas=int(model.distribute_strategy.num_replicas_in_sync),
                       feature_statistics=statistics["sample"],
                       feature_mean=feature_mean, feature_variance=feature_variance)
-  model_lib.save_rpn(args.job_dir, model, manifest, train_config)
-  storage.write_json(os.path.join(args.job_dir, METRICS_NAME), last)
+  model_lib.save_rpn(run.job_dir, model, manifest, train_config)
+  storage.write_json(os.path.join(run.job_dir, job.METRICS_NAME), last)
   return last
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  """rpn-train (trainer/cli.py: the flags are checked before training starts)."""
-  return cli.train_main(argv)
-
-
-if __name__ == "__main__":
-  sys.exit(main())

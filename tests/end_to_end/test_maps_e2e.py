@@ -16,7 +16,7 @@ from tests import dataset_fixtures as fixtures
 from tests import pipeline_helpers as helpers
 from tests import trainer_fixtures
 from trainer import cli as trainer_cli
-from trainer import maps
+from trainer import maps, sampling
 
 # Ten images: eight of random sizes, a tiny one (no anchor of the default scales
 # fits its frame: the tiles layout skips it) and an elongated one.
@@ -108,8 +108,9 @@ def test_epoch_zero_is_exactly_the_tiles_layout(outputs, setting):
   want = collections.Counter(
       key(**{k: r[k] for k in ("image_id", "location", "tile", "labels", "deltas")})
       for r in (helpers.decode_record(s, channels, dtype) for s in helpers.read_records(tiles_dir)))
-  anchors, target_config = trainer_cli.sampling_from_args(
-      trainer_cli.train_parser().parse(["--data", maps_dir, "--job_dir", "-"]), maps_manifest)
+  args = trainer_cli.train_parser().parse(["--data", maps_dir, "--job_dir", "-"])
+  anchors, target_config = sampling.resolve_sampling(trainer_cli.sampling_flags(args),
+                                                     maps_manifest, args.seed)
   assert (anchors, target_config) == (config.AnchorConfig(), config.TargetConfig())
   got = collections.Counter(
       key(r["image_id"].decode(), r["location"], r["tile"], r["labels"], r["deltas"])
@@ -130,8 +131,7 @@ def test_anchors_chosen_at_training_reach_the_job_and_propose(dataset, outputs, 
       "--data", maps_dir, "--val_data", val_dir, "--job_dir", job, "--epochs", "2",
       "--hidden", "16", "--batch_size", "32", "--scales", "2,4", "--ratios", "1",
       "--batch_size_per_image", "64"])
-  trainer_cli.check_train(args)
-  last = train.train(args)
+  last = train.train(trainer_cli.check_train(args))
   assert np.isfinite(last["loss"]) and last["val_scores_tiles"] > 0
   with open(os.path.join(job, "manifest.json")) as f:
     job_manifest = json.load(f)
@@ -145,8 +145,9 @@ def test_anchors_chosen_at_training_reach_the_job_and_propose(dataset, outputs, 
   # every pass drawn so far is logged with its epoch, all images of the data
   assert [p["epoch"] for p in train_config["passes_drawn"]][:2] == [0, 1]
   assert all(p["images"] == len(SIZES) for p in train_config["passes_drawn"])
-  settings = propose.run(["--job_dir", job, "--input", dataset, "--split", "DET/val",
-                          "--output", str(tmp_path / "proposals"), "--draw", "0"])
+  settings = propose.propose(trainer_cli.check_propose(trainer_cli.propose_parser().parse(
+      ["--job_dir", job, "--input", dataset, "--split", "DET/val",
+       "--output", str(tmp_path / "proposals"), "--draw", "0"])))
   assert settings["counts"]["images_ok"] == 4
   proposer = propose.Proposer(job)
   frame = np.zeros((96, 128, 3), np.uint8)

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 from tests import trainer_fixtures as fixtures
 from trainer import model as model_lib
+from trainer import cli as trainer_cli
 from trainer import train as train_lib
 
 CHANNELS, BATCH = 8, 64
@@ -49,8 +50,8 @@ for name, model in models.items():
 data_dir, job = sys.argv[1], sys.argv[2]
 fixtures.write_shards(data_dir, num_records=512, channels=CHANNELS, num_shards=2,
                       learnable=True, seed=1)
-args = train_lib.build_parser().parse_args(["--data", data_dir, "--job_dir", job,
-    "--batch_size", str(BATCH), "--hidden", "16", "--epochs", "2"])
+args = trainer_cli.train_args(trainer_cli.train_parser().parse_args(["--data", data_dir,
+    "--job_dir", job, "--batch_size", str(BATCH), "--hidden", "16", "--epochs", "2"]))
 out["train"] = train_lib.train(args, strategy=mirrored)
 with open(job + "/train_config.json") as f:
   out["train_replicas"] = json.load(f)["replicas"]
@@ -59,8 +60,8 @@ maps_dir, maps_job = data_dir + "_maps", job + "_maps"
 images = [fixtures.map_image(f"d/img{i}", 6, 7, CHANNELS, gt=((20, 30, 120, 150),), seed=i)
           for i in range(12)]
 fixtures.write_map_shards(maps_dir, images, channels=CHANNELS, num_shards=2)
-args = train_lib.build_parser().parse_args(["--data", maps_dir, "--job_dir", maps_job,
-    "--batch_size", str(BATCH), "--hidden", "16", "--epochs", "2"])
+args = trainer_cli.train_args(trainer_cli.train_parser().parse_args(["--data", maps_dir,
+    "--job_dir", maps_job, "--batch_size", str(BATCH), "--hidden", "16", "--epochs", "2"]))
 out["train_maps"] = train_lib.train(args, strategy=mirrored)
 with open(maps_job + "/train_config.json") as f:
   maps_config = json.load(f)

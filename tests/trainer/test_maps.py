@@ -219,26 +219,29 @@ def _anchors_json(path, **changes):
 
 def test_training_takes_the_suggestion_of_rpn_anchors(maps_dir, tmp_path):
   from pipeline.commands import cli as pipeline_cli
-  from trainer import cli
+  from trainer import cli, sampling
   directory, manifest, _ = maps_dir
   path = _anchors_json(tmp_path / "anchors.json")
   parse = lambda *extra: cli.train_parser().parse(  # noqa: E731
       ["--data", directory, "--job_dir", "-", "--anchors_json", path, *extra])
-  anchors, target_config = cli.sampling_from_args(parse(), manifest)
+
+  def resolve(args, manifest):
+    return sampling.resolve_sampling(cli.sampling_flags(args), manifest, args.seed)
+  anchors, target_config = resolve(parse(), manifest)
   assert (anchors.scales, anchors.ratios) == ((2.0, 5.0), (0.5, 1.0))
   assert target_config == TARGETS
-  anchors, target_config = cli.sampling_from_args(parse("--scales", "3", "--seed", "4",
-                                                        "--fg_fraction", "0.25"), manifest)
+  anchors, target_config = resolve(parse("--scales", "3", "--seed", "4", "--fg_fraction",
+                                         "0.25"), manifest)
   assert (anchors.scales, anchors.ratios) == ((3.0,), (0.5, 1.0))  # --scales wins
   assert (target_config.seed, target_config.fg_fraction) == (4, 0.25)
   other = _anchors_json(tmp_path / "vgg.json", backbone="VGG16", feature_layer="block5_conv3")
   with pytest.raises(pipeline_cli.UsageError, match="was made for backbone 'VGG16'"):
-    cli.sampling_from_args(cli.train_parser().parse(
+    resolve(cli.train_parser().parse(
         ["--data", directory, "--job_dir", "-", "--anchors_json", other]), manifest)
   not_it = tmp_path / "not.json"
   not_it.write_text("{}")
   with pytest.raises(pipeline_cli.UsageError, match="not the anchors.json of rpn-anchors"):
-    cli.sampling_from_args(cli.train_parser().parse(
+    resolve(cli.train_parser().parse(
         ["--data", directory, "--job_dir", "-", "--anchors_json", str(not_it)]), manifest)
 
 
@@ -255,8 +258,7 @@ def test_training_on_from_a_finished_job_draws_on_from_its_epoch(tmp_path):
   def run(epochs):
     args = cli.train_parser().parse(["--data", directory, "--job_dir", job, "--epochs",
                                      str(epochs), "--hidden", "8", "--batch_size", "32"])
-    cli.check_train(args)
-    train.train(args)
+    train.train(cli.check_train(args))
     with open(os.path.join(job, "train_config.json")) as f:
       return json.load(f)
   first = run(2)

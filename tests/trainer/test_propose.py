@@ -17,6 +17,8 @@ from tests import dataset_fixtures as fx
 from tests import pipeline_helpers as helpers
 from tests import reference
 from tests import trainer_fixtures as fixtures
+from trainer import cli as trainer_cli
+from trainer import job as job_lib
 from trainer import propose
 
 # ---------------------------------------------------------------------------
@@ -128,8 +130,8 @@ def test_propose_images_glob(untrained_job, val_dataset, tmp_path):
   # --images: ids relative to the glob's directory, no gt boxes.
   out = str(tmp_path / "out")
   pattern = os.path.join(val_dataset, "Data", "DET", "val", "ILSVRC2013_val", "*.JPEG")
-  assert propose.main(["--job_dir", untrained_job, "--images", pattern, "--output", out,
-                       "--draw", "0"]) == 0
+  assert trainer_cli.propose_main(["--job_dir", untrained_job, "--images", pattern,
+                                   "--output", out, "--draw", "0"]) == 0
   lines = helpers.read_jsonl(os.path.join(out, "proposals.jsonl"))
   assert [line["image_id"] for line in lines] == ["a_0001", "a_0002"]
   assert all("gt_boxes" not in line and line["boxes"] for line in lines)
@@ -140,13 +142,13 @@ def test_missing_weights_file_is_named(untrained_job, val_dataset, tmp_path, cap
   broken = str(tmp_path / "job")
   shutil.copytree(untrained_job, broken)
   os.remove(os.path.join(broken, "rpn.weights.h5"))
-  code = propose.main(["--job_dir", broken, "--input", val_dataset, "--output",
-                       str(tmp_path / "out")])
+  code = trainer_cli.propose_main(["--job_dir", broken, "--input", val_dataset, "--output",
+                                   str(tmp_path / "out")])
   assert code == 2
   err = capsys.readouterr().err
   assert "rpn.weights.h5" in err and "Traceback" not in err
-  with pytest.raises(propose.JobError, match="rpn.weights.h5"):
-    propose.read_job_manifest(broken)
+  with pytest.raises(job_lib.JobError, match="rpn.weights.h5"):
+    job_lib.read_manifest(broken)
 
 
 @pytest.mark.filterwarnings("ignore:Skipping nested container")  # Keras, on the mismatch
@@ -156,19 +158,19 @@ def test_manifest_of_another_backbone_is_refused(untrained_job, tmp_path):
   # A manifest saying MobileNetV2 but with InceptionResNetV2's 1536 channels.
   with open(os.path.join(broken, "manifest.json"), "w") as f:
     json.dump(fixtures.job_manifest(feature_channels=1536), f)
-  with pytest.raises(propose.JobError, match="feature_channels 1536 does not match"):
-    propose.read_job_manifest(broken)
+  with pytest.raises(job_lib.JobError, match="feature_channels 1536 does not match"):
+    propose.Proposer(broken)
   # The RPN's input channels must be the backbone's.
   with open(os.path.join(broken, "manifest.json"), "w") as f:
     json.dump(fixtures.job_manifest(backbone="TinyTestNet", feature_channels=16), f)
-  with pytest.raises(propose.JobError, match="rpn.weights.h5"):
+  with pytest.raises(job_lib.JobError, match="rpn.weights.h5"):
     propose.Proposer(broken)
 
 
 def test_no_images_is_a_clear_error(untrained_job, tmp_path, capsys):
   os.makedirs(tmp_path / "Data" / "DET" / "val")
-  code = propose.main(["--job_dir", untrained_job, "--input", str(tmp_path), "--output",
-                       str(tmp_path / "out")])
+  code = trainer_cli.propose_main(["--job_dir", untrained_job, "--input", str(tmp_path),
+                                   "--output", str(tmp_path / "out")])
   assert code == 2
   assert "--split DET/val: no image files" in capsys.readouterr().err
   assert not (tmp_path / "out").exists()

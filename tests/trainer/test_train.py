@@ -11,6 +11,8 @@ import pytest
 
 from pipeline.io import manifest as manifest_lib
 from tests import trainer_fixtures as fixtures
+from trainer import arguments
+from trainer import cli as trainer_cli
 from trainer import data as data_lib
 from trainer import model as model_lib
 from trainer import train as train_lib
@@ -31,8 +33,8 @@ def learnable(tmp_path_factory):
 
 
 def _args(data, job, *extra):
-  return train_lib.build_parser().parse_args(
-      ["--data", data, "--job_dir", job, "--batch_size", "64", "--hidden", "16", *extra])
+  return trainer_cli.train_args(trainer_cli.train_parser().parse_args(
+      ["--data", data, "--job_dir", job, "--batch_size", "64", "--hidden", "16", *extra]))
 
 
 def _history(job):
@@ -41,9 +43,9 @@ def _history(job):
 
 
 def test_parser_defaults_come_from_the_config():
-  args = train_lib.build_parser().parse_args(["--data", "d", "--job_dir", "j"])
-  assert train_lib.config_from_args(args) == train_lib.TrainConfig()
-  args = train_lib.build_parser().parse_args(
+  args = trainer_cli.train_parser().parse_args(["--data", "d", "--job_dir", "j"])
+  assert trainer_cli.train_config_from_args(args) == arguments.TrainConfig()
+  args = trainer_cli.train_parser().parse_args(
       ["--data", "d", "--job_dir", "j", "--mixed_precision", "--steps_per_epoch", "5",
        "--learning_rate", "0.01"])
   assert args.mixed_precision and args.steps_per_epoch == 5 and args.learning_rate == 0.01
@@ -133,8 +135,8 @@ def test_job_dir_of_other_data_fails_clearly(learnable, tmp_path):
   train_lib.train(_args(other, job, "--epochs", "1"))
   with pytest.raises(manifest_lib.ManifestError, match=f"--data {train_dir}.*backbone"):
     train_lib.train(_args(train_dir, job, "--epochs", "1"))
-  assert train_lib.main(["--data", train_dir, "--val_data", other, "--job_dir",
-                         str(tmp_path / "job2")]) == 2
+  assert trainer_cli.train_main(["--data", train_dir, "--val_data", other, "--job_dir",
+                                 str(tmp_path / "job2")]) == 2
 
 
 def test_bad_shards_are_named_or_skipped(tmp_path, capsys, caplog):
@@ -160,7 +162,7 @@ def test_bad_shards_are_named_or_skipped(tmp_path, capsys, caplog):
   # A truncated shard: rpn-train exits 2 naming it, or trains without it when asked.
   with open(victim, "r+b") as f:
     f.truncate(os.path.getsize(victim) - 50)
-  assert train_lib.main(["--data", data, "--job_dir", str(tmp_path / "job1")]) == 2
+  assert trainer_cli.train_main(["--data", data, "--job_dir", str(tmp_path / "job1")]) == 2
   assert os.path.basename(victim) in capsys.readouterr().err
   job = str(tmp_path / "job2")
   last = train_lib.train(_args(data, job, "--epochs", "1", "--skip_corrupt_shards"))
