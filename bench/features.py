@@ -125,10 +125,7 @@ def targets_cost(loaded, feature_maps, tile_dtype: str = "float32", writers=None
     fh, fw = fmap.shape[:2]
     t0 = time.perf_counter()
     result = targets.compute_targets(
-        width, height, fh, fw, boxes, image_id, scales=anchors.scales, ratios=anchors.ratios,
-        fg_iou_thresh=target_cfg.fg_iou_thresh, bg_iou_thresh=target_cfg.bg_iou_thresh,
-        batch_size=target_cfg.batch_size, fg_fraction=target_cfg.fg_fraction,
-        seed=target_cfg.seed)
+        width, height, fh, fw, boxes, image_id, anchor_config=anchors, target_config=target_cfg)
     t1 = time.perf_counter()
     tiles = targets.extract_tiles(fmap.astype(dtype, copy=False), result.points, fw)
     t2 = time.perf_counter()

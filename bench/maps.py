@@ -81,14 +81,14 @@ def _preprocess(out: str, split: str, setting: Dict, layout: str, fmt: str,
       argv += ["--feature_layer", setting["layer"]]
     _log(f"rpn-preprocess {split} {setting['backbone']} {layout} {fmt} -> {out}")
     preprocess.run(argv)
-  manifest = manifest_lib.load(out)
-  prefix = config.shard_prefix(manifest_lib.layout(manifest))
+  manifest = manifest_lib.Manifest.load(out)
+  prefix = config.shard_prefix(manifest.layout)
   size = common.dir_bytes(out, prefix)
-  counts = manifest["counts"]
+  counts = manifest.counts
   return {"bytes": size, "images_found": counts["images_found"],
           "images_ok": counts["images_ok"], "records": counts["records"],
           "bytes_per_image": size / counts["images_found"],
-          "channels": manifest["feature_channels"]}
+          "channels": manifest.feature_channels}
 
 
 def part_bytes(out: str, settings: Dict) -> Dict:
@@ -126,11 +126,10 @@ def input_rate(directory: str, batch_size: int, batches: int) -> Dict:
   """Steady-state rate of rpn-train's input over one shard directory."""
   from trainer import data as data_lib
   from trainer import maps
-  manifest = manifest_lib.load(directory)
-  files = manifest_lib.shard_paths(directory, manifest)
-  images = manifest["counts"]["records"] if manifest_lib.layout(manifest) == "maps" else (
-      manifest["counts"]["images_ok"])
-  if manifest_lib.layout(manifest) == "maps":
+  manifest = manifest_lib.Manifest.load(directory)
+  files = manifest.shard_paths(directory)
+  images = manifest.counts["records"] if manifest.is_maps else manifest.counts["images_ok"]
+  if manifest.is_maps:
     anchors, target_config = config.AnchorConfig(), config.TargetConfig()
     _, info = maps.sample_centres(files, manifest, anchors, target_config, 20000)
     tiles_per_image = info["tiles_per_image"]
@@ -140,7 +139,7 @@ def input_rate(directory: str, batch_size: int, batches: int) -> Dict:
                                 epochs=maps.EpochLog(images_per_pass=images),
                                 tiles_per_pass=tiles_per_pass)
   else:
-    tiles_per_image = manifest["counts"]["records"] / images
+    tiles_per_image = manifest.counts["records"] / images
     buffer = (256 << 20) // data_lib.record_bytes(manifest)
     dataset = data_lib.make_dataset(directory, manifest, batch_size, shuffle=True, repeat=True)
   warmup = max(10, buffer // batch_size + 10)
@@ -149,7 +148,7 @@ def input_rate(directory: str, batch_size: int, batches: int) -> Dict:
   out = {"tiles_per_s": tiles_per_s, "images_per_s": tiles_per_s / tiles_per_image,
          "tiles_per_image": tiles_per_image, "warmup_batches": warmup, "batches": batches,
          "window_tiles_per_s": [batches * batch_size / s for s in seconds]}
-  if manifest_lib.layout(manifest) == "maps":
+  if manifest.is_maps:
     out["targets_ms_per_image"] = targets_ms(directory)
   return out
 
@@ -166,9 +165,7 @@ def targets_ms(directory: str) -> float:
     targets.compute_targets(
         line["width"], line["height"], line["feature_height"], line["feature_width"],
         np.asarray(line["gt_boxes"], np.float64).reshape(-1, 4), line["image_id"],
-        scales=anchors.scales, ratios=anchors.ratios, fg_iou_thresh=t.fg_iou_thresh,
-        bg_iou_thresh=t.bg_iou_thresh, batch_size=t.batch_size, fg_fraction=t.fg_fraction,
-        seed=t.seed, epoch=1)
+        anchor_config=anchors, target_config=t, epoch=1)
   return 1000 * (time.perf_counter() - start) / max(1, len(lines))
 
 
@@ -210,7 +207,7 @@ def part_rate(out: str, batches: int) -> Dict:
              f"{results[key]['images_per_s']:.1f} images/s")
     directory = os.path.join(out, "shards", name, "maps_float32")
     if os.path.exists(os.path.join(directory, config.MANIFEST_NAME)):
-      channels = manifest_lib.load(directory)["feature_channels"]
+      channels = manifest_lib.Manifest.load(directory).feature_channels
       results[f"{name}/step"] = step_rate(channels, 256)
       _log(f"{name}: a training step consumes {results[f'{name}/step']['tiles_per_s']:.0f} "
            f"tiles/s")

@@ -87,12 +87,12 @@ def main(argv=None) -> int:
       "import_s": IMPORT_S,
       "run_s": run_s,
       "process_s": time.monotonic() - PROCESS_START,
-      "counts": manifest["counts"],
-      "num_shards": manifest["num_shards"],
+      "counts": manifest.counts,
+      "num_shards": manifest.num_shards,
       "shard_bytes": sum(os.path.getsize(os.path.join(output, f))
-                         for f in manifest["shard_files"]),
-      "dtype": manifest["dtype"],
-      "compression": manifest["compression"],
+                         for f in manifest.shard_files),
+      "dtype": manifest.dtype,
+      "compression": manifest.compression,
   })
   return 0
 

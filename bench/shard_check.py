@@ -15,6 +15,7 @@ the shards' bytes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -52,15 +53,16 @@ def main(argv=None) -> int:
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--result", default=None, help="also write the figures as JSON here")
   args = parser.parse_args(argv)
-  manifest = manifest_lib.load(args.data)
-  paths = manifest_lib.shard_paths(args.data, manifest)
+  manifest = manifest_lib.Manifest.load(args.data)
+  paths = manifest.shard_paths(args.data)
   total_bytes = sum(os.path.getsize(p) for p in paths)
   for path in paths:  # warm the page cache: every figure reads from memory
     with open(path, "rb") as f:
       while f.read(16 << 20):
         pass
-  without_sizes = {k: v for k, v in manifest.items() if k != "shards"}
-  compression = manifest["compression"]
+  without_sizes = dataclasses.replace(manifest, shards=None,
+                                      keys=tuple(k for k in manifest.keys if k != "shards"))
+  compression = manifest.compression
 
   def scan_gfile() -> int:
     return sum(data_lib.scan_shard("file://" + os.path.abspath(p), compression)[0]
@@ -75,8 +77,8 @@ def main(argv=None) -> int:
           "records"],
   }
   results = {name: _measure(check, args.repeats) for name, check in checks.items()}
-  print(f"{args.data}: {len(paths)} shards, {manifest['counts']['records']} records, "
-        f"{total_bytes / 1e6:.1f} MB ({compression}, {manifest['dtype']})")
+  print(f"{args.data}: {len(paths)} shards, {manifest.counts['records']} records, "
+        f"{total_bytes / 1e6:.1f} MB ({compression}, {manifest.dtype})")
   print(f"{'check':<26} {'seconds':>9} {'records/s':>12} {'bytes read':>12} {'of shards':>9}")
   for name, r in results.items():
     read = r["bytes_read"]

@@ -151,9 +151,9 @@ def train_step_rate(data_dir: str, manifest, paths, step_iters: int):
                              drop_remainder=True)
   tiles, targets = next(iter(ds))
   # The input normalisation rpn-train fits first.
-  mean, variance = train.feature_statistics(data_dir, manifest, paths)
-  model = model_lib.build_tile_model(int(manifest["feature_channels"]),
-                                     manifest_lib.num_anchors(manifest),
+  # to_json(): trainer/train.py still reads the manifest as a dict
+  mean, variance = train.feature_statistics(data_dir, manifest.to_json(), paths)
+  model = model_lib.build_tile_model(int(manifest.feature_channels), manifest.num_anchors,
                                      feature_mean=mean, feature_variance=variance, logits=True)
   train.compile_model(model, 1e-3, 1.0)
   for _ in range(3):
@@ -173,14 +173,14 @@ def train_step_rate(data_dir: str, manifest, paths, step_iters: int):
 
 
 def measure_input(data_dir: str, passes: int, step_iters: int):
-  manifest = manifest_lib.load(data_dir)
-  paths = manifest_lib.shard_paths(data_dir, manifest)
-  records = int(manifest["counts"]["records"])
+  manifest = manifest_lib.Manifest.load(data_dir)
+  paths = manifest.shard_paths(data_dir)
+  records = int(manifest.counts["records"])
   total_bytes = sum(os.path.getsize(p) for p in paths)
   bytes_per_record = total_bytes / records
   out = {"records": records, "shard_bytes": total_bytes, "shards": len(paths),
-         "bytes_per_record": bytes_per_record, "compression": manifest["compression"],
-         "dtype": manifest["dtype"], "cache": "warm: every shard read whole once first"}
+         "bytes_per_record": bytes_per_record, "compression": manifest.compression,
+         "dtype": manifest.dtype, "cache": "warm: every shard read whole once first"}
   out.update(raw_read(paths, passes, bytes_per_record))
   out.update(check_rate(data_dir, manifest, records))
   out["tfrecord_read_records_per_s"] = framing_rate(paths, passes)
@@ -196,7 +196,7 @@ def measure_input(data_dir: str, passes: int, step_iters: int):
 
 def train_memory(data_dir: str, job_dir: str, epochs: int, shuffle_buffer_mb):
   """rpn-train (trainer.cli.train_main) in this process, for the driver to read its memory."""
-  records = manifest_lib.load(data_dir)["counts"]["records"]
+  records = manifest_lib.Manifest.load(data_dir).counts["records"]
   start = time.monotonic()
   extra = [] if shuffle_buffer_mb is None else ["--shuffle_buffer_mb", str(shuffle_buffer_mb)]
   rc = trainer_cli.train_main(["--data", data_dir, "--job_dir", job_dir, "--epochs", str(epochs),

@@ -9,6 +9,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from pipeline.io import manifest as manifest_lib
 from pipeline.model import registry
 from tests import reference
 
@@ -20,7 +21,7 @@ IN_PROCESS = ("--runner=DirectRunner", "--direct_running_mode=in_memory")
 
 def preprocess(input_root: str, output: str, split: str = "DET/train",
                extra: Sequence[str] = (), runner_args: Sequence[str] = IN_PROCESS,
-               num_shards: int = 2) -> dict:
+               num_shards: int = 2) -> manifest_lib.Manifest:
   """rpn-preprocess with the tiny Keras backbone; returns the manifest."""
   from pipeline.commands import preprocess as run
   return run.run(["--input", input_root, "--split", split, "--output", output,
@@ -32,11 +33,10 @@ def read_records(output: str, prefix: str = "tiles") -> List[bytes]:
   """Every serialized Example in the `prefix` shards of `output` (compression
   from the manifest)."""
   import tensorflow as tf
-  with open(os.path.join(output, "manifest.json")) as f:
-    manifest = json.load(f)
+  manifest = manifest_lib.Manifest.read(os.path.join(output, "manifest.json"))
   files = sorted(glob.glob(os.path.join(output, prefix + "-*")))
-  compression = "GZIP" if manifest["compression"] == "GZIP" else ""
-  return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type=compression)]
+  return [r.numpy() for r in tf.data.TFRecordDataset(
+      files, compression_type=manifest.tfrecord_compression)]
 
 
 def read_jsonl(path: str) -> List[dict]:
@@ -59,14 +59,13 @@ def decode_record(serialized: bytes, channels: int, dtype: str = "float32") -> d
 
 def check_records_follow_conventions(output: str) -> Dict[str, int]:
   """Asserts every record agrees with DESIGN.md; returns per-image record counts."""
-  with open(os.path.join(output, "manifest.json")) as f:
-    manifest = json.load(f)
+  manifest = manifest_lib.Manifest.read(os.path.join(output, "manifest.json"))
   images = {line["image_id"]: line for line in read_jsonl(os.path.join(output, "images.jsonl"))}
   per_image = collections.Counter()
   fg, bg = collections.Counter(), collections.Counter()
   seen = set()
   for serialized in read_records(output):
-    record = decode_record(serialized, manifest["feature_channels"], manifest["dtype"])
+    record = decode_record(serialized, manifest.feature_channels, manifest.dtype)
     key = (record["image_id"], record["location"])
     assert key not in seen, f"duplicated point {key}"
     seen.add(key)
@@ -117,11 +116,12 @@ def image_ids_on_disk(images_dir: str) -> List[str]:
   return ids
 
 
-def check_accounting(output: str, manifest: dict, images_dir: Optional[str] = None) -> None:
+def check_accounting(output: str, manifest: manifest_lib.Manifest,
+                     images_dir: Optional[str] = None) -> None:
   """images_found == ok + failed + skipped; records equal the Examples in the shards;
   images.jsonl and errors.jsonl name every image once (with images_dir: exactly
   the image files found there by os.walk, independently of the pipeline)."""
-  counts = manifest["counts"]
+  counts = manifest.counts
   assert counts["images_found"] == (counts["images_ok"] + counts["images_failed"]
                                     + counts["images_skipped"]), counts
   assert counts["records"] == len(read_records(output))
@@ -137,7 +137,7 @@ def check_accounting(output: str, manifest: dict, images_dir: Optional[str] = No
   for error in errors:
     assert error["path"] and error["stage"] and error["reason"]
   shard_names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(output, "tiles-*")))
-  assert shard_names == manifest["shard_files"]
+  assert shard_names == list(manifest.shard_files)
 
 
 def errors_of(output: str) -> List[tuple]:
@@ -152,7 +152,7 @@ def images_of(output: str) -> List[dict]:
                 key=lambda line: line["image_id"])
 
 
-def check_same_output(reference_output: str, output: str, manifest: dict,
+def check_same_output(reference_output: str, output: str, manifest: manifest_lib.Manifest,
                       images_dir: str):
   """`output` (with its manifest) is complete and holds what `reference_output`
   holds, by the determinism contract (pipeline/io/determinism.py): the same
@@ -162,5 +162,5 @@ def check_same_output(reference_output: str, output: str, manifest: dict,
   check_accounting(output, manifest, images_dir)
   result = determinism.compare(reference_output, output)
   assert result.ok, result.problems
-  assert result.records == manifest["counts"]["records"]
+  assert result.records == manifest.counts["records"]
   return result

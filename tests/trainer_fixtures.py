@@ -18,6 +18,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from pipeline.core import config
+from pipeline.io import manifest as manifest_lib
 from pipeline.io import schema
 
 NUM_ANCHORS = 9
@@ -102,7 +103,7 @@ def write_shards(directory: str, num_records: int = 60, channels: int = 8, num_s
   manifest["counts"]["bg_anchors"] = int((labels == 0).sum())
   with open(os.path.join(directory, config.MANIFEST_NAME), "w") as f:
     json.dump(manifest, f, indent=2)
-  return manifest, records
+  return manifest_lib.Manifest.from_json(manifest), records
 
 
 # ---------------------------------------------------------------------------
@@ -177,7 +178,8 @@ def map_image(image_id: str, feature_height: int = 4, feature_width: int = 5, ch
 
 
 def write_map_shards(directory: str, images, channels: int = 8, dtype: str = "float32",
-                     compression: str = "NONE", num_shards: int = 1, raw_records=()) -> Dict:
+                     compression: str = "NONE", num_shards: int = 1,
+                     raw_records=()) -> manifest_lib.Manifest:
   """Writes maps shards (images dealt round robin, then `raw_records`, serialized
   Examples, into the last shard) and their manifest.json; returns the manifest."""
   import tensorflow as tf
@@ -203,4 +205,4 @@ def write_map_shards(directory: str, images, channels: int = 8, dtype: str = "fl
                          "records": counts[k]} for k, name in enumerate(files)]
   with open(os.path.join(directory, config.MANIFEST_NAME), "w") as f:
     json.dump(manifest, f, indent=2)
-  return manifest
+  return manifest_lib.Manifest.from_json(manifest)

@@ -40,11 +40,12 @@ class CorruptShardError(manifest_lib.ManifestError):
   """A shard that cannot be read to its end; the message names it."""
 
 
-def record_bytes(manifest: Dict) -> int:
+def record_bytes(manifest: manifest_lib.ManifestLike) -> int:
   """Approximate bytes of one serialized record (the tile dominates)."""
-  itemsize = 2 if manifest["dtype"] == "float16" else 4
-  num_anchors = manifest_lib.num_anchors(manifest)
-  tile_values = schema.TILE_SIZE ** 2 * int(manifest["feature_channels"])
+  manifest = manifest_lib.as_manifest(manifest)
+  itemsize = 2 if manifest.dtype == "float16" else 4
+  num_anchors = manifest.num_anchors
+  tile_values = schema.TILE_SIZE ** 2 * int(manifest.feature_channels)
   return tile_values * itemsize + 40 * num_anchors + 100
 
 
@@ -93,21 +94,21 @@ def _size_problem(path: str, expected: int) -> str:
   return ""
 
 
-def _check_shard(path: str, compression: str, listed: Optional[Dict],
+def _check_shard(path: str, compression: str, listed: Optional[manifest_lib.ShardInfo],
                  verify: bool) -> Tuple[int, str]:
   """(records, problem) of one shard; `listed` is its manifest "shards" entry or None."""
   if listed is not None and not verify:
-    return listed["records"], _size_problem(path, listed["bytes"])
+    return listed.records, _size_problem(path, listed.bytes)
   records, problem = scan_shard(path, compression, verify_payload=verify)
   if listed is not None and not problem:
-    if records != listed["records"]:
-      problem = f"holds {records} records, the manifest says {listed['records']}"
+    if records != listed.records:
+      problem = f"holds {records} records, the manifest says {listed.records}"
     else:
-      problem = _size_problem(path, listed["bytes"])
+      problem = _size_problem(path, listed.bytes)
   return records, problem
 
 
-def check_shards(data_dir: str, manifest: Dict, skip_corrupt: bool = False,
+def check_shards(data_dir: str, manifest: manifest_lib.ManifestLike, skip_corrupt: bool = False,
                  verify: bool = False, log: bool = True) -> Tuple[List[str], Dict]:
   """Checks every shard of a loaded manifest; returns (usable paths, report).
 
@@ -125,14 +126,15 @@ def check_shards(data_dir: str, manifest: Dict, skip_corrupt: bool = False,
   "records_per_shard" ({path: records} of the usable ones) and "check" (what
   was done: "sizes", "framing" or "full").
   """
-  paths = manifest_lib.shard_paths(data_dir, manifest)
-  listed = manifest_lib.shard_info(manifest)
+  manifest = manifest_lib.as_manifest(manifest, manifest_lib.path_in(data_dir))
+  paths = manifest.shard_paths(data_dir)
+  listed = manifest.shards
   if listed is None and not verify:
     _LOGGER.warning("%s has no shard sizes (an older rpn-preprocess wrote it), so its %d "
                     "shards are scanned: their record framing is walked",
                     manifest_lib.path_in(data_dir), len(paths))
   entries = listed if listed is not None else [None] * len(paths)
-  compression = manifest["compression"]
+  compression = manifest.compression
   with ThreadPoolExecutor(max(1, min(16, len(paths)))) as pool:
     results = list(pool.map(lambda a: _check_shard(a[0], compression, a[1], verify),
                             zip(paths, entries, strict=True)))
@@ -144,7 +146,7 @@ def check_shards(data_dir: str, manifest: Dict, skip_corrupt: bool = False,
         "; rerun rpn-preprocess, or pass --skip_corrupt_shards to train without it")
   per_shard = {p: n for p, (n, _) in zip(paths, results, strict=True) if p not in bad}
   records = sum(per_shard.values())
-  expected = manifest["counts"].get("records")
+  expected = manifest.counts.get("records")
   if not bad and expected is not None and records != expected:
     raise CorruptShardError(f"{manifest_lib.path_in(data_dir)}: counts.records is "
                             f"{expected} but the shards hold {records} records")
@@ -156,7 +158,7 @@ def check_shards(data_dir: str, manifest: Dict, skip_corrupt: bool = False,
   return [p for p in paths if p not in bad], report
 
 
-def find_corrupt_shards(data_dir: str, manifest: Dict) -> Dict[str, str]:
+def find_corrupt_shards(data_dir: str, manifest: manifest_lib.ManifestLike) -> Dict[str, str]:
   """{path: problem} of every shard whose framing or payload checksums fail."""
   return check_shards(data_dir, manifest, skip_corrupt=True, verify=True,
                       log=False)[1]["skipped"]
@@ -169,30 +171,32 @@ def to_model_inputs(parsed: Dict):
   return parsed[schema.TILE_KEY], {"scores": labels, "deltas": packed}
 
 
-def make_dataset(data_dir: str, manifest: Dict, batch_size: int, shuffle: bool = True,
-                 repeat: bool = False, shuffle_buffer_mb: int = DEFAULT_SHUFFLE_BUFFER_MB,
+def make_dataset(data_dir: str, manifest: manifest_lib.ManifestLike, batch_size: int,
+                 shuffle: bool = True, repeat: bool = False,
+                 shuffle_buffer_mb: int = DEFAULT_SHUFFLE_BUFFER_MB,
                  seed: Optional[int] = None, skip_corrupt: bool = False,
                  files: Optional[List[str]] = None, num_records: Optional[int] = None,
                  drop_remainder: bool = False):
   """The shards of `data_dir` read in parallel, shuffled, batched, then parsed.
 
-  `manifest` is pipeline.io.manifest.load(data_dir). `files` (paths already through
+  `manifest` is Manifest.load(data_dir) (or, transitional, its dict). `files` (paths already through
   check_shards, holding num_records records) skips the shard check; by
   default every shard is checked here. The shuffle buffer holds about
   shuffle_buffer_mb megabytes of records, and at least 4 batches. Unless
   skip_corrupt or repeat, the dataset knows its length in batches (Keras
   shows it in the first epoch's progress bar).
   """
+  manifest = manifest_lib.as_manifest(manifest, manifest_lib.path_in(data_dir))
   if files is None:
     files, report = check_shards(data_dir, manifest, skip_corrupt)
     num_records = report["records"]
   if not files:
     raise CorruptShardError(f"{data_dir}: no readable shard")
   autotune = tf.data.AUTOTUNE
-  compression = "GZIP" if manifest["compression"] == "GZIP" else ""
-  num_anchors = manifest_lib.num_anchors(manifest)
-  channels = int(manifest["feature_channels"])
-  dtype = manifest["dtype"]
+  compression = manifest.tfrecord_compression
+  num_anchors = manifest.num_anchors
+  channels = int(manifest.feature_channels)
+  dtype = manifest.dtype
 
   def read(path):
     records = tf.data.TFRecordDataset(path, compression_type=compression,

@@ -167,10 +167,7 @@ def _targets_fn(anchors: config_lib.AnchorConfig, target_config: config_lib.Targ
     height, width = (int(v) for v in image_size)
     result = targets.compute_targets(
         width, height, int(feature_shape[0]), int(feature_shape[1]), gt, image_id,
-        scales=anchors.scales, ratios=anchors.ratios,
-        fg_iou_thresh=target_config.fg_iou_thresh, bg_iou_thresh=target_config.bg_iou_thresh,
-        batch_size=target_config.batch_size, fg_fraction=target_config.fg_fraction,
-        seed=target_config.seed, epoch=int(epoch))
+        anchor_config=anchors, target_config=target_config, epoch=int(epoch))
     if log is not None:
       log.add(int(epoch), len(result.points), result.num_inside == 0)
     return (result.locations.astype(np.int32).reshape(-1, 2),
@@ -187,14 +184,14 @@ def cut_tiles(feature_map, locations):
   return tf.gather_nd(padded, locations[:, None, None, :] + offsets[None])  # [P, 3, 3, C]
 
 
-def image_records(epoch, path, index, record, manifest: Dict,
+def image_records(epoch, path, index, record, manifest: manifest_lib.Manifest,
                   anchors: config_lib.AnchorConfig, target_config: config_lib.TargetConfig,
                   log: Optional[EpochLog] = None) -> Dict:
   """One maps record -> the tiles layout's records of its sampled points, as
   tensors: tile float32 [P, 3, 3, C], labels int32 [P, A], deltas float32
   [P, 4A], location int32 [P, 2], image_id string [P]."""
-  channels = int(manifest["feature_channels"])
-  dtype = tf.dtypes.as_dtype(manifest["dtype"])
+  channels = int(manifest.feature_channels)
+  dtype = tf.dtypes.as_dtype(manifest.dtype)
   num_anchors = anchors.num_anchors
   parsed = tf.io.parse_single_example(record, schema.map_feature_spec())
   gt = tf.sparse.to_dense(parsed[schema.GT_BOXES_KEY])
@@ -221,7 +218,8 @@ def image_records(epoch, path, index, record, manifest: Dict,
   }
 
 
-def tile_records(files: Sequence[str], manifest: Dict, anchors: config_lib.AnchorConfig,
+def tile_records(files: Sequence[str], manifest: manifest_lib.ManifestLike,
+                 anchors: config_lib.AnchorConfig,
                  target_config: config_lib.TargetConfig,
                  epochs: Union[int, EpochLog] = 0, shuffle: bool = False, seed: int = 0,
                  skip_corrupt: bool = False, cycle_length: int = _MAX_INTERLEAVE,
@@ -234,7 +232,8 @@ def tile_records(files: Sequence[str], manifest: Dict, anchors: config_lib.Ancho
   and interleaves them non-deterministically; without, in the given order,
   round-robin over cycle_length files. `log` counts a fixed epoch's draws.
   """
-  compression = "GZIP" if manifest["compression"] == "GZIP" else ""
+  manifest = manifest_lib.as_manifest(manifest)
+  compression = manifest.tfrecord_compression
   if isinstance(epochs, EpochLog):  # pass after pass, without end
     log = epochs
     passes = tf.data.Dataset.from_generator(
@@ -267,13 +266,14 @@ def tile_records(files: Sequence[str], manifest: Dict, anchors: config_lib.Ancho
   return passes.flat_map(one_pass).unbatch()
 
 
-def tile_bytes(manifest: Dict, anchors: config_lib.AnchorConfig) -> int:
+def tile_bytes(manifest: manifest_lib.Manifest, anchors: config_lib.AnchorConfig) -> int:
   """About the bytes of one decoded tile and its targets (the shuffle buffer's unit)."""
-  channels = int(manifest["feature_channels"])
+  channels = int(manifest.feature_channels)
   return schema.TILE_SIZE ** 2 * channels * 4 + 24 * anchors.num_anchors + 64
 
 
-def make_dataset(files: Sequence[str], manifest: Dict, anchors: config_lib.AnchorConfig,
+def make_dataset(files: Sequence[str], manifest: manifest_lib.ManifestLike,
+                 anchors: config_lib.AnchorConfig,
                  target_config: config_lib.TargetConfig, batch_size: int,
                  epochs: Union[int, EpochLog] = 0, shuffle: bool = True,
                  shuffle_buffer_mb: int = DEFAULT_SHUFFLE_BUFFER_MB, seed: int = 0,
@@ -288,6 +288,7 @@ def make_dataset(files: Sequence[str], manifest: Dict, anchors: config_lib.Ancho
   only (a buffer bigger than the data would fill with many passes at once).
   """
   from trainer import data as data_lib  # to_model_inputs, shared with the tiles layout
+  manifest = manifest_lib.as_manifest(manifest)
   ds = tile_records(files, manifest, anchors, target_config, epochs, shuffle, seed,
                     skip_corrupt)
   if shuffle:
@@ -303,13 +304,15 @@ def make_dataset(files: Sequence[str], manifest: Dict, anchors: config_lib.Ancho
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def sample_centres(files: Sequence[str], manifest: Dict, anchors: config_lib.AnchorConfig,
+def sample_centres(files: Sequence[str], manifest: manifest_lib.ManifestLike,
+                   anchors: config_lib.AnchorConfig,
                    target_config: config_lib.TargetConfig, max_tiles: int,
                    skip_corrupt: bool = False):
   """(centre features [N, C], what was sampled) of up to max_tiles epoch-0 tiles,
   the images taken round-robin over (up to 64 of) the shards. What was
   sampled includes "tiles_per_image": the mean over the images drawn (those
   without a tile included), which sizes rpn-train's epochs."""
+  manifest = manifest_lib.as_manifest(manifest)
   log = EpochLog()
   ds = tile_records(files, manifest, anchors, target_config, 0, shuffle=False,
                     skip_corrupt=skip_corrupt, cycle_length=64, log=log)
@@ -319,7 +322,7 @@ def sample_centres(files: Sequence[str], manifest: Dict, anchors: config_lib.Anc
   for features, image_ids in ds:
     centres.append(features.numpy())
     images.update(image_ids.numpy().tolist())
-  channels = int(manifest["feature_channels"])
+  channels = int(manifest.feature_channels)
   centres = np.concatenate(centres) if centres else np.zeros((0, channels), np.float32)
   if not len(centres):
     raise MapRecordError(f"{files[0]}: no tile could be drawn for the feature statistics "

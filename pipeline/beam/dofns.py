@@ -185,10 +185,7 @@ class SampleTargetsFn(beam.DoFn):
     feature_height, feature_width = item.feature_map.shape[:2]
     result = targets.compute_targets(
         item.width, item.height, feature_height, feature_width, item.gt_boxes, item.image_id,
-        scales=self._anchors.scales, ratios=self._anchors.ratios,
-        fg_iou_thresh=self._targets.fg_iou_thresh, bg_iou_thresh=self._targets.bg_iou_thresh,
-        batch_size=self._targets.batch_size, fg_fraction=self._targets.fg_fraction,
-        seed=self._targets.seed)
+        anchor_config=self._anchors, target_config=self._targets)
     num_records = len(result.points)
     counts = collections.Counter(item.stats)
     if num_records == 0:

@@ -8,7 +8,7 @@ manifest.json, whose presence marks a finished run (`write_manifest`).
 from __future__ import annotations
 
 import collections
-from typing import Any, Dict
+from typing import Dict
 
 import apache_beam as beam
 from apache_beam.io import textio
@@ -130,7 +130,7 @@ def pbegin_of(pcoll) -> beam.pvalue.PBegin:
 
 
 def write_manifest(_, cfg, feature_channels, min_input_side, counts, found, records,
-                   shard_info, images_written, errors_written) -> Dict[str, Any]:
+                   shard_info, images_written, errors_written) -> manifest_lib.Manifest:
   """Completes the counts and writes manifest.json; returns the manifest.
 
   `shard_info` holds pipeline.io.shards.describe_shard of every written shard;

@@ -25,6 +25,7 @@ from pipeline.beam import outputs as outputs_lib
 from pipeline.beam import progress as progress_lib
 from pipeline.beam import transforms
 from pipeline.core import config as config_lib
+from pipeline.io import manifest as manifest_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +89,7 @@ def build_pipeline(p, cfg: config_lib.PreprocessConfig, extractor_factory=None):
 @dataclasses.dataclass(frozen=True)
 class PreprocessResult:
   """What one run produced: the manifest it wrote and the Beam metrics."""
-  manifest: Dict
+  manifest: manifest_lib.Manifest
   metrics: Dict  # counter name -> value; distribution name -> {sum, count, min, max}
 
 

@@ -16,6 +16,7 @@ what rpn-train draws at epoch 0: with the method's anchors, or with
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from typing import List, Optional, Sequence
@@ -70,21 +71,20 @@ def draw_targets(image: np.ndarray, gt_boxes: np.ndarray, result, feature_width:
   return canvas
 
 
-def draw_image(shards_dir: str, manifest: dict, line: dict, image_path: str,
+def draw_image(shards_dir: str, manifest: manifest_lib.Manifest, line: dict, image_path: str,
                annotation_path: Optional[str], scales=None, ratios=None):
   """Recomputes the targets of one image as the pipeline did; returns the picture."""
-  image, gt_boxes, _, _ = ilsvrc.load_example(image_path, annotation_path,
-                                              manifest_lib.max_pixels(manifest))
-  resize = manifest_lib.resize(manifest)
+  image, gt_boxes, _, _ = ilsvrc.load_example(image_path, annotation_path, manifest.max_pixels)
   image, gt_boxes, _ = frame_lib.prepare_image(
-      image, gt_boxes, manifest["min_input_side"], resize["min_side"], resize["max_side"])
-  t = manifest["targets"]
+      image, gt_boxes, manifest.min_input_side, manifest.resize.min_side,
+      manifest.resize.max_side)
+  anchor_config = manifest.anchor_config
+  anchor_config = dataclasses.replace(anchor_config, scales=tuple(scales or anchor_config.scales),
+                                      ratios=tuple(ratios or anchor_config.ratios))
   result = targets.compute_targets(
       line["width"], line["height"], line["feature_height"], line["feature_width"],
       np.asarray(line["gt_boxes"], np.float64).reshape(-1, 4), line["image_id"],
-      scales=scales or manifest["anchor"]["scales"], ratios=ratios or manifest["anchor"]["ratios"],
-      fg_iou_thresh=t["fg_iou_thresh"], bg_iou_thresh=t["bg_iou_thresh"],
-      batch_size=t["batch_size"], fg_fraction=t["fg_fraction"], seed=t["seed"])
+      anchor_config=anchor_config, target_config=manifest.target_config)
   if "num_fg" in line and (result.num_fg, result.num_bg) != (line["num_fg"], line["num_bg"]):
     raise RuntimeError(
         f"{line['image_id']}: recomputed {result.num_fg} positives / {result.num_bg} negatives, "
@@ -93,7 +93,7 @@ def draw_image(shards_dir: str, manifest: dict, line: dict, image_path: str,
                       line["feature_width"])
 
 
-def check(args: argparse.Namespace) -> dict:
+def check(args: argparse.Namespace) -> manifest_lib.Manifest:
   """rpn-draw's checks: a finished shard directory, the images, a positive
   --count, an output that can be written; returns the manifest."""
   if args.count < 1:
@@ -101,14 +101,14 @@ def check(args: argparse.Namespace) -> dict:
   if not preflight.is_dir(args.shards):
     raise cli.UsageError("--shards", args.shards, "no such directory")
   try:
-    manifest = manifest_lib.load(args.shards)
+    manifest = manifest_lib.Manifest.load(args.shards)
   except manifest_lib.ManifestError as e:
     raise cli.UsageError("--shards", args.shards, str(e)) from None
   for flag in ("scales", "ratios"):
     values = getattr(args, flag)
     if values is None:
       continue
-    if manifest_lib.layout(manifest) != config_lib.MAPS_LAYOUT:
+    if not manifest.is_maps:
       raise cli.UsageError(f"--{flag}", ",".join(f"{v:g}" for v in values),
                            "only for a maps-layout --shards (the tiles' anchors are fixed)")
     if not values or min(values) <= 0:

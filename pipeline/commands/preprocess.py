@@ -195,25 +195,22 @@ def check_layout(args: argparse.Namespace) -> None:
 
 def check_ranges(args: argparse.Namespace) -> None:
   """Flag values out of range: a cli.UsageError naming the flag (rpn-anchors
-  shares the frame and anchor flags, not the target flags)."""
-  if hasattr(args, "fg_fraction") and not (0 < args.fg_fraction <= 1):
-    raise cli.UsageError("--fg_fraction", args.fg_fraction, "must be in (0, 1]")
-  if hasattr(args, "fg_iou_thresh") and not (
-      0 <= args.bg_iou_thresh <= args.fg_iou_thresh <= 1):
-    flag = "--bg_iou_thresh" if not 0 <= args.bg_iou_thresh <= 1 else "--fg_iou_thresh"
-    raise cli.UsageError(flag, getattr(args, flag[2:]), f"need 0 <= --bg_iou_thresh "
-                         f"({args.bg_iou_thresh}) <= --fg_iou_thresh ({args.fg_iou_thresh}) <= 1")
-  for flag, least in (("batch_size", 1), ("num_shards", 0), ("max_shard_mb", 0),
-                      ("backbone_threads", 1), ("min_side", 1), ("max_side", 1),
-                      ("max_pixels", 1)):
-    value = getattr(args, flag, None)
-    if value is not None and value < least:
-      raise cli.UsageError(f"--{flag}", value, f"must be >= {least}")
-  for flag in ("scales", "ratios"):
-    values = getattr(args, flag, None)
-    if values is not None and (not values or min(values) <= 0):
-      raise cli.UsageError(f"--{flag}", ",".join(f"{v:g}" for v in values),
-                           "must be positive numbers")
+  shares the frame and anchor flags, not the target flags). The anchors and the
+  targets are checked by their configs' validate()."""
+  try:
+    if hasattr(args, "fg_fraction"):
+      config_lib.TargetConfig(
+          fg_iou_thresh=args.fg_iou_thresh, bg_iou_thresh=args.bg_iou_thresh,
+          batch_size=args.batch_size, fg_fraction=args.fg_fraction).validate()
+    for flag, least in (("num_shards", 0), ("max_shard_mb", 0), ("backbone_threads", 1),
+                        ("min_side", 1), ("max_side", 1), ("max_pixels", 1)):
+      value = getattr(args, flag, None)
+      if value is not None and value < least:
+        raise config_lib.ConfigError(flag, value, f"must be >= {least}")
+    if hasattr(args, "scales"):
+      config_lib.AnchorConfig(scales=tuple(args.scales), ratios=tuple(args.ratios)).validate()
+  except config_lib.ConfigError as e:
+    raise cli.UsageError(f"--{e.field}", e.value, e.problem) from None
 
 
 def check_before_run(args: argparse.Namespace, cfg: config_lib.PreprocessConfig,
@@ -317,13 +314,13 @@ def remove_temp_dirs(output: str) -> List[str]:
 # The pipeline
 
 
-def summary(manifest: dict) -> str:
-  c = manifest["counts"]
-  if manifest_lib.layout(manifest) == config_lib.MAPS_LAYOUT:
-    records = (f"records: {c['records']} feature maps in {manifest['num_shards']} shards "
+def summary(manifest: manifest_lib.Manifest) -> str:
+  c = manifest.counts
+  if manifest.is_maps:
+    records = (f"records: {c['records']} feature maps in {manifest.num_shards} shards "
                f"(layout maps: rpn-train draws the targets)")
   else:
-    records = (f"records: {c['records']} in {manifest['num_shards']} shards"
+    records = (f"records: {c['records']} in {manifest.num_shards} shards"
                f" ({c['fg_anchors']} positive, {c['bg_anchors']} negative anchors sampled)")
   lines = [
       f"images: {c['images_found']} found = {c['images_ok']} ok + {c['images_failed']} failed"
@@ -353,7 +350,7 @@ def run(argv: Optional[Sequence[str]] = None,
     with removed_on_failure(cfg.output), watchdog.watched():
       result = p.run()
       result.wait_until_finish()
-      return preprocess_beam.PreprocessResult(manifest_lib.load(cfg.output),
+      return preprocess_beam.PreprocessResult(manifest_lib.Manifest.load(cfg.output),
                                               preprocess_beam.pipeline_metrics(result))
 
 

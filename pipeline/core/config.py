@@ -22,6 +22,21 @@ MANIFEST_VERSION = 1
 DEFAULT_MAX_PIXELS = 40_000_000
 
 
+class ConfigError(ValueError):
+  """A setting out of range, raised by the configs' validate().
+
+  `field` names the setting (the command-line flags have the same names, and
+  the problem names them as flags), `value` is the value as shown, `problem`
+  what is wrong; str(): "FIELD VALUE: problem" (or "FIELD: problem" without a
+  value, e.g. no scales at all).
+  """
+
+  def __init__(self, field: str, value, problem: str):
+    self.field, self.value, self.problem = field, value, problem
+    head = field if value is None or value == "" else f"{field} {value}"
+    super().__init__(f"{head}: {problem}")
+
+
 @dataclasses.dataclass(frozen=True)
 class AnchorConfig:
   scales: Tuple[float, ...] = (3.0, 6.0, 12.0)
@@ -33,6 +48,14 @@ class AnchorConfig:
   def num_anchors(self) -> int:
     return len(self.scales) * len(self.ratios)
 
+  def validate(self) -> None:
+    """ConfigError unless the scales and the ratios are non-empty lists of
+    positive numbers (scales first)."""
+    for field in ("scales", "ratios"):
+      values = getattr(self, field)
+      if not values or min(values) <= 0:
+        raise ConfigError(field, ",".join(f"{v:g}" for v in values), "must be positive numbers")
+
 
 @dataclasses.dataclass(frozen=True)
 class TargetConfig:
@@ -41,6 +64,19 @@ class TargetConfig:
   batch_size: int = 256
   fg_fraction: float = 0.5
   seed: int = 0
+
+  def validate(self) -> None:
+    """ConfigError at the first setting out of range, in this order:
+    fg_fraction in (0, 1]; 0 <= bg_iou_thresh <= fg_iou_thresh <= 1 (naming
+    bg_iou_thresh when it is outside [0, 1], else fg_iou_thresh); batch_size >= 1."""
+    if not 0 < self.fg_fraction <= 1:
+      raise ConfigError("fg_fraction", self.fg_fraction, "must be in (0, 1]")
+    if not 0 <= self.bg_iou_thresh <= self.fg_iou_thresh <= 1:
+      field = "bg_iou_thresh" if not 0 <= self.bg_iou_thresh <= 1 else "fg_iou_thresh"
+      raise ConfigError(field, getattr(self, field), f"need 0 <= --bg_iou_thresh "
+                        f"({self.bg_iou_thresh}) <= --fg_iou_thresh ({self.fg_iou_thresh}) <= 1")
+    if self.batch_size < 1:
+      raise ConfigError("batch_size", self.batch_size, "must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline.core import anchors as anchors_lib
 from pipeline.core import boxes as boxes_lib
-from pipeline.core.config import IGNORE, NEGATIVE, POSITIVE
+from pipeline.core.config import IGNORE, NEGATIVE, POSITIVE, AnchorConfig, TargetConfig
 
 # An inside anchor whose IoU with a gt box is within this of that gt box's best
 # IoU over the inside anchors is one of its argmax anchors (ties included).
@@ -178,26 +178,28 @@ class ImageTargets:
 
 
 def compute_targets(width: float, height: float, feature_height: int, feature_width: int,
-                    gt_boxes: np.ndarray, image_id: str, *, scales, ratios,
-                    fg_iou_thresh: float, bg_iou_thresh: float, batch_size: int,
-                    fg_fraction: float, seed: int, epoch: int = 0) -> ImageTargets:
+                    gt_boxes: np.ndarray, image_id: str, *, anchor_config: AnchorConfig,
+                    target_config: TargetConfig, epoch: int = 0) -> ImageTargets:
   """All targets of one width x height image with a feature_height x feature_width map.
 
-  Strides in stride_mode "ratio"; sampling seeded by epoch_image_seed(seed,
-  epoch, image_id), which is image_seed(seed, image_id) at epoch 0 (the
-  tiles layout's; rpn-train draws the maps layout's afresh every epoch).
+  Anchors of anchor_config's scales and ratios; labels and sampling by
+  target_config. Strides in stride_mode "ratio"; sampling seeded by
+  epoch_image_seed(target_config.seed, epoch, image_id), which is
+  image_seed(seed, image_id) at epoch 0 (the tiles layout's; rpn-train draws
+  the maps layout's afresh every epoch).
   The feature map is not needed: cut the tiles with extract_tiles(..., points, ...).
   """
+  scales, ratios, t = anchor_config.scales, anchor_config.ratios, target_config
   stride_x, stride_y = anchors_lib.ratio_strides(width, height, feature_width, feature_height)
   anchors = anchors_lib.grid_anchors(feature_height, feature_width, stride_x, stride_y,
                                      scales, ratios)  # [N, 4]
   inside = anchors_lib.inside_mask(anchors, width, height)  # [N]
   gt_boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4)  # [G, 4]
-  labels, matched = label_anchors(anchors, inside, gt_boxes, fg_iou_thresh, bg_iou_thresh)
-  rng = np.random.default_rng(epoch_image_seed(seed, epoch, image_id))
-  labels = sample_labels(labels, batch_size, fg_fraction, rng)
+  labels, matched = label_anchors(anchors, inside, gt_boxes, t.fg_iou_thresh, t.bg_iou_thresh)
+  rng = np.random.default_rng(epoch_image_seed(t.seed, epoch, image_id))
+  labels = sample_labels(labels, t.batch_size, t.fg_fraction, rng)
   deltas = anchor_deltas(anchors, gt_boxes, matched, labels)  # [N, 4]
-  num_anchors = len(scales) * len(ratios)
+  num_anchors = anchor_config.num_anchors
   points, point_labels, point_deltas = point_targets(labels, deltas, num_anchors)
   locations = np.stack(np.divmod(points, feature_width), axis=1).astype(np.int64)  # [P, 2]
   return ImageTargets(

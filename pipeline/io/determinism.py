@@ -61,9 +61,9 @@ def pop_threads(counts: Dict[str, int]) -> Dict[str, int]:
   return dict(sorted(found.items(), key=lambda item: int(item[0])))
 
 
-def same_threads(reference: Dict, other: Dict) -> bool:
+def same_threads(reference: manifest_lib.Manifest, other: manifest_lib.Manifest) -> bool:
   """Whether both manifests' features came from one and the same thread count."""
-  ours, theirs = reference.get(THREADS_KEY), other.get(THREADS_KEY)
+  ours, theirs = reference.backbone_threads, other.backbone_threads
   return bool(ours) and bool(theirs) and len(ours) == 1 and set(ours) == set(theirs)
 
 
@@ -81,11 +81,11 @@ class Comparison:
     return not self.problems
 
 
-def _records(output: str, manifest: Dict) -> List[bytes]:
+def _records(output: str, manifest: manifest_lib.Manifest) -> List[bytes]:
   import tensorflow as tf  # lazy: the pipeline imports this package without TensorFlow
-  compression = "GZIP" if manifest["compression"] == "GZIP" else ""
-  files = manifest_lib.shard_paths(output, manifest)
-  return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type=compression)]
+  files = manifest.shard_paths(output)
+  return [r.numpy() for r in tf.data.TFRecordDataset(
+      files, compression_type=manifest.tfrecord_compression)]
 
 
 def split_record(serialized: bytes) -> Tuple[Tuple, Dict[str, bytes], bytes]:
@@ -119,23 +119,24 @@ def compare(reference_dir: str, other_dir: str, limit: int = 10) -> Comparison:
   """Checks `other_dir` against `reference_dir`, both finished rpn-preprocess
   outputs of the same input and options, line by line of the contract above.
   At most `limit` record problems are listed."""
-  reference, other = manifest_lib.load(reference_dir), manifest_lib.load(other_dir)
+  reference = manifest_lib.Manifest.load(reference_dir)
+  other = manifest_lib.Manifest.load(other_dir)
   result = Comparison(features_byte_identical_required=same_threads(reference, other))
   problems = result.problems
   for key in ("layout", "dtype", "feature_channels"):
-    if reference.get(key) != other.get(key):
-      problems.append(f"manifest {key}: {reference.get(key)!r} != {other.get(key)!r}")
+    if getattr(reference, key) != getattr(other, key):
+      problems.append(f"manifest {key}: {getattr(reference, key)!r} != {getattr(other, key)!r}")
   if problems:
     return result
-  if reference["counts"] != other["counts"]:
-    changed = sorted(k for k in set(reference["counts"]) | set(other["counts"])
-                     if reference["counts"].get(k) != other["counts"].get(k))
+  if reference.counts != other.counts:
+    changed = sorted(k for k in set(reference.counts) | set(other.counts)
+                     if reference.counts.get(k) != other.counts.get(k))
     problems.append(f"manifest counts differ: {changed}")
   for name in (config.IMAGES_NAME, config.ERRORS_NAME):
     if _lines(reference_dir, name) != _lines(other_dir, name):
       problems.append(f"{name} differs")
 
-  dtype = np.dtype(reference["dtype"]).newbyteorder("<")
+  dtype = np.dtype(reference.dtype).newbyteorder("<")
   ours, theirs = ({}, {})
   for output, manifest, table in ((reference_dir, reference, ours), (other_dir, other, theirs)):
     for serialized in _records(output, manifest):
@@ -162,7 +163,7 @@ def compare(reference_dir: str, other_dir: str, limit: int = 10) -> Comparison:
     if features != other_features:
       result.features_identical = False
     by_image[key[0]].append((key, features, other_features))
-  rtol = FEATURE_RTOL[reference["dtype"]]
+  rtol = FEATURE_RTOL[reference.dtype]
   for _, entries in sorted(by_image.items()):
     first = [np.frombuffer(a, dtype).astype(np.float64) for _, a, _ in entries]
     second = [np.frombuffer(b, dtype).astype(np.float64) for _, _, b in entries]
@@ -180,7 +181,7 @@ def compare(reference_dir: str, other_dir: str, limit: int = 10) -> Comparison:
         listed += 1
   if result.features_byte_identical_required and not result.features_identical:
     problems.append(f"features not byte-identical although one thread count "
-                    f"({next(iter(reference[THREADS_KEY]))}) computed both")
+                    f"({next(iter(reference.backbone_threads))}) computed both")
   return result
 
 

@@ -4,16 +4,23 @@
 its presence marks a finished run. It holds everything needed to read the
 shards (channels, dtype, compression, shard list with each shard's bytes and
 records) and to reproduce them
-(backbone, weights, anchors, targets, input). The trainer, `rpn-propose`,
-`rpn-draw` and the demo read it through `load`, which fails with a
-ManifestError naming the file and the problem.
+(backbone, weights, anchors, targets, input). `Manifest` is its typed form:
+`Manifest.load(dir)` (the manifest of a shard directory, checked against the
+shard files) and `Manifest.read(path)` fail with a ManifestError naming the
+file and the problem; `to_json()` gives back the dict on disk, key for key.
+
+Transitional: `load` and `read` return the dict itself, for trainer/cli.py,
+train.py, propose.py and model.py, which still index it by key; the
+functions below that take a manifest accept either form.
 
 Paths go through `pipeline.io.storage`, so gs:// and other remote paths work.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from pipeline.core import config
 from pipeline.io import schema, storage
@@ -33,6 +40,193 @@ class ManifestError(ValueError):
   """A manifest or shard directory that cannot be used; the message names the file."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Resize:
+  """The optional resize before the backbone (None: none on that side)."""
+  min_side: Optional[int] = None
+  max_side: Optional[int] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardInfo:
+  """One entry of "shards": a shard file's name, bytes and records."""
+  file: str
+  bytes: int
+  records: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Manifest:
+  """manifest.json, a field per key (the key's name unless noted).
+
+  Keys that older manifests lack take the defaults their readers always gave
+  them (layout "tiles", stride_mode "ratio", no resize, the default
+  max_pixels, ...); `keys` remembers the keys the JSON had, in its order, so
+  that to_json() writes back exactly that dict. Keys this code does not know
+  (e.g. rpn-train's "sampling") are kept in `extra`. Dict-valued fields hold
+  the JSON objects as they are ("anchor", "targets", "input", "counts",
+  "backbone_threads"); anchor_config and target_config read the first two.
+  """
+  version: int
+  created_by: Optional[str] = None
+  # "tiles" (the method; also every manifest before 0.6.0) or "maps"
+  layout: str = config.TILES_LAYOUT
+  backbone: str
+  feature_layer: Optional[str] = None  # None: the backbone's final output
+  weights: str
+  weights_seed: int = 0
+  feature_channels: int
+  tile_size: int
+  dtype: str
+  compression: str
+  # maps: "anchor" and "targets" are rpn-train's defaults, not applied by rpn-preprocess
+  anchor: Dict[str, Any]  # AnchorConfig's fields (lists) and num_anchors
+  targets: Dict[str, Any]  # TargetConfig's fields
+  stride_mode: str = "ratio"
+  resize: Resize = Resize()
+  min_input_side: Optional[int] = None
+  padding: Optional[str] = None
+  max_pixels: int = config.DEFAULT_MAX_PIXELS  # the decompression-bomb limit the run used
+  input: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  shard_pattern: Optional[str] = None
+  num_shards: int
+  max_shard_mb: Optional[float] = None  # None: a fixed number of shards
+  records_shuffled: bool = False
+  shard_files: Tuple[str, ...]
+  counts: Dict[str, int]
+  # {"1": 13}: images whose features that many TensorFlow threads computed
+  backbone_threads: Dict[str, int] = dataclasses.field(default_factory=dict)
+  # None: a manifest written before rpn-preprocess recorded them
+  shards: Optional[Tuple[ShardInfo, ...]] = None
+  extra: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  keys: Tuple[str, ...] = dataclasses.field(default=(), compare=False, repr=False)
+
+  @classmethod
+  def from_json(cls, manifest: Mapping[str, Any], path: str = "manifest") -> "Manifest":
+    """The Manifest of a manifest dict, after validate(manifest, path)."""
+    validate(manifest, path)
+    known = {f.name for f in dataclasses.fields(cls)} - {"extra", "keys", "resize", "shards",
+                                                         "shard_files", "max_pixels"}
+    values = {k: copy.deepcopy(v) for k, v in manifest.items() if k in known}
+    resize = manifest.get("resize") or {}
+    shards = manifest.get("shards")
+    return cls(
+        **values,
+        resize=Resize(resize.get("min_side"), resize.get("max_side")),
+        max_pixels=int(manifest.get("max_pixels") or config.DEFAULT_MAX_PIXELS),
+        shard_files=tuple(manifest["shard_files"]),
+        shards=None if shards is None else tuple(
+            ShardInfo(s["file"], s["bytes"], s["records"]) for s in shards),
+        extra={k: copy.deepcopy(v) for k, v in manifest.items()
+               if k not in known and k not in _SPECIAL},
+        keys=tuple(manifest))
+
+  def to_json(self) -> Dict[str, Any]:
+    """The manifest dict: the keys of `keys`, in that order."""
+    values = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self)
+              if f.name not in ("extra", "keys")}
+    values.update(
+        resize=dataclasses.asdict(self.resize), shard_files=list(self.shard_files),
+        shards=None if self.shards is None else [dataclasses.asdict(s) for s in self.shards],
+        **copy.deepcopy(self.extra))
+    return {key: values[key] for key in self.keys}
+
+  @classmethod
+  def read(cls, path: str) -> "Manifest":
+    """A manifest.json file (of a shard directory or a job directory), validated."""
+    return cls.from_json(_read_json(path), path)
+
+  @classmethod
+  def load(cls, data_dir: str) -> "Manifest":
+    """The manifest of a shard directory, checked against the shard files present."""
+    path = path_in(data_dir)
+    if not storage.exists(path):
+      raise ManifestError(f"{path}: not found; {data_dir} is not the output of a finished "
+                          f"rpn-preprocess run (the manifest is written last)")
+    manifest = cls.read(path)
+    manifest.check_shard_files(data_dir, path)
+    return manifest
+
+  def check_shard_files(self, data_dir: str, path: str) -> None:
+    """The shard files in data_dir are this manifest's (read from `path`): none
+    missing, none stale, none of another layout."""
+    for shard in self.shard_paths(data_dir):
+      if not storage.exists(shard):
+        raise ManifestError(f"{shard}: shard listed in {path} is missing")
+    prefix = config.shard_prefix(self.layout)
+    present = {os.path.basename(p)
+               for p in storage.glob(storage.join(data_dir, prefix + "-*"))}
+    stale = sorted(present - set(self.shard_files))
+    if stale:
+      raise ManifestError(f"{data_dir}: shard files not listed in {path} (stale, from another "
+                          f"run? remove them): {stale}")
+    for other in config.LAYOUTS:
+      foreign = storage.glob(storage.join(data_dir, config.shard_prefix(other) + "-*"))
+      if other != self.layout and foreign:
+        raise ManifestError(
+            f"{data_dir}: mixed layouts: {path} is of layout {self.layout!r} but "
+            f"{os.path.basename(sorted(foreign)[0])} is a shard of layout {other!r} (and "
+            f"{len(foreign) - 1} more); remove them, or write each layout to its own directory")
+
+  def shard_paths(self, data_dir: str) -> List[str]:
+    """The shard files as paths under data_dir."""
+    return [storage.join(data_dir, name) for name in self.shard_files]
+
+  @property
+  def num_anchors(self) -> int:
+    """A, the anchors per feature-map point."""
+    return int(self.anchor["num_anchors"])
+
+  @property
+  def anchor_config(self) -> config.AnchorConfig:
+    """The anchors ("anchor"; of a maps manifest: rpn-train's defaults)."""
+    return config.AnchorConfig(
+        scales=tuple(float(v) for v in self.anchor["scales"]),
+        ratios=tuple(float(v) for v in self.anchor["ratios"]),
+        order=self.anchor.get("order", config.AnchorConfig.order))
+
+  @property
+  def target_config(self) -> config.TargetConfig:
+    """The targets' settings and sampling seed ("targets")."""
+    t = self.targets
+    return config.TargetConfig(
+        fg_iou_thresh=float(t["fg_iou_thresh"]), bg_iou_thresh=float(t["bg_iou_thresh"]),
+        batch_size=int(t["batch_size"]), fg_fraction=float(t["fg_fraction"]),
+        seed=int(t["seed"]))
+
+  @property
+  def is_maps(self) -> bool:
+    return self.layout == config.MAPS_LAYOUT
+
+  @property
+  def tfrecord_compression(self) -> str:
+    """The compression_type of tf.data.TFRecordDataset ("GZIP" or "")."""
+    return "GZIP" if self.compression == "GZIP" else ""
+
+  def check_compatible(self, other: "Manifest", what: str = "data") -> None:
+    """ManifestError naming the first key on which `other` (named `what` in the
+    message) disagrees with this manifest (the module's check_compatible)."""
+    check_compatible(self, other, what)
+
+
+# Keys from_json reads into fields of another name or form.
+_SPECIAL = ("resize", "shards", "shard_files", "max_pixels")
+
+ManifestLike = Union[Manifest, Mapping[str, Any]]
+
+
+def as_manifest(manifest: ManifestLike, path: str = "manifest") -> Manifest:
+  """A Manifest, or the Manifest of a manifest dict. Transitional: for the
+  functions that trainer/cli.py, train.py and propose.py still hand a dict."""
+  if isinstance(manifest, Manifest):
+    return manifest
+  return Manifest.from_json(manifest, path)
+
+
+def _as_json(manifest: ManifestLike) -> Mapping[str, Any]:
+  return manifest.to_json() if isinstance(manifest, Manifest) else manifest
+
+
 def shard_suffix(compression: str) -> str:
   return ".tfrecord.gz" if compression == "GZIP" else ".tfrecord"
 
@@ -44,7 +238,7 @@ def path_in(data_dir: str) -> str:
 def build(cfg: config.PreprocessConfig, counts: Dict[str, int], shard_files: List[str],
           feature_channels: int, min_input_side: int,
           shards: Optional[List[Dict]] = None,
-          backbone_threads: Optional[Dict[str, int]] = None) -> Dict:
+          backbone_threads: Optional[Dict[str, int]] = None) -> Manifest:
   """The manifest of a finished run: `cfg`, the run's counts and its shard file names.
 
   `shards` ({"file", "bytes", "records"} of each shard, any order;
@@ -96,76 +290,57 @@ def build(cfg: config.PreprocessConfig, counts: Dict[str, int], shard_files: Lis
     manifest["shards"] = [{"file": name, "bytes": int(by_file[name]["bytes"]),
                            "records": int(by_file[name]["records"])}
                           for name in manifest["shard_files"]]
-  return manifest
+  return Manifest.from_json(manifest, "built")
 
 
-def write(data_dir: str, manifest: Dict) -> None:
+def write(data_dir: str, manifest: ManifestLike) -> None:
   """Writes DIR/manifest.json atomically (temp file and rename)."""
-  storage.write_json(path_in(data_dir), manifest)
+  storage.write_json(path_in(data_dir), dict(_as_json(manifest)))
 
 
-def read(path: str) -> Dict:
-  """A manifest.json file (of a shard directory or a job directory), validated."""
+def _read_json(path: str) -> Dict:
   if not storage.exists(path):
     raise ManifestError(f"{path}: not found")
   try:
-    manifest = storage.read_json(path)
+    return storage.read_json(path)
   except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
     raise ManifestError(f"{path}: not valid JSON ({e})") from None
+
+
+def read(path: str) -> Dict:
+  """Transitional (the trainer's dict form of Manifest.read): a manifest.json
+  file (of a shard directory or a job directory), validated, as a dict."""
+  manifest = _read_json(path)
   validate(manifest, path)
   return manifest
 
 
 def load(data_dir: str) -> Dict:
-  """The manifest of a shard directory, checked against the shard files present."""
+  """Transitional (the trainer's dict form of Manifest.load): the manifest of a
+  shard directory, checked against the shard files present, as a dict."""
   path = path_in(data_dir)
   if not storage.exists(path):
     raise ManifestError(f"{path}: not found; {data_dir} is not the output of a finished "
                         f"rpn-preprocess run (the manifest is written last)")
   manifest = read(path)
-  listed = manifest["shard_files"]
-  for shard in shard_paths(data_dir, manifest):
-    if not storage.exists(shard):
-      raise ManifestError(f"{shard}: shard listed in {path} is missing")
-  prefix = config.shard_prefix(layout(manifest))
-  present = {os.path.basename(p)
-             for p in storage.glob(storage.join(data_dir, prefix + "-*"))}
-  stale = sorted(present - set(listed))
-  if stale:
-    raise ManifestError(f"{data_dir}: shard files not listed in {path} (stale, from another "
-                        f"run? remove them): {stale}")
-  for other in config.LAYOUTS:
-    foreign = storage.glob(storage.join(data_dir, config.shard_prefix(other) + "-*"))
-    if other != layout(manifest) and foreign:
-      raise ManifestError(
-          f"{data_dir}: mixed layouts: {path} is of layout {layout(manifest)!r} but "
-          f"{os.path.basename(sorted(foreign)[0])} is a shard of layout {other!r} (and "
-          f"{len(foreign) - 1} more); remove them, or write each layout to its own directory")
+  Manifest.from_json(manifest, path).check_shard_files(data_dir, path)
   return manifest
 
 
-def layout(manifest: Dict) -> str:
-  """The manifest's layout: "tiles" (the method; also every manifest before 0.6.0) or "maps"."""
+def layout(manifest: ManifestLike) -> str:
+  """The manifest's layout: "tiles" (the method; also every manifest before 0.6.0) or "maps".
+  Transitional for dicts (validate, the trainer); a Manifest has .layout."""
+  if isinstance(manifest, Manifest):
+    return manifest.layout
   return manifest.get("layout", config.TILES_LAYOUT)
 
 
-def shard_paths(data_dir: str, manifest: Dict) -> List[str]:
-  """The manifest's shard files as paths under data_dir."""
-  return [storage.join(data_dir, name) for name in manifest["shard_files"]]
+def num_anchors(manifest: ManifestLike) -> int:
+  """A, the anchors per feature-map point. Transitional: a Manifest has .num_anchors."""
+  return int(_as_json(manifest)["anchor"]["num_anchors"])
 
 
-def shard_info(manifest: Dict) -> Optional[List[Dict]]:
-  """The "shards" entries ({"file", "bytes", "records"}, in shard_files order), or None
-  for a manifest written before rpn-preprocess recorded them."""
-  return manifest.get("shards")
-
-
-def num_anchors(manifest: Dict) -> int:
-  """A, the anchors per feature-map point."""
-  return int(manifest["anchor"]["num_anchors"])
-
-
-def validate(manifest: Dict, path: str) -> None:
+def validate(manifest: Mapping[str, Any], path: str) -> None:
   """Checks keys and values of a manifest dict; `path` names it in errors."""
   if not isinstance(manifest, dict):
     raise ManifestError(f"{path}: not a JSON object")
@@ -203,7 +378,7 @@ def validate(manifest: Dict, path: str) -> None:
   _validate_shards(manifest, path)
 
 
-def _validate_shards(manifest: Dict, path: str) -> None:
+def _validate_shards(manifest: Mapping[str, Any], path: str) -> None:
   """The optional "shards" key: one {"file", "bytes", "records"} per shard_files entry."""
   if "shards" not in manifest:
     return
@@ -220,22 +395,31 @@ def _validate_shards(manifest: Dict, path: str) -> None:
                           f"{{'file': {name!r}, 'bytes': int, 'records': int}}")
 
 
-def check_compatible(manifest_a: Dict, manifest_b: Dict, what: str = "data") -> None:
-  """Raises ManifestError naming the first key on which two manifests disagree.
+def check_compatible(manifest_a: ManifestLike, manifest_b: ManifestLike,
+                     what: str = "data") -> None:
+  """Raises ManifestError naming the first key on which two manifests disagree
+  (as written: a key one of them lacks counts as None).
 
   `what` names manifest_b in the message ("--val_data", "the job's model").
   """
+  a, b = _as_json(manifest_a), _as_json(manifest_b)
   for key in COMPATIBLE_KEYS:
-    if manifest_a.get(key) != manifest_b.get(key):
+    if a.get(key) != b.get(key):
       raise ManifestError(
-          f"{what}: {key} is {manifest_b.get(key)!r} where the other manifest has "
-          f"{manifest_a.get(key)!r}; features of different {key} do not mix")
+          f"{what}: {key} is {b.get(key)!r} where the other manifest has "
+          f"{a.get(key)!r}; features of different {key} do not mix")
 
 
-def max_pixels(manifest: Dict) -> int:
-  """The decompression-bomb limit the run used (older manifests: the default)."""
+def max_pixels(manifest: ManifestLike) -> int:
+  """The decompression-bomb limit the run used (older manifests: the default).
+  Transitional: a Manifest has .max_pixels."""
+  if isinstance(manifest, Manifest):
+    return manifest.max_pixels
   return int(manifest.get("max_pixels") or config.DEFAULT_MAX_PIXELS)
 
 
-def resize(manifest: Dict) -> Dict[str, Optional[int]]:
+def resize(manifest: ManifestLike) -> Dict[str, Optional[int]]:
+  """Transitional (the trainer's form of Manifest.resize): {"min_side", "max_side"}."""
+  if isinstance(manifest, Manifest):
+    return dataclasses.asdict(manifest.resize)
   return manifest.get("resize") or {"min_side": None, "max_side": None}

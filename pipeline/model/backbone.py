@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from typing import Dict, Optional
+from typing import Optional
 
+from pipeline.io import manifest as manifest_lib
 from pipeline.io.manifest import ManifestError
 from pipeline.model import layers, registry
 
@@ -98,31 +99,33 @@ def _truncate(name: str, model, feature_layer: Optional[str]):
                      name=f"{model.name}_{info.name}")
 
 
-def check_manifest(manifest: Dict, path: str) -> None:
+def check_manifest(manifest: manifest_lib.ManifestLike, path: str) -> None:
   """Checks that the manifest's features are what its backbone computes.
 
   Needed where the backbone is run again on new images (rpn-propose, rpn-draw).
+  A manifest dict (transitional: rpn-propose's) is read as a Manifest first.
   """
+  manifest = manifest_lib.as_manifest(manifest, path)
   try:
-    spec = registry.backbone_spec(manifest["backbone"])
+    spec = registry.backbone_spec(manifest.backbone)
   except ValueError as e:
     raise ManifestError(f"{path}: {e}") from None
-  if "min_input_side" not in manifest:
+  if manifest.min_input_side is None:
     raise ManifestError(f"{path}: missing keys ['min_input_side']")
-  layer = manifest.get("feature_layer")
+  layer = manifest.feature_layer
   try:
-    channels = layers.feature_channels(manifest["backbone"], layer)
+    channels = layers.feature_channels(manifest.backbone, layer)
   except ValueError as e:
     raise ManifestError(f"{path}: {e}") from None
-  if int(manifest["feature_channels"]) != channels:
+  if int(manifest.feature_channels) != channels:
     where = f" layer {layer}" if layer else ""
-    raise ManifestError(f"{path}: feature_channels {manifest['feature_channels']} does not "
-                        f"match backbone {manifest['backbone']}{where} ({channels} channels)")
-  if int(manifest["min_input_side"]) < spec.min_input_side:
-    raise ManifestError(f"{path}: min_input_side {manifest['min_input_side']} is below the "
-                        f"{spec.min_input_side} px backbone {manifest['backbone']} accepts")
-  if manifest.get("stride_mode", "ratio") != "ratio":
-    raise ManifestError(f"{path}: stride_mode {manifest['stride_mode']!r} is not supported "
+    raise ManifestError(f"{path}: feature_channels {manifest.feature_channels} does not "
+                        f"match backbone {manifest.backbone}{where} ({channels} channels)")
+  if int(manifest.min_input_side) < spec.min_input_side:
+    raise ManifestError(f"{path}: min_input_side {manifest.min_input_side} is below the "
+                        f"{spec.min_input_side} px backbone {manifest.backbone} accepts")
+  if manifest.stride_mode != "ratio":
+    raise ManifestError(f"{path}: stride_mode {manifest.stride_mode!r} is not supported "
                         f"(only 'ratio')")
 
 

@@ -101,7 +101,7 @@ def test_bad_and_odd_inputs_end_to_end(tmp_path):
   assert "max_pixels" in errors["bad_bomb"]["reason"]
   with open(os.path.join(output, "errors.jsonl")) as f:
     assert "root:" not in f.read()  # /etc/passwd unread
-  counts = manifest["counts"]
+  counts = manifest.counts
   assert counts["images_failed"] == sum(1 for c in cases.values() if c[2] not in ("ok", "skipped"))
   assert counts["images_skipped"] == counts["images_no_anchors"] == 2
   assert images["ok_elongated"]["num_locations"] > 0 and images["ok_elongated"]["num_fg"] > 0

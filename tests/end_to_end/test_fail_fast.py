@@ -202,7 +202,7 @@ def shards(tmp_path_factory):
   other = str(root / "other")
   shutil.copytree(data, other)
   with open(os.path.join(other, "manifest.json"), "w") as f:
-    json.dump(dict(manifest, backbone="ResNet50"), f)
+    json.dump(dict(manifest.to_json(), backbone="ResNet50"), f)
   unfinished = str(root / "unfinished")
   shutil.copytree(data, unfinished)
   os.remove(os.path.join(unfinished, "manifest.json"))
@@ -210,11 +210,11 @@ def shards(tmp_path_factory):
   trainer_fixtures.write_map_shards(maps, [trainer_fixtures.map_image("d/a")])
   mixed = str(root / "mixed")
   trainer_fixtures.write_map_shards(mixed, [trainer_fixtures.map_image("d/a")])
-  shutil.copy(os.path.join(data, manifest["shard_files"][0]), mixed)
+  shutil.copy(os.path.join(data, manifest.shard_files[0]), mixed)
   other_job = str(root / "other_job")
   os.makedirs(other_job)
   with open(os.path.join(other_job, "manifest.json"), "w") as f:
-    json.dump(dict(manifest, backbone="ResNet50"), f)
+    json.dump(dict(manifest.to_json(), backbone="ResNet50"), f)
   return {"data": data, "other": other, "unfinished": unfinished, "other_job": other_job,
           "mixed": mixed, "maps": maps}
 

@@ -51,8 +51,8 @@ def outputs(dataset, tmp_path_factory):
 
 def _read_maps(directory, manifest):
   import tensorflow as tf
-  compression = "GZIP" if manifest["compression"] == "GZIP" else ""
-  records = tf.data.TFRecordDataset(manifest_lib.shard_paths(directory, manifest),
+  compression = manifest.tfrecord_compression
+  records = tf.data.TFRecordDataset(manifest.shard_paths(directory),
                                     compression_type=compression)
   out = {}
   for serialized in records.as_numpy_iterator():
@@ -68,11 +68,11 @@ def _read_maps(directory, manifest):
 
 def test_maps_layout_writes_one_record_per_image(outputs):
   directory = outputs["conv1_f16_gzip"]["maps"]
-  manifest = manifest_lib.load(directory)
-  assert manifest["layout"] == "maps" and manifest["dtype"] == "float16"
+  manifest = manifest_lib.Manifest.load(directory)
+  assert manifest.layout == "maps" and manifest.dtype == "float16"
   assert all(name.startswith("maps-") and name.endswith(".tfrecord.gz")
-             for name in manifest["shard_files"])
-  counts = manifest["counts"]
+             for name in manifest.shard_files)
+  counts = manifest.counts
   # every image has a record: the tiny one too (its anchors are chosen later)
   assert counts["images_found"] == counts["images_ok"] == counts["records"] == len(SIZES)
   records = _read_maps(directory, manifest)
@@ -83,14 +83,14 @@ def test_maps_layout_writes_one_record_per_image(outputs):
     line = lines[image_id]
     height, width, channels = record["feature_shape"]
     assert (height, width) == (line["feature_height"], line["feature_width"])
-    assert channels == manifest["feature_channels"]
+    assert channels == manifest.feature_channels
     assert len(record["feature_map"]) == height * width * channels * 2  # float16
     assert record["image_size"] == [line["height"], line["width"]]
     np.testing.assert_array_equal(np.reshape(record["gt_boxes"], (-1, 4)),
                                   np.reshape(line["gt_boxes"], (-1, 4)))
-  tiles = manifest_lib.load(outputs["conv1_f16_gzip"]["tiles"])
+  tiles = manifest_lib.Manifest.load(outputs["conv1_f16_gzip"]["tiles"])
   # the tiles layout (stride 8 here) and the maps layout account for the same images
-  assert tiles["counts"]["images_found"] == counts["images_found"]
+  assert tiles.counts["images_found"] == counts["images_found"]
 
 
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
@@ -98,8 +98,9 @@ def test_epoch_zero_is_exactly_the_tiles_layout(outputs, setting):
   """The equivalence the maps layout promises: the same (image_id, location,
   tile, labels, deltas) records, as multisets."""
   tiles_dir, maps_dir = outputs[setting]["tiles"], outputs[setting]["maps"]
-  tiles_manifest, maps_manifest = manifest_lib.load(tiles_dir), manifest_lib.load(maps_dir)
-  channels, dtype = tiles_manifest["feature_channels"], tiles_manifest["dtype"]
+  tiles_manifest = manifest_lib.Manifest.load(tiles_dir)
+  maps_manifest = manifest_lib.Manifest.load(maps_dir)
+  channels, dtype = tiles_manifest.feature_channels, tiles_manifest.dtype
 
   def key(image_id, location, tile, labels, deltas):
     return (image_id, tuple(int(v) for v in location),
@@ -110,13 +111,13 @@ def test_epoch_zero_is_exactly_the_tiles_layout(outputs, setting):
       for r in (helpers.decode_record(s, channels, dtype) for s in helpers.read_records(tiles_dir)))
   args = trainer_cli.train_parser().parse(["--data", maps_dir, "--job_dir", "-"])
   anchors, target_config = sampling.resolve_sampling(trainer_cli.sampling_flags(args),
-                                                     maps_manifest, args.seed)
+                                                     maps_manifest.to_json(), args.seed)
   assert (anchors, target_config) == (config.AnchorConfig(), config.TargetConfig())
   got = collections.Counter(
       key(r["image_id"].decode(), r["location"], r["tile"], r["labels"], r["deltas"])
-      for r in maps.tile_records(manifest_lib.shard_paths(maps_dir, maps_manifest),
+      for r in maps.tile_records(maps_manifest.shard_paths(maps_dir),
                                  maps_manifest, anchors, target_config, 0).as_numpy_iterator())
-  assert sum(want.values()) == tiles_manifest["counts"]["records"] > 0
+  assert sum(want.values()) == tiles_manifest.counts["records"] > 0
   assert got == want
 
 
@@ -133,12 +134,11 @@ def test_anchors_chosen_at_training_reach_the_job_and_propose(dataset, outputs, 
       "--batch_size_per_image", "64"])
   last = train.train(trainer_cli.check_train(args))
   assert np.isfinite(last["loss"]) and last["val_scores_tiles"] > 0
-  with open(os.path.join(job, "manifest.json")) as f:
-    job_manifest = json.load(f)
-  assert job_manifest["layout"] == "maps"
-  assert job_manifest["anchor"]["scales"] == [2.0, 4.0]
-  assert job_manifest["anchor"]["num_anchors"] == 2
-  assert job_manifest["targets"]["batch_size"] == 64
+  job_manifest = manifest_lib.Manifest.read(os.path.join(job, "manifest.json"))
+  assert job_manifest.layout == "maps"
+  assert job_manifest.anchor["scales"] == [2.0, 4.0]
+  assert job_manifest.anchor["num_anchors"] == 2
+  assert job_manifest.targets["batch_size"] == 64
   with open(os.path.join(job, "train_config.json")) as f:
     train_config = json.load(f)
   assert train_config["layout"] == "maps" and train_config["anchor"]["ratios"] == [1.0]
@@ -167,7 +167,7 @@ def test_a_bad_maps_record_ends_rpn_train_in_one_line(tmp_path, capsys):
                                  "--epochs", "1", "--hidden", "8"])
   err = capsys.readouterr().err.strip().splitlines()
   assert code == 2
-  path = manifest_lib.shard_paths(directory, manifest)[0]
+  path = manifest.shard_paths(directory)[0]
   assert err[-1] == (f"rpn-train: error: {path}: record 3 (image d/bad): gt box 0 "
                      f"[10.0, 10.0, 300.0, 50.0] is not a box inside its 160x128 frame "
                      f"(traceback: {job}/failure.log)")  # found while training: a log too

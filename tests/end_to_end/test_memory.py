@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 CHILD = ("import resource, sys\n"
          "from pipeline.commands import preprocess as run\n"
          "manifest = run.run(sys.argv[1:]).manifest\n"
-         "print('RECORDS', manifest['counts']['records'])\n"
+         "print('RECORDS', manifest.counts['records'])\n"
          "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
 
 

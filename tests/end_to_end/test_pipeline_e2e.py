@@ -25,30 +25,30 @@ def test_manifest_contract(generated_run):
   _, _, output, manifest = generated_run
   for key in ("backbone", "weights", "feature_channels", "tile_size", "dtype", "compression",
               "anchor", "targets", "stride_mode", "shard_pattern", "counts"):
-    assert key in manifest, key
-  assert manifest["tile_size"] == 3 and manifest["stride_mode"] == "ratio"
-  assert manifest["anchor"]["scales"] == [3.0, 6.0, 12.0]
-  assert manifest["anchor"]["ratios"] == [0.5, 1.0, 2.0]
-  assert manifest["targets"] == {"fg_iou_thresh": 0.7, "bg_iou_thresh": 0.3, "batch_size": 256,
+    assert key in manifest.to_json(), key  # the keys of manifest.json
+  assert manifest.tile_size == 3 and manifest.stride_mode == "ratio"
+  assert manifest.anchor["scales"] == [3.0, 6.0, 12.0]
+  assert manifest.anchor["ratios"] == [0.5, 1.0, 2.0]
+  assert manifest.targets == {"fg_iou_thresh": 0.7, "bg_iou_thresh": 0.3, "batch_size": 256,
                                  "fg_fraction": 0.5, "seed": 0}
-  assert manifest["shard_files"] == ["tiles-00000-of-00002.tfrecord",
+  assert list(manifest.shard_files) == ["tiles-00000-of-00002.tfrecord",
                                      "tiles-00001-of-00002.tfrecord"]
   for key in ("images_found", "images_ok", "images_failed", "images_skipped", "boxes_dropped",
               "records", "fg_anchors", "bg_anchors"):
-    assert isinstance(manifest["counts"][key], int), key
+    assert isinstance(manifest.counts[key], int), key
 
 
 def test_every_input_accounted_for(generated_run):
   root, written, output, manifest = generated_run
   helpers.check_accounting(output, manifest, os.path.join(root, "Data", "DET", "train"))
-  assert manifest["counts"]["images_found"] == len(written) == manifest["counts"]["images_ok"]
+  assert manifest.counts["images_found"] == len(written) == manifest.counts["images_ok"]
 
 
 def test_records_follow_the_conventions(generated_run):
   _, _, output, manifest = generated_run
   per_image = helpers.check_records_follow_conventions(output)
-  assert sum(per_image.values()) == manifest["counts"]["records"]
-  assert manifest["counts"]["fg_anchors"] > 0
+  assert sum(per_image.values()) == manifest.counts["records"]
+  assert manifest.counts["fg_anchors"] > 0
 
 
 def test_images_jsonl_boxes_and_frame(generated_run):
@@ -68,7 +68,7 @@ def test_images_jsonl_boxes_and_frame(generated_run):
 def test_tiles_are_windows_of_the_padded_feature_map(generated_run):
   root, _, output, manifest = generated_run
   extractor = extractor_lib.FeatureExtractor(helpers.TINY, "none", seed=0)
-  records = [helpers.decode_record(r, manifest["feature_channels"])
+  records = [helpers.decode_record(r, manifest.feature_channels)
              for r in helpers.read_records(output)]
   by_image = collections.defaultdict(list)
   for record in records:
@@ -117,7 +117,7 @@ def test_run_dying_before_its_manifest_leaves_none_and_rerun_recovers(
   names = os.listdir(out)
   assert "manifest.json" not in names and "tiles-00000-of-00003.tfrecord" not in names
   with pytest.raises(manifest_lib.ManifestError, match="manifest.json"):
-    manifest_lib.load(out)
+    manifest_lib.Manifest.load(out)
   monkeypatch.undo()
   manifest = helpers.preprocess(root, out, num_shards=2)
   assert sorted(n for n in os.listdir(out) if n.startswith("tiles-")) == [
@@ -132,9 +132,9 @@ def test_float16_gzip_shards(generated_run, tmp_path):
   out = str(tmp_path / "f16")
   manifest = helpers.preprocess(root, out, extra=["--tile_dtype", "float16",
                                                   "--compression", "GZIP"])
-  assert manifest["dtype"] == "float16" and manifest["compression"] == "GZIP"
-  assert all(name.endswith(".tfrecord.gz") for name in manifest["shard_files"])
-  assert manifest["counts"]["records"] == manifest32["counts"]["records"]
+  assert manifest.dtype == "float16" and manifest.compression == "GZIP"
+  assert all(name.endswith(".tfrecord.gz") for name in manifest.shard_files)
+  assert manifest.counts["records"] == manifest32.counts["records"]
   helpers.check_records_follow_conventions(out)
 
 
@@ -143,7 +143,7 @@ def test_real_ilsvrc_vid_frames(ilsvrc_samples, tmp_path):
   manifest = helpers.preprocess(ilsvrc_samples, output, split="VID/train")
   helpers.check_accounting(output, manifest)
   helpers.check_records_follow_conventions(output)
-  assert manifest["counts"]["images_ok"] == 8
+  assert manifest.counts["images_ok"] == 8
   lines = {line["image_id"]: line for line in helpers.images_of(output)}
   frame = lines["ILSVRC2015_VID_train_0000/ILSVRC2015_train_00078000/000000"]
   assert (frame["width"], frame["height"]) == (320, 240)
@@ -160,8 +160,8 @@ def test_image_set_and_missing_annotations(tmp_path):
   image_set = tmp_path / "train.txt"
   image_set.write_text("".join(f"{i} {n + 1}\n" for n, i in enumerate(ids[:3])) + "missing/id 9\n")
   skip = helpers.preprocess(root, str(tmp_path / "skip"), extra=["--image_set", str(image_set)])
-  assert skip["counts"]["images_found"] == 3  # ids[3] is not in the set
-  assert skip["counts"]["images_skipped"] == 1 and skip["counts"]["images_ok"] == 2
+  assert skip.counts["images_found"] == 3  # ids[3] is not in the set
+  assert skip.counts["images_skipped"] == 1 and skip.counts["images_ok"] == 2
   helpers.check_accounting(str(tmp_path / "skip"), skip)
   errors = helpers.read_jsonl(str(tmp_path / "skip" / "errors.jsonl"))
   assert {e["reason"] for e in errors} >= {
@@ -169,7 +169,7 @@ def test_image_set_and_missing_annotations(tmp_path):
       "listed in the image set but no image file found"}
   negative = helpers.preprocess(root, str(tmp_path / "neg"),
                                 extra=["--missing_annotations", "negative"])
-  assert negative["counts"]["images_ok"] == 4 and negative["counts"]["images_skipped"] == 0
+  assert negative.counts["images_ok"] == 4 and negative.counts["images_skipped"] == 0
   lines = {line["image_id"]: line for line in helpers.images_of(str(tmp_path / "neg"))}
   assert lines[ids[1]]["gt_boxes"] == [] and lines[ids[1]]["num_fg"] == 0
   assert lines[ids[1]]["num_bg"] > 0
@@ -184,7 +184,7 @@ def test_tarball_2014_layout(tmp_path):
                       "--annotations", os.path.join(root, "Annotations/DET/train"),
                       "--output", output, "--backbone", helpers.TINY, "--weights", "none",
                       *helpers.IN_PROCESS]).manifest
-  assert manifest["counts"]["images_ok"] == 2
+  assert manifest.counts["images_ok"] == 2
   helpers.check_accounting(output, manifest)
 
 
@@ -197,14 +197,14 @@ CAP_MB = 0.05  # --max_shard_mb; the tiny backbone's records are about 1 KB
 
 
 def _fixed_shards(out, manifest):
-  assert manifest["num_shards"] == 3 and manifest["records_shuffled"] is False
-  assert manifest["max_shard_mb"] is None
+  assert manifest.num_shards == 3 and manifest.records_shuffled is False
+  assert manifest.max_shard_mb is None
 
 
 def _runner_shards(out, manifest):
   # --num_shards 0: no shuffle in the record path (flat memory on
   # DirectRunner); however many shards it makes.
-  assert manifest["records_shuffled"] is False and manifest["num_shards"] >= 1
+  assert manifest.records_shuffled is False and manifest.num_shards >= 1
 
 
 def _capped_shards(out, manifest):
@@ -212,9 +212,9 @@ def _capped_shards(out, manifest):
   # many bytes of records, so a big local run does not write one huge file
   # per worker.
   import tensorflow as tf
-  assert manifest["max_shard_mb"] == CAP_MB and manifest["num_shards"] >= 4
+  assert manifest.max_shard_mb == CAP_MB and manifest.num_shards >= 4
   largest = max(sum(len(r.numpy()) for r in tf.data.TFRecordDataset(os.path.join(out, name)))
-                for name in manifest["shard_files"])
+                for name in manifest.shard_files)
   record = max(len(r) for r in helpers.read_records(out))
   assert largest < CAP_MB * (1 << 20) + record + 16  # closed at the first record over the cap
 
@@ -222,7 +222,7 @@ def _capped_shards(out, manifest):
 def _shuffled_records(out, manifest):
   # --shuffle_records adds a Reshuffle of every record before the sink: the
   # record multiset is unchanged and the manifest says so.
-  assert manifest["records_shuffled"] is True and manifest["num_shards"] == 3
+  assert manifest.records_shuffled is True and manifest.num_shards == 3
 
 
 @pytest.mark.parametrize("num_shards, extra, check", [
@@ -233,10 +233,10 @@ def _shuffled_records(out, manifest):
 ], ids=["fixed_3_shards", "runner_shards", "runner_shards_capped", "shuffle_records"])
 def test_same_output_another_way(generated_run, tmp_path, num_shards, extra, check):
   root, _, output, reference_manifest = generated_run
-  assert reference_manifest["records_shuffled"] is False
+  assert reference_manifest.records_shuffled is False
   out = str(tmp_path / "out")
   manifest = helpers.preprocess(root, out, num_shards=num_shards, extra=extra)
-  assert manifest["counts"] == reference_manifest["counts"]
+  assert manifest.counts == reference_manifest.counts
   helpers.check_same_output(output, out, manifest, os.path.join(root, "Data", "DET", "train"))
   check(out, manifest)
 
@@ -247,12 +247,12 @@ def test_fixed_shards_spread_each_image(generated_run):
   import tensorflow as tf
   _, _, output, manifest = generated_run
   shards_of, count = collections.defaultdict(set), collections.Counter()
-  for name in manifest["shard_files"]:
+  for name in manifest.shard_files:
     for raw in tf.data.TFRecordDataset(os.path.join(output, name)):
       example = tf.train.Example.FromString(raw.numpy())
       image_id = example.features.feature["image_id"].bytes_list.value[0]
       shards_of[image_id].add(name)
       count[image_id] += 1
   several = [i for i in count if count[i] > 1]
-  assert manifest["num_shards"] == 2 and len(several) >= 4
+  assert manifest.num_shards == 2 and len(several) >= 4
   assert all(len(shards_of[i]) == 2 for i in several), shards_of

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from pipeline.commands import lock
+from pipeline.io import manifest as manifest_lib
 from tests import dataset_fixtures as fixtures
 from tests import pipeline_helpers as helpers
 from tests import trainer_fixtures
@@ -54,9 +55,8 @@ def test_a_second_preprocess_into_a_live_run_s_output_is_refused(dataset, tmp_pa
   out, err = first.communicate(timeout=300)
   assert first.returncode == 0, err[-3000:]
   # The first run's output is whole: its manifest, its seed, every image.
-  with open(os.path.join(output, "manifest.json")) as f:
-    manifest = json.load(f)
-  assert manifest["targets"]["seed"] == 0 and manifest["counts"]["images_ok"] == 24
+  manifest = manifest_lib.Manifest.read(os.path.join(output, "manifest.json"))
+  assert manifest.targets["seed"] == 0 and manifest.counts["images_ok"] == 24
   helpers.check_accounting(output, manifest, os.path.join(dataset, "Data", "DET", "train"))
   assert not os.path.exists(lock_file)  # released at the end
 
@@ -161,8 +161,7 @@ def test_full_disk_while_preprocessing(dataset, small_disk, tmp_path):
   rerun = subprocess.run(_preprocess_command(dataset, output), capture_output=True, text=True,
                          timeout=300)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
-  with open(os.path.join(output, "manifest.json")) as f:
-    manifest = json.load(f)
+  manifest = manifest_lib.Manifest.read(os.path.join(output, "manifest.json"))
   helpers.check_accounting(output, manifest, os.path.join(dataset, "Data", "DET", "train"))
   assert "failure.log" not in os.listdir(output)  # the failed run's, cleared by the rerun
 
@@ -259,10 +258,9 @@ def test_a_worker_killed_mid_run_fails_cleanly_and_a_rerun_is_whole(dataset, tmp
   assert [n for n in os.listdir(output) if n != "failure.log"] == []
   rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
-  with open(os.path.join(output, "manifest.json")) as f:
-    manifest = json.load(f)
+  manifest = manifest_lib.Manifest.read(os.path.join(output, "manifest.json"))
   helpers.check_accounting(output, manifest, os.path.join(dataset, "Data", "DET", "train"))
-  assert manifest["counts"]["images_ok"] == 24
+  assert manifest.counts["images_ok"] == 24
 
 
 def glob_any(pattern):

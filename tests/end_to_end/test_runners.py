@@ -10,7 +10,6 @@ so outputs are compared as record multisets, whatever the number of shards.
 """
 import collections
 import glob
-import json
 import os
 import signal
 import subprocess
@@ -20,6 +19,7 @@ import time
 import numpy as np
 import pytest
 
+from pipeline.io import manifest as manifest_lib
 from pipeline.model import extractor as extractor_lib
 from tests import dataset_fixtures as fixtures
 from tests import pipeline_helpers as helpers
@@ -40,8 +40,7 @@ def _preprocess_in_a_process(root, output, threads, num_shards=2, runner_args=(
              *SAMPLE_16, *runner_args]
   finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
   assert finished.returncode == 0, finished.stderr[-3000:]
-  with open(os.path.join(output, "manifest.json")) as f:
-    return json.load(f)
+  return manifest_lib.Manifest.read(os.path.join(output, "manifest.json"))
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +63,8 @@ def dataset(tmp_path_factory):
                       fixtures.det_xml("zz_orphan", 200, 150, [(20, 20, 120, 100)]))
   reference = str(tmp_path_factory.mktemp("ref"))
   manifest = _preprocess_in_a_process(root, reference, threads=1)
-  assert manifest["backbone_threads"] == {"1": THROUGH_BACKBONE}
-  counts = manifest["counts"]
+  assert manifest.backbone_threads == {"1": THROUGH_BACKBONE}
+  counts = manifest.counts
   assert (counts["images_found"], counts["images_failed"], counts["images_skipped"]) == (13, 2, 1)
   outcomes = collections.Counter(
       e["outcome"] for e in helpers.read_jsonl(os.path.join(reference, "errors.jsonl")))
@@ -118,10 +117,10 @@ def test_same_records_on_another_runner(dataset, tmp_path, run_another_way, thre
   root, reference, ref_manifest = dataset
   output = str(tmp_path / "out")
   manifest = run_another_way(root, output, tmp_path, threads)
-  assert manifest["counts"] == ref_manifest["counts"]
+  assert manifest.counts == ref_manifest.counts
   # The manifest names the thread count that computed every image's features.
   threads = threads or extractor_lib.intra_op_threads()
-  assert manifest["backbone_threads"] == {str(threads): THROUGH_BACKBONE}
+  assert manifest.backbone_threads == {str(threads): THROUGH_BACKBONE}
   result = helpers.check_same_output(reference, output, manifest,
                                      os.path.join(root, "Data", "DET", "train"))
   # One thread computed both: byte for byte was required (and held). Else the
@@ -154,9 +153,8 @@ def test_killed_run_leaves_nothing_that_looks_complete_and_rerun_recovers(datase
   assert not glob.glob(os.path.join(output, "tiles-*"))  # no shard looks complete
   assert not os.path.exists(os.path.join(output, "manifest.json"))
   # The trainer refuses a directory without a manifest.
-  from pipeline.io import manifest as manifest_lib
   with pytest.raises(manifest_lib.ManifestError, match="manifest.json"):
-    manifest_lib.load(output)
+    manifest_lib.Manifest.load(output)
   manifest = helpers.preprocess(root, output, num_shards=2, extra=SAMPLE_16)
   helpers.check_same_output(reference, output, manifest,
                             os.path.join(root, "Data", "DET", "train"))
@@ -181,9 +179,8 @@ def test_real_features_that_round_by_thread_count_hold_the_tolerance(vgg16_weigh
                "--direct_running_mode=in_memory", *SAMPLE_16]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert finished.returncode == 0, finished.stderr[-3000:]
-    with open(os.path.join(output, "manifest.json")) as f:
-      manifests[threads] = json.load(f)
-    assert manifests[threads]["backbone_threads"] == {str(threads): 3}
+    manifests[threads] = manifest_lib.Manifest.read(os.path.join(output, "manifest.json"))
+    assert manifests[threads].backbone_threads == {str(threads): 3}
   from pipeline.io import determinism
   result = determinism.compare(str(tmp_path / "threads_1"), str(tmp_path / "threads_2"))
   assert result.ok, result.problems

@@ -2,6 +2,7 @@
 
 The manifest's own checks are tested in tests/pipeline/io/test_manifest.py.
 """
+import dataclasses
 import os
 import struct
 
@@ -44,10 +45,10 @@ def _record_offsets(path):
 
 def test_parse_examples_eagerly_and_in_dataset_map_give_what_was_written(shard_dir):
   directory, manifest, records = shard_dir
-  loaded = manifest_lib.load(directory)
+  loaded = manifest_lib.Manifest.load(directory)
   assert loaded == manifest
-  paths = manifest_lib.shard_paths(directory, manifest)
-  compression = "GZIP" if manifest["compression"] == "GZIP" else ""
+  paths = manifest.shard_paths(directory)
+  compression = "GZIP" if manifest.compression == "GZIP" else ""
 
   def check(parsed):
     for i in range(len(parsed["labels"])):
@@ -61,10 +62,10 @@ def test_parse_examples_eagerly_and_in_dataset_map_give_what_was_written(shard_d
   raw = tf.data.TFRecordDataset(paths, compression_type=compression).batch(7)
   want = dict(records)
   for serialized in raw:  # eagerly
-    check(schema.parse_examples(serialized, 9, CHANNELS, manifest["dtype"]))
+    check(schema.parse_examples(serialized, 9, CHANNELS, manifest.dtype))
   assert not records
   records.update(want)
-  mapped = raw.map(lambda s: schema.parse_examples(s, 9, CHANNELS, manifest["dtype"]))
+  mapped = raw.map(lambda s: schema.parse_examples(s, 9, CHANNELS, manifest.dtype))
   for parsed in mapped:  # traced inside Dataset.map
     assert parsed["tile"].dtype == tf.float32 and parsed["labels"].dtype == tf.int32
     check(parsed)
@@ -96,7 +97,7 @@ def test_repeat_and_drop_remainder_give_full_batches(shard_dir):
 
 
 def test_record_bytes_estimate_is_close_for_the_real_channel_count():
-  manifest = fixtures.make_manifest(channels=1536)
+  manifest = manifest_lib.Manifest.from_json(fixtures.make_manifest(channels=1536))
   tiles, labels, deltas = fixtures.make_records(1, 1536)
   size = len(schema.make_example(tiles[0], labels[0], deltas[0], "a/b", (3, 4)))
   # 9 * 1536 * 4 = 55296 bytes of tile: ~55 KB a record.
@@ -108,7 +109,7 @@ def test_truncated_shard_is_named_or_skipped_with_a_count(tmp_path, compression)
   directory = str(tmp_path / "data")
   manifest, _ = fixtures.write_shards(directory, num_records=30, channels=CHANNELS,
                                       num_shards=3, compression=compression)
-  victim = manifest_lib.shard_paths(directory, manifest)[1]
+  victim = manifest.shard_paths(directory)[1]
   _truncate(victim, 100 if compression == "NONE" else 30)
   with pytest.raises(data_lib.CorruptShardError, match=os.path.basename(victim)):
     data_lib.check_shards(directory, manifest)
@@ -125,7 +126,7 @@ def test_truncated_shard_is_named_or_skipped_with_a_count(tmp_path, compression)
 def test_record_count_must_match_the_manifest(tmp_path):
   directory = str(tmp_path / "data")
   manifest, _ = fixtures.write_shards(directory, num_records=20, channels=CHANNELS)
-  manifest["counts"]["records"] = 21
+  manifest = dataclasses.replace(manifest, counts=dict(manifest.counts, records=21))
   with pytest.raises(data_lib.CorruptShardError, match="counts.records is 21 but the shards "
                                                         "hold 20"):
     data_lib.check_shards(directory, manifest)
@@ -135,7 +136,7 @@ def test_corrupt_payload_is_found_by_the_full_check_and_skipped_on_request(tmp_p
   directory = str(tmp_path / "data")
   manifest, _ = fixtures.write_shards(directory, num_records=30, channels=CHANNELS,
                                       num_shards=3)
-  victim = manifest_lib.shard_paths(directory, manifest)[2]
+  victim = manifest.shard_paths(directory)[2]
   _flip_byte(victim, _record_offsets(victim)[4] + 100)  # inside record 4's payload
   data_lib.check_shards(directory, manifest)  # the fast framing check passes
   with pytest.raises(tf.errors.DataLossError):
@@ -157,17 +158,17 @@ def test_reads_the_shards_of_the_real_pipeline(tmp_path):
   dataset_fixtures.write_dataset(root, num_images=3, seed=5)
   helpers.preprocess(root, output, num_shards=2,
                      extra=["--tile_dtype", "float16", "--compression", "GZIP"])
-  manifest = manifest_lib.load(output)
-  channels = manifest["feature_channels"]
+  manifest = manifest_lib.Manifest.load(output)
+  channels = manifest.feature_channels
   want = sorted(
       (r["tile"].astype(np.float32).tobytes(), np.asarray(r["labels"], np.float32).tobytes())
-      for r in (helpers.decode_record(s, channels, manifest["dtype"])
+      for r in (helpers.decode_record(s, channels, manifest.dtype)
                 for s in helpers.read_records(output)))
   got = []
   for tiles, targets in data_lib.make_dataset(output, manifest, 16, seed=0):
     got += [(t.tobytes(), s.tobytes())
             for t, s in zip(tiles.numpy(), targets["scores"].numpy(), strict=True)]
-  assert len(got) == manifest["counts"]["records"] > 0 and sorted(got) == want
+  assert len(got) == manifest.counts["records"] > 0 and sorted(got) == want
 
 
 # ---------------------------------------------------------------------------
@@ -214,8 +215,8 @@ def test_default_check_reads_no_shard_bytes_through_gfile(tmp_path, monkeypatch)
   monkeypatch.setattr(tf.io.gfile, "GFile", _CountingGFile)
   monkeypatch.setattr(_CountingGFile, "opened", [])
   data_dir = "file://" + directory
-  paths = manifest_lib.shard_paths(data_dir, manifest)
-  shard_bytes = sum(s["bytes"] for s in manifest["shards"])
+  paths = manifest.shard_paths(data_dir)
+  shard_bytes = sum(s.bytes for s in manifest.shards)
   assert all(p.startswith("file:///") for p in paths) and shard_bytes > 500_000
 
   before = _rchar()
@@ -227,7 +228,7 @@ def test_default_check_reads_no_shard_bytes_through_gfile(tmp_path, monkeypatch)
   assert report["records_per_shard"] == {paths[0]: 30, paths[1]: 30}
 
   # The same shards under a manifest without sizes: walked through GFile.
-  old = {k: v for k, v in manifest.items() if k != "shards"}
+  old = dataclasses.replace(manifest, shards=None)
   before = _rchar()
   files, report = data_lib.check_shards(data_dir, old)
   read = _rchar() - before
@@ -246,8 +247,8 @@ def test_default_check_names_truncated_and_grown_shards_by_size(tmp_path, compre
   directory = str(tmp_path / "data")
   manifest, _ = fixtures.write_shards(directory, num_records=30, channels=CHANNELS,
                                       num_shards=3, compression=compression)
-  paths = manifest_lib.shard_paths(directory, manifest)
-  sizes = [s["bytes"] for s in manifest["shards"]]
+  paths = manifest.shard_paths(directory)
+  sizes = [s.bytes for s in manifest.shards]
   _truncate(paths[0], 30)
   _append(paths[1])
   with pytest.raises(data_lib.CorruptShardError,
@@ -271,7 +272,7 @@ def test_verify_names_a_corrupt_payload_the_default_check_misses(tmp_path):
   directory = str(tmp_path / "data")
   manifest, _ = fixtures.write_shards(directory, num_records=30, channels=CHANNELS,
                                       num_shards=3)
-  paths = manifest_lib.shard_paths(directory, manifest)
+  paths = manifest.shard_paths(directory)
   offsets = _record_offsets(paths[2])
   _flip_byte(paths[2], (offsets[4] + offsets[5]) // 2)  # mid-payload of record 4
   files, report = data_lib.check_shards(directory, manifest)  # sizes agree
@@ -285,13 +286,21 @@ def test_verify_names_a_corrupt_payload_the_default_check_misses(tmp_path):
   assert list(report["skipped"]) == [paths[2]]
 
 
+def _with_shard_records(manifest, index, records, total=None):
+  """The manifest with shard `index` said to hold `records` (and counts.records `total`)."""
+  shards = list(manifest.shards)
+  shards[index] = dataclasses.replace(shards[index], records=records)
+  counts = manifest.counts if total is None else dict(manifest.counts, records=total)
+  return dataclasses.replace(manifest, shards=tuple(shards), counts=counts)
+
+
 def test_verify_compares_the_records_with_the_manifest(tmp_path):
   directory = str(tmp_path / "data")
   manifest, _ = fixtures.write_shards(directory, num_records=30, channels=CHANNELS,
                                       num_shards=3)
-  paths = manifest_lib.shard_paths(directory, manifest)
-  manifest["shards"][0]["records"] += 1  # counts that add up, but not to the files
-  manifest["counts"]["records"] += 1
+  paths = manifest.shard_paths(directory)
+  # counts that add up, but not to the files
+  manifest = _with_shard_records(manifest, 0, 11, total=31)
   assert data_lib.check_shards(directory, manifest)[1]["records"] == 31  # sizes only
   with pytest.raises(data_lib.CorruptShardError,
                      match=f"{paths[0]}: holds 10 records, the manifest says 11"):
@@ -301,7 +310,7 @@ def test_verify_compares_the_records_with_the_manifest(tmp_path):
 def test_manifest_counts_must_add_up_without_reading(tmp_path):
   directory = str(tmp_path / "data")
   manifest, _ = fixtures.write_shards(directory, num_records=20, channels=CHANNELS)
-  manifest["shards"][1]["records"] = 9
+  manifest = _with_shard_records(manifest, 1, 9)
   with pytest.raises(data_lib.CorruptShardError, match="counts.records is 20 but the shards "
                                                         "hold 19"):
     data_lib.check_shards(directory, manifest)
@@ -312,8 +321,8 @@ def test_manifest_without_shard_sizes_has_its_shards_walked(tmp_path, compressio
   directory = str(tmp_path / "data")
   manifest, _ = fixtures.write_shards(directory, num_records=30, channels=CHANNELS,
                                       num_shards=3, compression=compression, shard_info=False)
-  assert "shards" not in manifest_lib.load(directory)
-  paths = manifest_lib.shard_paths(directory, manifest)
+  assert manifest_lib.Manifest.load(directory).shards is None
+  paths = manifest.shard_paths(directory)
   files, report = data_lib.check_shards(directory, manifest)
   assert files == paths and report["records"] == 30 and report["check"] == "framing"
   assert report["records_per_shard"] == dict.fromkeys(paths, 10)

@@ -50,9 +50,7 @@ def _expected(image, epoch, anchors=ANCHORS, target_config=TARGETS):
   result = targets.compute_targets(
       width, height, feature_map.shape[0], feature_map.shape[1],
       np.asarray(gt, np.float32).astype(np.float64), image_id,
-      scales=anchors.scales, ratios=anchors.ratios, fg_iou_thresh=target_config.fg_iou_thresh,
-      bg_iou_thresh=target_config.bg_iou_thresh, batch_size=target_config.batch_size,
-      fg_fraction=target_config.fg_fraction, seed=target_config.seed, epoch=epoch)
+      anchor_config=anchors, target_config=target_config, epoch=epoch)
   tiles = targets.extract_tiles(feature_map, result.points, feature_map.shape[1])
   return result, tiles
 
@@ -75,7 +73,7 @@ def test_epoch_zero_seed_is_the_tiles_layout_seed():
 @pytest.mark.parametrize("epoch", [0, 3])
 def test_records_are_the_pipeline_targets_of_that_epoch(maps_dir, epoch):
   directory, manifest, images = maps_dir
-  got = _by_image(maps.tile_records(manifest_lib.shard_paths(directory, manifest), manifest,
+  got = _by_image(maps.tile_records(manifest.shard_paths(directory), manifest,
                                     ANCHORS, TARGETS, epoch))
   assert sorted(got) == sorted(image[3] for image in images if
                                len(_expected(image, epoch)[0].points))
@@ -96,7 +94,7 @@ def test_epochs_draw_afresh_and_the_same_epoch_again(tmp_path):
                                             gt=((40, 60, 200, 220),))]
   directory = str(tmp_path / "maps")
   manifest = fixtures.write_map_shards(directory, images, num_shards=2)
-  files = manifest_lib.shard_paths(directory, manifest)
+  files = manifest.shard_paths(directory)
 
   def labels(epoch, shuffle=False, seed=0):
     got = _by_image(maps.tile_records(files, manifest, ANCHORS, TARGETS, epoch,
@@ -112,7 +110,7 @@ def test_epochs_draw_afresh_and_the_same_epoch_again(tmp_path):
 
 def test_passes_of_an_epoch_log_go_on_from_its_first(maps_dir):
   directory, manifest, images = maps_dir
-  files = manifest_lib.shard_paths(directory, manifest)
+  files = manifest.shard_paths(directory)
   log = maps.EpochLog(images_per_pass=len(images), first=2)
   ds = maps.tile_records(files, manifest, ANCHORS, TARGETS, log)
   expected = sum(len(_expected(image, 2)[0].points) + len(_expected(image, 3)[0].points)
@@ -128,7 +126,7 @@ def test_image_without_inside_anchor_gives_no_tile_and_is_counted(tmp_path):
   directory = str(tmp_path / "maps")
   manifest = fixtures.write_map_shards(directory, images)
   log = maps.EpochLog()
-  got = _by_image(maps.tile_records(manifest_lib.shard_paths(directory, manifest), manifest,
+  got = _by_image(maps.tile_records(manifest.shard_paths(directory), manifest,
                                     ANCHORS, TARGETS, 0, log=log))
   assert "dir/small" not in got and len(got) >= 2
   assert log.counts(0)["images"] == 4 and log.counts(0)["images_no_anchor"] == 1
@@ -140,7 +138,7 @@ def test_no_tile_at_all_is_an_error_not_a_stall(tmp_path):
   manifest = fixtures.write_map_shards(directory, _images(2))
   huge = config.AnchorConfig(scales=(50.0,), ratios=(1.0,))
   with pytest.raises(maps.MapRecordError, match="no tile could be drawn"):
-    maps.sample_centres(manifest_lib.shard_paths(directory, manifest), manifest, huge, TARGETS,
+    maps.sample_centres(manifest.shard_paths(directory), manifest, huge, TARGETS,
                         1000)
 
 
@@ -168,7 +166,7 @@ def _raw_record(feature_shape, nbytes, image_size, gt, image_id="dir/bad"):
 def test_a_record_that_does_not_hold_together_is_named(tmp_path, record, problem):
   directory = str(tmp_path / "maps")
   manifest = fixtures.write_map_shards(directory, _images(2), raw_records=[record])
-  path = manifest_lib.shard_paths(directory, manifest)[0]
+  path = manifest.shard_paths(directory)[0]
   with pytest.raises(tf.errors.OpError) as raised:
     list(maps.tile_records([path], manifest, ANCHORS, TARGETS, 0).as_numpy_iterator())
   error = maps.record_error(raised.value)
@@ -178,7 +176,7 @@ def test_a_record_that_does_not_hold_together_is_named(tmp_path, record, problem
 
 def test_batches_feed_the_tile_model(maps_dir):
   directory, manifest, images = maps_dir
-  files = manifest_lib.shard_paths(directory, manifest)
+  files = manifest.shard_paths(directory)
   log = maps.EpochLog(images_per_pass=len(images))
   ds = maps.make_dataset(files, manifest, ANCHORS, TARGETS, batch_size=16, epochs=log,
                          tiles_per_pass=50)
@@ -195,13 +193,13 @@ def test_mixed_layout_directory_is_refused(tmp_path):
   os.rename(str(tmp_path / "tiles" / name), os.path.join(directory, name))
   with pytest.raises(manifest_lib.ManifestError,
                      match=f"mixed layouts: .* of layout 'maps' but {name} is a shard of layout"):
-    manifest_lib.load(directory)
+    manifest_lib.Manifest.load(directory)
 
 
 def test_maps_manifest_must_list_maps_shards(tmp_path):
   directory = str(tmp_path / "data")
   manifest = fixtures.write_map_shards(directory, _images(1))
-  manifest = dict(manifest, shard_files=["tiles-00000-of-00001.tfrecord"])
+  manifest = dict(manifest.to_json(), shard_files=["tiles-00000-of-00001.tfrecord"])
   with pytest.raises(manifest_lib.ManifestError, match="does not start with 'maps-'"):
     manifest_lib.validate(manifest, "m.json")
 
@@ -224,6 +222,7 @@ def test_training_takes_the_suggestion_of_rpn_anchors(maps_dir, tmp_path):
   path = _anchors_json(tmp_path / "anchors.json")
   parse = lambda *extra: cli.train_parser().parse(  # noqa: E731
       ["--data", directory, "--job_dir", "-", "--anchors_json", path, *extra])
+  manifest = manifest.to_json()  # trainer/sampling.py still reads the manifest as a dict
 
   def resolve(args, manifest):
     return sampling.resolve_sampling(cli.sampling_flags(args), manifest, args.seed)

@@ -75,8 +75,8 @@ def test_short_run_loss_falls_and_job_dir_is_complete(learnable, tmp_path):
   assert config["epochs"] == 6 and len(config["feature_mean"]) == CHANNELS
   assert config["box_loss_weight"] == 1.0
   # The saved model scores the data as well as the trained one did.
-  tiles, targets = next(iter(data_lib.make_dataset(val_dir, manifest_lib.load(val_dir),
-                                                   256, shuffle=False)))
+  tiles, targets = next(iter(data_lib.make_dataset(
+      val_dir, manifest_lib.Manifest.load(val_dir), 256, shuffle=False)))
   labels, scores = targets["scores"].numpy(), tile_model(tiles)["scores"].numpy()
   sampled = labels >= 0
   assert np.mean((scores[sampled] >= 0.5) == (labels[sampled] == 1)) > 0.8
@@ -142,7 +142,7 @@ def test_job_dir_of_other_data_fails_clearly(learnable, tmp_path):
 def test_bad_shards_are_named_or_skipped(tmp_path, capsys, caplog):
   data = str(tmp_path / "data")
   manifest, _ = fixtures.write_shards(data, num_records=96, channels=CHANNELS, num_shards=3)
-  victim = manifest_lib.shard_paths(data, manifest)[0]
+  victim = manifest.shard_paths(data)[0]
   # A payload byte flipped inside a sound frame: found during training, named.
   flipped = shutil.copytree(data, str(tmp_path / "flipped"))
   flipped_victim = os.path.join(flipped, os.path.basename(victim))

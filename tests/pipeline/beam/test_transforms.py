@@ -324,16 +324,16 @@ def test_write_outputs_lists_each_shards_bytes_and_records(tmp_path, compression
                "errors": p | "Errors" >> beam.Create([]),
                "found": p | "Found" >> beam.Create([1])}
     _ = outputs | outputs_lib.WriteOutputs(cfg)
-  manifest = manifest_lib.load(out)
-  paths = manifest_lib.shard_paths(out, manifest)
+  manifest = manifest_lib.Manifest.load(out)
+  paths = manifest.shard_paths(out)
   assert len(paths) == (num_shards or len(paths)) > 1
-  assert [s["file"] for s in manifest["shards"]] == manifest["shard_files"]
+  assert [s.file for s in manifest.shards] == list(manifest.shard_files)
   tf_compression = "GZIP" if compression == "GZIP" else ""
   read = []
-  for shard, path in zip(manifest["shards"], paths, strict=True):
+  for shard, path in zip(manifest.shards, paths, strict=True):
     in_file = [r.numpy() for r in tf.data.TFRecordDataset(path, compression_type=tf_compression)]
-    assert shard == {"file": os.path.basename(path), "bytes": os.path.getsize(path),
-                     "records": len(in_file)}
+    assert shard == manifest_lib.ShardInfo(os.path.basename(path), os.path.getsize(path),
+                                           len(in_file))
     read += in_file
   assert sorted(read) == sorted(records)
-  assert sum(s["records"] for s in manifest["shards"]) == manifest["counts"]["records"] == 57
+  assert sum(s.records for s in manifest.shards) == manifest.counts["records"] == 57

@@ -6,6 +6,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, PortableOption
 from pipeline.beam import preprocess as preprocess_beam
 from pipeline.commands import portable
 from pipeline.commands import preprocess as run_lib
+from pipeline.io import manifest as manifest_lib
 from tests import trainer_fixtures as fixtures
 
 
@@ -19,7 +20,7 @@ def test_portable_args_name_the_services_and_the_workers():
 
 
 def test_main_runs_the_flags_after_the_separator_and_prints_the_summary(monkeypatch, capsys):
-  manifest = fixtures.make_manifest(records=12)
+  manifest = manifest_lib.Manifest.from_json(fixtures.make_manifest(records=12))
   calls = []
 
   def fake_run(argv, workers=2, log_dir=None, extractor_factory=None):

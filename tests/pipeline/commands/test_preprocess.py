@@ -269,13 +269,13 @@ def test_plain_run_is_multi_process_with_runner_decided_shards(tmp_path, monkeyp
           for m in re.findall(r"progress \(worker (\d+)\)", record.getMessage())}
   assert pids and os.getpid() not in pids, pids
   manifest, metrics = result.manifest, result.metrics
-  counts = manifest["counts"]
+  counts = manifest.counts
   # Shards decided by the runner, closed at the default --max_shard_mb.
-  assert manifest["max_shard_mb"] == config_lib.OutputConfig().max_shard_mb
-  assert manifest["num_shards"] == len(manifest["shard_files"]) >= 1
+  assert manifest.max_shard_mb == config_lib.OutputConfig().max_shard_mb
+  assert manifest.num_shards == len(manifest.shard_files) >= 1
   on_disk = sorted(n for n in os.listdir(output) if n.startswith(config_lib.SHARD_PREFIX))
-  assert on_disk == manifest["shard_files"]
-  assert all(n.endswith(f"-of-{manifest['num_shards']:05d}.tfrecord") for n in on_disk)
+  assert on_disk == list(manifest.shard_files)
+  assert all(n.endswith(f"-of-{manifest.num_shards:05d}.tfrecord") for n in on_disk)
   # Counts: the manifest, the Beam metrics and the files agree.
   assert counts["images_found"] == counts["images_ok"] == len(written) == 4
   assert counts["images_failed"] == counts["images_skipped"] == 0

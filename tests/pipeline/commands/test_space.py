@@ -67,7 +67,7 @@ def test_the_start_line_and_the_refusal_in_the_run(dataset, tmp_path, monkeypatc
   assert capsys.readouterr().out.startswith("output: about ")
   assert not os.path.exists(output)  # refused before anything was written
   manifest = helpers.preprocess(dataset, output, extra=["--no_space_check"])
-  assert manifest["counts"]["images_ok"] >= 1
+  assert manifest.counts["images_ok"] >= 1
 
 
 def test_human():

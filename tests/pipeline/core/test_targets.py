@@ -1,4 +1,5 @@
 """Tests of pipeline/core/targets.py: labels, sampling, deltas, per-point records, tiles."""
+import dataclasses
 import math
 
 import numpy as np
@@ -15,13 +16,10 @@ ANCHORS = config_lib.AnchorConfig()
 TARGETS = config_lib.TargetConfig()
 
 
-def _compute(width, height, fh, fw, gt_boxes, image_id="img", **overrides):
-  kwargs = {"scales": ANCHORS.scales, "ratios": ANCHORS.ratios,
-            "fg_iou_thresh": TARGETS.fg_iou_thresh, "bg_iou_thresh": TARGETS.bg_iou_thresh,
-            "batch_size": TARGETS.batch_size, "fg_fraction": TARGETS.fg_fraction,
-            "seed": TARGETS.seed}
-  kwargs.update(overrides)
-  return targets.compute_targets(width, height, fh, fw, gt_boxes, image_id, **kwargs)
+def _compute(width, height, fh, fw, gt_boxes, image_id="img", **target_overrides):
+  return targets.compute_targets(
+      width, height, fh, fw, gt_boxes, image_id, anchor_config=ANCHORS,
+      target_config=dataclasses.replace(TARGETS, **target_overrides))
 
 
 def _random_gt(rng, n, width, height):

@@ -1,6 +1,6 @@
 """pipeline.io.determinism: the manifest's thread counts, and compare() finding each
 kind of difference the contract forbids (and allowing the one it allows)."""
-import json
+import dataclasses
 import os
 import shutil
 
@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from pipeline.io import determinism, schema
+from pipeline.io import manifest as manifest_lib
 from pipeline.model import extractor as extractor_lib
 from tests import dataset_fixtures as fixtures
 from tests import pipeline_helpers as helpers
+from tests import trainer_fixtures
 
 
 def test_thread_counts_leave_the_counts_and_become_the_manifest_entry():
@@ -28,8 +30,9 @@ def test_thread_counts_leave_the_counts_and_become_the_manifest_entry():
     ({}, {}, False),  # unknown (a 0.6 manifest)
 ])
 def test_same_threads(reference, other, same):
-  assert determinism.same_threads({"backbone_threads": reference},
-                                  {"backbone_threads": other}) is same
+  def manifest(threads):
+    return manifest_lib.Manifest.from_json(trainer_fixtures.make_manifest(backbone_threads=threads))
+  assert determinism.same_threads(manifest(reference), manifest(other)) is same
 
 
 def test_intra_op_threads_is_what_tensorflow_runs_with():
@@ -50,7 +53,7 @@ def output(tmp_path_factory):
   fixtures.write_dataset(root, num_images=3, seed=2)
   out = str(tmp_path_factory.mktemp("out") / "shards")
   manifest = helpers.preprocess(root, out, num_shards=1, extra=("--batch_size", "16"))
-  assert manifest["backbone_threads"] == {str(extractor_lib.intra_op_threads()): 3}
+  assert manifest.backbone_threads == {str(extractor_lib.intra_op_threads()): 3}
   return out
 
 
@@ -72,12 +75,8 @@ def _rewrite(directory, change):
 
 
 def _set_threads(directory, threads):
-  path = os.path.join(directory, "manifest.json")
-  with open(path) as f:
-    manifest = json.load(f)
-  manifest["backbone_threads"] = threads
-  with open(path, "w") as f:
-    json.dump(manifest, f)
+  manifest = manifest_lib.Manifest.load(directory)
+  manifest_lib.write(directory, dataclasses.replace(manifest, backbone_threads=threads))
 
 
 def _scale_tile(factor, index=0):
@@ -103,8 +102,7 @@ def test_an_ulp_is_allowed_between_thread_counts_not_within_one(output, tmp_path
   result = determinism.compare(output, other)
   assert result.ok, result.problems
   assert not result.features_identical and 0 < result.max_feature_difference < 1e-6
-  with open(os.path.join(output, "manifest.json")) as f:
-    _set_threads(other, json.load(f)["backbone_threads"])
+  _set_threads(other, manifest_lib.Manifest.load(output).backbone_threads)
   result = determinism.compare(output, other)
   assert result.problems == [
       f"features not byte-identical although one thread count "
