@@ -16,7 +16,7 @@ alternating order, --repeats times each, in two settings:
   vgg16_final  the same at VGG16's final output: there the launcher builds no
                net, so the child is all extra
 
-A passed backbone check is remembered (pipeline/commands/preflight.py, keyed by the
+A passed backbone check is remembered (pipeline/commands/backbone_check.py, keyed by the
 weights file's size and time): the first run with a weights file pays for the
 child process ("cold", one run on an empty cache, RPN_CACHE_DIR in a temp
 dir), later runs do not ("on", the runs after it). It also times the checks

@@ -151,8 +151,7 @@ def train_step_rate(data_dir: str, manifest, paths, step_iters: int):
                              drop_remainder=True)
   tiles, targets = next(iter(ds))
   # The input normalisation rpn-train fits first.
-  # to_json(): trainer/train.py still reads the manifest as a dict
-  mean, variance = train.feature_statistics(data_dir, manifest.to_json(), paths)
+  mean, variance = train.feature_statistics(data_dir, manifest, paths)
   model = model_lib.build_tile_model(int(manifest.feature_channels), manifest.num_anchors,
                                      feature_mean=mean, feature_variance=variance, logits=True)
   train.compile_model(model, 1e-3, 1.0)

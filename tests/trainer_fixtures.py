@@ -137,7 +137,8 @@ def save_job(job: str, manifest: Dict, channels: int, hidden: int, seed: int = 0
   """A job directory with a random head; returns its tile model."""
   from trainer import model as model_lib
   tile_model = random_tile_model(channels, hidden, seed)
-  model_lib.save_rpn(job, tile_model, manifest, {"hidden": hidden, "epochs": 0})
+  model_lib.save_rpn(job, tile_model, manifest_lib.Manifest.from_json(manifest),
+                     {"hidden": hidden, "epochs": 0})
   return tile_model
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Dict, Optional, Sequence
+from typing import Optional, Sequence
 
-from pipeline.commands import cli, console, failures, lock, preflight
+from pipeline.commands import backbone_check, cli, console, failures, lock, preflight
 from pipeline.core import config
 from pipeline.io import manifest as manifest_lib
 from pipeline.io import storage
@@ -92,19 +92,19 @@ def train_config_from_args(args: argparse.Namespace) -> arguments.TrainConfig:
                                   for field in dataclasses.fields(arguments.TrainConfig)})
 
 
-def train_args(args: argparse.Namespace, manifest: Optional[Dict] = None
+def train_args(args: argparse.Namespace, manifest: Optional[manifest_lib.Manifest] = None
                ) -> arguments.TrainArgs:
   """train()'s arguments from rpn-train's parsed flags: the maps sampling
   resolved against the --data manifest (`manifest`; read when None) and
   checked (sampling.check_sampling: a cli.UsageError naming the flag)."""
   if manifest is None:
-    manifest = manifest_lib.load(args.data)
+    manifest = manifest_lib.Manifest.load(args.data)
   drawn = sampling.check_sampling(sampling_flags(args), manifest, args.seed, args.data)
   return arguments.TrainArgs(data=args.data, job_dir=args.job_dir, val_data=args.val_data,
                              config=train_config_from_args(args), sampling=drawn)
 
 
-def load_data_manifest(data_dir: str, flag: str) -> Dict:
+def load_data_manifest(data_dir: str, flag: str) -> manifest_lib.Manifest:
   """The manifest of a finished rpn-preprocess run in `data_dir`, or a UsageError."""
   if not preflight.is_dir(data_dir):
     raise cli.UsageError(flag, data_dir, "no such directory")
@@ -112,7 +112,7 @@ def load_data_manifest(data_dir: str, flag: str) -> Dict:
     raise cli.UsageError(flag, data_dir, f"has no {config.MANIFEST_NAME}: not the output of a "
                          f"finished rpn-preprocess run (the manifest is written last)")
   try:
-    return manifest_lib.load(data_dir)
+    return manifest_lib.Manifest.load(data_dir)
   except manifest_lib.ManifestError as e:
     raise cli.UsageError(flag, data_dir, str(e)) from None
 
@@ -132,25 +132,25 @@ def check_train(args: argparse.Namespace) -> arguments.TrainArgs:
   manifest = sampling.training_manifest(manifest, run.sampling)
   if args.val_data:
     val_manifest = load_data_manifest(args.val_data, "--val_data")
-    if manifest_lib.layout(val_manifest) == config.MAPS_LAYOUT:
+    if val_manifest.is_maps:
       val_manifest = sampling.training_manifest(
           val_manifest, run.sampling or sampling.manifest_sampling(manifest, args.seed))
     try:
-      manifest_lib.check_compatible(manifest, val_manifest, "the --data manifest")
+      manifest.check_compatible(val_manifest, "the --data manifest")
     except manifest_lib.ManifestError as e:
       raise cli.UsageError("--val_data", args.val_data, f"does not go with --data {args.data} "
                            f"({e})") from None
   job_manifest = job.path(args.job_dir, config.MANIFEST_NAME)
   if storage.exists(job_manifest):
-    recorded = manifest_lib.read(job_manifest)
-    theirs = {k: recorded["anchor"].get(k) for k in ("scales", "ratios")}
+    recorded = manifest_lib.Manifest.read(job_manifest)
+    theirs = {k: recorded.anchor.get(k) for k in ("scales", "ratios")}
     if run.sampling is not None and theirs != {"scales": list(run.sampling[0].scales),
                                                "ratios": list(run.sampling[0].ratios)}:
       raise cli.UsageError("--job_dir", args.job_dir, f"holds a model trained with other "
                            f"anchors (scales {theirs['scales']}, ratios {theirs['ratios']}); "
                            f"pass those, or use a fresh --job_dir")
     try:
-      manifest_lib.check_compatible(recorded, manifest, "--data")
+      recorded.check_compatible(manifest, "--data")
     except manifest_lib.ManifestError as e:
       raise cli.UsageError("--job_dir", args.job_dir, f"holds a model of other data ({e}); use "
                            f"a fresh --job_dir") from None
@@ -239,18 +239,17 @@ def check_propose(args: argparse.Namespace) -> arguments.ProposeArgs:
     raise cli.UsageError(None, None, "give exactly one of --input ROOT (ILSVRC layout, with "
                          "annotations) or --images GLOB")
   if args.weights:  # other weights than the job's: loaded once aside, beside the checks below
-    backbone_check = preflight.start_backbone_check(
-        manifest["backbone"], args.weights, manifest.get("feature_layer"),
-        int(manifest.get("weights_seed", 0)))
+    child_check = backbone_check.start_backbone_check(
+        manifest.backbone, args.weights, manifest.feature_layer, manifest.weights_seed)
   else:  # the job's own, which loaded when its shards were made: they must be here
-    backbone_check = None
+    child_check = None
     try:
-      preflight.check_weights_path(manifest["weights"])
+      preflight.check_weights_path(manifest.weights)
     except cli.UsageError:
       raise cli.UsageError("--job_dir", args.job_dir, f"its backbone weights file "
-                           f"{manifest['weights']} is not here; pass --weights PATH to that "
+                           f"{manifest.weights} is not here; pass --weights PATH to that "
                            f"file") from None
-  with preflight.Checks(backbone_check) as checks:
+  with backbone_check.Checks(child_check) as checks:
     if args.input:
       preflight.check_root(args.input)
       images_dir = preflight.check_split(args.input, args.split)

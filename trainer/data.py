@@ -40,9 +40,8 @@ class CorruptShardError(manifest_lib.ManifestError):
   """A shard that cannot be read to its end; the message names it."""
 
 
-def record_bytes(manifest: manifest_lib.ManifestLike) -> int:
+def record_bytes(manifest: manifest_lib.Manifest) -> int:
   """Approximate bytes of one serialized record (the tile dominates)."""
-  manifest = manifest_lib.as_manifest(manifest)
   itemsize = 2 if manifest.dtype == "float16" else 4
   num_anchors = manifest.num_anchors
   tile_values = schema.TILE_SIZE ** 2 * int(manifest.feature_channels)
@@ -108,7 +107,7 @@ def _check_shard(path: str, compression: str, listed: Optional[manifest_lib.Shar
   return records, problem
 
 
-def check_shards(data_dir: str, manifest: manifest_lib.ManifestLike, skip_corrupt: bool = False,
+def check_shards(data_dir: str, manifest: manifest_lib.Manifest, skip_corrupt: bool = False,
                  verify: bool = False, log: bool = True) -> Tuple[List[str], Dict]:
   """Checks every shard of a loaded manifest; returns (usable paths, report).
 
@@ -126,7 +125,6 @@ def check_shards(data_dir: str, manifest: manifest_lib.ManifestLike, skip_corrup
   "records_per_shard" ({path: records} of the usable ones) and "check" (what
   was done: "sizes", "framing" or "full").
   """
-  manifest = manifest_lib.as_manifest(manifest, manifest_lib.path_in(data_dir))
   paths = manifest.shard_paths(data_dir)
   listed = manifest.shards
   if listed is None and not verify:
@@ -158,7 +156,7 @@ def check_shards(data_dir: str, manifest: manifest_lib.ManifestLike, skip_corrup
   return [p for p in paths if p not in bad], report
 
 
-def find_corrupt_shards(data_dir: str, manifest: manifest_lib.ManifestLike) -> Dict[str, str]:
+def find_corrupt_shards(data_dir: str, manifest: manifest_lib.Manifest) -> Dict[str, str]:
   """{path: problem} of every shard whose framing or payload checksums fail."""
   return check_shards(data_dir, manifest, skip_corrupt=True, verify=True,
                       log=False)[1]["skipped"]
@@ -171,7 +169,7 @@ def to_model_inputs(parsed: Dict):
   return parsed[schema.TILE_KEY], {"scores": labels, "deltas": packed}
 
 
-def make_dataset(data_dir: str, manifest: manifest_lib.ManifestLike, batch_size: int,
+def make_dataset(data_dir: str, manifest: manifest_lib.Manifest, batch_size: int,
                  shuffle: bool = True, repeat: bool = False,
                  shuffle_buffer_mb: int = DEFAULT_SHUFFLE_BUFFER_MB,
                  seed: Optional[int] = None, skip_corrupt: bool = False,
@@ -179,14 +177,13 @@ def make_dataset(data_dir: str, manifest: manifest_lib.ManifestLike, batch_size:
                  drop_remainder: bool = False):
   """The shards of `data_dir` read in parallel, shuffled, batched, then parsed.
 
-  `manifest` is Manifest.load(data_dir) (or, transitional, its dict). `files` (paths already through
+  `manifest` is Manifest.load(data_dir). `files` (paths already through
   check_shards, holding num_records records) skips the shard check; by
   default every shard is checked here. The shuffle buffer holds about
   shuffle_buffer_mb megabytes of records, and at least 4 batches. Unless
   skip_corrupt or repeat, the dataset knows its length in batches (Keras
   shows it in the first epoch's progress bar).
   """
-  manifest = manifest_lib.as_manifest(manifest, manifest_lib.path_in(data_dir))
   if files is None:
     files, report = check_shards(data_dir, manifest, skip_corrupt)
     num_records = report["records"]

@@ -14,7 +14,7 @@ a finished job ran (a rerun with as many keeps its results).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 from pipeline.commands import preflight
 from pipeline.core.config import MANIFEST_NAME
@@ -52,7 +52,7 @@ def _error(job_dir: str, problem: str) -> JobError:
   return JobError(f"job directory {job_dir}: {problem}", problem)
 
 
-def read_manifest(job_dir: str) -> Dict:
+def read_manifest(job_dir: str) -> manifest_lib.Manifest:
   """manifest.json of a finished rpn-train job, after checking that its files are all there.
 
   Raises JobError: no such directory, the files it lacks, or the manifest
@@ -65,7 +65,7 @@ def read_manifest(job_dir: str) -> Dict:
     raise _error(job_dir, f"has no {', '.join(lacking)}: not the --job_dir of a finished "
                  f"rpn-train run")
   try:
-    return manifest_lib.read(path(job_dir, MANIFEST_NAME))
+    return manifest_lib.Manifest.read(path(job_dir, MANIFEST_NAME))
   except manifest_lib.ManifestError as e:
     raise JobError(str(e)) from None
 

@@ -218,7 +218,7 @@ def image_records(epoch, path, index, record, manifest: manifest_lib.Manifest,
   }
 
 
-def tile_records(files: Sequence[str], manifest: manifest_lib.ManifestLike,
+def tile_records(files: Sequence[str], manifest: manifest_lib.Manifest,
                  anchors: config_lib.AnchorConfig,
                  target_config: config_lib.TargetConfig,
                  epochs: Union[int, EpochLog] = 0, shuffle: bool = False, seed: int = 0,
@@ -232,7 +232,6 @@ def tile_records(files: Sequence[str], manifest: manifest_lib.ManifestLike,
   and interleaves them non-deterministically; without, in the given order,
   round-robin over cycle_length files. `log` counts a fixed epoch's draws.
   """
-  manifest = manifest_lib.as_manifest(manifest)
   compression = manifest.tfrecord_compression
   if isinstance(epochs, EpochLog):  # pass after pass, without end
     log = epochs
@@ -272,7 +271,7 @@ def tile_bytes(manifest: manifest_lib.Manifest, anchors: config_lib.AnchorConfig
   return schema.TILE_SIZE ** 2 * channels * 4 + 24 * anchors.num_anchors + 64
 
 
-def make_dataset(files: Sequence[str], manifest: manifest_lib.ManifestLike,
+def make_dataset(files: Sequence[str], manifest: manifest_lib.Manifest,
                  anchors: config_lib.AnchorConfig,
                  target_config: config_lib.TargetConfig, batch_size: int,
                  epochs: Union[int, EpochLog] = 0, shuffle: bool = True,
@@ -288,7 +287,6 @@ def make_dataset(files: Sequence[str], manifest: manifest_lib.ManifestLike,
   only (a buffer bigger than the data would fill with many passes at once).
   """
   from trainer import data as data_lib  # to_model_inputs, shared with the tiles layout
-  manifest = manifest_lib.as_manifest(manifest)
   ds = tile_records(files, manifest, anchors, target_config, epochs, shuffle, seed,
                     skip_corrupt)
   if shuffle:
@@ -304,7 +302,7 @@ def make_dataset(files: Sequence[str], manifest: manifest_lib.ManifestLike,
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def sample_centres(files: Sequence[str], manifest: manifest_lib.ManifestLike,
+def sample_centres(files: Sequence[str], manifest: manifest_lib.Manifest,
                    anchors: config_lib.AnchorConfig,
                    target_config: config_lib.TargetConfig, max_tiles: int,
                    skip_corrupt: bool = False):
@@ -312,7 +310,6 @@ def sample_centres(files: Sequence[str], manifest: manifest_lib.ManifestLike,
   the images taken round-robin over (up to 64 of) the shards. What was
   sampled includes "tiles_per_image": the mean over the images drawn (those
   without a tile included), which sizes rpn-train's epochs."""
-  manifest = manifest_lib.as_manifest(manifest)
   log = EpochLog()
   ds = tile_records(files, manifest, anchors, target_config, 0, shuffle=False,
                     skip_corrupt=skip_corrupt, cycle_length=64, log=log)

@@ -122,7 +122,8 @@ def build_inference_model(tile_model, channels: int):
   return model
 
 
-def save_rpn(job_dir: str, tile_model, manifest: dict, train_config: dict) -> None:
+def save_rpn(job_dir: str, tile_model, manifest: manifest_lib.Manifest,
+             train_config: dict) -> None:
   """Writes JOB/rpn.weights.h5, JOB/manifest.json (verbatim) and JOB/train_config.json."""
   storage.makedirs(job_dir)
   with tempfile.TemporaryDirectory() as tmp:
@@ -130,31 +131,33 @@ def save_rpn(job_dir: str, tile_model, manifest: dict, train_config: dict) -> No
     tile_model.save_weights(local)
     with open(local, "rb") as f:
       storage.write_bytes(storage.join(job_dir, job.WEIGHTS_NAME), f.read())
-  for name, content in ((MANIFEST_NAME, manifest), (job.TRAIN_CONFIG_NAME, train_config)):
+  for name, content in ((MANIFEST_NAME, manifest.to_json()),
+                        (job.TRAIN_CONFIG_NAME, train_config)):
     storage.write_json(storage.join(job_dir, name), content)
 
 
-def save_untrained_rpn(job_dir: str, manifest: dict, train_config: dict) -> None:
+def save_untrained_rpn(job_dir: str, manifest: manifest_lib.Manifest,
+                       train_config: dict) -> None:
   """Saves an RPN with freshly initialised weights, built as `train_config` says
   (hidden filters, feature statistics): the baseline to compare a trained one with."""
   tile_model = build_tile_model(
-      int(manifest["feature_channels"]), manifest_lib.num_anchors(manifest),
+      manifest.feature_channels, manifest.num_anchors,
       int(train_config.get("hidden", DEFAULT_HIDDEN)), train_config.get("feature_mean"),
       train_config.get("feature_variance"))
   save_rpn(job_dir, tile_model, manifest, dict(train_config, epochs=0, epochs_run=[]))
 
 
-def load_rpn(job_dir: str) -> Tuple[object, object, dict, dict]:
+def load_rpn(job_dir: str) -> Tuple[object, object, manifest_lib.Manifest, dict]:
   """(tile_model, inference_model, manifest, train_config) of a job dir."""
   lacking = job.missing(job_dir)
   if lacking:
     raise FileNotFoundError(f"{job.path(job_dir, lacking[0])}: missing; {job_dir} is not the "
                             f"job dir of a finished rpn-train run")
   paths = {name: job.path(job_dir, name) for name in job.FILES}
-  manifest = storage.read_json(paths[MANIFEST_NAME])
+  manifest = manifest_lib.Manifest.read(paths[MANIFEST_NAME])
   train_config = storage.read_json(paths[job.TRAIN_CONFIG_NAME])
-  channels = int(manifest["feature_channels"])
-  tile_model = build_tile_model(channels, manifest_lib.num_anchors(manifest),
+  channels = manifest.feature_channels
+  tile_model = build_tile_model(channels, manifest.num_anchors,
                                 int(train_config.get("hidden", DEFAULT_HIDDEN)),
                                 train_config.get("feature_mean"),
                                 train_config.get("feature_variance"))

@@ -75,25 +75,6 @@ class NoProposalsError(ValueError):
 # The job
 
 
-def prepare_frame(image: np.ndarray, gt_boxes: np.ndarray, manifest: dict
-                  ) -> Tuple[np.ndarray, np.ndarray, Tuple[float, float]]:
-  """(frame uint8 [H, W, 3], gt boxes in it, box_scale (sx, sy)), as the pipeline does.
-
-  The manifest's optional resize, then zero padding at the bottom/right up to
-  min_input_side (backbone.prepare_image). box_scale is frame pixels per pixel
-  of the decoded image (1, 1 without resize; padding moves no coordinate).
-  """
-  height, width = image.shape[:2]
-  resize = manifest_lib.resize(manifest)
-  # The whole image as one more box gives the resized size.
-  whole = np.array([[0.0, 0.0, width, height]])
-  frame, frame_boxes, _ = frame_lib.prepare_image(
-      image, np.vstack([np.asarray(gt_boxes, np.float64).reshape(-1, 4), whole]),
-      int(manifest["min_input_side"]), resize.get("min_side"), resize.get("max_side"))
-  box_scale = (float(frame_boxes[-1, 2]) / width, float(frame_boxes[-1, 3]) / height)
-  return frame, frame_boxes[:-1], box_scale
-
-
 class Proposer:
   """A job's backbone and RPN, built once; image -> proposals.
 
@@ -118,27 +99,27 @@ class Proposer:
                          f"({type(e).__name__}: {e})") from None
     self.manifest, self.train_config = manifest, train_config
     self.config = proposal_config
-    self.channels = int(manifest["feature_channels"])
-    self.num_anchors = manifest_lib.num_anchors(manifest)
+    self.channels = manifest.feature_channels
+    self.num_anchors = manifest.num_anchors
     model_channels = inference_model.inputs[0].shape[-1]
     if model_channels is not None and int(model_channels) != self.channels:
       raise job.JobError(f"the RPN in {weights_path} takes {model_channels} channels but the "
-                         f"manifest's backbone {manifest['backbone']} gives {self.channels}")
-    self.weights = weights or manifest["weights"]
-    if weights and weights != manifest["weights"]:
+                         f"manifest's backbone {manifest.backbone} gives {self.channels}")
+    self.weights = weights or manifest.weights
+    if weights and weights != manifest.weights:
       _LOGGER.warning("backbone weights %s instead of the manifest's %s: the RPN was trained "
-                      "on features of the latter", weights, manifest["weights"])
+                      "on features of the latter", weights, manifest.weights)
     try:
       self.extractor = extractor_lib.FeatureExtractor(
-          manifest["backbone"], self.weights, int(manifest.get("weights_seed", 0)),
-          feature_layer=manifest.get("feature_layer"))
+          manifest.backbone, self.weights, manifest.weights_seed,
+          feature_layer=manifest.feature_layer)
     except backbone_lib.WeightsUnavailableError as e:
-      problem = backbone_check.weights_problem(e, manifest["backbone"])
+      problem = backbone_check.weights_problem(e, manifest.backbone)
       if weights:
         raise job.JobError(f"--weights {weights}: {problem}") from None
       raise job.JobError(f"backbone weights of the job ({self.weights}): {problem}") from None
     # Features go through the dtype the tiles were stored in, as in training.
-    self.feature_dtype = np.dtype(manifest.get("dtype", "float32"))
+    self.feature_dtype = np.dtype(manifest.dtype)
     self.traces = 0
     self.stats: dict = {}  # proposals.propose_boxes' counts (min_size_relaxed)
 
@@ -152,14 +133,17 @@ class Proposer:
 
   def prepare(self, image: np.ndarray, gt_boxes: np.ndarray
               ) -> Tuple[np.ndarray, np.ndarray, Tuple[float, float]]:
-    """prepare_frame with this job's manifest."""
-    return prepare_frame(image, gt_boxes, self.manifest)
+    """(frame uint8 [H, W, 3], gt boxes in it, box_scale (sx, sy)) of an image, as
+    the pipeline frames it with this job's manifest (core.frame.prepare_frame)."""
+    m = self.manifest
+    return frame_lib.prepare_frame(image, gt_boxes, m.min_input_side, m.resize.min_side,
+                                   m.resize.max_side)
 
   def head(self, frame: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(scores [K], deltas [K, 4], anchors [K, 4]) of a frame uint8 [H, W, 3]."""
     feature_map = self.extractor(frame)  # [Hf, Wf, C]
     if feature_map.shape[-1] != self.channels:
-      raise job.JobError(f"backbone {self.manifest['backbone']} gave {feature_map.shape[-1]} "
+      raise job.JobError(f"backbone {self.manifest.backbone} gave {feature_map.shape[-1]} "
                          f"channels, the manifest says {self.channels}")
     feature_map = feature_map.astype(self.feature_dtype).astype(np.float32)
     scores, deltas = self._forward(feature_map[np.newaxis])
@@ -174,7 +158,7 @@ class Proposer:
     stride_x, stride_y = anchors_lib.ratio_strides(width, height, feature_width, feature_height)
     anchors = anchors_lib.grid_anchors(
         feature_height, feature_width, stride_x, stride_y,
-        self.manifest["anchor"]["scales"], self.manifest["anchor"]["ratios"])
+        self.manifest.anchor_config.scales, self.manifest.anchor_config.ratios)
     return scores.reshape(-1), deltas.reshape(-1, 4), anchors
 
   def __call__(self, frame: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -298,7 +282,7 @@ def propose(run: ProposeArgs) -> dict:
   storage.makedirs(output)
   counts = {"images_found": len(inputs), "images_ok": 0, "images_failed": 0, "proposals": 0}
   drawn, start = 0, time.monotonic()
-  max_pixels = manifest_lib.max_pixels(proposer.manifest)
+  max_pixels = proposer.manifest.max_pixels
   with FileSystems.create(storage.join(output, settings_lib.PROPOSALS_NAME)) as proposals_file, \
       FileSystems.create(storage.join(output, config.ERRORS_NAME)) as errors_file:
     for outcome, record, extra in iter_proposals(proposer, inputs, max_pixels):
@@ -327,7 +311,7 @@ def propose(run: ProposeArgs) -> dict:
   settings = {
       "job_dir": run.job_dir,
       "input": run.input, "split": run.split if run.input else None, "images": run.images,
-      "backbone": proposer.manifest["backbone"], "weights": proposer.weights,
+      "backbone": proposer.manifest.backbone, "weights": proposer.weights,
       "proposal": dataclasses.asdict(proposal_config),
       "counts": dict(counts, **proposer.stats),
       "pictures": drawn,

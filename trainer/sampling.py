@@ -46,7 +46,7 @@ _TARGET_FIELDS = (("fg_iou_thresh", "fg_iou_thresh"), ("bg_iou_thresh", "bg_iou_
                   ("batch_size_per_image", "batch_size"), ("fg_fraction", "fg_fraction"))
 
 
-def read_anchors_json(path: str, manifest: Dict) -> Dict:
+def read_anchors_json(path: str, manifest: manifest_lib.Manifest) -> Dict:
   """rpn-anchors' anchors.json at `path`, made for the data's backbone, layer
   and frame; returns its "suggested" block. A cli.UsageError otherwise."""
   if not storage.exists(path):
@@ -58,20 +58,19 @@ def read_anchors_json(path: str, manifest: Dict) -> Dict:
   except (ValueError, UnicodeDecodeError, KeyError, TypeError):
     raise cli.UsageError("--anchors_json", path, "not the anchors.json of rpn-anchors (no "
                          "suggested scales and ratios)") from None
-  resize = manifest_lib.resize(manifest)
   frame = report.get("frame") or {}
   for key, theirs, ours in (
-      ("backbone", report.get("backbone"), manifest["backbone"]),
-      ("feature_layer", report.get("feature_layer"), manifest.get("feature_layer")),
-      ("min_side", frame.get("min_side"), resize.get("min_side")),
-      ("max_side", frame.get("max_side"), resize.get("max_side"))):
+      ("backbone", report.get("backbone"), manifest.backbone),
+      ("feature_layer", report.get("feature_layer"), manifest.feature_layer),
+      ("min_side", frame.get("min_side"), manifest.resize.min_side),
+      ("max_side", frame.get("max_side"), manifest.resize.max_side)):
     if theirs != ours:
       raise cli.UsageError("--anchors_json", path, f"was made for {key} {theirs!r}, the data "
                            f"has {ours!r}: run rpn-anchors with the data's settings")
   return suggested
 
 
-def resolve_sampling(flags: SamplingFlags, manifest: Dict, seed: int) -> Sampling:
+def resolve_sampling(flags: SamplingFlags, manifest: manifest_lib.Manifest, seed: int) -> Sampling:
   """The anchors and targets to draw a maps dataset with: the flags given,
   --anchors_json's suggestion, else the manifest's (the method's); `seed`
   seeds the sampling."""
@@ -89,12 +88,12 @@ def resolve_sampling(flags: SamplingFlags, manifest: Dict, seed: int) -> Samplin
   return anchors, target_config
 
 
-def check_sampling(flags: SamplingFlags, manifest: Dict, seed: int, data: str
+def check_sampling(flags: SamplingFlags, manifest: manifest_lib.Manifest, seed: int, data: str
                    ) -> Optional[Sampling]:
   """The anchor and target flags against the layout of `data` (whose manifest
   is `manifest`): refused on tiles data (fixed at preprocessing), checked on
   maps; returns the maps sampling (resolve_sampling), None for tiles."""
-  if manifest_lib.layout(manifest) != config.MAPS_LAYOUT:
+  if not manifest.is_maps:
     given = flags.given()
     if given:
       value = getattr(flags, given[2:])
@@ -104,37 +103,28 @@ def check_sampling(flags: SamplingFlags, manifest: Dict, seed: int, data: str
                            f"preprocess with --layout maps to choose them at training")
     return None
   anchors, target_config = resolve_sampling(flags, manifest, seed)
-  for flag, values in (("--scales", anchors.scales), ("--ratios", anchors.ratios)):
-    if not values or min(values) <= 0:
-      raise cli.UsageError(flag, ",".join(f"{v:g}" for v in values), "must be positive numbers")
-  t = target_config
-  if not 0 <= t.bg_iou_thresh <= t.fg_iou_thresh <= 1:
-    raise cli.UsageError("--bg_iou_thresh", t.bg_iou_thresh, f"need 0 <= --bg_iou_thresh "
-                         f"({t.bg_iou_thresh}) <= --fg_iou_thresh ({t.fg_iou_thresh}) <= 1")
-  if t.batch_size < 1:
-    raise cli.UsageError("--batch_size_per_image", t.batch_size, "must be >= 1")
-  if not 0 < t.fg_fraction <= 1:
-    raise cli.UsageError("--fg_fraction", t.fg_fraction, "must be in (0, 1]")
+  try:  # the ranges rpn-preprocess checks too
+    anchors.validate()
+    target_config.validate()
+  except config.ConfigError as e:
+    flag = "batch_size_per_image" if e.field == "batch_size" else e.field
+    raise cli.UsageError(f"--{flag}", e.value, e.problem) from None
   return anchors, target_config
 
 
-def manifest_sampling(manifest: Dict, seed: int) -> Sampling:
+def manifest_sampling(manifest: manifest_lib.Manifest, seed: int) -> Sampling:
   """The anchors and targets a manifest records (a maps manifest's defaults, or
   a tiles dataset's, to draw maps validation data with), with rpn-train's
   sampling seed."""
-  anchor, targets = manifest["anchor"], manifest["targets"]
-  return (config.AnchorConfig(tuple(float(v) for v in anchor["scales"]),
-                              tuple(float(v) for v in anchor["ratios"])),
-          config.TargetConfig(float(targets["fg_iou_thresh"]), float(targets["bg_iou_thresh"]),
-                              int(targets["batch_size"]), float(targets["fg_fraction"]), seed))
+  return (manifest.anchor_config, dataclasses.replace(manifest.target_config, seed=seed))
 
 
-def data_sampling(manifest: Dict, sampling: Optional[Sampling], seed: int
+def data_sampling(manifest: manifest_lib.Manifest, sampling: Optional[Sampling], seed: int
                   ) -> Optional[Sampling]:
   """What train() draws the data of `manifest` with: `sampling` for maps data
   (the manifest's, seeded with `seed`, when None); None for tiles data, which
   takes none (ValueError when given)."""
-  if manifest_lib.layout(manifest) != config.MAPS_LAYOUT:
+  if not manifest.is_maps:
     if sampling is not None:
       raise ValueError("anchors and targets to draw with were given for tiles data, whose "
                        "anchors and targets were fixed by rpn-preprocess")
@@ -142,13 +132,14 @@ def data_sampling(manifest: Dict, sampling: Optional[Sampling], seed: int
   return sampling or manifest_sampling(manifest, seed)
 
 
-def training_manifest(manifest: Dict, sampling: Optional[Sampling]) -> Dict:
+def training_manifest(manifest: manifest_lib.Manifest, sampling: Optional[Sampling]
+                      ) -> manifest_lib.Manifest:
   """The manifest a model of this data is trained for: a maps manifest with
   the anchors and targets drawn at training (what the job dir records)."""
   if sampling is None:
     return manifest
   anchors, target_config = sampling
-  return dict(manifest,
-              anchor=dict(config.to_dict(anchors), num_anchors=anchors.num_anchors),
-              targets=config.to_dict(target_config),
-              sampling="per epoch, seeded by (seed, epoch, image_id)")
+  return manifest.replaced(
+      anchor=dict(config.to_dict(anchors), num_anchors=anchors.num_anchors),
+      targets=config.to_dict(target_config),
+      sampling="per epoch, seeded by (seed, epoch, image_id)")

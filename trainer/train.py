@@ -75,14 +75,15 @@ def default_strategy():
 
 def _load_data(data_dir: str, skip_corrupt: bool, verify: bool):
   """(manifest, usable shard paths, report) of a checked shard directory."""
-  manifest = manifest_lib.load(data_dir)
+  manifest = manifest_lib.Manifest.load(data_dir)
   files, report = data_lib.check_shards(data_dir, manifest, skip_corrupt, verify=verify)
   if not files:
     raise data_lib.CorruptShardError(f"{data_dir}: no readable shard")
   return manifest, files, report
 
 
-def sample_centres(manifest: Dict, files: Sequence[str], records_per_shard: Dict[str, int],
+def sample_centres(manifest: manifest_lib.Manifest, files: Sequence[str],
+                   records_per_shard: Dict[str, int],
                    max_tiles: int = STATISTICS_TILES, seed: int = 0,
                    skip_corrupt: bool = False) -> Tuple[np.ndarray, Dict]:
   """(centre features [N, C], what was sampled) from all shards, about max_tiles in all.
@@ -100,9 +101,9 @@ def sample_centres(manifest: Dict, files: Sequence[str], records_per_shard: Dict
   fraction = min(1.0, max_tiles / total)
   windows = [min(n, int(np.ceil(n * fraction * STATISTICS_WINDOW))) for n in counts]
   keep = [n * fraction / w if w else 0.0 for n, w in zip(counts, windows, strict=True)]
-  compression = "GZIP" if manifest["compression"] == "GZIP" else ""
-  num_anchors = manifest_lib.num_anchors(manifest)
-  channels, dtype = int(manifest["feature_channels"]), manifest["dtype"]
+  compression = manifest.tfrecord_compression
+  num_anchors = manifest.num_anchors
+  channels, dtype = manifest.feature_channels, manifest.dtype
 
   def shard_sample(index, path, window, probability):
     records = tf.data.TFRecordDataset(path, compression_type=compression, buffer_size=1 << 20)
@@ -138,7 +139,8 @@ def sample_centres(manifest: Dict, files: Sequence[str], records_per_shard: Dict
   return centres, info
 
 
-def feature_statistics(data_dir: str, manifest: Dict, files, skip_corrupt: bool = False,
+def feature_statistics(data_dir: str, manifest: manifest_lib.Manifest, files,
+                       skip_corrupt: bool = False,
                        max_tiles: int = STATISTICS_TILES, records_per_shard=None,
                        seed: int = 0):
   """Per-channel (mean, variance) of the centre features of about max_tiles
@@ -151,7 +153,8 @@ def feature_statistics(data_dir: str, manifest: Dict, files, skip_corrupt: bool 
   return model_lib.feature_statistics(centres)
 
 
-def _job_statistics(run: TrainArgs, manifest: Dict, files, report, sampling=None) -> Dict:
+def _job_statistics(run: TrainArgs, manifest: manifest_lib.Manifest, files, report,
+                    sampling=None) -> Dict:
   """JOB/feature_statistics.json: read when it was made from the same data and
   seed (a resumed or continued job), else sampled and written. From a maps
   dataset (`sampling`: its anchors and targets) the tiles are epoch 0's."""
@@ -159,8 +162,8 @@ def _job_statistics(run: TrainArgs, manifest: Dict, files, report, sampling=None
   path = job.path(run.job_dir, job.STATISTICS_NAME)
   wanted = {"data": run.data, "seed": config.seed, "max_records": STATISTICS_TILES}
   if sampling is not None:
-    wanted["anchor"] = manifest["anchor"]
-    wanted["targets"] = manifest["targets"]
+    wanted["anchor"] = manifest.anchor
+    wanted["targets"] = manifest.targets
   if storage.exists(path):
     saved = storage.read_json(path)
     if all(saved.get("sample", {}).get(k) == v for k, v in wanted.items()):
@@ -168,7 +171,7 @@ def _job_statistics(run: TrainArgs, manifest: Dict, files, report, sampling=None
   if sampling is not None:
     centres, info = maps_lib.sample_centres(files, manifest, *sampling, STATISTICS_TILES,
                                             config.skip_corrupt_shards)
-    info.update(seed=config.seed, anchor=manifest["anchor"], targets=manifest["targets"])
+    info.update(seed=config.seed, anchor=manifest.anchor, targets=manifest.targets)
   else:
     centres, info = sample_centres(manifest, files, report["records_per_shard"],
                                    STATISTICS_TILES, config.seed, config.skip_corrupt_shards)
@@ -250,13 +253,13 @@ def train(run: TrainArgs, callbacks: Sequence = (),
   """
   config = run.config
   keras.utils.set_random_seed(config.seed)
-  manifest = manifest_lib.load(run.data)
+  manifest = manifest_lib.Manifest.load(run.data)
   # maps: the anchors and targets drawn at training; None for tiles
   sampling = sampling_lib.data_sampling(manifest, run.sampling, config.seed)
   manifest = sampling_lib.training_manifest(manifest, sampling)
   job_manifest = os.path.join(run.job_dir, config_lib.MANIFEST_NAME)
   if storage.exists(job_manifest):
-    manifest_lib.check_compatible(storage.read_json(job_manifest), manifest, (
+    manifest_lib.Manifest.read(job_manifest).check_compatible(manifest, (
           f"--data {run.data} (the job dir {run.job_dir} holds a model of other data; "
           f"use a fresh --job_dir)"))
     finished = job.finished_epochs(run.job_dir)
@@ -273,14 +276,13 @@ def train(run: TrainArgs, callbacks: Sequence = (),
   if run.val_data:
     val_manifest, val_files, val_report = _load_data(run.val_data, config.skip_corrupt_shards,
                                                      config.verify_shards)
-    val_maps = manifest_lib.layout(val_manifest) == config_lib.MAPS_LAYOUT
+    val_maps = val_manifest.is_maps
     # maps validation data is drawn with the training anchors and targets
     drawn = None
     if val_maps:
       drawn = sampling or sampling_lib.manifest_sampling(manifest, config.seed)
-    manifest_lib.check_compatible(
-        manifest, sampling_lib.training_manifest(val_manifest, drawn),
-        f"--val_data {run.val_data}")
+    manifest.check_compatible(sampling_lib.training_manifest(val_manifest, drawn),
+                              f"--val_data {run.val_data}")
     sources.append((run.val_data, val_manifest))
     if val_maps:  # always epoch 0's samples, so that the epochs compare
       val = maps_lib.make_dataset(val_files, val_manifest, *drawn, config.batch_size, epochs=0,
@@ -291,7 +293,7 @@ def train(run: TrainArgs, callbacks: Sequence = (),
                                   shuffle=False, skip_corrupt=config.skip_corrupt_shards,
                                   files=val_files, num_records=val_report["records"])
   storage.makedirs(os.path.join(run.job_dir, "checkpoints"))
-  storage.write_json(job_manifest, manifest)
+  storage.write_json(job_manifest, manifest.to_json())
   try:
     statistics = _job_statistics(run, manifest, files, report, sampling)
   except tf.errors.OpError as e:
@@ -323,8 +325,8 @@ def train(run: TrainArgs, callbacks: Sequence = (),
     keras.mixed_precision.set_global_policy("mixed_float16")
   try:
     with (strategy or default_strategy()).scope():
-      model = model_lib.build_tile_model(int(manifest["feature_channels"]),
-                                         manifest_lib.num_anchors(manifest), config.hidden,
+      model = model_lib.build_tile_model(manifest.feature_channels,
+                                         manifest.num_anchors, config.hidden,
                                          feature_mean, feature_variance, logits=True)
       compile_model(model, config.learning_rate, config.box_loss_weight)
   finally:
@@ -365,14 +367,14 @@ def train(run: TrainArgs, callbacks: Sequence = (),
     last = {k: float(v) for k, v in rows[-1].items()
             if k != "epoch" and v not in ("", "NA", None)} if rows else {}
   train_config = dict(dataclasses.asdict(config), data=run.data, val_data=run.val_data,
-                      num_anchors=manifest_lib.num_anchors(manifest),
-                      channels=int(manifest["feature_channels"]),
+                      num_anchors=manifest.num_anchors,
+                      channels=manifest.feature_channels,
                       smooth_l1_beta=losses_lib.SMOOTH_L1_BETA,
                       loss_normalisation="N_cls (sampled anchors in the global batch)",
                       objectness_loss="sigmoid cross-entropy on logits",
                       shards_skipped=report["skipped"],
-                      layout=manifest_lib.layout(manifest),
-                      anchor=manifest["anchor"], targets=manifest["targets"],
+                      layout=manifest.layout,
+                      anchor=manifest.anchor, targets=manifest.targets,
                       steps_per_epoch_used=steps_per_epoch,
                       passes_drawn=epoch_log.done if epoch_log else None,
                       epochs_run=[int(e) for e in history.epoch],

@@ -31,7 +31,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 from pipeline.beam import anchors as anchors_beam
 from pipeline.beam import preprocess as preprocess_beam
 from pipeline.beam import watchdog
-from pipeline.commands import cli, console, failures, lock, preflight
+from pipeline.commands import backbone_check, cli, console, failures, lock, preflight
 from pipeline.commands import preprocess as run_lib
 from pipeline.core import config as config_lib
 from pipeline.io import ilsvrc, storage
@@ -117,7 +117,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   cfg = config_from_args(args)
   # The feature layer's shape arithmetic, from a child process (the launcher
   # imports no TensorFlow), beside the checks of the input and the output.
-  with preflight.Checks(preflight.start_backbone_check(
+  with backbone_check.Checks(backbone_check.start_backbone_check(
       cfg.backbone.backbone, "none", cfg.backbone.feature_layer, always=True)) as checks:
     preflight.check_ilsvrc_input(args.input, args.split, args.images, args.annotations,
                                  args.image_set, args.missing_annotations)

@@ -33,7 +33,7 @@ from apache_beam.options.pipeline_options import (
 from pipeline.beam import preprocess as preprocess_beam
 from pipeline.beam import progress as progress_lib
 from pipeline.beam import watchdog
-from pipeline.commands import cli, console, failures, lock, preflight, space
+from pipeline.commands import backbone_check, cli, console, failures, lock, preflight, space
 from pipeline.core import config as config_lib
 from pipeline.io import ilsvrc, storage
 from pipeline.io import manifest as manifest_lib
@@ -225,15 +225,15 @@ def check_before_run(args: argparse.Namespace, cfg: config_lib.PreprocessConfig,
   estimate_size = (extractor_factory is None and storage.is_local(cfg.output)
                    and storage.is_local(cfg.images_dir))
   if extractor_factory is None:
-    backbone_check = preflight.start_backbone_check(
+    child_check = backbone_check.start_backbone_check(
         backbone.backbone, backbone.weights, backbone.feature_layer, cfg.targets.seed,
         always=estimate_size)
   else:  # an injected extractor (tests, benchmarks) stands for the weights
-    backbone_check = None
+    child_check = None
     registry.backbone_spec(backbone.backbone)
     if backbone.feature_layer:
       layers.check_feature_layer(backbone.backbone, backbone.feature_layer)
-  with preflight.Checks(backbone_check) as checks:
+  with backbone_check.Checks(child_check) as checks:
     preflight.check_ilsvrc_input(args.input, args.split, args.images, args.annotations,
                                  args.image_set, args.missing_annotations)
     preflight.check_output(cfg.output)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from pipeline.core import config
 from pipeline.io import schema, storage
@@ -192,7 +192,7 @@ class Manifest:
     return config.TargetConfig(
         fg_iou_thresh=float(t["fg_iou_thresh"]), bg_iou_thresh=float(t["bg_iou_thresh"]),
         batch_size=int(t["batch_size"]), fg_fraction=float(t["fg_fraction"]),
-        seed=int(t["seed"]))
+        seed=int(t.get("seed", 0)))
 
   @property
   def is_maps(self) -> bool:
@@ -203,6 +203,11 @@ class Manifest:
     """The compression_type of tf.data.TFRecordDataset ("GZIP" or "")."""
     return "GZIP" if self.compression == "GZIP" else ""
 
+  def replaced(self, **values) -> "Manifest":
+    """This manifest with the given keys of manifest.json set (as dict.update
+    would: a new key goes last), validated again."""
+    return Manifest.from_json(dict(self.to_json(), **values))
+
   def check_compatible(self, other: "Manifest", what: str = "data") -> None:
     """ManifestError naming the first key on which `other` (named `what` in the
     message) disagrees with this manifest (the module's check_compatible)."""
@@ -212,19 +217,6 @@ class Manifest:
 # Keys from_json reads into fields of another name or form.
 _SPECIAL = ("resize", "shards", "shard_files", "max_pixels")
 
-ManifestLike = Union[Manifest, Mapping[str, Any]]
-
-
-def as_manifest(manifest: ManifestLike, path: str = "manifest") -> Manifest:
-  """A Manifest, or the Manifest of a manifest dict. Transitional: for the
-  functions that trainer/cli.py, train.py and propose.py still hand a dict."""
-  if isinstance(manifest, Manifest):
-    return manifest
-  return Manifest.from_json(manifest, path)
-
-
-def _as_json(manifest: ManifestLike) -> Mapping[str, Any]:
-  return manifest.to_json() if isinstance(manifest, Manifest) else manifest
 
 
 def shard_suffix(compression: str) -> str:
@@ -293,9 +285,9 @@ def build(cfg: config.PreprocessConfig, counts: Dict[str, int], shard_files: Lis
   return Manifest.from_json(manifest, "built")
 
 
-def write(data_dir: str, manifest: ManifestLike) -> None:
+def write(data_dir: str, manifest: Manifest) -> None:
   """Writes DIR/manifest.json atomically (temp file and rename)."""
-  storage.write_json(path_in(data_dir), dict(_as_json(manifest)))
+  storage.write_json(path_in(data_dir), manifest.to_json())
 
 
 def _read_json(path: str) -> Dict:
@@ -305,39 +297,6 @@ def _read_json(path: str) -> Dict:
     return storage.read_json(path)
   except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
     raise ManifestError(f"{path}: not valid JSON ({e})") from None
-
-
-def read(path: str) -> Dict:
-  """Transitional (the trainer's dict form of Manifest.read): a manifest.json
-  file (of a shard directory or a job directory), validated, as a dict."""
-  manifest = _read_json(path)
-  validate(manifest, path)
-  return manifest
-
-
-def load(data_dir: str) -> Dict:
-  """Transitional (the trainer's dict form of Manifest.load): the manifest of a
-  shard directory, checked against the shard files present, as a dict."""
-  path = path_in(data_dir)
-  if not storage.exists(path):
-    raise ManifestError(f"{path}: not found; {data_dir} is not the output of a finished "
-                        f"rpn-preprocess run (the manifest is written last)")
-  manifest = read(path)
-  Manifest.from_json(manifest, path).check_shard_files(data_dir, path)
-  return manifest
-
-
-def layout(manifest: ManifestLike) -> str:
-  """The manifest's layout: "tiles" (the method; also every manifest before 0.6.0) or "maps".
-  Transitional for dicts (validate, the trainer); a Manifest has .layout."""
-  if isinstance(manifest, Manifest):
-    return manifest.layout
-  return manifest.get("layout", config.TILES_LAYOUT)
-
-
-def num_anchors(manifest: ManifestLike) -> int:
-  """A, the anchors per feature-map point. Transitional: a Manifest has .num_anchors."""
-  return int(_as_json(manifest)["anchor"]["num_anchors"])
 
 
 def validate(manifest: Mapping[str, Any], path: str) -> None:
@@ -368,12 +327,13 @@ def validate(manifest: Mapping[str, Any], path: str) -> None:
   if not isinstance(files, list) or len(files) != manifest["num_shards"]:
     raise ManifestError(f"{path}: shard_files lists {len(files)} files but num_shards is "
                         f"{manifest['num_shards']}")
-  if layout(manifest) not in config.LAYOUTS:
+  layout = manifest.get("layout", config.TILES_LAYOUT)  # none before 0.6.0: tiles
+  if layout not in config.LAYOUTS:
     raise ManifestError(f"{path}: layout {manifest['layout']!r} not in {config.LAYOUTS}")
-  prefix = config.shard_prefix(layout(manifest)) + "-"
+  prefix = config.shard_prefix(layout) + "-"
   wrong = [name for name in files if not str(name).startswith(prefix)]
   if wrong:
-    raise ManifestError(f"{path}: layout {layout(manifest)!r} but shard file {wrong[0]!r} "
+    raise ManifestError(f"{path}: layout {layout!r} but shard file {wrong[0]!r} "
                         f"does not start with {prefix!r}")
   _validate_shards(manifest, path)
 
@@ -395,31 +355,15 @@ def _validate_shards(manifest: Mapping[str, Any], path: str) -> None:
                           f"{{'file': {name!r}, 'bytes': int, 'records': int}}")
 
 
-def check_compatible(manifest_a: ManifestLike, manifest_b: ManifestLike,
-                     what: str = "data") -> None:
+def check_compatible(manifest_a: Manifest, manifest_b: Manifest, what: str = "data") -> None:
   """Raises ManifestError naming the first key on which two manifests disagree
   (as written: a key one of them lacks counts as None).
 
   `what` names manifest_b in the message ("--val_data", "the job's model").
   """
-  a, b = _as_json(manifest_a), _as_json(manifest_b)
+  a, b = manifest_a.to_json(), manifest_b.to_json()
   for key in COMPATIBLE_KEYS:
     if a.get(key) != b.get(key):
       raise ManifestError(
           f"{what}: {key} is {b.get(key)!r} where the other manifest has "
           f"{a.get(key)!r}; features of different {key} do not mix")
-
-
-def max_pixels(manifest: ManifestLike) -> int:
-  """The decompression-bomb limit the run used (older manifests: the default).
-  Transitional: a Manifest has .max_pixels."""
-  if isinstance(manifest, Manifest):
-    return manifest.max_pixels
-  return int(manifest.get("max_pixels") or config.DEFAULT_MAX_PIXELS)
-
-
-def resize(manifest: ManifestLike) -> Dict[str, Optional[int]]:
-  """Transitional (the trainer's form of Manifest.resize): {"min_side", "max_side"}."""
-  if isinstance(manifest, Manifest):
-    return dataclasses.asdict(manifest.resize)
-  return manifest.get("resize") or {"min_side": None, "max_side": None}

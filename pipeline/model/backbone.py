@@ -99,13 +99,11 @@ def _truncate(name: str, model, feature_layer: Optional[str]):
                      name=f"{model.name}_{info.name}")
 
 
-def check_manifest(manifest: manifest_lib.ManifestLike, path: str) -> None:
+def check_manifest(manifest: manifest_lib.Manifest, path: str) -> None:
   """Checks that the manifest's features are what its backbone computes.
 
   Needed where the backbone is run again on new images (rpn-propose, rpn-draw).
-  A manifest dict (transitional: rpn-propose's) is read as a Manifest first.
   """
-  manifest = manifest_lib.as_manifest(manifest, path)
   try:
     spec = registry.backbone_spec(manifest.backbone)
   except ValueError as e:

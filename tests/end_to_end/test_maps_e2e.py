@@ -111,7 +111,7 @@ def test_epoch_zero_is_exactly_the_tiles_layout(outputs, setting):
       for r in (helpers.decode_record(s, channels, dtype) for s in helpers.read_records(tiles_dir)))
   args = trainer_cli.train_parser().parse(["--data", maps_dir, "--job_dir", "-"])
   anchors, target_config = sampling.resolve_sampling(trainer_cli.sampling_flags(args),
-                                                     maps_manifest.to_json(), args.seed)
+                                                     maps_manifest, args.seed)
   assert (anchors, target_config) == (config.AnchorConfig(), config.TargetConfig())
   got = collections.Counter(
       key(r["image_id"].decode(), r["location"], r["tile"], r["labels"], r["deltas"])

@@ -222,7 +222,6 @@ def test_training_takes_the_suggestion_of_rpn_anchors(maps_dir, tmp_path):
   path = _anchors_json(tmp_path / "anchors.json")
   parse = lambda *extra: cli.train_parser().parse(  # noqa: E731
       ["--data", directory, "--job_dir", "-", "--anchors_json", path, *extra])
-  manifest = manifest.to_json()  # trainer/sampling.py still reads the manifest as a dict
 
   def resolve(args, manifest):
     return sampling.resolve_sampling(cli.sampling_flags(args), manifest, args.seed)
@@ -242,6 +241,26 @@ def test_training_takes_the_suggestion_of_rpn_anchors(maps_dir, tmp_path):
   with pytest.raises(pipeline_cli.UsageError, match="not the anchors.json of rpn-anchors"):
     resolve(cli.train_parser().parse(
         ["--data", directory, "--job_dir", "-", "--anchors_json", str(not_it)]), manifest)
+
+
+@pytest.mark.parametrize("flags, flag, problem", [
+    (["--scales", "0,2"], "--scales 0,2", "must be positive numbers"),
+    (["--ratios", "-1"], "--ratios -1", "must be positive numbers"),
+    (["--fg_fraction", "1.5"], "--fg_fraction 1.5", r"must be in \(0, 1\]"),
+    (["--bg_iou_thresh", "-0.1"], "--bg_iou_thresh -0.1", "need 0 <= --bg_iou_thresh"),
+    (["--fg_iou_thresh", "0.2"], "--fg_iou_thresh 0.2", "need 0 <= --bg_iou_thresh"),
+    (["--batch_size_per_image", "0"], "--batch_size_per_image 0", "must be >= 1"),
+])
+def test_sampling_out_of_range_names_the_flag(maps_dir, flags, flag, problem):
+  """rpn-train's anchor and target flags go through the configs' validate(),
+  the ranges rpn-preprocess checks, and the error names rpn-train's flag."""
+  from pipeline.commands import cli as pipeline_cli
+  from trainer import cli, sampling
+  directory, manifest, _ = maps_dir
+  args = cli.train_parser().parse(["--data", directory, "--job_dir", "-", *flags])
+  with pytest.raises(pipeline_cli.UsageError, match=problem) as info:
+    sampling.check_sampling(cli.sampling_flags(args), manifest, args.seed, directory)
+  assert str(info.value).startswith(flag)
 
 
 def test_training_on_from_a_finished_job_draws_on_from_its_epoch(tmp_path):

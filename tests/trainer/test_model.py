@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+from pipeline.io.manifest import Manifest
 from tests import reference
 from tests import trainer_fixtures as fixtures
 from trainer import model as model_lib
@@ -60,12 +61,12 @@ def test_save_and_load_round_trip(tmp_path):
   manifest = fixtures.make_manifest(channels=CHANNELS, extra_field={"kept": [1, 2]})
   train_config = {"hidden": HIDDEN, "epochs": 3, "feature_mean": mean.tolist(),
                   "feature_variance": variance.tolist()}
-  model_lib.save_rpn(job, tile_model, manifest, train_config)
+  model_lib.save_rpn(job, tile_model, Manifest.from_json(manifest), train_config)
   assert sorted(os.listdir(job)) == ["manifest.json", "rpn.weights.h5", "train_config.json"]
   with open(os.path.join(job, "manifest.json")) as f:
     assert json.load(f) == manifest  # verbatim
   tile2, full2, manifest2, config2 = model_lib.load_rpn(job)
-  assert manifest2 == manifest and config2 == train_config
+  assert manifest2.to_json() == manifest and config2 == train_config
   _assert_same_rpn(tile2, full2, tile_model, rng, num_tiles=5, map_hw=(4, 5))
 
 
@@ -78,10 +79,10 @@ def test_save_untrained_rpn_loads_back_with_the_statistics_and_hidden_size(tmp_p
   train_config = {"hidden": HIDDEN, "epochs": 7, "epochs_run": [0, 1, 2, 3, 4, 5, 6],
                   "feature_mean": mean.tolist(), "feature_variance": variance.tolist(),
                   "learning_rate": 0.01}
-  model_lib.save_untrained_rpn(job, manifest, train_config)
+  model_lib.save_untrained_rpn(job, Manifest.from_json(manifest), train_config)
   assert sorted(os.listdir(job)) == ["manifest.json", "rpn.weights.h5", "train_config.json"]
   tile_model, full, manifest2, config2 = model_lib.load_rpn(job)
-  assert manifest2 == manifest
+  assert manifest2.to_json() == manifest
   # The same settings, marked as never trained.
   assert config2 == dict(train_config, epochs=0, epochs_run=[])
   assert tile_model.get_layer("rpn_conv").filters == HIDDEN
@@ -99,7 +100,8 @@ def test_save_untrained_rpn_loads_back_with_the_statistics_and_hidden_size(tmp_p
 
 def test_save_untrained_rpn_defaults_to_identity_statistics_and_default_hidden(tmp_path):
   job = str(tmp_path / "untrained")
-  model_lib.save_untrained_rpn(job, fixtures.make_manifest(channels=CHANNELS), {"epochs": 3})
+  model_lib.save_untrained_rpn(job, Manifest.from_json(fixtures.make_manifest(channels=CHANNELS)),
+                               {"epochs": 3})
   tile_model, _, _, config = model_lib.load_rpn(job)
   assert tile_model.get_layer("rpn_conv").filters == model_lib.DEFAULT_HIDDEN == 512
   norm = tile_model.get_layer("standardise")

@@ -33,17 +33,18 @@ def test_picture_name_and_glob_root():
 
 
 def test_prepare_frame_resize_and_padding():
+  """rpn-propose frames an image with its manifest's min_input_side and resize
+  (Proposer.prepare: core.frame.prepare_frame), and rpn-evaluate agrees."""
+  from pipeline.core import frame as frame_lib
   from trainer import evaluate
   image = np.zeros((24, 40, 3), np.uint8)
   gt = np.array([[2.0, 3.0, 30.0, 20.0]])
   # No resize: padded to 40 x 32 at the bottom; boxes unchanged, box_scale 1.
-  manifest = {"min_input_side": 32, "resize": {"min_side": None, "max_side": None}}
-  frame, frame_gt, box_scale = propose.prepare_frame(image, gt, manifest)
+  frame, frame_gt, box_scale = frame_lib.prepare_frame(image, gt, 32, None, None)
   assert frame.shape == (32, 40, 3) and box_scale == (1.0, 1.0)
   np.testing.assert_allclose(frame_gt, gt)
   # Resize so the short side is 48: 40 x 24 -> 80 x 48 (x 2).
-  manifest = {"min_input_side": 32, "resize": {"min_side": 48, "max_side": None}}
-  frame, frame_gt, box_scale = propose.prepare_frame(image, gt, manifest)
+  frame, frame_gt, box_scale = frame_lib.prepare_frame(image, gt, 32, 48, None)
   assert frame.shape == (48, 80, 3) and box_scale == (2.0, 2.0)
   np.testing.assert_allclose(frame_gt, gt * 2)
   # rpn-evaluate brings the XML boxes into the same frame from the recorded line.

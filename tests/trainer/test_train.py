@@ -70,7 +70,7 @@ def test_short_run_loss_falls_and_job_dir_is_complete(learnable, tmp_path):
   assert os.listdir(os.path.join(job, "logs"))  # TensorBoard events
   assert len(os.listdir(os.path.join(job, "checkpoints"))) == 6
   tile_model, full, manifest, config = model_lib.load_rpn(job)
-  assert manifest == manifest_lib.load(train_dir)
+  assert manifest == manifest_lib.Manifest.load(train_dir)
   assert config["hidden"] == 16 and config["channels"] == CHANNELS
   assert config["epochs"] == 6 and len(config["feature_mean"]) == CHANNELS
   assert config["box_loss_weight"] == 1.0
@@ -199,7 +199,7 @@ def test_rerun_of_a_finished_job_keeps_its_results(learnable, tmp_path, caplog):
 def test_feature_statistics_are_sampled_across_all_shards(tmp_path):
   data = str(tmp_path / "data")
   fixtures.write_shards(data, num_records=800, channels=CHANNELS, num_shards=8, seed=4)
-  manifest = manifest_lib.load(data)
+  manifest = manifest_lib.Manifest.load(data)
   files, report = data_lib.check_shards(data, manifest)
   centres, info = train_lib.sample_centres(manifest, files, report["records_per_shard"],
                                            max_tiles=80, seed=0)

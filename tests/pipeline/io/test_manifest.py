@@ -27,8 +27,7 @@ def _write_json(directory, content):
   return path
 
 
-# Manifest.load, and the transitional load (the dict) the trainer still calls
-LOADS = (manifest_lib.Manifest.load, manifest_lib.load)
+LOADS = (manifest_lib.Manifest.load,)
 
 
 def test_manifest_errors_name_the_file(shard_dir, tmp_path):
@@ -79,8 +78,6 @@ def test_check_compatible_names_the_differing_key():
     b_json = dict(a_json, **{key: value})
     with pytest.raises(manifest_lib.ManifestError, match=f"--val_data x: {key} is"):
       a.check_compatible(manifest_lib.Manifest.from_json(b_json), "--val_data x")
-    with pytest.raises(manifest_lib.ManifestError, match=f"--val_data x: {key} is"):
-      manifest_lib.check_compatible(a_json, b_json, "--val_data x")  # the trainer's dicts
   # As written: a key one manifest lacks differs from its default in the other.
   with pytest.raises(manifest_lib.ManifestError, match="stride_mode is None"):
     a.check_compatible(manifest_lib.Manifest.from_json(
@@ -209,7 +206,7 @@ def test_an_older_manifest_loads_with_the_defaults(tmp_path):
   for name in old["shard_files"]:
     open(os.path.join(directory, name), "wb").close()
   assert manifest_lib.Manifest.load(directory) == manifest
-  assert manifest_lib.load(directory) == old
+  assert manifest_lib.Manifest.load(directory).to_json() == old
 
 
 def test_build_lists_each_shards_bytes_and_records_in_shard_files_order():
@@ -246,9 +243,6 @@ def test_write_then_load_round_trip(tmp_path):
   assert manifest_lib.Manifest.read(manifest_lib.path_in(directory)) == manifest
   with open(manifest_lib.path_in(directory)) as f:
     assert json.load(f) == manifest.to_json()
-  # the transitional dict readers
-  assert manifest_lib.load(directory) == manifest.to_json()
-  assert manifest_lib.read(manifest_lib.path_in(directory)) == manifest.to_json()
 
 
 def test_shard_suffix_and_paths():
@@ -265,7 +259,7 @@ def test_shard_suffix_and_paths():
 
 def test_read_names_the_file(tmp_path):
   path = str(tmp_path / "manifest.json")
-  for read in (manifest_lib.Manifest.read, manifest_lib.read):
+  for read in (manifest_lib.Manifest.read,):
     with pytest.raises(manifest_lib.ManifestError, match=f"{path}: not found"):
       read(path)
     with open(path, "w") as f:
@@ -280,7 +274,6 @@ def test_read_names_the_file(tmp_path):
   # A job directory's manifest: read does not look for shards beside it.
   _write_json(str(tmp_path), fixtures.make_manifest())
   assert manifest_lib.Manifest.read(path).to_json() == fixtures.make_manifest()
-  assert manifest_lib.read(path) == fixtures.make_manifest()
 
 
 @pytest.mark.parametrize("change, message", [
@@ -328,17 +321,27 @@ def test_num_anchors_max_pixels_and_resize():
       resize={"min_side": 600, "max_side": 1000})).resize == manifest_lib.Resize(600, 1000)
 
 
-def test_the_transitional_dict_helpers_the_trainer_calls():
+def test_num_anchors_and_the_older_manifests_defaults():
   manifest = fixtures.make_manifest()
-  assert manifest_lib.num_anchors(manifest) == 9
-  assert manifest_lib.num_anchors(dict(manifest, anchor={"num_anchors": "4"})) == 4
+  assert manifest_lib.Manifest.from_json(manifest).num_anchors == 9
+  assert manifest_lib.Manifest.from_json(
+      dict(manifest, anchor={"num_anchors": "4"})).num_anchors == 4
   # Older manifests without max_pixels or resize: the defaults.
-  assert manifest_lib.max_pixels(manifest) == config.DEFAULT_MAX_PIXELS
-  assert manifest_lib.max_pixels(dict(manifest, max_pixels=1000)) == 1000
-  del manifest["resize"]
-  assert manifest_lib.resize(manifest) == {"min_side": None, "max_side": None}
-  assert manifest_lib.resize(dict(manifest, resize={"min_side": 600, "max_side": 1000})) == {
-      "min_side": 600, "max_side": 1000}
+  manifest.pop("resize"), manifest.pop("max_pixels", None)
+  older = manifest_lib.Manifest.from_json(manifest)
+  assert older.max_pixels == config.DEFAULT_MAX_PIXELS
+  assert older.resize == manifest_lib.Resize(None, None)
+
+
+def test_replaced_sets_keys_as_a_dict_update_would():
+  manifest = manifest_lib.Manifest.from_json(fixtures.make_manifest())
+  anchor = {"scales": [2.0], "ratios": [1.0], "num_anchors": 1}
+  changed = manifest.replaced(anchor=anchor, sampling="per epoch")
+  assert changed.to_json() == dict(manifest.to_json(), anchor=anchor, sampling="per epoch")
+  assert list(changed.to_json()) == list(manifest.to_json()) + ["sampling"]
+  assert changed.num_anchors == 1 and manifest.num_anchors == 9
+  with pytest.raises(manifest_lib.ManifestError, match="anchor has no num_anchors"):
+    manifest.replaced(anchor={"scales": [2.0]})
 
 
 # ---------------------------------------------------------------------------
@@ -346,9 +349,9 @@ def test_the_transitional_dict_helpers_the_trainer_calls():
 
 
 def test_check_manifest_accepts_what_the_backbone_computes():
-  backbone_lib.check_manifest(fixtures.make_manifest(channels=1536), "m")  # InceptionResNetV2
-  backbone_lib.check_manifest(fixtures.job_manifest(), "m")  # MobileNetV2, 1280 channels
-  backbone_lib.check_manifest(manifest_lib.Manifest.from_json(fixtures.job_manifest()), "m")
+  read = manifest_lib.Manifest.from_json
+  backbone_lib.check_manifest(read(fixtures.make_manifest(channels=1536)), "m")  # IRv2
+  backbone_lib.check_manifest(read(fixtures.job_manifest()), "m")  # MobileNetV2, 1280 channels
 
 
 @pytest.mark.parametrize("change, message", [
@@ -362,10 +365,8 @@ def test_check_manifest_refuses_what_does_not_fit(change, message):
   manifest = fixtures.make_manifest(channels=1536, **change)  # InceptionResNetV2, 75 px
   without = fixtures.make_manifest(channels=1536)
   del without["min_input_side"]
-  # a Manifest, or (transitional: rpn-propose's) its dict
-  for typed in (manifest_lib.Manifest.from_json, lambda d: d):
-    with pytest.raises(manifest_lib.ManifestError, match=f"^m.json: {message}"):
-      backbone_lib.check_manifest(typed(manifest), "m.json")
-    with pytest.raises(manifest_lib.ManifestError,
-                       match=r"missing keys \['min_input_side'\]"):
-      backbone_lib.check_manifest(typed(without), "m.json")
+  typed = manifest_lib.Manifest.from_json
+  with pytest.raises(manifest_lib.ManifestError, match=f"^m.json: {message}"):
+    backbone_lib.check_manifest(typed(manifest), "m.json")
+  with pytest.raises(manifest_lib.ManifestError, match=r"missing keys \['min_input_side'\]"):
+    backbone_lib.check_manifest(typed(without), "m.json")
