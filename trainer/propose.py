@@ -101,6 +101,7 @@ class Proposer:
     self.config = proposal_config
     self.channels = manifest.feature_channels
     self.num_anchors = manifest.num_anchors
+    self.anchors = manifest.anchor_config  # the scales and ratios it was trained with
     model_channels = inference_model.inputs[0].shape[-1]
     if model_channels is not None and int(model_channels) != self.channels:
       raise job.JobError(f"the RPN in {weights_path} takes {model_channels} channels but the "
@@ -158,7 +159,7 @@ class Proposer:
     stride_x, stride_y = anchors_lib.ratio_strides(width, height, feature_width, feature_height)
     anchors = anchors_lib.grid_anchors(
         feature_height, feature_width, stride_x, stride_y,
-        self.manifest.anchor_config.scales, self.manifest.anchor_config.ratios)
+        self.anchors.scales, self.anchors.ratios)
     return scores.reshape(-1), deltas.reshape(-1, 4), anchors
 
   def __call__(self, frame: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,6 @@ Element flow (one element per image until SampleTargets fans out to records):
 from __future__ import annotations
 
 import hashlib
-import logging
 from typing import Optional
 
 import apache_beam as beam
@@ -24,9 +23,6 @@ from pipeline.beam import dofns, elements
 from pipeline.core import config as config_lib
 from pipeline.io import ilsvrc
 from pipeline.model import registry
-
-_LOGGER = logging.getLogger(__name__)
-
 
 # ---------------------------------------------------------------------------
 # Listing and pairing
