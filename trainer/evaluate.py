@@ -3,7 +3,9 @@
     rpn-evaluate --proposals DIR --input ROOT [--split DET/val] [--output DIR]
 
 Brings the XML boxes into each proposals.jsonl line's frame and computes the
-recall of trainer/recall.py for the top 10, 100, 300 and 1000 proposals.
+recall of trainer/recall.py for the top 10, 100, 300 and 1000 proposals,
+overall and by gt box size (COCO's small, medium and large, by the box's area
+in the original image's pixels).
 Images that rpn-propose could not read or propose for (its errors.jsonl) stay
 in the denominator: their XML boxes count as missed at every IoU. Writes
 recall.json and recall.png (recall versus IoU, one curve per top N) into
@@ -23,6 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from pipeline.commands import cli, preflight
+from pipeline.core import boxes as boxes_lib
 from pipeline.core import config
 from pipeline.io import ilsvrc, storage
 from pipeline.io import images as images_lib
@@ -110,6 +113,18 @@ def frame_gt_boxes(annotation, line: dict) -> np.ndarray:
   return boxes * np.array([box_scale[0], box_scale[1]] * 2, np.float64)
 
 
+def original_areas(frame_boxes: np.ndarray, line: dict) -> np.ndarray:
+  """Areas float64 [G] of frame_gt_boxes' boxes in the original image's square pixels.
+
+  The frame is the image scaled by the line's `box_scale` (padding adds none),
+  so the area in the image is the frame's area over sx * sy.
+  """
+  resized = line.get("image_width") is not None and line.get("image_height") is not None
+  sx, sy = line.get("box_scale", [1.0, 1.0]) if resized else (1.0, 1.0)  # as frame_gt_boxes
+  frame_boxes = np.asarray(frame_boxes, np.float64).reshape(-1, 4)
+  return boxes_lib.box_area(frame_boxes) / (float(sx) * float(sy))
+
+
 def xml_gt_boxes(annotation) -> np.ndarray:
   """gt boxes float64 [G, 4] of an XML annotation alone, for an image that was never read.
 
@@ -142,9 +157,10 @@ def load_unreadable_gt(error_records: Sequence[dict], lines: Sequence[dict], ima
                        annotations_dir: str) -> Tuple[List[dict], Dict[str, int], List[dict]]:
   """(unreadable, counts, errors) for the images of errors.jsonl, whose gt all count as missed.
 
-  unreadable: one {"image_id", "stage", "num_gt"} per failed image (an image
-  also in proposals.jsonl, or listed twice, counts once); num_gt is the number
-  of its XML boxes (xml_gt_boxes), 0 without annotation. counts:
+  unreadable: one {"image_id", "stage", "num_gt", "gt_areas"} per failed image
+  (an image also in proposals.jsonl, or listed twice, counts once); num_gt is
+  the number of its XML boxes (xml_gt_boxes), 0 without annotation, and
+  gt_areas their areas (the XML's pixels are the original image's). counts:
   images_unreadable_without_annotation, images_unreadable_without_id (records
   whose image cannot be named). errors: annotations that cannot be parsed
   (stage "annotation"; their images count with 0 gt boxes).
@@ -158,33 +174,41 @@ def load_unreadable_gt(error_records: Sequence[dict], lines: Sequence[dict], ima
       counts["images_unreadable_without_id"] += 1
       _LOGGER.warning("%s: cannot tell which image failed (no image_id); its gt boxes are not "
                       "counted", record["path"])
-      unreadable.append({"image_id": None, "stage": record["stage"], "num_gt": 0})
+      unreadable.append({"image_id": None, "stage": record["stage"], "num_gt": 0,
+                         "gt_areas": []})
       continue
     if image_id in proposed or image_id in seen:
       continue
     seen.add(image_id)
     path = f"{annotations_dir}/{image_id}{ilsvrc.ANNOTATION_EXTENSION}"
-    num_gt = 0
+    gt_boxes = np.zeros((0, 4))
     if not storage.exists(path):
       counts["images_unreadable_without_annotation"] += 1
     else:
       try:
-        num_gt = len(xml_gt_boxes(ilsvrc.parse_annotation(ilsvrc.read_bytes(path))))
+        gt_boxes = xml_gt_boxes(ilsvrc.parse_annotation(ilsvrc.read_bytes(path)))
       except (images_lib.InputError, OSError) as e:
         errors.append({"path": path, "stage": "annotation", "reason": str(e)})
-    unreadable.append({"image_id": image_id, "stage": record["stage"], "num_gt": int(num_gt)})
+    unreadable.append({"image_id": image_id, "stage": record["stage"],
+                       "num_gt": int(len(gt_boxes)),
+                       "gt_areas": boxes_lib.box_area(gt_boxes).tolist()})
   return unreadable, counts, errors
 
 
 def load_gt(lines: List[dict], annotations_dir: str):
-  """(gt_per_image, counts, errors) for the images of proposals.jsonl."""
-  gt_per_image, errors = [], []
+  """(gt_per_image, areas_per_image, counts, errors) for the images of proposals.jsonl.
+
+  gt_per_image: [G, 4] boxes in each line's frame; areas_per_image: [G] their
+  areas in the original image's pixels (original_areas).
+  """
+  gt_per_image, areas_per_image, errors = [], [], []
   counts = {"images": len(lines), "images_without_annotation": 0, "annotation_errors": 0}
   for line in lines:
     path = f"{annotations_dir}/{line['image_id']}{ilsvrc.ANNOTATION_EXTENSION}"
     if not storage.exists(path):
       counts["images_without_annotation"] += 1
       gt_per_image.append(np.zeros((0, 4)))
+      areas_per_image.append(np.zeros(0))
       continue
     try:
       annotation = ilsvrc.parse_annotation(ilsvrc.read_bytes(path))
@@ -192,9 +216,12 @@ def load_gt(lines: List[dict], annotations_dir: str):
       counts["annotation_errors"] += 1
       errors.append({"path": path, "stage": "annotation", "reason": str(e)})
       gt_per_image.append(np.zeros((0, 4)))
+      areas_per_image.append(np.zeros(0))
       continue
-    gt_per_image.append(frame_gt_boxes(annotation, line))
-  return gt_per_image, counts, errors
+    boxes = frame_gt_boxes(annotation, line)
+    gt_per_image.append(boxes)
+    areas_per_image.append(original_areas(boxes, line))
+  return gt_per_image, areas_per_image, counts, errors
 
 
 def recall_plot(results: Dict[str, dict], title: str) -> bytes:
@@ -250,21 +277,26 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
   images_dir, annotations_dir = ilsvrc.layout_roots(input_root=args.input, split=args.split)
   lines = read_proposals(args.proposals)
   error_records = read_errors(args.proposals)
-  gt_per_image, counts, errors = load_gt(lines, annotations_dir)
+  gt_per_image, areas_per_image, counts, errors = load_gt(lines, annotations_dir)
   unreadable, unreadable_counts, unreadable_errors = load_unreadable_gt(
       error_records or [], lines, images_dir, annotations_dir)
   counts.update(unreadable_counts)
   errors += unreadable_errors
   num_gt_unreadable = sum(u["num_gt"] for u in unreadable)
   unreadable_with_gt = sum(1 for u in unreadable if u["num_gt"])
-  results = recall_lib.evaluate(lines, gt_per_image, args.top_n, missed_gt=num_gt_unreadable,
-                                missed_images=unreadable_with_gt)
+  results = recall_lib.evaluate(
+      lines, gt_per_image, args.top_n, missed_gt=num_gt_unreadable,
+      missed_images=unreadable_with_gt, areas_per_image=areas_per_image,
+      missed_areas=[area for u in unreadable for area in u["gt_areas"]])
   recall = {
       "proposals": args.proposals,
       "annotations": annotations_dir,
       "errors_file": (storage.join(args.proposals, ERRORS_NAME)
                       if error_records is not None else None),
       "iou_thresholds": list(recall_lib.IOU_THRESHOLDS),
+      # results[N]["by_size"]: gt boxes by area in the original image's pixels, [low, high).
+      "area_ranges": {name: [low, None if high == float("inf") else high]
+                      for name, (low, high) in recall_lib.AREA_RANGES.items()},
       # Every image: those of proposals.jsonl and those of errors.jsonl.
       "num_images": len(lines) + len(unreadable),
       "num_images_proposed": len(lines),

@@ -6,8 +6,15 @@ greedy one-to-one matching of py-faster-rcnn's `evaluate_recall` and
 detectron2's `_evaluate_box_proposals`. Images without gt boxes contribute
 nothing; gt boxes of images without proposals (`missed_gt`) count as missed.
 
-Units: boxes are x1, y1, x2, y2 in continuous pixels of one frame; IoU
-thresholds and recalls are fractions in [0, 1].
+By size (COCO's area ranges): the same recall over the gt boxes of one size
+only, small (area < 32²), medium (32² to 96²) or large (>= 96²), the area
+measured in the original image's pixels. As detectron2's
+`_evaluate_box_proposals` does, the other gt boxes are left out before the
+matching, so a proposal can match a box of the size asked for only.
+
+Units: boxes are x1, y1, x2, y2 in continuous pixels of one frame; areas in
+square pixels of the original image; IoU thresholds and recalls are fractions
+in [0, 1].
 
 Shape shorthand:
   P  proposals of one image, sorted by score (descending)
@@ -16,7 +23,8 @@ Shape shorthand:
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -25,6 +33,9 @@ from pipeline.core import boxes as boxes_lib
 TOP_NS = (10, 100, 300, 1000)
 # 0.5, 0.55, ..., 0.95, rounded so that 0.7 is exactly 0.7.
 IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+# COCO's gt box sizes: [low, high) of the area in square pixels of the original image.
+AREA_RANGES: Dict[str, Tuple[float, float]] = {
+    "small": (0.0, 32.0 ** 2), "medium": (32.0 ** 2, 96.0 ** 2), "large": (96.0 ** 2, math.inf)}
 
 
 def match_gt_overlaps(proposals: np.ndarray, gt_boxes: np.ndarray) -> np.ndarray:
@@ -109,6 +120,39 @@ def evaluate_recall(proposals_per_image: Sequence[np.ndarray],
   }
 
 
+def size_masks(areas: np.ndarray) -> Dict[str, np.ndarray]:
+  """{size name: bool mask [G]} of gt areas (square pixels of the original image)."""
+  areas = np.asarray(areas, np.float64).reshape(-1)
+  return {name: (areas >= low) & (areas < high) for name, (low, high) in AREA_RANGES.items()}
+
+
+def evaluate_by_size(proposals_per_image: Sequence[np.ndarray],
+                     gt_per_image: Sequence[np.ndarray],
+                     areas_per_image: Sequence[np.ndarray], top_n: Optional[int] = None,
+                     thresholds: Sequence[float] = IOU_THRESHOLDS,
+                     missed_areas: Sequence[float] = ()) -> Dict[str, dict]:
+  """{"small"|"medium"|"large": {num_gt, recall@0.5, recall@0.7, ar}} (AREA_RANGES).
+
+  areas_per_image: [G] arrays, the area of each gt box in the original
+  image's pixels (the boxes themselves are in the proposals' frame);
+  missed_areas: the areas of gt boxes without any proposals array (see
+  evaluate_recall's missed_gt). Each size is evaluated with the gt boxes of
+  that size alone, so the one-to-one matching runs among them only.
+  """
+  if len(areas_per_image) != len(gt_per_image):
+    raise ValueError(f"{len(areas_per_image)} area arrays but {len(gt_per_image)} gt arrays")
+  masks_per_image = [size_masks(areas) for areas in areas_per_image]
+  missed_masks = size_masks(np.asarray(missed_areas, np.float64))
+  out = {}
+  for name in AREA_RANGES:
+    gt_of_size = [np.asarray(gt, np.float64).reshape(-1, 4)[masks[name]]
+                  for gt, masks in zip(gt_per_image, masks_per_image, strict=True)]
+    r = evaluate_recall(proposals_per_image, gt_of_size, top_n, thresholds,
+                        missed_gt=int(missed_masks[name].sum()))
+    out[name] = {key: r[key] for key in ("num_gt", "recall@0.5", "recall@0.7", "ar")}
+  return out
+
+
 # ---------------------------------------------------------------------------
 # Tables
 
@@ -118,13 +162,29 @@ def _fmt(value: Optional[float], width: int = 6) -> str:
 
 
 def format_table(recall: dict) -> str:
-  """recall.json (or its "results" part) as a text table, one row per top N."""
+  """recall.json (or its "results" part) as a text table, one row per top N.
+
+  AR by size (AR_S, AR_M, AR_L) shows where the results hold it ("by_size"),
+  with a last line giving the gt boxes of each size.
+  """
   per_top = recall.get("results", recall)
-  lines = [f"{'top N':>6} {'props/img':>9} {'R@0.5':>6} {'R@0.7':>6} {'AR':>6}"]
+  by_size = all("by_size" in r for r in per_top.values()) and bool(per_top)
+  header = f"{'top N':>6} {'props/img':>9} {'R@0.5':>6} {'R@0.7':>6} {'AR':>6}"
+  if by_size:
+    header += f" {'AR_S':>6} {'AR_M':>6} {'AR_L':>6}"
+  lines = [header]
   for key in sorted(per_top, key=int):
     r = per_top[key]
-    lines.append(f"{int(key):>6} {r['mean_proposals']:>9.1f} {_fmt(r['recall@0.5'])} "
-                 f"{_fmt(r['recall@0.7'])} {_fmt(r['ar'])}")
+    row = (f"{int(key):>6} {r['mean_proposals']:>9.1f} {_fmt(r['recall@0.5'])} "
+           f"{_fmt(r['recall@0.7'])} {_fmt(r['ar'])}")
+    if by_size:
+      row += "".join(f" {_fmt(r['by_size'][name]['ar'])}" for name in AREA_RANGES)
+    lines.append(row)
+  if by_size:
+    sizes = next(iter(per_top.values()))["by_size"]
+    lines.append("(gt boxes by size, area in original pixels: " + ", ".join(
+        f"{sizes[name]['num_gt']} {name}" for name in AREA_RANGES)
+        + "; small < 32², medium < 96²)")
   return "\n".join(lines)
 
 
@@ -175,13 +235,25 @@ def _num_images(result: dict):
 def evaluate(lines: List[dict], gt_per_image: List[np.ndarray],
              top_ns: Sequence[int] = TOP_NS,
              thresholds: Sequence[float] = IOU_THRESHOLDS, missed_gt: int = 0,
-             missed_images: int = 0) -> Dict[str, dict]:
+             missed_images: int = 0,
+             areas_per_image: Optional[Sequence[np.ndarray]] = None,
+             missed_areas: Sequence[float] = ()) -> Dict[str, dict]:
   """{str(top_n): evaluate_recall(...)} over proposals.jsonl lines (boxes sorted by score).
 
   missed_gt, missed_images: gt boxes (and the images holding them) that have
-  no line, counted as missed in every result (see evaluate_recall).
+  no line, counted as missed in every result (see evaluate_recall). With
+  areas_per_image (and missed_areas, the areas of the missed_gt boxes), each
+  result also holds "by_size": evaluate_by_size(...).
   """
+  if areas_per_image is not None and len(missed_areas) != missed_gt:
+    raise ValueError(f"{len(missed_areas)} missed areas for {missed_gt} missed gt boxes")
   proposals_per_image = [np.asarray(line["boxes"], np.float64).reshape(-1, 4) for line in lines]
-  return {str(n): evaluate_recall(proposals_per_image, gt_per_image, n, thresholds,
-                                  missed_gt, missed_images)
-          for n in top_ns}
+  results = {}
+  for n in top_ns:
+    result = evaluate_recall(proposals_per_image, gt_per_image, n, thresholds, missed_gt,
+                             missed_images)
+    if areas_per_image is not None:
+      result["by_size"] = evaluate_by_size(proposals_per_image, gt_per_image, areas_per_image,
+                                           n, thresholds, missed_areas)
+    results[str(n)] = result
+  return results

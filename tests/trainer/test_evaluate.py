@@ -81,7 +81,7 @@ def test_evaluate_end_to_end(proposals, val_dataset, tmp_path, capsys):
     assert plot.size[0] > 300 and plot.size[1] > 200
   # The XML boxes evaluated are those rpn-propose recorded in the frame.
   lines = helpers.read_jsonl(os.path.join(proposals, "proposals.jsonl"))
-  gt, _, _ = evaluate.load_gt(lines, os.path.join(val_dataset, "Annotations", "DET", "val"))
+  gt, _, _, _ = evaluate.load_gt(lines, os.path.join(val_dataset, "Annotations", "DET", "val"))
   for line, boxes in zip(lines, gt, strict=True):
     np.testing.assert_allclose(boxes.reshape(-1, 4),
                                np.asarray(line.get("gt_boxes", [])).reshape(-1, 4))
@@ -147,8 +147,21 @@ def test_unreadable_images_count_their_gt_as_missed(tmp_path, capsys):
     assert r["recalls"] == pytest.approx([1 / 3] * 7 + [0.0] * 3)
     assert r["ar"] == pytest.approx(7 / 30)
     assert r["mean_proposals"] == 1.0  # over the images of proposals.jsonl
+    # By size: "good" (100x100, large) found at 0.83; the 2 boxes of "bad" (40x40,
+    # medium) missed; no small box.
+    assert r["by_size"]["large"] == {"num_gt": 1, "recall@0.5": 1.0, "recall@0.7": 1.0,
+                                     "ar": pytest.approx(0.7)}
+    assert r["by_size"]["medium"] == {"num_gt": 2, "recall@0.5": 0.0, "recall@0.7": 0.0,
+                                      "ar": 0.0}
+    assert r["by_size"]["small"] == {"num_gt": 0, "recall@0.5": None, "recall@0.7": None,
+                                     "ar": None}
+  assert result["area_ranges"] == {"small": [0.0, 1024.0], "medium": [1024.0, 9216.0],
+                                   "large": [9216.0, None]}
   table = recall.format_table(result)
-  assert table.splitlines()[1].split() == ["10", "1.0", "0.333", "0.333", "0.233"]
+  assert table.splitlines()[0].split()[-3:] == ["AR_S", "AR_M", "AR_L"]
+  assert table.splitlines()[1].split() == ["10", "1.0", "0.333", "0.333", "0.233", "-",
+                                           "0.000", "0.700"]
+  assert "0 small, 2 medium, 1 large" in table.splitlines()[-1]
   with Image.open(os.path.join(out, "recall.png")) as plot:
     assert plot.mode in ("RGB", "RGBA") and plot.size[0] > 0
 
@@ -171,6 +184,25 @@ def test_without_errors_file_recall_covers_proposals_only(tmp_path, caplog):
   assert "errors.jsonl not found" in caplog.text
   assert result["num_images_unreadable"] == 0 and result["errors_file"] is None
   assert result["num_gt"] == 1 and result["results"]["10"]["recall@0.5"] == 1.0
+
+
+def test_sizes_are_measured_in_the_original_image(tmp_path):
+  # A 50x50 image proposed for at twice its size (frame 100x100, box_scale 2):
+  # its 20x20 box is 40x40 in the frame, but small (area 400 < 32²) in the image.
+  root, proposals = str(tmp_path / "ilsvrc"), str(tmp_path / "proposals")
+  _write_xml(root, "img", 50, 50, [(0, 0, 19, 19)])
+  _write_jsonl(os.path.join(proposals, "proposals.jsonl"), [{
+      "image_id": "img", "width": 100, "height": 100, "boxes": [[0, 0, 40, 40]],
+      "scores": [0.9], "image_width": 50, "image_height": 50, "box_scale": [2.0, 2.0]}])
+  _write_jsonl(os.path.join(proposals, "errors.jsonl"), [])
+  by_size = evaluate.run(["--proposals", proposals, "--input", root])["results"]["10"]["by_size"]
+  assert by_size["small"]["num_gt"] == 1 and by_size["small"]["recall@0.7"] == 1.0
+  assert by_size["medium"]["num_gt"] == 0 and by_size["large"]["num_gt"] == 0
+  frame_boxes = np.array([[0, 0, 40, 40]], np.float64)
+  line = {"image_width": 50, "image_height": 50, "box_scale": [2.0, 2.0]}
+  np.testing.assert_allclose(evaluate.original_areas(frame_boxes, line), [400.0])
+  # A line without the image's size was not resized: the frame's area.
+  np.testing.assert_allclose(evaluate.original_areas(frame_boxes, {}), [1600.0])
 
 
 def test_xml_gt_boxes_without_size():

@@ -169,3 +169,63 @@ def test_missed_gt_count_as_misses_at_every_threshold():
   assert recall.format_table({"results": results}).splitlines()[1].split() == [
       "1", "1.0", "0.250", "0.250", "0.175"]
   assert "4 gt boxes in 3 images" in recall.format_comparison({"a": {"results": results}})
+
+
+def test_area_ranges_are_cocos():
+  masks = recall.size_masks(np.array([0.0, 1023.9, 1024.0, 9215.9, 9216.0, 1e9]))
+  assert masks["small"].tolist() == [True, True, False, False, False, False]
+  assert masks["medium"].tolist() == [False, False, True, True, False, False]
+  assert masks["large"].tolist() == [False, False, False, False, True, True]
+
+
+def test_by_size_matches_among_boxes_of_one_size():
+  # The two gts of test_two_gts_compete_for_one_proposal: G1 100x100 (large),
+  # G2 100x90 (area 9000: medium); one proposal P, IoU 0.96 with G1 and 0.9375
+  # with G2. Overall P goes to G1 and G2 is missed; by size (detectron2's
+  # _evaluate_box_proposals filters the gt boxes before matching) each size
+  # has P to itself: both found.
+  gts = np.array([[0, 0, 100, 100], [0, 0, 100, 90]], np.float64)
+  proposals = [np.array([[0, 0, 100, 96]], np.float64)]
+  areas = [np.array([10000.0, 9000.0])]
+  overall = recall.evaluate_recall(proposals, [gts], top_n=10)
+  by_size = recall.evaluate_by_size(proposals, [gts], areas, top_n=10)
+  assert overall["recall@0.5"] == 0.5
+  assert by_size["large"] == {"num_gt": 1, "recall@0.5": 1.0, "recall@0.7": 1.0, "ar": 1.0}
+  assert by_size["medium"]["num_gt"] == 1 and by_size["medium"]["recall@0.7"] == 1.0
+  assert by_size["medium"]["ar"] == pytest.approx(0.9)  # 0.9375 < 0.95 only
+  assert by_size["small"] == {"num_gt": 0, "recall@0.5": None, "recall@0.7": None, "ar": None}
+  # The areas decide the size, not the boxes (areas come from the original image).
+  swapped = recall.evaluate_by_size(proposals, [gts], [np.array([100.0, 100.0])], top_n=10)
+  assert swapped["small"]["num_gt"] == 2 and swapped["small"]["recall@0.5"] == 0.5
+
+
+def test_by_size_counts_missed_boxes_in_their_size():
+  proposals = [np.array([[0, 0, 100, 100.0]])]
+  results = recall.evaluate(
+      [{"boxes": proposals[0].tolist()}], [GT], top_ns=(10,), missed_gt=2, missed_images=1,
+      areas_per_image=[np.array([10000.0])], missed_areas=[100.0, 20000.0])
+  by_size = results["10"]["by_size"]
+  assert by_size["small"] == {"num_gt": 1, "recall@0.5": 0.0, "recall@0.7": 0.0, "ar": 0.0}
+  assert by_size["large"]["num_gt"] == 2 and by_size["large"]["recall@0.5"] == 0.5
+  assert by_size["medium"]["num_gt"] == 0
+  # The sizes add up to the whole.
+  assert sum(s["num_gt"] for s in by_size.values()) == results["10"]["num_gt"] == 3
+  with pytest.raises(ValueError, match="1 missed areas for 2 missed gt"):
+    recall.evaluate([{"boxes": []}], [GT], top_ns=(10,), missed_gt=2,
+                    areas_per_image=[np.array([1.0])], missed_areas=[1.0])
+  with pytest.raises(ValueError, match="0 area arrays but 1 gt arrays"):
+    recall.evaluate_by_size(proposals, [GT], [], top_n=10)
+
+
+def test_format_table_with_sizes():
+  result = _result(0.8, 0.6, 0.5, top_ns=(100, 300))
+  for r in result["results"].values():
+    r["by_size"] = {"small": {"num_gt": 2, "ar": 0.1}, "medium": {"num_gt": 2, "ar": None},
+                    "large": {"num_gt": 1, "ar": 0.9}}
+  lines = recall.format_table(result).splitlines()
+  assert lines[0].split() == ["top", "N", "props/img", "R@0.5", "R@0.7", "AR", "AR_S", "AR_M",
+                              "AR_L"]
+  assert lines[2].split() == ["300", "300.0", "0.800", "0.600", "0.500", "0.100", "-", "0.900"]
+  assert lines[-1].startswith("(gt boxes by size") and "2 small, 2 medium, 1 large" in lines[-1]
+  # Older results without sizes keep the short table.
+  assert "AR_S" not in recall.format_table(_result(0.8, 0.6, 0.5))
