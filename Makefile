@@ -42,7 +42,7 @@ PREPROCESS_FLAGS = --backbone $(BACKBONE) --weights $(WEIGHTS) $(if $(LAYOUT),--
   $(PREPROCESS_ARGS) $(BEAM_ARGS)
 TEST_ARGS ?=
 
-.PHONY: install sample-data preprocess preprocess-portable anchors train propose evaluate demo lint test test-fast bench quality gpu-check draw clean
+.PHONY: install sample-data preprocess preprocess-portable anchors train propose evaluate demo lint test test-fast bench quality quality-real gpu-check draw clean
 
 install: $(STAMP)
 
@@ -110,9 +110,21 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
 # Proposal quality on real features (VGG16 weights from RPN_VGG16_WEIGHTS or
-# ../shared/weights): three settings trained and evaluated on the same held-out images.
-quality: $(STAMP)
+# ../shared/weights): three settings trained and evaluated on the same held-out
+# sample images; then real photographs (RPN_REAL_PHOTOS or ../shared/data/coco_real)
+# over 3 seeds beside Selective Search (the bench extra: OpenCV contrib).
+BENCH_STAMP := $(VENV)/.bench-installed
+REAL_ARGS ?=
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]' || echo "OpenCV contrib not installed: the Selective Search row will be skipped"
+	touch $(BENCH_STAMP)
+
+quality: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python -m bench.quality $(QUALITY_ARGS)
+	$(BIN)/python -m bench.real_photos $(REAL_ARGS)
+
+quality-real: $(STAMP) $(BENCH_STAMP)
+	$(BIN)/python -m bench.real_photos $(REAL_ARGS)
 
 # The one check to run on a GPU machine before a release (under 5 minutes):
 # 2 epochs on its own sample shards on the CPU, the GPU(s) and in mixed

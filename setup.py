@@ -27,6 +27,8 @@ setuptools.setup(
         "cpu": [f"tensorflow-cpu=={TF_VERSION}", "tensorboard"],
         "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}", "tensorboard"],
         "gcp": ["apache-beam[gcp,tfrecord]>=2.77,<3"],
+        # make quality's Selective Search baseline only; not used by the product.
+        "bench": ["opencv-contrib-python-headless>=4.8"],
         "test": [f"tensorflow-cpu=={TF_VERSION}", "tensorboard", "pytest>=8", "pytest-timeout>=2",
                  "ruff>=0.15"],
     },
