@@ -244,13 +244,16 @@ HELD_OUT_COLUMNS = ("ar@100", "ar@300", "ar@1000", "ar_small@300", "ar_medium@30
 RECALL_COLUMNS = tuple(f"r@{n}@{iou}" for n in TOP_NS for iou in ("0.5", "0.7"))
 
 
+WIDTH = 14  # a column: "ar_medium@300" or "0.123±0.004", with room between
+
+
 def _cell(summary: Dict, key: str, spread: bool) -> str:
   s = summary.get(key)
   if s is None:
-    return f"{'-':>12}"
+    return f"{'-':>{WIDTH}}"
   if not spread:
-    return f"{s['mean']:>12.3f}" if isinstance(s, dict) else f"{s:>12.3f}"
-  return f"{s['mean']:>6.3f}±{s['sd']:<5.3f}"
+    return f"{s['mean']:>{WIDTH}.3f}" if isinstance(s, dict) else f"{s:>{WIDTH}.3f}"
+  return f"{'':>{WIDTH - 11}}{s['mean']:>5.3f}±{s['sd']:<5.3f}"
 
 
 def format_tables(result: Dict) -> str:
@@ -261,7 +264,7 @@ def format_tables(result: Dict) -> str:
   for title, columns in (("held-out DET/val", HELD_OUT_COLUMNS),
                          ("held-out DET/val, recall", RECALL_COLUMNS)):
     lines = [f"{title}: mean±sd over seeds {seeds}",
-             f"{'':<18}" + "".join(f"{c:>12}" for c in columns)]
+             f"{'':<18}" + "".join(f"{c:>{WIDTH}}" for c in columns)]
     for r in recipes:
       lines.append(f"{r['recipe']['name']:<18}"
                    + "".join(_cell(r["held_out"], c, True) for c in columns))

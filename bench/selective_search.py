@@ -5,10 +5,12 @@
 
 OpenCV's Selective Search (opencv-contrib-python-headless: the `bench` extra,
 not a dependency of the product), fast mode, on each image as it is stored
-(no resize), boxes in its own order (its hierarchy), the first --max_boxes
-of them. Writes DIR/proposals.jsonl in rpn-propose's format (image_id, width,
-height, boxes; no scores: the order is the ranking) and DIR/errors.jsonl, so
-that rpn-evaluate reads it as it reads the RPN's.
+(no resize), boxes in its own order (its hierarchy levels, randomly
+ranked as in the method's paper; seeded from each image id so that a run
+repeats), the first --max_boxes of them. Writes DIR/proposals.jsonl in
+rpn-propose's format (image_id, width, height, boxes; no scores: the order
+is the ranking) and DIR/errors.jsonl, so that rpn-evaluate reads it as it
+reads the RPN's.
 
 Units: boxes are x1, y1, x2, y2 in continuous pixels of the stored image
 (OpenCV's x, y, w, h rectangle becomes x, y, x + w, y + h).
@@ -16,6 +18,8 @@ Units: boxes are x1, y1, x2, y2 in continuous pixels of the stored image
 from __future__ import annotations
 
 import argparse
+import ctypes
+import hashlib
 import json
 import multiprocessing
 import os
@@ -50,8 +54,23 @@ def rects_to_boxes(rects: np.ndarray) -> np.ndarray:
   return np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], axis=1)
 
 
+def seed_ranking(image_id: str) -> None:
+  """Seeds Selective Search's pseudo-random ranking for one image (sha256 of its id).
+
+  OpenCV ranks the regions as the method's paper does, each hierarchy level
+  times a random number from the C library's rand() (cv2.setRNGSeed does not
+  reach it), so without a seed the order changes from run to run.
+  """
+  seed = int.from_bytes(hashlib.sha256(image_id.encode("utf-8")).digest()[:4], "little")
+  ctypes.CDLL(None).srand(ctypes.c_uint(seed))
+
+
 def propose_image(rgb: np.ndarray, max_boxes: int = MAX_BOXES) -> np.ndarray:
-  """Selective Search (fast mode) boxes float64 [<= max_boxes, 4] of an RGB uint8 [H, W, 3]."""
+  """Selective Search (fast mode) boxes float64 [<= max_boxes, 4] of an RGB uint8 [H, W, 3].
+
+  Its order depends on the C library's rand(): seed_ranking first for the same
+  boxes every time.
+  """
   import cv2
 
   cv2.setNumThreads(1)  # one image per process; the processes share the cores
@@ -69,6 +88,7 @@ def _propose_path(task: Tuple[str, str, int]) -> dict:
   except (images_lib.InputError, OSError) as e:
     return {"error": {"path": path, "image_id": image_id, "stage": "decode", "reason": str(e)}}
   start = time.monotonic()
+  seed_ranking(image_id)
   boxes = propose_image(rgb, max_boxes)
   height, width = rgb.shape[:2]
   return {"image_id": image_id, "width": width, "height": height, "image_width": width,

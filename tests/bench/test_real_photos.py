@@ -104,3 +104,8 @@ def test_selective_search_on_an_image():
   # The rectangle itself is among them.
   assert any(np.allclose(b, [40, 30, 120, 90], atol=2) for b in boxes), boxes[:10]
   assert math.isfinite(float(boxes.sum()))
+  # Its random ranking, seeded per image id: the same order every time.
+  selective_search.seed_ranking("a/b")
+  first = selective_search.propose_image(rgb, max_boxes=50)
+  selective_search.seed_ranking("a/b")
+  np.testing.assert_array_equal(selective_search.propose_image(rgb, max_boxes=50), first)
