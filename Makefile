@@ -112,18 +112,14 @@ bench: $(STAMP)
 # Proposal quality on real features (VGG16 weights from RPN_VGG16_WEIGHTS or
 # ../shared/weights): three settings trained and evaluated on the same held-out
 # sample images; then real photographs (RPN_REAL_PHOTOS or ../shared/data/coco_real)
-# over 3 seeds beside Selective Search (the bench extra: OpenCV contrib).
-BENCH_STAMP := $(VENV)/.bench-installed
+# over 3 seeds beside Selective Search (OpenCV contrib: the bench extra, which
+# the test extra includes).
 REAL_ARGS ?=
-$(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]' || echo "OpenCV contrib not installed: the Selective Search row will be skipped"
-	touch $(BENCH_STAMP)
-
-quality: $(STAMP) $(BENCH_STAMP)
+quality: $(STAMP)
 	$(BIN)/python -m bench.quality $(QUALITY_ARGS)
 	$(BIN)/python -m bench.real_photos $(REAL_ARGS)
 
-quality-real: $(STAMP) $(BENCH_STAMP)
+quality-real: $(STAMP)
 	$(BIN)/python -m bench.real_photos $(REAL_ARGS)
 
 # The one check to run on a GPU machine before a release (under 5 minutes):

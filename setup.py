@@ -27,10 +27,10 @@ setuptools.setup(
         "cpu": [f"tensorflow-cpu=={TF_VERSION}", "tensorboard"],
         "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}", "tensorboard"],
         "gcp": ["apache-beam[gcp,tfrecord]>=2.77,<3"],
-        # make quality's Selective Search baseline only; not used by the product.
+        # make quality's Selective Search baseline (and its test) only; not used by the product.
         "bench": ["opencv-contrib-python-headless>=4.8"],
         "test": [f"tensorflow-cpu=={TF_VERSION}", "tensorboard", "pytest>=8", "pytest-timeout>=2",
-                 "ruff>=0.15"],
+                 "ruff>=0.15", "opencv-contrib-python-headless>=4.8"],
     },
     entry_points={
         "console_scripts": [
