@@ -64,7 +64,8 @@ class Recipe:
 
   anchors: "suggested" takes rpn-anchors' suggested scales and ratios for
   DET/train (found with frame_flags and anchors_flags); "given" uses the
-  scales and ratios in preprocess_flags as they are. reuses: the name of a
+  scales and ratios in preprocess_flags as they are; with layout "maps" the
+  anchor flags go to rpn-train instead of rpn-preprocess. reuses: the name of a
   recipe (run before it) whose trained jobs this one proposes with, for a
   recipe that only changes rpn-propose's flags.
   """
@@ -78,6 +79,7 @@ class Recipe:
   train_flags: Tuple[str, ...] = ()
   propose_flags: Tuple[str, ...] = ()
   reuses: Optional[str] = None
+  layout: str = "tiles"  # maps: the anchors go to rpn-train, drawn afresh every epoch
 
 
 # The README's recipe first; each other recipe changes one lever.
@@ -88,6 +90,8 @@ RECIPES: Dict[str, Recipe] = {r.name: r for r in (
     Recipe("block4", "readme at the stride-8 layer block4_conv3", feature_layer="block4_conv3"),
     Recipe("scales6", "readme with rpn-anchors searching 6 scales (from 1,2,4,8,16,32)",
            anchors_flags=("--scales", "1,2,4,8,16,32")),
+    Recipe("maps", "readme in the maps layout: anchors sampled afresh every epoch",
+           layout="maps"),
     Recipe("minsize0", "readme + rpn-propose --min_size 0", propose_flags=("--min_size", "0"),
            reuses="readme"),
 )}
@@ -174,9 +178,10 @@ def run_seed(args, recipe: Recipe, anchor_flags: Sequence[str], seed: int) -> Di
       raise SystemExit(f"recipe {recipe.name} proposes with {recipe.reuses}'s jobs: run "
                        f"--recipes {recipe.reuses},{recipe.name}")
     return propose_and_evaluate(args, recipe, job, out, seed, {})
+  maps = recipe.layout == "maps"
   common = ["--backbone", "VGG16", "--weights", args.weights, "--feature_layer",
-            recipe.feature_layer, "--seed", str(seed), *recipe.frame_flags, *anchor_flags,
-            *recipe.preprocess_flags]
+            recipe.feature_layer, "--seed", str(seed), "--layout", recipe.layout,
+            *recipe.frame_flags, *([] if maps else anchor_flags), *recipe.preprocess_flags]
   seconds = {}
   start = time.monotonic()
   for split in ("train", "val"):
@@ -189,7 +194,8 @@ def run_seed(args, recipe: Recipe, anchor_flags: Sequence[str], seed: int) -> Di
   start = time.monotonic()
   trainer_cli.train_main(["--data", os.path.join(out, "shards", "train"),
                           "--val_data", os.path.join(out, "shards", "val"),
-                          "--job_dir", job, "--seed", str(seed), *recipe.train_flags])
+                          "--job_dir", job, "--seed", str(seed), *(anchor_flags if maps else []),
+                          *recipe.train_flags])
   seconds["train"] = time.monotonic() - start
   return propose_and_evaluate(args, recipe, job, out, seed, seconds)
 
