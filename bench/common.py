@@ -23,6 +23,20 @@ from importlib import metadata
 from typing import Dict, List, Optional, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Where the project's own machines keep data no user has: a shared/ folder
+# beside the checkout. Every path below can be given by its variable instead.
+SHARED = os.path.join(os.path.dirname(REPO), "shared")
+
+
+def vgg16_weights() -> str:
+  """The real VGG16 conv weights file: RPN_VGG16_WEIGHTS, else the shared folder's copy."""
+  return os.environ.get("RPN_VGG16_WEIGHTS") or os.path.join(
+      SHARED, "weights", "vgg16_hed_notop.weights.h5")
+
+
+def real_photos() -> str:
+  """The real-photo dataset root (DET/train, DET/val): RPN_REAL_PHOTOS, else the shared copy."""
+  return os.environ.get("RPN_REAL_PHOTOS") or os.path.join(SHARED, "data", "coco_real")
 WORK = os.path.join(REPO, "bench", "work")
 SPLIT = "DET/train"
 

@@ -49,8 +49,6 @@ from pipeline.io import manifest as manifest_lib
 
 REPO = common.REPO
 SAMPLE = os.path.join(REPO, "data", "sample")
-VGG16_WEIGHTS = os.path.join(os.path.dirname(REPO), "shared", "weights",
-                             "vgg16_hed_notop.weights.h5")
 DET_TRAIN_IMAGES = 456_567
 FORMATS = {"float32": ("float32", "NONE"), "float16": ("float16", "NONE"),
            "float16+GZIP": ("float16", "GZIP")}
@@ -365,7 +363,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--rate_batches", type=int, default=400,
                       help="batches of 256 in each of the 3 timed windows")
-  parser.add_argument("--weights", default=os.environ.get("RPN_VGG16_WEIGHTS") or VGG16_WEIGHTS)
+  parser.add_argument("--weights", default=common.vgg16_weights())
   parser.add_argument("--memory_epochs", type=int, default=60)
   parser.add_argument("--memory_child", help=argparse.SUPPRESS)  # JSON: the child's arguments
   args = parser.parse_args(argv)

@@ -36,6 +36,7 @@ import tempfile
 import time
 from typing import Dict, List
 
+from bench import common
 from pipeline.commands import sample_data
 
 _RUN = ("import sys\n"
@@ -53,15 +54,9 @@ _CHECK_ONLY = ("import sys, time\n"
                "print(time.monotonic() - start)\n")
 
 
-def _vgg16_weights() -> str:
-  here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  return os.environ.get("RPN_VGG16_WEIGHTS") or os.path.join(
-      os.path.dirname(here), "shared", "weights", "vgg16_hed_notop.weights.h5")
-
-
 def _settings() -> Dict[str, List[str]]:
   settings = {"tiny": ["--backbone", "TinyTestNet", "--weights", "none"]}
-  weights = _vgg16_weights()
+  weights = common.vgg16_weights()
   if os.path.exists(weights):
     settings["vgg16_conv3"] = ["--backbone", "VGG16", "--feature_layer", "block5_conv3",
                                "--weights", weights]

@@ -28,6 +28,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
+from bench import common
 from pipeline.commands import anchors as coverage_run
 from pipeline.commands import preprocess, sample_data
 from pipeline.io import storage
@@ -35,9 +36,7 @@ from pipeline.model import registry
 from trainer import cli as trainer_cli
 from trainer import evaluate, propose
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_WEIGHTS = os.path.join(os.path.dirname(REPO), "shared", "weights",
-                               "vgg16_hed_notop.weights.h5")
+REPO = common.REPO
 SAMPLE = os.path.join(REPO, "data", "sample")
 TARGETS = {"recall@0.5": 0.95, "recall@0.7": 0.6, "ar": 0.5}  # issue: targets of "tuned"
 
@@ -116,7 +115,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__)
   parser.add_argument("--out", default=os.path.join(REPO, "out", "quality"))
   parser.add_argument("--sample", default=SAMPLE)
-  parser.add_argument("--weights", default=os.environ.get("RPN_VGG16_WEIGHTS", DEFAULT_WEIGHTS))
+  parser.add_argument("--weights", default=common.vgg16_weights())
   parser.add_argument("--backbone", default="VGG16")
   parser.add_argument("--epochs", type=int, default=10)
   parser.add_argument("--settings", default="method,stride16,tuned")

@@ -39,17 +39,14 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from bench import selective_search
+from bench import common, selective_search
 from pipeline.commands import anchors as anchors_run
 from pipeline.commands import preprocess
 from pipeline.io import storage
 from trainer import cli as trainer_cli
 from trainer import evaluate, propose
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(REPO), "shared")
-DEFAULT_DATA = os.path.join(SHARED, "data", "coco_real")
-DEFAULT_WEIGHTS = os.path.join(SHARED, "weights", "vgg16_hed_notop.weights.h5")
+REPO = common.REPO
 TOP_NS = (100, 300, 1000)
 SIZES = ("small", "medium", "large")
 SS_TOP_NS = (100, 300, 1000, 2000)
@@ -311,10 +308,10 @@ def targets_report(recipe_result: Dict) -> List[str]:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog="python -m bench.real_photos",
                                    description=__doc__.split("\n\n")[0])
-  parser.add_argument("--data", default=os.environ.get("RPN_REAL_PHOTOS", DEFAULT_DATA),
+  parser.add_argument("--data", default=common.real_photos(),
                       help="dataset root with DET/train and DET/val")
   parser.add_argument("--out", default=os.path.join(REPO, "out", "quality", "real"))
-  parser.add_argument("--weights", default=os.environ.get("RPN_VGG16_WEIGHTS", DEFAULT_WEIGHTS))
+  parser.add_argument("--weights", default=common.vgg16_weights())
   parser.add_argument("--recipes", default="readme",
                       help=f"comma-separated, of {', '.join(RECIPES)}")
   parser.add_argument("--seeds", default="0,1,2",
