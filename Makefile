@@ -111,7 +111,7 @@ bench: $(STAMP)
 
 # Proposal quality on real features (VGG16 weights from RPN_VGG16_WEIGHTS or
 # ../shared/weights): three settings trained and evaluated on the same held-out
-# sample images; then real photographs (RPN_REAL_PHOTOS or ../shared/data/coco_real)
+# sample images; then real photographs with boxes (the ILSVRC-layout root in RPN_REAL_PHOTOS)
 # over 3 seeds beside Selective Search (OpenCV contrib: the bench extra, which
 # the test extra includes).
 REAL_ARGS ?=
