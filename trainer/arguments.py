@@ -25,6 +25,9 @@ class TrainConfig:
   learning_rate: float = 1e-3  # Adam
   box_loss_weight: float = settings.DEFAULT_BOX_LOSS_WEIGHT
   hidden: int = settings.DEFAULT_HIDDEN
+  weight_decay: float = 0.0  # AdamW's decoupled decay of the kernels; 0: Adam
+  dropout: float = 0.0  # on the 3x3 conv's output, in training only
+  early_stopping_patience: int = 0  # epochs without a better val_loss; 0: off
   steps_per_epoch: Optional[int] = None  # None: one pass over the shards
   shuffle_buffer_mb: int = settings.DEFAULT_SHUFFLE_BUFFER_MB
   mixed_precision: bool = False

@@ -29,6 +29,11 @@ _TRAIN_HELP = {
     "learning_rate": "Adam learning rate",
     "box_loss_weight": "weight of the box (smooth L1) loss against the objectness loss",
     "hidden": "filters of the 3x3 conv",
+    "weight_decay": "decoupled weight decay of the conv kernels (AdamW; 0: plain Adam)",
+    "dropout": "dropout rate on the 3x3 conv's output while training (0: none)",
+    "early_stopping_patience": "with --val_data, stop once val_loss has not improved for "
+                               "this many epochs (0: off); JOB/best/ holds the best epoch "
+                               "either way",
     "steps_per_epoch": "steps per epoch (the data repeats); default: one pass over the shards",
     "shuffle_buffer_mb": "megabytes of records in the shuffle buffer",
     "mixed_precision": "compute in mixed_float16 (GPUs with tensor cores); outputs stay float32",
@@ -41,7 +46,8 @@ _TRAIN_HELP = {
 }
 # The least value of each numeric flag (learning_rate: more than 0).
 _TRAIN_LEAST = {"epochs": 1, "batch_size": 1, "box_loss_weight": 0, "hidden": 1,
-                "steps_per_epoch": 1, "shuffle_buffer_mb": 0}
+                "steps_per_epoch": 1, "shuffle_buffer_mb": 0, "weight_decay": 0, "dropout": 0,
+                "early_stopping_patience": 0}
 
 
 # The anchor and target flags of a maps dataset (name, type, help), the fields
@@ -127,6 +133,11 @@ def check_train(args: argparse.Namespace) -> arguments.TrainArgs:
       raise cli.UsageError(f"--{name}", value, f"must be >= {least}")
   if not args.learning_rate > 0:
     raise cli.UsageError("--learning_rate", args.learning_rate, "must be > 0")
+  if not args.dropout < 1:
+    raise cli.UsageError("--dropout", args.dropout, "must be < 1")
+  if args.early_stopping_patience and not args.val_data:
+    raise cli.UsageError("--early_stopping_patience", args.early_stopping_patience,
+                         "stops on val_loss: give --val_data too")
   manifest = load_data_manifest(args.data, "--data")
   run = train_args(args, manifest)
   manifest = sampling.training_manifest(manifest, run.sampling)
@@ -200,7 +211,8 @@ def propose_parser() -> cli.Parser:
                       help="proposals kept after NMS (0: all)")
   parser.add_argument("--nms_thresh", type=float, default=proposal.nms_thresh)
   parser.add_argument("--min_size", type=float, default=proposal.min_size,
-                      help="drop boxes narrower or lower than this, in pixels of the frame")
+                      help="drop boxes narrower or lower than this, in pixels of the original "
+                      "image (scaled into the frame when it was resized)")
   parser.add_argument("--anchors", choices=("inside", "all"), default=proposal.anchors,
                       help="propose from the anchors inside the image (those training "
                       "labels) or from all anchors, clipped")

@@ -11,6 +11,9 @@ a finished job ran (a rerun with as many keeps its results).
     JOB/rpn.weights.h5             the tile model's weights      } written at the end:
     JOB/train_config.json          options and feature statistics } a finished job
     JOB/metrics.json               the last epoch's logs          } holds all three
+    JOB/best/                      with --val_data: the epoch of least val_loss, a job
+                                   dir of its own (weights, manifest, train_config.json
+                                   with best_epoch, metrics.json)
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ WEIGHTS_NAME = "rpn.weights.h5"
 TRAIN_CONFIG_NAME = "train_config.json"
 METRICS_NAME = "metrics.json"
 STATISTICS_NAME = "feature_statistics.json"
+BEST_DIR = "best"
 FILES = (WEIGHTS_NAME, MANIFEST_NAME, TRAIN_CONFIG_NAME)  # of a finished job, for rpn-propose
 
 

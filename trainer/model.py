@@ -79,7 +79,7 @@ def feature_statistics(center_features, floor: float = 1e-3):
 
 def build_tile_model(channels: int, num_anchors: int = AnchorConfig().num_anchors,
                      hidden: int = DEFAULT_HIDDEN, feature_mean=None, feature_variance=None,
-                     logits: bool = False):
+                     logits: bool = False, dropout: float = 0.0):
   """Tile [B, 3, 3, C] -> {"scores": [B, A], "deltas": [B, 4A]}.
 
   Layers rpn_conv (3x3 valid, ReLU), rpn_cls (1x1 linear: objectness logits),
@@ -88,12 +88,16 @@ def build_tile_model(channels: int, num_anchors: int = AnchorConfig().num_anchor
   feature_variance ([C] each) are given. With logits=True (training: the loss
   takes logits) "scores" are the logits, without the sigmoid; the weights are
   the same either way. The standardisation and the heads compute in float32
-  under a mixed precision policy.
+  under a mixed precision policy. dropout > 0 adds a Dropout layer
+  (rpn_dropout, active in training only) on rpn_conv's output; it holds no
+  weights, so the weight files are the same with and without it.
   """
   size = schema.TILE_SIZE
   tile = keras.Input((size, size, channels), name="tile")
   conv, cls, bbox = _layers(hidden, num_anchors, "valid")
   x = conv(_standardise(channels, feature_mean, feature_variance)(tile))
+  if dropout:
+    x = keras.layers.Dropout(dropout, name="rpn_dropout")(x)
   objectness = _objectness(logits)(cls(x))
   scores = keras.layers.Reshape((num_anchors,), name="scores", dtype="float32")(objectness)
   # An identity on the box branch too keeps both branches equally deep, so that

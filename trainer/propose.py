@@ -13,7 +13,8 @@ Everything about the backbone and the anchors comes from the job's manifest.json
 the training images went through: decode, optional resize, padding of small
 images (bottom/right), the frozen backbone, then the RPN head applied
 convolutionally to the whole feature map. Per image: decode the deltas of every
-anchor (dw, dh clamped), clip to the frame, drop boxes under min_size, keep the
+anchor (dw, dh clamped), clip to the frame, drop boxes under min_size (in pixels
+of the original image, as py-faster-rcnn: scaled into the frame), keep the
 top pre_nms_top_n by score, NMS, keep the top post_nms_top_n.
 
 Writes into --output: proposals.jsonl (one line per image: image_id, width,
@@ -25,7 +26,7 @@ the others go on; rpn-evaluate counts their gt boxes as missed), propose.json
 
 Units: boxes are x1, y1, x2, y2 in continuous pixels of the frame fed to the
 backbone (DESIGN.md); width and height are that frame's; min_size is in the
-frame's pixels; scores are objectness probabilities in [0, 1].
+original image's pixels; scores are objectness probabilities in [0, 1].
 
 Shape shorthand:
   Hf, Wf  feature-map height and width; C feature channels
@@ -162,13 +163,16 @@ class Proposer:
         self.anchors.scales, self.anchors.ratios)
     return scores.reshape(-1), deltas.reshape(-1, 4), anchors
 
-  def __call__(self, frame: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+  def __call__(self, frame: np.ndarray, box_scale: Tuple[float, float] = (1.0, 1.0)
+               ) -> Tuple[np.ndarray, np.ndarray]:
     """(boxes [N, 4], scores [N]) of a frame, best first; NoProposalsError when
-    there are none (the reason names what the decoded boxes were)."""
+    there are none (the reason names what the decoded boxes were). box_scale
+    (prepare's): the frame's size over the original image's, which brings
+    --min_size (original pixels) into the frame."""
     scores, deltas, anchors = self.head(frame)
     height, width = frame.shape[:2]
     boxes, kept_scores = proposals_lib.propose(scores, deltas, anchors, width, height,
-                                               self.config, self.stats)
+                                               self.config, self.stats, box_scale)
     if len(boxes) == 0:
       raise NoProposalsError(proposals_lib.no_proposals_reason(
           *proposals_lib.select_anchors(scores, deltas, anchors, width, height,
@@ -252,7 +256,7 @@ def iter_proposals(proposer: Proposer, inputs, max_pixels: int
     height, width = image.shape[:2]
     frame, frame_gt, box_scale = proposer.prepare(image, gt_boxes)
     try:
-      boxes, scores = proposer(frame)
+      boxes, scores = proposer(frame, box_scale)
     except job.JobError:
       raise  # the job does not fit: every image would fail the same way
     except NoProposalsError as e:

@@ -36,6 +36,7 @@ import io
 import logging
 import os
 import sys
+import tempfile
 import warnings
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -60,6 +61,8 @@ STATISTICS_TILES = 20000  # tiles sampled for the per-channel feature statistics
 # its first STATISTICS_WINDOW times that many records: reads are bounded by
 # STATISTICS_WINDOW * STATISTICS_TILES records, wherever the shards are.
 STATISTICS_WINDOW = 4
+CHECKPOINT_NAME = "epoch-{epoch:03d}.weights.h5"  # JOB/checkpoints/, epochs from 1
+BEST_MONITOR = "val_loss"  # what JOB/best/ and early stopping go by
 
 
 def default_strategy():
@@ -223,13 +226,23 @@ class EpochSizeCheck(keras.callbacks.Callback):
                         "training", int(seen), expected, expected - int(seen))
 
 
-def compile_model(model, learning_rate: float, box_loss_weight: float) -> None:
+def optimizer(learning_rate: float, weight_decay: float = 0.0) -> keras.optimizers.Optimizer:
+  """Adam; with weight_decay > 0 AdamW, whose decoupled decay leaves the biases alone."""
+  if not weight_decay:
+    return keras.optimizers.Adam(learning_rate)
+  adamw = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
+  adamw.exclude_from_weight_decay(var_names=["bias"])
+  return adamw
+
+
+def compile_model(model, learning_rate: float, box_loss_weight: float,
+                  weight_decay: float = 0.0) -> None:
   """Compiles a tile model built with logits=True: the losses take logits."""
   if model.get_layer("objectness").get_config()["activation"] != "linear":
     raise ValueError("compile_model needs the training variant of the tile model, whose "
                      "scores are logits: model.build_tile_model(..., logits=True)")
   loss, loss_weights = losses_lib.rpn_losses(box_loss_weight)
-  model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
+  model.compile(optimizer=optimizer(learning_rate, weight_decay), loss=loss,
                 loss_weights=loss_weights,
                 metrics={"scores": losses_lib.objectness_metrics(from_logits=True)})
 
@@ -240,6 +253,60 @@ def _history_rows(job_dir: str):
   if not storage.exists(path):
     return []
   return list(csv.DictReader(io.StringIO(storage.read_text(path))))
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+  """Keras' EarlyStopping on val_loss that, when a job resumes, takes up the
+  best val_loss so far and the epochs since it from JOB/history.csv, so that
+  an interruption does not reset the patience."""
+
+  def __init__(self, job_dir: str, patience: int):
+    super().__init__(monitor=BEST_MONITOR, mode="min", patience=patience)
+    self.job_dir = job_dir
+
+  def on_train_begin(self, logs=None):
+    super().on_train_begin(logs)
+    values = _monitored(_history_rows(self.job_dir))
+    if values:
+      self.best_epoch = int(np.argmin(values))
+      self.best = values[self.best_epoch]
+      self.wait = len(values) - 1 - self.best_epoch
+
+
+def _monitored(rows) -> list:
+  """BEST_MONITOR of each history.csv row, inf where a row lacks it."""
+  out = []
+  for row in rows:
+    value = row.get(BEST_MONITOR)
+    out.append(float(value) if value not in (None, "", "NA") else float("inf"))
+  return out
+
+
+def save_best(job_dir: str, model, manifest: manifest_lib.Manifest,
+              train_config: dict) -> Optional[int]:
+  """JOB/best/: the epoch of least val_loss (history.csv, all runs of the job)
+  as a job dir of its own (its checkpoint's weights, the manifest,
+  train_config.json with best_epoch, metrics.json with that epoch's logs).
+  Returns that epoch (0-based), None without validation figures. Loads the
+  checkpoint into `model`."""
+  rows = _history_rows(job_dir)
+  values = _monitored(rows)
+  if not values or min(values) == float("inf"):
+    return None
+  best = int(np.argmin(values))
+  checkpoint = os.path.join(job_dir, "checkpoints", CHECKPOINT_NAME.format(epoch=best + 1))
+  with tempfile.TemporaryDirectory() as tmp:
+    local = os.path.join(tmp, os.path.basename(checkpoint))
+    with open(local, "wb") as f:
+      f.write(storage.read_bytes(checkpoint))
+    model.load_weights(local)
+  best_dir = storage.join(job_dir, job.BEST_DIR)
+  model_lib.save_rpn(best_dir, model, manifest, dict(
+      train_config, best_epoch=best, best_monitor=BEST_MONITOR, checkpoint=checkpoint))
+  metrics = {k: float(v) for k, v in rows[best].items()
+             if k != "epoch" and v not in ("", "NA", None)}
+  storage.write_json(storage.join(best_dir, job.METRICS_NAME), metrics)
+  return best
 
 
 def train(run: TrainArgs, callbacks: Sequence = (),
@@ -327,14 +394,14 @@ def train(run: TrainArgs, callbacks: Sequence = (),
     with (strategy or default_strategy()).scope():
       model = model_lib.build_tile_model(manifest.feature_channels,
                                          manifest.num_anchors, config.hidden,
-                                         feature_mean, feature_variance, logits=True)
-      compile_model(model, config.learning_rate, config.box_loss_weight)
+                                         feature_mean, feature_variance, logits=True,
+                                         dropout=config.dropout)
+      compile_model(model, config.learning_rate, config.box_loss_weight, config.weight_decay)
   finally:
     keras.mixed_precision.set_global_policy(policy)
   fit_callbacks = [
       keras.callbacks.ModelCheckpoint(
-          os.path.join(run.job_dir, "checkpoints", "epoch-{epoch:03d}.weights.h5"),
-          save_weights_only=True),
+          os.path.join(run.job_dir, "checkpoints", CHECKPOINT_NAME), save_weights_only=True),
       keras.callbacks.TensorBoard(os.path.join(run.job_dir, "logs")),
       keras.callbacks.CSVLogger(os.path.join(run.job_dir, plots.HISTORY_NAME), append=True),
       keras.callbacks.TerminateOnNaN(),
@@ -348,6 +415,12 @@ def train(run: TrainArgs, callbacks: Sequence = (),
       keras.callbacks.BackupAndRestore(os.path.join(run.job_dir, "backup"),
                                        double_checkpoint=True, delete_checkpoint=False),
   ] + list(callbacks)
+  early_stopping = None
+  if config.early_stopping_patience and val is not None:
+    # Last of all: it only sets stop_training, which Keras reads once every
+    # callback has ended the epoch.
+    early_stopping = ResumableEarlyStopping(run.job_dir, config.early_stopping_patience)
+    fit_callbacks.append(early_stopping)
   if epoch_log is not None:
     fit_callbacks.insert(0, maps_lib.EpochClock(epoch_log))
   try:
@@ -379,9 +452,17 @@ def train(run: TrainArgs, callbacks: Sequence = (),
                       passes_drawn=epoch_log.done if epoch_log else None,
                       epochs_run=[int(e) for e in history.epoch],
                       epochs_completed=config.epochs,
+                      stopped_early_after=(int(early_stopping.stopped_epoch) + 1
+                                           if early_stopping and early_stopping.stopped_epoch
+                                           else None),
                       replicas=int(model.distribute_strategy.num_replicas_in_sync),
                       feature_statistics=statistics["sample"],
                       feature_mean=feature_mean, feature_variance=feature_variance)
   model_lib.save_rpn(run.job_dir, model, manifest, train_config)
+  best = save_best(run.job_dir, model, manifest, train_config) if val is not None else None
+  if best is not None:
+    _LOGGER.warning("the best epoch by %s is %d: its model is in %s", BEST_MONITOR, best + 1,
+                    storage.join(run.job_dir, job.BEST_DIR))
+  # Last: a job with metrics.json is finished (job.finished_epochs).
   storage.write_json(os.path.join(run.job_dir, job.METRICS_NAME), last)
   return last

@@ -79,10 +79,12 @@ def clip_boxes(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
   return out
 
 
-def remove_small_boxes(boxes: np.ndarray, min_size: float) -> np.ndarray:
-  """int64 indices [<= N] of the boxes whose width and height are both >= min_size."""
+def remove_small_boxes(boxes: np.ndarray, min_size) -> np.ndarray:
+  """int64 indices [<= N] of the boxes whose width and height are both >= min_size
+  (a number, or (least width, least height))."""
   b = _as_boxes(boxes)
-  keep = ((b[:, 2] - b[:, 0]) >= min_size) & ((b[:, 3] - b[:, 1]) >= min_size)
+  min_width, min_height = np.broadcast_to(np.asarray(min_size, np.float64), (2,))
+  keep = ((b[:, 2] - b[:, 0]) >= min_width) & ((b[:, 3] - b[:, 1]) >= min_height)
   return np.flatnonzero(keep).astype(np.int64)
 
 

@@ -117,7 +117,7 @@ class ProposalConfig:
   pre_nms_top_n: int = 6000  # 0: no limit
   post_nms_top_n: int = 300  # 0: no limit
   nms_thresh: float = 0.7
-  min_size: float = 16.0  # pixels of the frame
+  min_size: float = 16.0  # pixels of the original image (scaled into the frame)
   # "all": every anchor, its box clipped to the frame, as py-faster-rcnn does
   # at test time; "inside": only the anchors inside the frame, the ones
   # training labels. "all" gave the better recall in every setting measured

@@ -42,13 +42,14 @@ def propose_boxes(scores: np.ndarray, deltas: np.ndarray, anchors: np.ndarray, w
                   height: float, pre_nms_top_n: int = _DEFAULTS.pre_nms_top_n,
                   post_nms_top_n: int = _DEFAULTS.post_nms_top_n,
                   nms_thresh: float = _DEFAULTS.nms_thresh,
-                  min_size: float = _DEFAULTS.min_size,
+                  min_size=_DEFAULTS.min_size,
                   stats: Optional[Dict[str, int]] = None) -> Tuple[np.ndarray, np.ndarray]:
   """(boxes float64 [N, 4], scores float64 [N]) of one image, best score first.
 
   scores [K], deltas [K, 4] (dx, dy, dw, dh), anchors [K, 4] in the W x H frame.
   Decode (dw, dh clamped), clip to [0, W] x [0, H], drop non-finite boxes and
-  boxes narrower or lower than min_size pixels, keep the top pre_nms_top_n by
+  boxes narrower or lower than min_size pixels (a number, or (least width,
+  least height)), keep the top pre_nms_top_n by
   score, NMS at nms_thresh, keep the top post_nms_top_n (a top-N of 0 or None
   keeps all). Equal scores keep anchor order.
 
@@ -69,7 +70,7 @@ def propose_boxes(scores: np.ndarray, deltas: np.ndarray, anchors: np.ndarray, w
   finite = np.flatnonzero(np.isfinite(scores) & np.isfinite(boxes).all(axis=1))
   boxes, scores = boxes[finite], scores[finite]
   keep = np.asarray(boxes_lib.remove_small_boxes(boxes, min_size), np.int64)
-  if len(keep) == 0 and len(boxes) and min_size > 0:
+  if len(keep) == 0 and len(boxes) and np.max(min_size) > 0:
     keep = np.flatnonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
     if stats is not None and len(keep):
       stats["min_size_relaxed"] = stats.get("min_size_relaxed", 0) + 1
@@ -86,11 +87,19 @@ def propose_boxes(scores: np.ndarray, deltas: np.ndarray, anchors: np.ndarray, w
 
 def propose(scores: np.ndarray, deltas: np.ndarray, anchors: np.ndarray, width: float,
             height: float, cfg: config.ProposalConfig = _DEFAULTS,
-            stats: Optional[Dict[str, int]] = None) -> Tuple[np.ndarray, np.ndarray]:
-  """select_anchors, then propose_boxes, with the settings of `cfg`."""
+            stats: Optional[Dict[str, int]] = None,
+            box_scale: Tuple[float, float] = (1.0, 1.0)) -> Tuple[np.ndarray, np.ndarray]:
+  """select_anchors, then propose_boxes, with the settings of `cfg`.
+
+  cfg.min_size is in pixels of the original image, as py-faster-rcnn's
+  (min_size times the image scale): box_scale (sx, sy) is the frame's size
+  over the original image's, so a box is kept when it is at least
+  min_size * sx wide and min_size * sy high in the frame.
+  """
   scores, deltas, anchors = select_anchors(scores, deltas, anchors, width, height, cfg.anchors)
+  min_size = (cfg.min_size * box_scale[0], cfg.min_size * box_scale[1])
   return propose_boxes(scores, deltas, anchors, width, height, cfg.pre_nms_top_n,
-                       cfg.post_nms_top_n, cfg.nms_thresh, cfg.min_size, stats)
+                       cfg.post_nms_top_n, cfg.nms_thresh, min_size, stats)
 
 
 def no_proposals_reason(scores: np.ndarray, deltas: np.ndarray, anchors: np.ndarray,

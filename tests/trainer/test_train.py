@@ -234,3 +234,100 @@ def test_train_config_says_how_the_statistics_were_sampled(learnable, tmp_path):
   assert sample["records"] == 1024 and sample["shards"] == 4 and sample["of_shards"] == 4
   assert os.path.isfile(os.path.join(job, "feature_statistics.json"))
   assert os.path.isfile(os.path.join(job, "history.png"))
+
+
+def test_best_epoch_is_kept_as_a_job_dir_of_its_own(learnable, tmp_path):
+  train_dir, val_dir = learnable
+  job = str(tmp_path / "job")
+  train_lib.train(_args(train_dir, job, "--val_data", val_dir, "--epochs", "4",
+                        "--learning_rate", "1e-2"))
+  rows = _history(job)
+  best = min(range(len(rows)), key=lambda i: float(rows[i]["val_loss"]))
+  best_dir = os.path.join(job, "best")
+  tile_model, _, manifest, config = model_lib.load_rpn(best_dir)  # loads as a job does
+  assert config["best_epoch"] == best and config["best_monitor"] == "val_loss"
+  assert manifest == manifest_lib.Manifest.load(train_dir)
+  with open(os.path.join(best_dir, "metrics.json")) as f:
+    assert json.load(f)["val_loss"] == pytest.approx(float(rows[best]["val_loss"]))
+  checkpoint = model_lib.build_tile_model(CHANNELS, manifest.num_anchors, 16,
+                                          config["feature_mean"], config["feature_variance"])
+  checkpoint.load_weights(os.path.join(job, "checkpoints", f"epoch-{best + 1:03d}.weights.h5"))
+  for name in ("rpn_conv", "rpn_cls", "rpn_bbox"):
+    for got, want in zip(tile_model.get_layer(name).get_weights(),
+                         checkpoint.get_layer(name).get_weights(), strict=True):
+      np.testing.assert_array_equal(got, want)
+  # Without validation data there is no best epoch to keep.
+  train_lib.train(_args(train_dir, str(tmp_path / "noval"), "--epochs", "1"))
+  assert not os.path.exists(os.path.join(tmp_path, "noval", "best"))
+
+
+def test_early_stopping_takes_up_its_patience_after_a_resume(tmp_path):
+  job = str(tmp_path / "job")
+  os.makedirs(job)
+  with open(os.path.join(job, "history.csv"), "w") as f:
+    f.write("epoch,loss,val_loss\n0,1.0,0.9\n1,0.8,0.5\n2,0.7,0.6\n")
+  model = model_lib.build_tile_model(CHANNELS, 9, 4, logits=True)
+  stopping = train_lib.ResumableEarlyStopping(job, patience=2)
+  stopping.set_model(model)
+  stopping.on_train_begin()
+  assert stopping.best == 0.5 and stopping.best_epoch == 1 and stopping.wait == 1
+  stopping.on_epoch_end(3, {"val_loss": 0.55})  # the second epoch without a better val_loss
+  assert model.stop_training and stopping.stopped_epoch == 3
+  fresh = train_lib.ResumableEarlyStopping(str(tmp_path / "new"), patience=2)
+  fresh.set_model(model)
+  model.stop_training = False
+  fresh.on_train_begin()  # a new job: nothing to take up
+  fresh.on_epoch_end(0, {"val_loss": 0.5})
+  fresh.on_epoch_end(1, {"val_loss": 0.6})
+  assert not model.stop_training and fresh.best == 0.5
+
+
+def test_early_stopping_ends_the_run_and_the_job_counts_as_complete(learnable, tmp_path,
+                                                                     caplog):
+  train_dir, val_dir = learnable
+
+  class Worse(keras.callbacks.Callback):  # val_loss 1.0, 0.5, then rising from epoch 2 on
+    def on_epoch_end(self, epoch, logs=None):
+      logs["val_loss"] = (1.0, 0.5)[epoch] if epoch < 2 else 0.5 + 0.1 * (epoch - 1)
+
+  job = str(tmp_path / "job")
+  run = _args(train_dir, job, "--val_data", val_dir, "--epochs", "8",
+              "--early_stopping_patience", "2")
+  callbacks = [Worse()]
+  train_lib.train(run, callbacks=callbacks)
+  # Epoch 1 (0-based) was the last to improve; epochs 2 and 3 did not: stopped after 4.
+  assert [r["epoch"] for r in _history(job)] == ["0", "1", "2", "3"]
+  with open(os.path.join(job, "train_config.json")) as f:
+    config = json.load(f)
+  assert config["stopped_early_after"] == 4 and config["early_stopping_patience"] == 2
+  assert train_lib.train(run) is not None
+  assert f"{job} is complete" in caplog.text
+
+
+def test_weight_decay_and_dropout_regularise(learnable, tmp_path):
+  train_dir, _ = learnable
+  norms = {}
+  for name, extra in (("plain", ()), ("decay", ("--weight_decay", "0.5", "--dropout", "0.3"))):
+    job = str(tmp_path / name)
+    last = train_lib.train(_args(train_dir, job, "--epochs", "3", "--learning_rate", "1e-2",
+                                 *extra))
+    assert np.isfinite(last["loss"])
+    tile_model, _, _, config = model_lib.load_rpn(job)
+    norms[name] = float(np.linalg.norm(tile_model.get_layer("rpn_conv").get_weights()[0]))
+  assert config["weight_decay"] == 0.5 and config["dropout"] == 0.3
+  assert norms["decay"] < 0.8 * norms["plain"]
+  optimizer = train_lib.optimizer(1e-3, 0.01)
+  assert isinstance(optimizer, keras.optimizers.AdamW)
+  assert type(train_lib.optimizer(1e-3)) is keras.optimizers.Adam
+
+
+@pytest.mark.parametrize("flags, problem", [
+    (("--dropout", "1"), "--dropout 1.0: must be < 1"),
+    (("--weight_decay", "-1"), "--weight_decay -1.0: must be >= 0"),
+    (("--early_stopping_patience", "2"), "give --val_data too"),
+])
+def test_regularisation_flags_are_checked(learnable, tmp_path, capsys, flags, problem):
+  train_dir, _ = learnable
+  assert trainer_cli.train_main(["--data", train_dir, "--job_dir", str(tmp_path / "job"),
+                                 *flags]) == 2
+  assert problem in capsys.readouterr().err

@@ -71,6 +71,24 @@ def test_clip_and_min_size():
   assert (boxes[:, 1::2] >= 0).all() and (boxes[:, 1::2] <= 80).all()
 
 
+def test_min_size_is_in_pixels_of_the_original_image():
+  # A frame resized to half the original in x and a quarter in y (box_scale 0.5, 0.25):
+  # --min_size 16 of the original is 8 x 4 in the frame.
+  anchors = np.array([
+      [0, 0, 8, 4],      # 16 x 16 in the original: kept
+      [20, 0, 27, 10],   # 14 wide in the original: dropped
+      [40, 0, 60, 3.9],  # 15.6 high in the original: dropped
+  ], np.float64)
+  cfg = config.ProposalConfig(nms_thresh=1.0, min_size=16)
+  boxes, _ = proposals.propose(np.array([0.9, 0.8, 0.7]), np.zeros((3, 4)), anchors, 100, 80,
+                               cfg, box_scale=(0.5, 0.25))
+  np.testing.assert_allclose(boxes, [[0, 0, 8, 4]])
+  # An unresized frame: the frame's pixels are the original's.
+  boxes, _ = proposals.propose(np.array([0.9, 0.8, 0.7]), np.zeros((3, 4)), anchors, 100, 80,
+                               dataclasses.replace(cfg, min_size=4))
+  np.testing.assert_allclose(boxes, [[0, 0, 8, 4], [20, 0, 27, 10]])
+
+
 def test_top_n_ordering_and_limits():
   # Ten disjoint 20x20 boxes on a row (no NMS interaction), scores shuffled.
   anchors = np.array([[20.0 * i, 0, 20.0 * i + 20, 20] for i in range(10)])
