@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import hashlib
 import math
 import os
 import sys
@@ -42,7 +43,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from bench import common, selective_search
 from pipeline.commands import anchors as anchors_run
 from pipeline.commands import preprocess
-from pipeline.io import storage
+from pipeline.io import ilsvrc, storage
 from trainer import cli as trainer_cli
 from trainer import evaluate, propose
 
@@ -64,7 +65,13 @@ class Recipe:
   scales and ratios in preprocess_flags as they are; with layout "maps" the
   anchor flags go to rpn-train instead of rpn-preprocess. reuses: the name of a
   recipe (run before it) whose trained jobs this one proposes with, for a
-  recipe that only changes rpn-propose's flags.
+  recipe that only changes rpn-propose's flags. trains_on: the name of a
+  recipe (run before it) whose shards this one trains on with its own
+  train_flags, for a recipe that only changes rpn-train's flags.
+  stop_fraction: hold out that share of the DET/train images (by sha256 of
+  the image id) as rpn-train's --val_data, train on the rest, and propose with
+  JOB/best/ (the epoch of least val_loss on them): early stopping that never
+  sees DET/val.
   """
   name: str
   description: str
@@ -73,9 +80,12 @@ class Recipe:
   frame_flags: Tuple[str, ...] = ()  # the resize: rpn-anchors and rpn-preprocess
   anchors_flags: Tuple[str, ...] = ()
   preprocess_flags: Tuple[str, ...] = ()
+  train_split_flags: Tuple[str, ...] = ()  # rpn-preprocess of the training images only
   train_flags: Tuple[str, ...] = ()
   propose_flags: Tuple[str, ...] = ()
   reuses: Optional[str] = None
+  trains_on: Optional[str] = None
+  stop_fraction: float = 0.0
   layout: str = "tiles"  # maps: the anchors go to rpn-train, drawn afresh every epoch
 
 
@@ -91,6 +101,26 @@ RECIPES: Dict[str, Recipe] = {r.name: r for r in (
            layout="maps"),
     Recipe("minsize0", "readme + rpn-propose --min_size 0", propose_flags=("--min_size", "0"),
            reuses="readme"),
+    Recipe("nms0.6", "readme + rpn-propose --nms_thresh 0.6", reuses="readme",
+           propose_flags=("--nms_thresh", "0.6")),
+    Recipe("nms0.5", "readme + rpn-propose --nms_thresh 0.5", reuses="readme",
+           propose_flags=("--nms_thresh", "0.5")),
+    Recipe("prenms12k", "readme + rpn-propose --pre_nms_top_n 12000", reuses="readme",
+           propose_flags=("--pre_nms_top_n", "12000")),
+    Recipe("flip", "readme + rpn-preprocess --flip of the training images",
+           train_split_flags=("--flip",)),
+    Recipe("hidden128", "readme with a smaller head: rpn-train --hidden 128",
+           train_flags=("--hidden", "128"), trains_on="readme"),
+    Recipe("dropout", "readme + rpn-train --dropout 0.5", train_flags=("--dropout", "0.5"),
+           trains_on="readme"),
+    Recipe("decay", "readme + rpn-train --weight_decay 0.1 (AdamW)",
+           train_flags=("--weight_decay", "0.1"), trains_on="readme"),
+    Recipe("epochs20", "readme + rpn-train --epochs 20", train_flags=("--epochs", "20"),
+           trains_on="readme"),
+    Recipe("stop", "readme trained on 80% of DET/train for up to 20 epochs, early stopping "
+           "(patience 4) on the other 20%, proposing with JOB/best",
+           train_flags=("--epochs", "20", "--early_stopping_patience", "4"),
+           stop_fraction=0.2),
 )}
 
 
@@ -176,35 +206,73 @@ def run_seed(args, recipe: Recipe, anchor_flags: Sequence[str], seed: int) -> Di
                        f"--recipes {recipe.reuses},{recipe.name}")
     return propose_and_evaluate(args, recipe, job, out, seed, {})
   maps = recipe.layout == "maps"
-  common = ["--backbone", "VGG16", "--weights", args.weights, "--feature_layer",
-            recipe.feature_layer, "--seed", str(seed), "--layout", recipe.layout,
-            *recipe.frame_flags, *([] if maps else anchor_flags), *recipe.preprocess_flags]
   seconds = {}
-  start = time.monotonic()
-  for split in ("train", "val"):
-    _log(f"{recipe.name} seed {seed}: rpn-preprocess DET/{split}")
-    preprocess.run(["--input", args.data, "--split", f"DET/{split}",
-                    "--output", os.path.join(out, "shards", split), *common])
-  seconds["preprocess"] = time.monotonic() - start
+  if recipe.trains_on:
+    shards = os.path.join(args.out, recipe.trains_on, f"seed{seed}", "shards")
+    if not os.path.exists(os.path.join(shards, "train", "manifest.json")):
+      raise SystemExit(f"recipe {recipe.name} trains on {recipe.trains_on}'s shards: run "
+                       f"--recipes {recipe.trains_on},{recipe.name}")
+  else:
+    shards = os.path.join(out, "shards")
+    common = ["--backbone", "VGG16", "--weights", args.weights, "--feature_layer",
+              recipe.feature_layer, "--seed", str(seed), "--layout", recipe.layout,
+              *recipe.frame_flags, *([] if maps else anchor_flags), *recipe.preprocess_flags]
+    start = time.monotonic()
+    for split, where, image_set in preprocess_parts(args, recipe, out):
+      _log(f"{recipe.name} seed {seed}: rpn-preprocess {where} into shards/{split}")
+      preprocess.run(["--input", args.data, "--split", where,
+                      "--output", os.path.join(shards, split), *common,
+                      *(["--image_set", image_set] if image_set else []),
+                      *(recipe.train_split_flags if split == "train" else [])])
+    seconds["preprocess"] = time.monotonic() - start
   job = os.path.join(out, "job")
   _log(f"{recipe.name} seed {seed}: rpn-train")
   start = time.monotonic()
-  trainer_cli.train_main(["--data", os.path.join(out, "shards", "train"),
-                          "--val_data", os.path.join(out, "shards", "val"),
+  trainer_cli.train_main(["--data", os.path.join(shards, "train"),
+                          "--val_data", os.path.join(shards, "stop" if recipe.stop_fraction
+                                                     else "val"),
                           "--job_dir", job, "--seed", str(seed), *(anchor_flags if maps else []),
                           *recipe.train_flags])
   seconds["train"] = time.monotonic() - start
   return propose_and_evaluate(args, recipe, job, out, seed, seconds)
 
 
+def stop_split(image_ids: Sequence[str], fraction: float) -> Tuple[List[str], List[str]]:
+  """(train ids, stop ids): the ids whose sha256, read as a number in [0, 1),
+  is under `fraction` are held out for stopping; the same split on every run."""
+  def position(image_id: str) -> float:
+    return int(hashlib.sha256(image_id.encode("utf-8")).hexdigest(), 16) / 16 ** 64
+  stop = sorted(i for i in image_ids if position(i) < fraction)
+  return sorted(set(image_ids) - set(stop)), stop
+
+
+def preprocess_parts(args, recipe: Recipe, out: str) -> List[Tuple[str, str, Optional[str]]]:
+  """(shard dir name, split, image set file or None) of each rpn-preprocess run:
+  DET/train and DET/val, or with stop_fraction DET/train's two parts."""
+  if not recipe.stop_fraction:
+    return [("train", "DET/train", None), ("val", "DET/val", None)]
+  images = os.path.join(args.data, "Data", "DET", "train")
+  ids = [ilsvrc.relative_id(path, images)
+         for path in ilsvrc.list_files(images, ilsvrc.IMAGE_EXTENSIONS)]
+  parts = []
+  for name, part in zip(("train", "stop"), stop_split(ids, recipe.stop_fraction), strict=True):
+    path = os.path.join(out, f"{name}.txt")
+    os.makedirs(out, exist_ok=True)
+    with open(path, "w") as f:
+      f.write("".join(f"{image_id}\n" for image_id in part))
+    parts.append((name, "DET/train", path))
+  return parts
+
+
 def propose_and_evaluate(args, recipe: Recipe, job: str, out: str, seed: int,
                          seconds: Dict[str, float]) -> Dict:
   _log(f"{recipe.name} seed {seed}: rpn-propose and rpn-evaluate")
   start = time.monotonic()
-  held_out = evaluate_split(args, job, "DET/val", os.path.join(out, "proposals_val"),
+  model = os.path.join(job, "best") if recipe.stop_fraction else job
+  held_out = evaluate_split(args, model, "DET/val", os.path.join(out, "proposals_val"),
                             recipe.propose_flags)
   seconds["propose_val"] = time.monotonic() - start
-  train = evaluate_split(args, job, "DET/train", os.path.join(out, "proposals_train"),
+  train = evaluate_split(args, model, "DET/train", os.path.join(out, "proposals_train"),
                          recipe.propose_flags)
   return {"seed": seed, "held_out": figures(held_out), "train": figures(train),
           "training": training_figures(job), "num_gt_held_out": held_out["num_gt"],

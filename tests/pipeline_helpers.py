@@ -9,6 +9,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from pipeline.core import config
 from pipeline.io import manifest as manifest_lib
 from pipeline.model import registry
 from tests import reference
@@ -124,9 +125,16 @@ def check_accounting(output: str, manifest: manifest_lib.Manifest,
   counts = manifest.counts
   assert counts["images_found"] == (counts["images_ok"] + counts["images_failed"]
                                     + counts["images_skipped"]), counts
-  assert counts["records"] == len(read_records(output))
+  prefix = config.shard_prefix(manifest.layout)
+  assert counts["records"] == len(read_records(output, prefix))
   images = read_jsonl(os.path.join(output, "images.jsonl"))
   errors = read_jsonl(os.path.join(output, "errors.jsonl"))
+  # --flip: the mirrored copies are lines of their own, not inputs
+  flipped = [line for line in images if line["image_id"].endswith(config.FLIP_SUFFIX)]
+  images = [line for line in images if line not in flipped]
+  assert len(flipped) == counts.get("flipped_ok", 0)
+  assert {line["image_id"] for line in flipped} <= {
+      line["image_id"] + config.FLIP_SUFFIX for line in images}
   assert len(images) == counts["images_ok"]
   image_errors = [e for e in errors if e["outcome"] in ("failed", "skipped")]
   assert len(image_errors) == counts["images_failed"] + counts["images_skipped"]
@@ -136,7 +144,8 @@ def check_accounting(output: str, manifest: manifest_lib.Manifest,
     assert sorted(named) == sorted(image_ids_on_disk(images_dir))
   for error in errors:
     assert error["path"] and error["stage"] and error["reason"]
-  shard_names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(output, "tiles-*")))
+  shard_names = sorted(os.path.basename(p)
+                       for p in glob.glob(os.path.join(output, prefix + "-*")))
   assert shard_names == list(manifest.shard_files)
 
 

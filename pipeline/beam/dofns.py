@@ -89,11 +89,20 @@ class PairInputsFn(beam.DoFn):
 
 
 class LoadImageFn(beam.DoFn):
-  """ImageInput -> LoadedImage: read, decode, parse, clip boxes, resize, pad."""
+  """ImageInput -> LoadedImage: read, decode, parse, clip boxes, resize, pad.
 
-  def __init__(self, backbone_config: config_lib.BackboneConfig, min_input_side: int):
+  With flip, a second LoadedImage follows: the image mirrored left to right
+  with its boxes (frame.mirror) before the resize and padding, so that it is
+  framed as any image is, under the id + FLIP_SUFFIX and with flipped=True.
+  It is not an input: the counts of inputs (found, ok, failed, skipped) and
+  the box policy's counts are the original's alone.
+  """
+
+  def __init__(self, backbone_config: config_lib.BackboneConfig, min_input_side: int,
+               flip: bool = False):
     self._config = backbone_config
     self._min_input_side = min_input_side
+    self._flip = flip
 
   def process(self, item: elements.ImageInput):
     try:
@@ -111,12 +120,22 @@ class LoadImageFn(beam.DoFn):
     for key, value in stats.items():  # box policy counts, also as Beam metrics
       elements.counter(key).inc(value)
     height, width = image.shape[:2]
-    image, gt_boxes, _ = frame_lib.prepare_image(
+    if self._flip:
+      mirrored, mirrored_boxes = frame_lib.mirror(image, gt_boxes)
+    framed, framed_boxes, _ = frame_lib.prepare_image(
         image, gt_boxes, self._min_input_side, self._config.min_side, self._config.max_side)
-    if image.shape[:2] != (height, width) and min(height, width) < self._min_input_side:
+    if framed.shape[:2] != (height, width) and min(height, width) < self._min_input_side:
       stats["images_padded"] = stats.get("images_padded", 0) + 1
       elements.counter("images_padded").inc()
-    yield elements.LoadedImage(item.image_id, item.image_path, image, gt_boxes, stats)
+    yield elements.LoadedImage(item.image_id, item.image_path, framed, framed_boxes, stats)
+    if self._flip:
+      del framed
+      framed, framed_boxes, _ = frame_lib.prepare_image(
+          mirrored, mirrored_boxes, self._min_input_side, self._config.min_side,
+          self._config.max_side)
+      elements.counter("images_flipped").inc()
+      yield elements.LoadedImage(item.image_id + config_lib.FLIP_SUFFIX, item.image_path,
+                                 framed, framed_boxes, {}, flipped=True)
 
 
 class _SharedExtractor:
@@ -162,7 +181,7 @@ class ComputeFeaturesFn(beam.DoFn):
     if threads:  # the manifest's backbone_threads (determinism.py)
       stats = dict(stats, **determinism.threads_count(threads))
     yield elements.ImageFeatures(item.image_id, item.image_path, width, height, item.gt_boxes,
-                        feature_map, stats)
+                                 feature_map, stats, item.flipped)
 
 
 class SampleTargetsFn(beam.DoFn):
@@ -180,6 +199,7 @@ class SampleTargetsFn(beam.DoFn):
     self._bg = elements.counter("bg_anchors")
     self._ok = elements.counter("images_ok")
     self._skipped = elements.counter("images_skipped")
+    self._flipped_ok = elements.counter("flipped_ok")
 
   def process(self, item: elements.ImageFeatures):
     feature_height, feature_width = item.feature_map.shape[:2]
@@ -188,6 +208,11 @@ class SampleTargetsFn(beam.DoFn):
         anchor_config=self._anchors, target_config=self._targets)
     num_records = len(result.points)
     counts = collections.Counter(item.stats)
+    if num_records == 0 and item.flipped:
+      # the original, of the same frame size, is skipped with the reason
+      counts["flipped_no_anchors"] += 1
+      yield beam.pvalue.TaggedOutput(elements.STATS, dict(counts))
+      return
     if num_records == 0:
       # images.jsonl lists images that produced records (DESIGN.md): one that
       # cannot (no anchor lies inside it, e.g. a padded tiny or a very
@@ -208,11 +233,11 @@ class SampleTargetsFn(beam.DoFn):
     self._records.inc(num_records)
     self._fg.inc(result.num_fg)
     self._bg.inc(result.num_bg)
-    self._ok.inc()
+    (self._flipped_ok if item.flipped else self._ok).inc()
     yield beam.pvalue.TaggedOutput(elements.IMAGES, dict(
         image_line(item, feature_height, feature_width, item.gt_boxes),
         num_fg=int(result.num_fg), num_bg=int(result.num_bg), num_locations=int(num_records)))
-    counts.update({"images_ok": 1, "fg_anchors": int(result.num_fg),
+    counts.update({ok_key(item): 1, "fg_anchors": int(result.num_fg),
                    "bg_anchors": int(result.num_bg), "records_expected": num_records,
                    "inside_anchors": int(result.num_inside)})
     yield beam.pvalue.TaggedOutput(elements.STATS, dict(counts))
@@ -231,6 +256,7 @@ class MapRecordFn(beam.DoFn):
   def setup(self):
     self._records = elements.counter("records")
     self._ok = elements.counter("images_ok")
+    self._flipped_ok = elements.counter("flipped_ok")
 
   def process(self, item: elements.ImageFeatures):
     feature_height, feature_width = item.feature_map.shape[:2]
@@ -239,13 +265,19 @@ class MapRecordFn(beam.DoFn):
     yield schema.make_map_example(feature_map, (item.height, item.width), gt_boxes,
                                   item.image_id)
     self._records.inc()
-    self._ok.inc()
+    (self._flipped_ok if item.flipped else self._ok).inc()
     # gt boxes in float32, as in the record (the tiles layout labels against float64)
     yield beam.pvalue.TaggedOutput(elements.IMAGES, image_line(item, feature_height, feature_width,
                                                       gt_boxes.astype(np.float32)))
     counts = collections.Counter(item.stats)
-    counts.update({"images_ok": 1, "records_expected": 1})
+    counts.update({ok_key(item): 1, "records_expected": 1})
     yield beam.pvalue.TaggedOutput(elements.STATS, dict(counts))
+
+
+def ok_key(item: elements.ImageFeatures) -> str:
+  """The count an image that made records adds to: images_ok for an input,
+  flipped_ok for a mirrored copy (not an input)."""
+  return "flipped_ok" if item.flipped else "images_ok"
 
 
 def image_line(item: elements.ImageFeatures, feature_height: int, feature_width: int,

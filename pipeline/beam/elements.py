@@ -43,6 +43,7 @@ class LoadedImage(NamedTuple):
   image: Any  # uint8 [H, W, 3], the frame fed to the backbone
   gt_boxes: Any  # float64 [G, 4]
   stats: Dict[str, int]
+  flipped: bool = False  # the mirrored copy of an input (--flip), not an input itself
 
 
 class ImageFeatures(NamedTuple):
@@ -53,6 +54,7 @@ class ImageFeatures(NamedTuple):
   gt_boxes: Any
   feature_map: Any  # float32 [Hf, Wf, C]
   stats: Dict[str, int]
+  flipped: bool = False
 
 
 def counter(name: str):

@@ -138,7 +138,7 @@ class ImagesToRecords(beam.PTransform):
     cfg = self._cfg
     spec = registry.backbone_spec(cfg.backbone.backbone)
     loaded = (images | "LoadImages" >> beam.ParDo(
-        dofns.LoadImageFn(cfg.backbone, spec.min_input_side))
+        dofns.LoadImageFn(cfg.backbone, spec.min_input_side, cfg.flip))
         .with_outputs(elements.ERRORS, main="ok").with_exception_handling())
     features = (loaded.ok | "ComputeFeatures" >> beam.ParDo(
         dofns.ComputeFeaturesFn(cfg.backbone, cfg.targets.seed, extractor_factory=self._factory))

@@ -125,6 +125,11 @@ def build_parser() -> cli.Parser:
   out.add_argument("--no_space_check", action="store_true",
                    help="start even when the estimated output clearly exceeds the free "
                    "space of a local --output's disk (the estimate is printed at the start)")
+  out.add_argument("--flip", action="store_true",
+                   help="also write every image mirrored left to right, as one more image "
+                   "(id + '%s', boxes mirrored): py-faster-rcnn's flipped training images, "
+                   "twice the records and the backbone time; for training data only" %
+                   config_lib.FLIP_SUFFIX)
   out.add_argument("--shuffle_records", action="store_true",
                    help="shuffle every record across images before the sink (one more "
                    "GroupByKey over all records: twice the shuffle bytes on Dataflow, and "
@@ -162,7 +167,7 @@ def config_from_args(args: argparse.Namespace,
           num_shards=num_shards, compression=args.compression, tile_dtype=args.tile_dtype,
           max_shard_mb=args.max_shard_mb, layout=getattr(args, "layout", output_layout())),
       split=args.split if args.input else None, input_root=args.input,
-      shuffle_records=args.shuffle_records)
+      shuffle_records=args.shuffle_records, flip=getattr(args, "flip", False))
 
 
 def output_layout() -> str:
@@ -326,6 +331,8 @@ def summary(manifest: manifest_lib.Manifest) -> str:
       f"images: {c['images_found']} found = {c['images_ok']} ok + {c['images_failed']} failed"
       f" + {c['images_skipped']} skipped",
       records,
+      *([f"flipped copies: {c.get('flipped_ok', 0)} of the {c['images_ok']} images ok "
+         f"(in the records above)"] if manifest.flipped_copies else []),
       f"boxes dropped: {c['boxes_dropped']}, clipped: {c.get('boxes_clipped', 0)}",
   ]
   return "\n".join(lines)

@@ -117,6 +117,8 @@ def estimate(cfg: config_lib.PreprocessConfig, channels: int, min_input_side: in
     return Estimate(images, 0, 0.0)
   per_image = float(np.mean([image_bytes(w, h, cfg, channels, min_input_side, n)
                              for w, h, n in sizes]))
+  if cfg.flip:  # each image twice: itself and its mirrored copy
+    per_image *= 2
   return Estimate(images, len(sizes), per_image)
 
 

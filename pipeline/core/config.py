@@ -17,6 +17,9 @@ LAYOUTS = (TILES_LAYOUT, MAPS_LAYOUT)
 MANIFEST_NAME = "manifest.json"
 IMAGES_NAME = "images.jsonl"
 ERRORS_NAME = "errors.jsonl"
+# The image id of an image's mirrored copy (rpn-preprocess --flip): '#' is in
+# no ILSVRC or COCO file name, so the id cannot be another image's.
+FLIP_SUFFIX = "#flipped"
 MANIFEST_VERSION = 1
 # Images declaring more pixels are refused before decoding (decompression bombs).
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -155,3 +158,5 @@ class PreprocessConfig:
   split: Optional[str] = None
   input_root: Optional[str] = None
   shuffle_records: bool = False
+  # also write every image mirrored left to right, as one more image (id + FLIP_SUFFIX)
+  flip: bool = False

@@ -15,6 +15,16 @@ import numpy as np
 from PIL import Image
 
 
+def mirror(image: np.ndarray, boxes: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+  """The image flipped left to right and its boxes [N, 4] with it (x -> W - x),
+  as py-faster-rcnn's flipped training images."""
+  width = image.shape[1]
+  boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+  flipped = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]],
+                     axis=1)
+  return np.ascontiguousarray(image[:, ::-1]), flipped
+
+
 def prepare_image(image: np.ndarray, boxes: np.ndarray, min_input_side: int,
                   min_side: Optional[int] = None, max_side: Optional[int] = None
                   ) -> Tuple[np.ndarray, np.ndarray, float]:

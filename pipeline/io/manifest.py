@@ -92,6 +92,8 @@ class Manifest:
   num_shards: int
   max_shard_mb: Optional[float] = None  # None: a fixed number of shards
   records_shuffled: bool = False
+  # rpn-preprocess --flip: every image also mirrored (id + config.FLIP_SUFFIX)
+  flipped_copies: bool = False
   shard_files: Tuple[str, ...]
   counts: Dict[str, int]
   # {"1": 13}: images whose features that many TensorFlow threads computed
@@ -270,6 +272,7 @@ def build(cfg: config.PreprocessConfig, counts: Dict[str, int], shard_files: Lis
       "num_shards": num_shards,
       "max_shard_mb": fmt.max_shard_mb if fmt.num_shards == 0 else None,
       "records_shuffled": cfg.shuffle_records,
+      "flipped_copies": cfg.flip,
       "shard_files": sorted(shard_files),
       "counts": dict(sorted(counts.items())),
       "backbone_threads": dict(backbone_threads or {}),

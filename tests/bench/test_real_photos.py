@@ -109,3 +109,20 @@ def test_selective_search_on_an_image():
   first = selective_search.propose_image(rgb, max_boxes=50)
   selective_search.seed_ranking("a/b")
   np.testing.assert_array_equal(selective_search.propose_image(rgb, max_boxes=50), first)
+
+
+def test_stop_split_is_fixed_and_disjoint():
+  ids = [f"img_{i:03d}" for i in range(200)]
+  train, stop = real_photos.stop_split(ids, 0.2)
+  assert sorted(train + stop) == ids and not set(train) & set(stop)
+  assert 25 <= len(stop) <= 55  # about a fifth
+  assert real_photos.stop_split(list(reversed(ids)), 0.2) == (train, stop)
+  assert real_photos.stop_split(ids, 0.0) == (ids, [])
+
+
+def test_recipes_that_train_on_other_shards_name_one_that_makes_them():
+  for recipe in real_photos.RECIPES.values():
+    if recipe.trains_on:
+      maker = real_photos.RECIPES[recipe.trains_on]
+      assert not (maker.trains_on or maker.reuses or maker.stop_fraction)
+      assert recipe.layout == maker.layout and recipe.feature_layer == maker.feature_layer

@@ -198,3 +198,22 @@ def test_maps_records_are_the_same_on_another_runner_mode(dataset, outputs, tmp_
   result = determinism.compare(outputs["final_f32"]["maps"], other)
   assert result.ok, result.problems
   assert result.records == len(SIZES)
+
+
+def test_flip_in_the_maps_layout_adds_a_map_of_the_mirrored_image(dataset, tmp_path):
+  output = str(tmp_path / "maps_flipped")
+  manifest = helpers.preprocess(dataset, output, extra=["--layout", "maps", "--flip"])
+  helpers.check_accounting(output, manifest, os.path.join(dataset, "Data", "DET", "train"))
+  counts = manifest.counts
+  assert counts["images_ok"] == counts["flipped_ok"] == len(SIZES)
+  assert counts["records"] == 2 * len(SIZES)
+  records = _read_maps(output, manifest)
+  for image_id in sorted(r for r in records if not r.endswith(config.FLIP_SUFFIX)):
+    record, mirror = records[image_id], records[image_id + config.FLIP_SUFFIX]
+    height, width = record["image_size"]
+    assert mirror["image_size"] == record["image_size"]
+    assert mirror["feature_shape"] == record["feature_shape"]
+    gt = np.reshape(record["gt_boxes"], (-1, 4))
+    np.testing.assert_allclose(np.reshape(mirror["gt_boxes"], (-1, 4)),
+                               np.stack([width - gt[:, 2], gt[:, 1], width - gt[:, 0], gt[:, 3]],
+                                        axis=1), atol=1e-4)

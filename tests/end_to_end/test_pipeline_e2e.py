@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
+from pipeline.core import config
 from pipeline.io import images as images_lib
 from pipeline.model import extractor as extractor_lib
 from tests import dataset_fixtures as fixtures
@@ -256,3 +257,37 @@ def test_fixed_shards_spread_each_image(generated_run):
   several = [i for i in count if count[i] > 1]
   assert manifest.num_shards == 2 and len(several) >= 4
   assert all(len(shards_of[i]) == 2 for i in several), shards_of
+
+
+def test_flip_writes_every_image_and_its_mirror(generated_run, tmp_path):
+  root, written, plain_output, plain = generated_run
+  output = str(tmp_path / "flipped")
+  manifest = helpers.preprocess(root, output, extra=["--flip"])
+  helpers.check_accounting(output, manifest, os.path.join(root, "Data", "DET", "train"))
+  assert manifest.flipped_copies and not plain.flipped_copies
+  assert manifest.counts["images_ok"] == manifest.counts["flipped_ok"] == len(written)
+  lines = {line["image_id"]: line for line in helpers.images_of(output)}
+  for image_id in written:
+    line, mirror = lines[image_id], lines[image_id + config.FLIP_SUFFIX]
+    width = line["width"]
+    assert (mirror["width"], mirror["height"]) == (width, line["height"])
+    np.testing.assert_allclose(
+        mirror["gt_boxes"], [[width - x2, y1, width - x1, y2]
+                             for x1, y1, x2, y2 in line["gt_boxes"]])
+  raw = helpers.read_records(output)
+  records = [helpers.decode_record(r, manifest.feature_channels) for r in raw]
+  # The images' own records are exactly those of a run without --flip ...
+  assert collections.Counter(r for r, d in zip(raw, records, strict=True)
+                             if not d["image_id"].endswith(config.FLIP_SUFFIX)
+                             ) == collections.Counter(helpers.read_records(plain_output))
+  # ... and the copies' tiles are windows of the backbone's features of the mirrored image.
+  image_id = sorted(written)[0]
+  with open(os.path.join(root, "Data/DET/train", image_id + ".JPEG"), "rb") as f:
+    image = images_lib.decode_image(f.read())
+  extractor = extractor_lib.FeatureExtractor(helpers.TINY, "none", seed=0)
+  padded = np.pad(extractor(np.ascontiguousarray(image[:, ::-1])), ((1, 1), (1, 1), (0, 0)))
+  mirrored = [r for r in records if r["image_id"] == image_id + config.FLIP_SUFFIX]
+  assert mirrored and any(r["labels"].max() == 1 for r in mirrored)
+  for record in mirrored:
+    y, x = record["location"]
+    np.testing.assert_allclose(record["tile"], padded[y:y + 3, x:x + 3], rtol=1e-5, atol=1e-5)

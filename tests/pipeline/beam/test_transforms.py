@@ -76,6 +76,52 @@ def _load(root, image_id, width, height, boxes):
   return loaded
 
 
+def test_flip_adds_a_mirrored_copy_framed_like_any_image(tmp_path):
+  root = str(tmp_path)
+  image = fixtures.random_image(np.random.default_rng(0), 200, 60, [(40, 10, 139, 49)])
+  fixtures.write_pair(root, "DET/train", "small", image,
+                      fixtures.det_xml("small", 200, 60, [(40, 10, 139, 49)]))
+  item = elements.ImageInput("small", f"{root}/Data/DET/train/small.JPEG",
+                             f"{root}/Annotations/DET/train/small.xml")
+  plain, mirrored = dofns.LoadImageFn(config_lib.BackboneConfig(weights="none"), 75,
+                                      flip=True).process(item)
+  assert not plain.flipped and plain.image_id == "small"
+  assert mirrored.flipped and mirrored.image_id == "small" + config_lib.FLIP_SUFFIX
+  assert mirrored.image_path == plain.image_path and mirrored.stats == {}
+  # Mirrored before the padding: both padded at the bottom (60 -> 75 px), none on the left.
+  assert mirrored.image.shape == plain.image.shape == (75, 200, 3)
+  np.testing.assert_array_equal(mirrored.image[:60], plain.image[:60, ::-1])
+  assert not mirrored.image[60:].any()
+  np.testing.assert_array_equal(mirrored.gt_boxes, [[200 - 140, 10, 200 - 40, 50]])
+  # Resized frames: the mirror is resized as the image is.
+  resized = dofns.LoadImageFn(config_lib.BackboneConfig(weights="none", min_side=120), 75,
+                              flip=True)
+  plain, mirrored = resized.process(item)
+  assert plain.image.shape == mirrored.image.shape == (120, 400, 3)
+  np.testing.assert_allclose(mirrored.gt_boxes, [[120, 20, 320, 100]])
+  np.testing.assert_allclose(plain.gt_boxes, [[80, 20, 280, 100]])
+
+
+def test_a_flipped_copy_counts_apart_from_the_inputs(tmp_path):
+  loaded = _load(str(tmp_path), "big", 300, 200, [(40, 30, 200, 160)])
+  flipped = loaded._replace(image_id="big" + config_lib.FLIP_SUFFIX, stats={}, flipped=True)
+  main, tagged = _targets(_features(flipped))
+  assert main and tagged["images"][0]["image_id"] == "big" + config_lib.FLIP_SUFFIX
+  (counts,) = tagged["stats"]
+  assert counts["flipped_ok"] == 1 and "images_ok" not in counts
+  # A copy without anchors inside its frame is counted, with no errors line of its own.
+  # (a 200 x 75 frame: its smallest anchor is taller than it)
+  tiny = _load(str(tmp_path), "small", 200, 60, [(40, 10, 140, 50)])._replace(
+      image_id="small" + config_lib.FLIP_SUFFIX, stats={}, flipped=True)
+  main, tagged = _targets(_features(tiny))
+  assert not main and not tagged.get("errors") and not tagged.get("images")
+  assert tagged["stats"] == [{"flipped_no_anchors": 1}]
+  maps_fn = dofns.MapRecordFn("float32")
+  maps_fn.setup()
+  _, tagged = _split(maps_fn.process(_features(flipped)))
+  assert tagged["stats"][0]["flipped_ok"] == 1 and "images_ok" not in tagged["stats"][0]
+
+
 def _features(loaded):
   features_fn = dofns.ComputeFeaturesFn(config_lib.BackboneConfig(weights="none"), 0,
                                     extractor_factory=FakeExtractor)

@@ -45,3 +45,18 @@ def test_frame_size_is_prepare_image_without_pixels():
     out, _, scale = frame_lib.prepare_image(np.zeros((height, width, 3), np.uint8),
                                             np.zeros((0, 4)), 32, *sides)
     assert (frame.height, frame.width) == out.shape[:2] and frame.scale == scale
+
+
+def test_mirror_flips_the_image_and_its_boxes():
+  image = np.arange(2 * 5 * 3, dtype=np.uint8).reshape(2, 5, 3)
+  boxes = np.array([[0, 0, 2, 1], [1.5, 0.5, 5, 2]])
+  mirrored, flipped = frame_lib.mirror(image, boxes)
+  np.testing.assert_array_equal(mirrored, image[:, ::-1])
+  assert mirrored.flags["C_CONTIGUOUS"]
+  np.testing.assert_allclose(flipped, [[3, 0, 5, 1], [0, 0.5, 3.5, 2]])
+  # Pixel columns 0-1 (box 0 covers x in [0, 2)) are columns 3-4 of the mirror.
+  np.testing.assert_array_equal(mirrored[:, 3:5], image[:, 0:2][:, ::-1])
+  again, back = frame_lib.mirror(mirrored, flipped)
+  np.testing.assert_array_equal(again, image)
+  np.testing.assert_allclose(back, boxes)
+  assert frame_lib.mirror(image, np.zeros((0, 4)))[1].shape == (0, 4)
