@@ -273,6 +273,11 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
       self.wait = len(values) - 1 - self.best_epoch
 
 
+def _row_metrics(row: Dict[str, str]) -> Dict[str, float]:
+  """The logs of one history.csv row (name -> value), without the epoch and the blanks."""
+  return {k: float(v) for k, v in row.items() if k != "epoch" and v not in ("", "NA", None)}
+
+
 def _monitored(rows) -> list:
   """BEST_MONITOR of each history.csv row, inf where a row lacks it."""
   out = []
@@ -303,9 +308,7 @@ def save_best(job_dir: str, model, manifest: manifest_lib.Manifest,
   best_dir = storage.join(job_dir, job.BEST_DIR)
   model_lib.save_rpn(best_dir, model, manifest, dict(
       train_config, best_epoch=best, best_monitor=BEST_MONITOR, checkpoint=checkpoint))
-  metrics = {k: float(v) for k, v in rows[best].items()
-             if k != "epoch" and v not in ("", "NA", None)}
-  storage.write_json(storage.join(best_dir, job.METRICS_NAME), metrics)
+  storage.write_json(storage.join(best_dir, job.METRICS_NAME), _row_metrics(rows[best]))
   return best
 
 
@@ -437,8 +440,7 @@ def train(run: TrainArgs, callbacks: Sequence = (),
     last = {k: float(v[-1]) for k, v in history.history.items() if v}
   else:  # no epoch left to run (the backup holds the last epoch): history.csv's last row
     rows = _history_rows(run.job_dir)
-    last = {k: float(v) for k, v in rows[-1].items()
-            if k != "epoch" and v not in ("", "NA", None)} if rows else {}
+    last = _row_metrics(rows[-1]) if rows else {}
   train_config = dict(dataclasses.asdict(config), data=run.data, val_data=run.val_data,
                       num_anchors=manifest.num_anchors,
                       channels=manifest.feature_channels,

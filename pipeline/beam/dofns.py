@@ -120,22 +120,22 @@ class LoadImageFn(beam.DoFn):
     for key, value in stats.items():  # box policy counts, also as Beam metrics
       elements.counter(key).inc(value)
     height, width = image.shape[:2]
-    if self._flip:
-      mirrored, mirrored_boxes = frame_lib.mirror(image, gt_boxes)
-    framed, framed_boxes, _ = frame_lib.prepare_image(
-        image, gt_boxes, self._min_input_side, self._config.min_side, self._config.max_side)
+    framed, framed_boxes = self._frame(image, gt_boxes)
     if framed.shape[:2] != (height, width) and min(height, width) < self._min_input_side:
       stats["images_padded"] = stats.get("images_padded", 0) + 1
       elements.counter("images_padded").inc()
     yield elements.LoadedImage(item.image_id, item.image_path, framed, framed_boxes, stats)
     if self._flip:
-      del framed
-      framed, framed_boxes, _ = frame_lib.prepare_image(
-          mirrored, mirrored_boxes, self._min_input_side, self._config.min_side,
-          self._config.max_side)
       elements.counter("images_flipped").inc()
       yield elements.LoadedImage(item.image_id + config_lib.FLIP_SUFFIX, item.image_path,
-                                 framed, framed_boxes, {}, flipped=True)
+                                 *self._frame(*frame_lib.mirror(image, gt_boxes)), {},
+                                 flipped=True)
+
+  def _frame(self, image, gt_boxes):
+    """(frame, boxes in it): the optional resize, then the padding."""
+    framed, boxes, _ = frame_lib.prepare_image(
+        image, gt_boxes, self._min_input_side, self._config.min_side, self._config.max_side)
+    return framed, boxes
 
 
 class _SharedExtractor:

@@ -307,15 +307,16 @@ def test_early_stopping_ends_the_run_and_the_job_counts_as_complete(learnable, t
 def test_weight_decay_and_dropout_regularise(learnable, tmp_path):
   train_dir, _ = learnable
   norms = {}
-  for name, extra in (("plain", ()), ("decay", ("--weight_decay", "0.5", "--dropout", "0.3"))):
+  for name, extra in (("plain", ()), ("decay", ("--weight_decay", "2", "--dropout", "0.3"))):
     job = str(tmp_path / name)
     last = train_lib.train(_args(train_dir, job, "--epochs", "3", "--learning_rate", "1e-2",
                                  *extra))
     assert np.isfinite(last["loss"])
     tile_model, _, _, config = model_lib.load_rpn(job)
     norms[name] = float(np.linalg.norm(tile_model.get_layer("rpn_conv").get_weights()[0]))
-  assert config["weight_decay"] == 0.5 and config["dropout"] == 0.3
-  assert norms["decay"] < 0.8 * norms["plain"]
+  assert config["weight_decay"] == 2 and config["dropout"] == 0.3
+  # 48 steps that each shrink the kernels by lr * decay = 2 %: about 0.38 of the norm
+  assert norms["decay"] < 0.7 * norms["plain"]
   optimizer = train_lib.optimizer(1e-3, 0.01)
   assert isinstance(optimizer, keras.optimizers.AdamW)
   assert type(train_lib.optimizer(1e-3)) is keras.optimizers.Adam
