@@ -272,11 +272,12 @@ def build(cfg: config.PreprocessConfig, counts: Dict[str, int], shard_files: Lis
       "num_shards": num_shards,
       "max_shard_mb": fmt.max_shard_mb if fmt.num_shards == 0 else None,
       "records_shuffled": cfg.shuffle_records,
-      "flipped_copies": cfg.flip,
       "shard_files": sorted(shard_files),
       "counts": dict(sorted(counts.items())),
       "backbone_threads": dict(backbone_threads or {}),
   }
+  if cfg.flip:  # only then, so that other runs' manifests stay as they were
+    manifest["flipped_copies"] = True
   if shards is not None:
     by_file = {shard["file"]: shard for shard in shards}
     if sorted(by_file) != manifest["shard_files"] or len(shards) != num_shards:
