@@ -109,6 +109,8 @@ RECIPES: Dict[str, Recipe] = {r.name: r for r in (
            propose_flags=("--pre_nms_top_n", "12000")),
     Recipe("flip", "readme + rpn-preprocess --flip of the training images",
            train_split_flags=("--flip",)),
+    Recipe("fg0.5", "maps + rpn-train --fg_iou_thresh 0.5: positives from IoU 0.5",
+           layout="maps", train_flags=("--fg_iou_thresh", "0.5"), trains_on="maps"),
     Recipe("hidden128", "readme with a smaller head: rpn-train --hidden 128",
            train_flags=("--hidden", "128"), trains_on="readme"),
     Recipe("dropout", "readme + rpn-train --dropout 0.5", train_flags=("--dropout", "0.5"),
