@@ -126,3 +126,21 @@ def test_recipes_that_train_on_other_shards_name_one_that_makes_them():
       maker = real_photos.RECIPES[recipe.trains_on]
       assert not (maker.trains_on or maker.reuses or maker.stop_fraction)
       assert recipe.layout == maker.layout and recipe.feature_layer == maker.feature_layer
+
+
+def test_stop_recipe_preprocesses_two_parts_of_the_training_images(tmp_path):
+  images = tmp_path / "data" / "Data" / "DET" / "train"
+  images.mkdir(parents=True)
+  ids = [f"img_{i:03d}" for i in range(40)]
+  for image_id in ids:
+    (images / f"{image_id}.JPEG").write_bytes(b"")
+  args = real_photos.parse_args(["--data", str(tmp_path / "data")])
+  out = str(tmp_path / "out")
+  assert real_photos.preprocess_parts(args, real_photos.RECIPES["readme"], out) == [
+      ("train", "DET/train", None), ("val", "DET/val", None)]
+  parts = real_photos.preprocess_parts(args, real_photos.RECIPES["stop"], out)
+  assert [(name, split) for name, split, _ in parts] == [("train", "DET/train"),
+                                                         ("stop", "DET/train")]
+  listed = [open(path).read().split() for _, _, path in parts]
+  assert sorted(listed[0] + listed[1]) == ids and listed[1]
+  assert (listed[0], listed[1]) == real_photos.stop_split(ids, 0.2)
