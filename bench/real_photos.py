@@ -24,6 +24,10 @@ Selective Search (OpenCV, fast mode, its own order, up to 2,000 boxes; the
 `bench` extra) runs once on the same held-out images and is printed as a row
 beside the recipes. It has no seed and no training.
 
+A recipe may reuse another's trained jobs (a change of rpn-propose's flags
+only) or its shards (a change of rpn-train's flags only), and "stop" holds
+out a fifth of DET/train to stop training on, so that DET/val stays unseen.
+
 rpn-propose keeps 1,000 proposals per image here (--post_nms_top_n 1000, the
 number detectron2 keeps at test time) so that AR@1000 can be measured; every
 other setting is the recipe's.
