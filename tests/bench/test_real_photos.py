@@ -1,6 +1,7 @@
 """Tests of bench/real_photos.py's bookkeeping (the runs themselves are `make quality`)."""
 import math
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -141,6 +142,6 @@ def test_stop_recipe_preprocesses_two_parts_of_the_training_images(tmp_path):
   parts = real_photos.preprocess_parts(args, real_photos.RECIPES["stop"], out)
   assert [(name, split) for name, split, _ in parts] == [("train", "DET/train"),
                                                          ("stop", "DET/train")]
-  listed = [open(path).read().split() for _, _, path in parts]
+  listed = [pathlib.Path(path).read_text().split() for _, _, path in parts]
   assert sorted(listed[0] + listed[1]) == ids and listed[1]
   assert (listed[0], listed[1]) == real_photos.stop_split(ids, 0.2)
