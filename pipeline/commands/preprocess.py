@@ -167,7 +167,7 @@ def config_from_args(args: argparse.Namespace,
           num_shards=num_shards, compression=args.compression, tile_dtype=args.tile_dtype,
           max_shard_mb=args.max_shard_mb, layout=getattr(args, "layout", output_layout())),
       split=args.split if args.input else None, input_root=args.input,
-      shuffle_records=args.shuffle_records, flip=getattr(args, "flip", False))
+      shuffle_records=args.shuffle_records, flip=args.flip)
 
 
 def output_layout() -> str:
