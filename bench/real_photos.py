@@ -91,6 +91,15 @@ class Recipe:
   trains_on: Optional[str] = None
   stop_fraction: float = 0.0
   layout: str = "tiles"  # maps: the anchors go to rpn-train, drawn afresh every epoch
+  # several feature levels (--feature_layers) instead of feature_layer
+  feature_layers: Tuple[str, ...] = ()
+
+  @property
+  def layer_flags(self) -> List[str]:
+    """--feature_layer, or --feature_layers of a recipe of several levels."""
+    if self.feature_layers:
+      return ["--feature_layers", ",".join(self.feature_layers)]
+    return ["--feature_layer", self.feature_layer]
 
 
 # The README's recipe first; each other recipe changes one lever.
@@ -123,6 +132,12 @@ RECIPES: Dict[str, Recipe] = {r.name: r for r in (
            train_flags=("--weight_decay", "0.1"), trains_on="readme"),
     Recipe("epochs20", "readme + rpn-train --epochs 20", train_flags=("--epochs", "20"),
            trains_on="readme"),
+    Recipe("levels", "readme on two feature levels, --feature_layers block4_conv3,block5_conv3 "
+           "(strides 8 and 16), rpn-anchors' suggested scales for both",
+           feature_layers=("block4_conv3", "block5_conv3")),
+    Recipe("levels_fg0.5", "levels + rpn-preprocess --fg_iou_thresh 0.5",
+           feature_layers=("block4_conv3", "block5_conv3"),
+           preprocess_flags=("--fg_iou_thresh", "0.5")),
     Recipe("stop", "readme trained on 80% of DET/train for up to 20 epochs, early stopping "
            "(patience 4) on the other 20%, proposing with JOB/best",
            train_flags=("--epochs", "20", "--early_stopping_patience", "4"),
@@ -185,7 +200,7 @@ def summarise(runs: Sequence[Dict[str, Optional[float]]]) -> Dict[str, Dict[str,
 def suggested_anchors(args, recipe: Recipe, out: str) -> Tuple[List[str], dict]:
   """(the anchor flags for rpn-preprocess, anchors.json) for the recipe."""
   report = anchors_run.run(["--input", args.data, "--split", "DET/train", "--output", out,
-                            "--backbone", "VGG16", "--feature_layer", recipe.feature_layer,
+                            "--backbone", "VGG16", *recipe.layer_flags,
                             *recipe.frame_flags, *recipe.anchors_flags])
   if recipe.anchors != "suggested":
     return [], report
@@ -220,8 +235,8 @@ def run_seed(args, recipe: Recipe, anchor_flags: Sequence[str], seed: int) -> Di
                        f"--recipes {recipe.trains_on},{recipe.name}")
   else:
     shards = os.path.join(out, "shards")
-    common = ["--backbone", "VGG16", "--weights", args.weights, "--feature_layer",
-              recipe.feature_layer, "--seed", str(seed), "--layout", recipe.layout,
+    common = ["--backbone", "VGG16", "--weights", args.weights, *recipe.layer_flags,
+              "--seed", str(seed), "--layout", recipe.layout,
               *recipe.frame_flags, *([] if maps else anchor_flags), *recipe.preprocess_flags]
     start = time.monotonic()
     for split, where, image_set in preprocess_parts(args, recipe, out):

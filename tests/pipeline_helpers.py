@@ -55,6 +55,9 @@ def decode_record(serialized: bytes, channels: int, dtype: str = "float32") -> d
       "deltas": np.array(feature["deltas"].float_list.value, np.float32),
       "image_id": feature["image_id"].bytes_list.value[0].decode(),
       "location": tuple(feature["location"].int64_list.value),
+      # records of several feature levels carry theirs; others are of level 0
+      "level": (int(feature["level"].int64_list.value[0]) if "level" in feature else 0),
+      "has_level": "level" in feature,
   }
 
 
@@ -62,15 +65,19 @@ def check_records_follow_conventions(output: str) -> Dict[str, int]:
   """Asserts every record agrees with DESIGN.md; returns per-image record counts."""
   manifest = manifest_lib.Manifest.read(os.path.join(output, "manifest.json"))
   images = {line["image_id"]: line for line in read_jsonl(os.path.join(output, "images.jsonl"))}
-  per_image = collections.Counter()
+  per_image, per_level = collections.Counter(), collections.Counter()
   fg, bg = collections.Counter(), collections.Counter()
   seen = set()
   for serialized in read_records(output):
     record = decode_record(serialized, manifest.feature_channels, manifest.dtype)
-    key = (record["image_id"], record["location"])
+    key = (record["image_id"], record["level"], record["location"])
     assert key not in seen, f"duplicated point {key}"
     seen.add(key)
-    line = images[record["image_id"]]
+    image_line = images[record["image_id"]]
+    # the map and strides of the record's level (several levels: the line's "levels")
+    assert record["has_level"] == ("levels" in image_line) == (manifest.num_levels > 1)
+    line = dict(image_line, **(image_line["levels"][record["level"]]
+                               if "levels" in image_line else {}))
     y, x = record["location"]
     assert 0 <= y < line["feature_height"] and 0 <= x < line["feature_width"]
     labels, deltas = record["labels"], record["deltas"].reshape(9, 4)
@@ -97,8 +104,11 @@ def check_records_follow_conventions(output: str) -> Dict[str, int]:
       else:
         assert (deltas[a] == 0).all()
     per_image[record["image_id"]] += 1
+    per_level[record["image_id"], record["level"]] += 1
   for image_id, line in images.items():
     assert per_image[image_id] == line["num_locations"]
+    for level, entry in enumerate(line.get("levels", [])):
+      assert per_level[image_id, level] == entry["num_locations"], (image_id, level)
     assert fg[image_id] == line["num_fg"] <= 128
     assert bg[image_id] == line["num_bg"]
     assert line["num_fg"] + line["num_bg"] <= 256

@@ -252,7 +252,8 @@ def check_propose(args: argparse.Namespace) -> arguments.ProposeArgs:
                          "annotations) or --images GLOB")
   if args.weights:  # other weights than the job's: loaded once aside, beside the checks below
     child_check = backbone_check.start_backbone_check(
-        manifest.backbone, args.weights, manifest.feature_layer, manifest.weights_seed)
+        manifest.backbone, args.weights, manifest.feature_layer, manifest.weights_seed,
+        feature_layers=manifest.feature_layers or ())
   else:  # the job's own, which loaded when its shards were made: they must be here
     child_check = None
     try:

@@ -162,11 +162,15 @@ def find_corrupt_shards(data_dir: str, manifest: manifest_lib.Manifest) -> Dict[
                       log=False)[1]["skipped"]
 
 
-def to_model_inputs(parsed: Dict):
-  """Parsed records (schema.parse_examples) -> (tiles, targets) for fit()."""
+def to_model_inputs(parsed: Dict, levels: bool = False):
+  """Parsed records (schema.parse_examples) -> (tiles, targets) for fit(); with
+  levels (data of several feature levels), ({"tile", "level"}, targets)."""
   labels = tf.cast(parsed[schema.LABELS_KEY], tf.float32)
   packed = tf.concat([labels, parsed[schema.DELTAS_KEY]], axis=-1)
-  return parsed[schema.TILE_KEY], {"scores": labels, "deltas": packed}
+  inputs = parsed[schema.TILE_KEY]
+  if levels:
+    inputs = {"tile": inputs, "level": parsed[schema.LEVEL_KEY]}
+  return inputs, {"scores": labels, "deltas": packed}
 
 
 def make_dataset(data_dir: str, manifest: manifest_lib.Manifest, batch_size: int,
@@ -214,7 +218,9 @@ def make_dataset(data_dir: str, manifest: manifest_lib.Manifest, batch_size: int
     ds = ds.repeat()
   ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=autotune,
                 deterministic=not shuffle)
-  ds = ds.map(lambda s: to_model_inputs(schema.parse_examples(s, num_anchors, channels, dtype)),
+  levels = manifest.num_levels > 1
+  ds = ds.map(lambda s: to_model_inputs(schema.parse_examples(s, num_anchors, channels, dtype),
+                                        levels),
               num_parallel_calls=autotune, deterministic=not shuffle)
   if num_records is not None and not (skip_corrupt or repeat):
     batches = num_records // batch_size if drop_remainder else -(-num_records // batch_size)

@@ -53,6 +53,42 @@ def _objectness(logits: bool = False):
                                  dtype="float32")
 
 
+@keras.saving.register_keras_serializable(package="rpn")
+class LevelStandardise(keras.layers.Layer):
+  """[tile [B, 3, 3, C], level int [B]] -> (tile - mean[level]) / sqrt(variance[level]):
+  the fixed standardisation of tiles of several feature levels, each level
+  with its own training statistics (mean, variance [L, C]; not trained, not
+  in the weight files, as the one-level Normalization)."""
+
+  def __init__(self, mean, variance, **kwargs):
+    super().__init__(**kwargs)
+    self.mean = np.asarray(mean, np.float32)
+    self.variance = np.asarray(variance, np.float32)
+
+  def call(self, inputs):
+    tile, level = inputs
+    level = keras.ops.cast(keras.ops.reshape(level, [-1]), "int32")
+    mean = keras.ops.take(keras.ops.convert_to_tensor(self.mean), level, axis=0)  # [B, C]
+    scale = keras.ops.take(keras.ops.convert_to_tensor(1.0 / np.sqrt(self.variance)), level,
+                           axis=0)
+    return (keras.ops.cast(tile, "float32") - mean[:, None, None, :]) * scale[:, None, None, :]
+
+  def compute_output_shape(self, input_shape):
+    return input_shape[0]
+
+  def get_config(self):
+    return dict(super().get_config(), mean=self.mean.tolist(), variance=self.variance.tolist())
+
+
+def num_levels_of(feature_mean) -> int:
+  """The feature levels a model's statistics are for: [L, C] statistics are of
+  L levels (rpn-train --data of several levels), [C] or None of one."""
+  if feature_mean is None:
+    return 1
+  mean = np.asarray(feature_mean)
+  return int(mean.shape[0]) if mean.ndim == 2 else 1
+
+
 def _standardise(channels: int, feature_mean=None, feature_variance=None):
   """Fixed per-channel (x - mean) / sqrt(variance) layer (identity by default)."""
   mean = np.zeros(channels) if feature_mean is None else np.asarray(feature_mean, np.float64)
@@ -91,11 +127,26 @@ def build_tile_model(channels: int, num_anchors: int = AnchorConfig().num_anchor
   under a mixed precision policy. dropout > 0 adds a Dropout layer
   (rpn_dropout, active in training only) on rpn_conv's output; it holds no
   weights, so the weight files are the same with and without it.
+
+  Statistics of several feature levels (feature_mean, feature_variance [L, C])
+  make a model of inputs {"tile": [B, 3, 3, C], "level": int32 [B]}: one head
+  for every level, behind each level's own standardisation (LevelStandardise).
   """
   size = schema.TILE_SIZE
   tile = keras.Input((size, size, channels), name="tile")
   conv, cls, bbox = _layers(hidden, num_anchors, "valid")
-  x = conv(_standardise(channels, feature_mean, feature_variance)(tile))
+  if num_levels_of(feature_mean) > 1:
+    mean, variance = np.asarray(feature_mean), np.asarray(feature_variance)
+    if mean.shape != variance.shape or mean.shape[1] != channels:
+      raise ValueError(f"feature statistics of shape {mean.shape} / {variance.shape} do not "
+                       f"fit {channels} channels")
+    level = keras.Input((), dtype="int32", name="level")
+    inputs = {"tile": tile, "level": level}
+    x = conv(LevelStandardise(mean, variance, name="standardise", dtype="float32")(
+        [tile, level]))
+  else:
+    inputs = tile
+    x = conv(_standardise(channels, feature_mean, feature_variance)(tile))
   if dropout:
     x = keras.layers.Dropout(dropout, name="rpn_dropout")(x)
   objectness = _objectness(logits)(cls(x))
@@ -105,25 +156,39 @@ def build_tile_model(channels: int, num_anchors: int = AnchorConfig().num_anchor
   # rpn_cls held the sigmoid); Keras matches layers to a file by their order.
   box = keras.layers.Identity(name="box_deltas", dtype="float32")(bbox(x))
   deltas = keras.layers.Reshape((4 * num_anchors,), name="deltas", dtype="float32")(box)
-  return keras.Model(tile, {"scores": scores, "deltas": deltas}, name="rpn_tile")
+  return keras.Model(inputs, {"scores": scores, "deltas": deltas}, name="rpn_tile")
 
 
-def build_inference_model(tile_model, channels: int):
+def build_inference_model(tile_model, channels: int, level: int = 0):
   """Feature map [B, Hf, Wf, C] -> {"scores": [B, Hf, Wf, A], "deltas": [B, Hf, Wf, 4A]},
-  with the tile model's weights."""
+  with the tile model's weights; for a model of several levels, the one of
+  feature level `level` (its standardisation, the shared head)."""
   source = {layer.name: layer for layer in tile_model.layers}
   hidden = source["rpn_conv"].filters
   num_anchors = source["rpn_cls"].filters
   norm = source["standardise"]
+  if isinstance(norm, LevelStandardise):
+    mean, variance = norm.mean[level], norm.variance[level]
+  elif level:
+    raise ValueError(f"level {level}: the RPN was trained on one feature level")
+  else:
+    mean, variance = norm.input_mean, norm.input_variance
   feature_map = keras.Input((None, None, channels), name="feature_map")
   conv, cls, bbox = _layers(hidden, num_anchors, "valid")
   padded = keras.layers.ZeroPadding2D(1)(feature_map)
-  x = conv(_standardise(channels, norm.input_mean, norm.input_variance)(padded))
+  x = conv(_standardise(channels, mean, variance)(padded))
   model = keras.Model(feature_map, {"scores": _objectness()(cls(x)), "deltas": bbox(x)},
                       name="rpn_full")
   for layer in (conv, cls, bbox):
     layer.set_weights(source[layer.name].get_weights())
   return model
+
+
+def inference_models(tile_model, channels: int) -> list:
+  """build_inference_model of every feature level of the tile model, finest first."""
+  norm = {layer.name: layer for layer in tile_model.layers}["standardise"]
+  levels = len(norm.mean) if isinstance(norm, LevelStandardise) else 1
+  return [build_inference_model(tile_model, channels, level) for level in range(levels)]
 
 
 def save_rpn(job_dir: str, tile_model, manifest: manifest_lib.Manifest,

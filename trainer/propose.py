@@ -94,10 +94,14 @@ class Proposer:
       raise job.JobError(str(e)) from None
     weights_path = job.path(job_dir, job.WEIGHTS_NAME)
     try:
-      _, inference_model, _, train_config = model_lib.load_rpn(job_dir)
+      tile_model, inference_model, _, train_config = model_lib.load_rpn(job_dir)
+      level_models = model_lib.inference_models(tile_model, manifest.feature_channels)
     except (ValueError, OSError, KeyError, TypeError) as e:
       raise job.JobError(f"cannot load the RPN from {weights_path} "
                          f"({type(e).__name__}: {e})") from None
+    if len(level_models) != manifest.num_levels:
+      raise job.JobError(f"the RPN in {weights_path} was trained for {len(level_models)} "
+                         f"feature levels, the manifest has {manifest.num_levels}")
     self.manifest, self.train_config = manifest, train_config
     self.config = proposal_config
     self.channels = manifest.feature_channels
@@ -114,7 +118,7 @@ class Proposer:
     try:
       self.extractor = extractor_lib.FeatureExtractor(
           manifest.backbone, self.weights, manifest.weights_seed,
-          feature_layer=manifest.feature_layer)
+          feature_layer=manifest.feature_layer, feature_layers=manifest.levels)
     except backbone_lib.WeightsUnavailableError as e:
       problem = backbone_check.weights_problem(e, manifest.backbone)
       if weights:
@@ -125,13 +129,16 @@ class Proposer:
     self.traces = 0
     self.stats: dict = {}  # proposals.propose_boxes' counts (min_size_relaxed)
 
-    def forward(feature_map):
-      self.traces += 1  # Python side effect: runs once per trace only
-      outputs = inference_model(feature_map, training=False)
-      return outputs["scores"], outputs["deltas"]
+    def forward_of(model):
+      def forward(feature_map):
+        self.traces += 1  # Python side effect: runs once per trace only
+        outputs = model(feature_map, training=False)
+        return outputs["scores"], outputs["deltas"]
+      return tf.function(
+          forward, input_signature=[tf.TensorSpec([1, None, None, self.channels], tf.float32)])
 
-    self._forward = tf.function(
-        forward, input_signature=[tf.TensorSpec([1, None, None, self.channels], tf.float32)])
+    # one head, behind each feature level's standardisation
+    self._forwards = [forward_of(model) for model in level_models]
 
   def prepare(self, image: np.ndarray, gt_boxes: np.ndarray
               ) -> Tuple[np.ndarray, np.ndarray, Tuple[float, float]]:
@@ -141,14 +148,27 @@ class Proposer:
     return frame_lib.prepare_frame(image, gt_boxes, m.min_input_side, m.resize.min_side,
                                    m.resize.max_side)
 
-  def head(self, frame: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(scores [K], deltas [K, 4], anchors [K, 4]) of a frame uint8 [H, W, 3]."""
-    feature_map = self.extractor(frame)  # [Hf, Wf, C]
+  def head(self, frame: np.ndarray):
+    """(scores [K], deltas [K, 4], anchors [K, 4]) of a frame uint8 [H, W, 3];
+    with several feature levels, (scores, deltas, anchors, levels [K]): the
+    anchors of every level, level after level."""
+    feature_maps = self.extractor(frame)  # [Hf, Wf, C], or one per level
+    several = isinstance(feature_maps, list)
+    outputs = [self._level_head(frame, feature_map, forward) for feature_map, forward in
+               zip(feature_maps if several else [feature_maps], self._forwards, strict=True)]
+    if not several:
+      return outputs[0]
+    levels = np.concatenate([np.full(len(scores), level, np.int64)
+                             for level, (scores, _, _) in enumerate(outputs)])
+    return tuple(np.concatenate(parts) for parts in zip(*outputs, strict=True)) + (levels,)
+
+  def _level_head(self, frame: np.ndarray, feature_map: np.ndarray, forward):
+    """(scores [K], deltas [K, 4], anchors [K, 4]) of one level's feature map."""
     if feature_map.shape[-1] != self.channels:
       raise job.JobError(f"backbone {self.manifest.backbone} gave {feature_map.shape[-1]} "
                          f"channels, the manifest says {self.channels}")
     feature_map = feature_map.astype(self.feature_dtype).astype(np.float32)
-    scores, deltas = self._forward(feature_map[np.newaxis])
+    scores, deltas = forward(feature_map[np.newaxis])
     scores, deltas = scores.numpy()[0], deltas.numpy()[0]  # [Hf, Wf, A], [Hf, Wf, 4A]
     feature_height, feature_width = feature_map.shape[:2]
     if scores.shape != (feature_height, feature_width, self.num_anchors) or (
@@ -169,10 +189,11 @@ class Proposer:
     there are none (the reason names what the decoded boxes were). box_scale
     (prepare's): the frame's size over the original image's, which brings
     --min_size (original pixels) into the frame."""
-    scores, deltas, anchors = self.head(frame)
+    scores, deltas, anchors, *levels = self.head(frame)
     height, width = frame.shape[:2]
     boxes, kept_scores = proposals_lib.propose(scores, deltas, anchors, width, height,
-                                               self.config, self.stats, box_scale)
+                                               self.config, self.stats, box_scale,
+                                               levels[0] if levels else None)
     if len(boxes) == 0:
       raise NoProposalsError(proposals_lib.no_proposals_reason(
           *proposals_lib.select_anchors(scores, deltas, anchors, width, height,

@@ -125,12 +125,13 @@ def sample_centres(manifest: manifest_lib.Manifest, files: Sequence[str],
   sample = (shards.interleave(shard_sample, cycle_length=min(len(files), 64),
                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .batch(1024)
-            .map(lambda records, index: (schema.parse_examples(
-                records, num_anchors, channels, dtype)[schema.TILE_KEY][:, 1, 1, :], index),
+            .map(lambda records, index: _centres_and_levels(schema.parse_examples(
+                records, num_anchors, channels, dtype)) + (index,),
                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
-  centres, used = [], set()
-  for features, index in sample:
+  centres, levels, used = [], [], set()
+  for features, level, index in sample:
     centres.append(features.numpy())
+    levels.append(level.numpy())
     used.update(index.numpy().tolist())
   centres = np.concatenate(centres) if centres else np.zeros((0, channels), np.float32)
   if not len(centres):
@@ -139,7 +140,26 @@ def sample_centres(manifest: manifest_lib.Manifest, files: Sequence[str],
   info = {"records": int(len(centres)), "shards": len(used), "of_records": total,
           "of_shards": len(files), "seed": seed, "max_records": max_tiles,
           "window": STATISTICS_WINDOW}
+  if manifest.num_levels > 1:  # the level of each centre, for each level's statistics
+    info["levels"] = np.concatenate(levels)
   return centres, info
+
+
+def _centres_and_levels(parsed):
+  """(centre features [B, C], level [B]) of parsed records."""
+  return parsed[schema.TILE_KEY][:, 1, 1, :], parsed[schema.LEVEL_KEY]
+
+
+def level_statistics(centres: np.ndarray, levels: Optional[np.ndarray], num_levels: int):
+  """(mean, variance) of the centre features: [C] each for one level; [L, C]
+  each for several, every level's own (model.feature_statistics of its
+  centres; a level with no centre in the sample takes those of all levels)."""
+  if num_levels == 1 or levels is None:
+    return model_lib.feature_statistics(centres)
+  pooled = model_lib.feature_statistics(centres)
+  per_level = [model_lib.feature_statistics(centres[levels == level])
+               if np.any(levels == level) else pooled for level in range(num_levels)]
+  return np.stack([m for m, _ in per_level]), np.stack([v for _, v in per_level])
 
 
 def feature_statistics(data_dir: str, manifest: manifest_lib.Manifest, files,
@@ -152,8 +172,9 @@ def feature_statistics(data_dir: str, manifest: manifest_lib.Manifest, files,
   if records_per_shard is None:
     records_per_shard = data_lib.check_shards(data_dir, manifest, skip_corrupt)[1][
         "records_per_shard"]
-  centres, _ = sample_centres(manifest, files, records_per_shard, max_tiles, seed, skip_corrupt)
-  return model_lib.feature_statistics(centres)
+  centres, info = sample_centres(manifest, files, records_per_shard, max_tiles, seed,
+                                 skip_corrupt)
+  return level_statistics(centres, info.get("levels"), manifest.num_levels)
 
 
 def _job_statistics(run: TrainArgs, manifest: manifest_lib.Manifest, files, report,
@@ -178,9 +199,12 @@ def _job_statistics(run: TrainArgs, manifest: manifest_lib.Manifest, files, repo
   else:
     centres, info = sample_centres(manifest, files, report["records_per_shard"],
                                    STATISTICS_TILES, config.seed, config.skip_corrupt_shards)
-  mean, variance = model_lib.feature_statistics(centres)
-  statistics = {"sample": dict(info, data=run.data), "feature_mean": [float(v) for v in mean],
-                "feature_variance": [float(v) for v in variance]}
+  levels = info.pop("levels", None)
+  mean, variance = level_statistics(centres, levels, manifest.num_levels)
+  if levels is not None:
+    info["records_per_level"] = np.bincount(levels, minlength=manifest.num_levels).tolist()
+  statistics = {"sample": dict(info, data=run.data), "feature_mean": np.asarray(mean).tolist(),
+                "feature_variance": np.asarray(variance).tolist()}
   storage.write_json(path, statistics)
   return statistics
 

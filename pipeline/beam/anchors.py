@@ -43,9 +43,10 @@ class LoadFrameFn(beam.DoFn):
     self._config = backbone_config
     # Derived here, on the launching machine, and pickled with its steps: the
     # workers compute sizes without importing TensorFlow or building the net.
-    self._grid = layers.FeatureGrid(backbone_config.backbone,
-                                          backbone_config.feature_layer)
-    self._grid.axes  # noqa: B018 (derives the steps now)
+    self._grids = [layers.FeatureGrid(backbone_config.backbone, layer)
+                   for layer in config_lib.levels(backbone_config)]
+    for grid in self._grids:
+      grid.axes  # noqa: B018 (derives the steps now)
 
   def setup(self):
     self._min_input_side = registry.backbone_spec(self._config.backbone).min_input_side
@@ -68,9 +69,11 @@ class LoadFrameFn(beam.DoFn):
     # counted as LoadImageFn counts it
     if (frame.width, frame.height) != (width, height) and min(width, height) < self._min_input_side:
       stats["images_padded"] = 1
-    feature_height, feature_width = self._grid(frame.height, frame.width)
+    shapes = tuple(tuple(grid(frame.height, frame.width)) for grid in self._grids)
+    feature_height, feature_width = shapes[0]
     yield coverage.FrameBoxes(item.image_id, frame.width, frame.height, feature_height,
-                              feature_width, gt_boxes, item.image_path)
+                              feature_width, gt_boxes, item.image_path,
+                              level_shapes=shapes if len(shapes) > 1 else ())
     yield beam.pvalue.TaggedOutput(elements.STATS, stats)
 
 
@@ -127,7 +130,7 @@ def _sha256_key(frame: coverage.FrameBoxes) -> bytes:
 
 def search(frames: List[coverage.FrameBoxes], scales, ratios) -> Dict[str, Any]:
   """The suggested set (coordinate.search_anchors) on the sampled frames."""
-  result = coverage.search_anchors(coverage.BoxSample.of(frames), scales, ratios)
+  result = coverage.search_anchors(coverage.levels_of(frames), scales, ratios)
   return {"scales": list(result.scales), "ratios": list(result.ratios),
           "search": dict(result.to_dict(), sample_images=len(frames))}
 
@@ -170,9 +173,12 @@ def build_pipeline(p, cfg: config_lib.PreprocessConfig, max_images: Optional[int
 
 def _set_block(scales, ratios, stats: coverage.CoverageStats) -> Dict[str, Any]:
   summary = stats.summary()
-  return {"scales": [float(s) for s in scales], "ratios": [float(r) for r in ratios],
-          "coverage": summary["coverage"], "mean_best_iou": summary["mean_best_iou"],
-          "by_size": summary["by_size"], "histogram": summary["histogram"]}
+  block = {"scales": [float(s) for s in scales], "ratios": [float(r) for r in ratios],
+           "coverage": summary["coverage"], "mean_best_iou": summary["mean_best_iou"],
+           "by_size": summary["by_size"], "histogram": summary["histogram"]}
+  if "by_level" in summary:  # several feature levels
+    block["by_level"] = summary["by_level"]
+  return block
 
 
 def build_report(cfg: config_lib.PreprocessConfig, totals, suggestion, sample, counts,
@@ -191,7 +197,7 @@ def build_report(cfg: config_lib.PreprocessConfig, totals, suggestion, sample, c
   sizes = coverage.BoxSample.of(sample)
   strides = {"x_median": float(np.median(sizes.stride_x)) if len(sizes) else None,
              "y_median": float(np.median(sizes.stride_y)) if len(sizes) else None}
-  return {
+  report = {
       "backbone": cfg.backbone.backbone,
       "feature_layer": cfg.backbone.feature_layer,
       "num_images": counts["images_ok"] + counts.get("images_no_anchors", 0),
@@ -208,13 +214,17 @@ def build_report(cfg: config_lib.PreprocessConfig, totals, suggestion, sample, c
                 "missing_annotations": cfg.missing_annotations},
       "counts": dict(sorted(counts.items())),
   }
+  if len(cfg.backbone.feature_layers) > 1:
+    report["feature_layers"] = list(cfg.backbone.feature_layers)
+  return report
 
 
 def write_report(_, cfg, totals, suggestion, sample, counts, found, errors_written):
   """Writes anchors.json, coverage.png and boxes.png; returns the report."""
   del errors_written  # a side input only to order this step last
   report = build_report(cfg, totals, suggestion, sample, counts, found)
-  layer = cfg.backbone.feature_layer or "final output"
+  layer = (",".join(cfg.backbone.feature_layers) or cfg.backbone.feature_layer
+           or "final output")
   title = f"{cfg.backbone.backbone} ({layer}): {report['num_boxes']} gt boxes"
   sets = {name: report[name] for name in ("current", "suggested")}
   storage.write_bytes(storage.join(cfg.output, COVERAGE_PNG), plots.coverage_png(sets, title))

@@ -162,7 +162,8 @@ class ComputeFeaturesFn(beam.DoFn):
         return _SharedExtractor(self._factory())
       return _SharedExtractor(extractor_lib.FeatureExtractor(
           self._config.backbone, self._config.weights, self._seed, self._config.threads,
-          feature_layer=self._config.feature_layer))
+          feature_layer=self._config.feature_layer,
+          feature_layers=self._config.feature_layers))
     self._holder = self._shared.acquire(load, tag=(self._config, self._seed))
     self._images = elements.counter("images_featurized")
     self._millis = Metrics.distribution(elements.NAMESPACE, "backbone_ms")
@@ -202,11 +203,13 @@ class SampleTargetsFn(beam.DoFn):
     self._flipped_ok = elements.counter("flipped_ok")
 
   def process(self, item: elements.ImageFeatures):
-    feature_height, feature_width = item.feature_map.shape[:2]
-    result = targets.compute_targets(
-        item.width, item.height, feature_height, feature_width, item.gt_boxes, item.image_id,
+    # one map, or one per feature level (--feature_layers), finest first
+    maps = item.feature_map if isinstance(item.feature_map, list) else [item.feature_map]
+    feature_height, feature_width = maps[0].shape[:2]
+    result = targets.compute_level_targets(
+        item.width, item.height, [m.shape[:2] for m in maps], item.gt_boxes, item.image_id,
         anchor_config=self._anchors, target_config=self._targets)
-    num_records = len(result.points)
+    num_records = result.num_points
     counts = collections.Counter(item.stats)
     if num_records == 0 and item.flipped:
       # the original, of the same frame size, is skipped with the reason
@@ -220,23 +223,31 @@ class SampleTargetsFn(beam.DoFn):
       self._skipped.inc()
       progress_lib.PROGRESS.error()
       yield beam.pvalue.TaggedOutput(elements.ERRORS, elements.no_anchor_error(
-          item.image_path, item.image_id, result.num_inside, len(result.anchors), item.width,
+          item.image_path, item.image_id, result.num_inside,
+          sum(len(level.anchors) for level in result.levels), item.width,
           item.height, feature_height, feature_width, self._anchors.scales))
       counts["images_no_anchors"] += 1
       yield beam.pvalue.TaggedOutput(elements.STATS, dict(counts))
       return
-    feature_map = item.feature_map.astype(np.dtype(self._tile_dtype), copy=False)
-    tiles = targets.extract_tiles(feature_map, result.points, feature_width)
-    for i in range(num_records):
-      yield schema.make_example(tiles[i], result.point_labels[i], result.point_deltas[i],
-                                item.image_id, result.locations[i])
+    several = len(maps) > 1
+    for index, (feature_map, level) in enumerate(zip(maps, result.levels, strict=True)):
+      feature_map = feature_map.astype(np.dtype(self._tile_dtype), copy=False)
+      tiles = targets.extract_tiles(feature_map, level.points, feature_map.shape[1])
+      for i in range(len(level.points)):
+        yield schema.make_example(tiles[i], level.point_labels[i], level.point_deltas[i],
+                                  item.image_id, level.locations[i],
+                                  level=index if several else None)
     self._records.inc(num_records)
     self._fg.inc(result.num_fg)
     self._bg.inc(result.num_bg)
     (self._flipped_ok if item.flipped else self._ok).inc()
+    line = image_line(item, feature_height, feature_width, item.gt_boxes)
+    if several:
+      line["levels"] = [dict(level_line(item, feature_map), num_locations=len(level.points))
+                        for feature_map, level in zip(maps, result.levels, strict=True)]
     yield beam.pvalue.TaggedOutput(elements.IMAGES, dict(
-        image_line(item, feature_height, feature_width, item.gt_boxes),
-        num_fg=int(result.num_fg), num_bg=int(result.num_bg), num_locations=int(num_records)))
+        line, num_fg=int(result.num_fg), num_bg=int(result.num_bg),
+        num_locations=int(num_records)))
     counts.update({ok_key(item): 1, "fg_anchors": int(result.num_fg),
                    "bg_anchors": int(result.num_bg), "records_expected": num_records,
                    "inside_anchors": int(result.num_inside)})
@@ -259,6 +270,8 @@ class MapRecordFn(beam.DoFn):
     self._flipped_ok = elements.counter("flipped_ok")
 
   def process(self, item: elements.ImageFeatures):
+    if isinstance(item.feature_map, list):  # refused before the run (check_levels)
+      raise ValueError("the maps layout takes one feature level")
     feature_height, feature_width = item.feature_map.shape[:2]
     feature_map = item.feature_map.astype(np.dtype(self._dtype), copy=False)
     gt_boxes = np.asarray(item.gt_boxes, np.float64).reshape(-1, 4)
@@ -278,6 +291,15 @@ def ok_key(item: elements.ImageFeatures) -> str:
   """The count an image that made records adds to: images_ok for an input,
   flipped_ok for a mirrored copy (not an input)."""
   return "flipped_ok" if item.flipped else "images_ok"
+
+
+def level_line(item: elements.ImageFeatures, feature_map) -> Dict[str, Any]:
+  """A feature level's entry of an images.jsonl line: its map's size and strides."""
+  feature_height, feature_width = feature_map.shape[:2]
+  stride_x, stride_y = anchors_lib.ratio_strides(item.width, item.height, feature_width,
+                                                 feature_height)
+  return {"feature_height": int(feature_height), "feature_width": int(feature_width),
+          "stride_x": float(stride_x), "stride_y": float(stride_y)}
 
 
 def image_line(item: elements.ImageFeatures, feature_height: int, feature_width: int,

@@ -52,7 +52,7 @@ class ImageFeatures(NamedTuple):
   width: int
   height: int
   gt_boxes: Any
-  feature_map: Any  # float32 [Hf, Wf, C]
+  feature_map: Any  # float32 [Hf, Wf, C]; a list of them, finest first, with several levels
   stats: Dict[str, int]
   flipped: bool = False
 

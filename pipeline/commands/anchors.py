@@ -1,7 +1,7 @@
 """`rpn-anchors`: how well a set of anchors covers a dataset's gt boxes, and a better set.
 
     rpn-anchors --input ROOT --output DIR [--split DET/train] [--backbone NAME]
-        [--feature_layer NAME] [--scales 3,6,12] [--ratios 0.5,1,2]
+        [--feature_layer NAME | --feature_layers A,B] [--scales 3,6,12] [--ratios 0.5,1,2]
         [--min_side N --max_side N] [--max_images N] [Beam pipeline options]
 
 No backbone forward pass: each image's XML boxes and its size (read from the
@@ -74,7 +74,7 @@ def config_from_args(args: argparse.Namespace) -> config_lib.PreprocessConfig:
       backbone=config_lib.BackboneConfig(
           backbone=args.backbone, weights="none", min_side=args.min_side,
           max_side=args.max_side, max_pixels=args.max_pixels,
-          feature_layer=args.feature_layer or None),
+          **run_lib.level_settings(args)),
       anchors=config_lib.AnchorConfig(scales=tuple(args.scales), ratios=tuple(args.ratios)),
       split=args.split if args.input else None, input_root=args.input)
 
@@ -89,7 +89,8 @@ def config_from_args(args: argparse.Namespace) -> config_lib.PreprocessConfig:
 
 def format_report(report: Dict[str, Any]) -> str:
   """The coverage table and the flags of the suggested set, for the terminal."""
-  lines = [f"{report['backbone']} ({report['feature_layer'] or 'final output'}): "
+  layers = ",".join(report.get("feature_layers") or []) or report["feature_layer"]
+  lines = [f"{report['backbone']} ({layers or 'final output'}): "
            f"{report['num_boxes']} gt boxes in {report['num_images']} images; median stride "
            f"{report['stride']['x_median'] or 0:.1f} x {report['stride']['y_median'] or 0:.1f} px",
            f"{'anchors':<10} {'scales':<22} {'ratios':<22} {'inside@0.5':>10} "
@@ -102,6 +103,12 @@ def format_report(report: Dict[str, Any]) -> str:
         f"{','.join(f'{r:g}' for r in block['ratios']):<22} {cov['inside']['0.5']:>10.3f} "
         f"{cov['inside']['0.7']:>10.3f} {cov['all']['0.7']:>8.3f} "
         f"{block['mean_best_iou']:>8.3f}")
+  for name in ("current", "suggested") if report.get("feature_layers") else ():
+    for level in report[name].get("by_level", []):
+      lines.append(f"{name} level {level['level']} "
+                   f"({report['feature_layers'][level['level']]}): best anchor of "
+                   f"{level['boxes']} boxes, covered {level['coverage']['0.5']:.3f} at IoU 0.5, "
+                   f"{level['coverage']['0.7']:.3f} at 0.7")
   if "note" in report["suggested"]:
     lines.append(report["suggested"]["note"])
   s = report["suggested"]
@@ -118,7 +125,8 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   # The feature layer's shape arithmetic, from a child process (the launcher
   # imports no TensorFlow), beside the checks of the input and the output.
   with backbone_check.Checks(backbone_check.start_backbone_check(
-      cfg.backbone.backbone, "none", cfg.backbone.feature_layer, always=True)) as checks:
+      cfg.backbone.backbone, "none", cfg.backbone.feature_layer, always=True,
+      feature_layers=cfg.backbone.feature_layers)) as checks:
     preflight.check_ilsvrc_input(args.input, args.split, args.images, args.annotations,
                                  args.image_set, args.missing_annotations)
     preflight.check_output(cfg.output)

@@ -60,7 +60,17 @@ def weights_problem(error: Exception, backbone: str) -> str:
 def check(request: Dict) -> Dict:
   backbone, weights = request["backbone"], request.get("weights") or "none"
   layer, flag = request.get("feature_layer") or None, request.get("weights_flag", "--weights")
+  levels = request.get("feature_layers") or []
+  level_infos = []
   try:
+    if levels:
+      try:
+        level_infos = [layers.layer_info_dict(info, info.name)
+                       for info in layers.check_feature_levels(backbone, levels)]
+      except layers.FeatureLayerError as e:
+        shown = ",".join(levels)
+        message = " ".join(str(e).split()).removeprefix(f"--feature_layers {shown}: ")
+        return {"flag": "--feature_layers", "value": shown, "error": message}
     info = layers.check_feature_layer(backbone, layer)
   except layers.FeatureLayerError as e:
     message = " ".join(str(e).split())
@@ -80,8 +90,11 @@ def check(request: Dict) -> Dict:
     except ValueError as e:
       return {"flag": flag, "value": weights, "error": " ".join(str(e).split())}
   loaded = fetched[-1] if fetched else (None if weights in ("none", "imagenet") else weights)
-  return {"ok": True, "layer_info": layers.layer_info_dict(info, layer),
-          "weights_file": loaded}
+  answer = {"ok": True, "layer_info": layers.layer_info_dict(info, layer),
+            "weights_file": loaded}
+  if level_infos:
+    answer["level_infos"] = level_infos
+  return answer
 
 
 def _record_fetches(fetched: list) -> None:
@@ -178,17 +191,20 @@ class BackboneCheck:
   """
 
   def __init__(self, backbone: str, weights: str, feature_layer: Optional[str], seed: int = 0,
-               weights_flag: str = "--weights", always: bool = False):
+               weights_flag: str = "--weights", always: bool = False, feature_layers=()):
     self.request = {"backbone": backbone, "weights": weights or "none",
                     "feature_layer": feature_layer or None, "seed": seed,
                     "weights_flag": weights_flag}
+    if len(feature_layers) > 1:  # only then, so that one level's cache keys stay the same
+      self.request["feature_layers"] = list(feature_layers)
     self._process: Optional[subprocess.Popen] = None
     self._always = always
     self._cached: Optional[Dict] = None
     self.from_cache = False
 
   def _cache_key(self) -> str:
-    asked = {k: self.request[k] for k in ("backbone", "weights", "feature_layer")}
+    asked = {k: self.request[k] for k in ("backbone", "weights", "feature_layer",
+                                          "feature_layers") if k in self.request}
     return json.dumps(dict(asked, versions=_versions()), sort_keys=True)
 
   def _lookup(self) -> Optional[Dict]:
@@ -245,8 +261,7 @@ class BackboneCheck:
 
   def result(self) -> Optional[Dict]:
     if self._cached is not None:
-      if self._cached.get("layer_info"):
-        layers.remember_layer_info(self._cached["layer_info"])
+      _prime(self._cached)
       return self._cached
     if self._process is None:
       return None
@@ -262,15 +277,21 @@ class BackboneCheck:
                        ) from None
     if "error" in answer:
       raise UsageError(answer["flag"], answer["value"], answer["error"])
-    if answer.get("layer_info"):
-      layers.remember_layer_info(answer["layer_info"])
+    _prime(answer)
     self._remember(answer)
     return answer
 
 
+def _prime(answer: Dict) -> None:
+  """Fills this process's feature-layer cache with the layers the child checked."""
+  for info in [answer.get("layer_info")] + list(answer.get("level_infos") or []):
+    if info:
+      layers.remember_layer_info(info)
+
+
 def start_backbone_check(backbone: str, weights: str, feature_layer: Optional[str],
                          seed: int = 0, weights_flag: str = "--weights",
-                         always: bool = False) -> BackboneCheck:
+                         always: bool = False, feature_layers=()) -> BackboneCheck:
   """Checks what needs no TensorFlow now (the backbone's name, a weights file's
   existence), then starts the child process for the rest: when there are
   weights to load or a feature layer to check, or `always` (the caller needs
@@ -284,7 +305,8 @@ def start_backbone_check(backbone: str, weights: str, feature_layer: Optional[st
     raise UsageError(weights_flag, weights, f"{backbone} has no pretrained weights; pass "
                      f"--weights none")
   preflight.check_weights_path(weights, weights_flag)
-  return BackboneCheck(backbone, weights, feature_layer, seed, weights_flag, always).start()
+  return BackboneCheck(backbone, weights, feature_layer, seed, weights_flag, always,
+                       feature_layers).start()
 
 
 class Checks:

@@ -41,30 +41,41 @@ def read_images_jsonl(shards_dir: str) -> List[dict]:
   return storage.read_jsonl(storage.join(shards_dir, config_lib.IMAGES_NAME))
 
 
-def draw_targets(image: np.ndarray, gt_boxes: np.ndarray, result, feature_width: int):
-  """RGB picture of one image's anchors and sampled labels (see module doc)."""
+def draw_targets(image: np.ndarray, gt_boxes: np.ndarray, result, feature_width: int,
+                 more_levels=()):
+  """RGB picture of one image's anchors and sampled labels (see module doc).
+  more_levels: (ImageTargets, feature_width) of the other feature levels of an
+  image of several (their anchors drawn alike; their points smaller)."""
   base = Image.fromarray(image).convert("RGBA")
   overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
   draw = ImageDraw.Draw(overlay)
-  anchors, inside, labels = result.anchors, result.inside, result.labels
-  for box in anchors[inside]:
-    draw.rectangle([float(v) for v in box], outline=INSIDE_COLOUR, width=1)
-  for box in anchors[labels == config_lib.NEGATIVE]:
-    draw.rectangle([float(v) for v in box], outline=NEGATIVE_COLOUR, width=1)
-  for box in anchors[labels == config_lib.POSITIVE]:
-    draw.rectangle([float(v) for v in box], outline=POSITIVE_COLOUR, width=2)
-  num_points = len(anchors) // result.num_anchors
-  point_inside = inside.reshape(num_points, result.num_anchors).any(axis=1)
-  for p in range(num_points):
-    y, x = divmod(p, feature_width)
-    cx, cy = (x + 0.5) * result.stride_x, (y + 0.5) * result.stride_y
-    colour = (255, 255, 255, 255) if point_inside[p] else (120, 120, 120, 200)
-    draw.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], fill=colour)
+  levels = [(result, feature_width)] + list(more_levels)
+  for level, _ in levels:
+    for box in level.anchors[level.inside]:
+      draw.rectangle([float(v) for v in box], outline=INSIDE_COLOUR, width=1)
+  for level, _ in levels:
+    for box in level.anchors[level.labels == config_lib.NEGATIVE]:
+      draw.rectangle([float(v) for v in box], outline=NEGATIVE_COLOUR, width=1)
+  for level, _ in levels:
+    for box in level.anchors[level.labels == config_lib.POSITIVE]:
+      draw.rectangle([float(v) for v in box], outline=POSITIVE_COLOUR, width=2)
+  for index, (level, level_width) in enumerate(levels):
+    radius = 2 if index == len(levels) - 1 else 1
+    num_points = len(level.anchors) // level.num_anchors
+    point_inside = level.inside.reshape(num_points, level.num_anchors).any(axis=1)
+    for p in range(num_points):
+      y, x = divmod(p, level_width)
+      cx, cy = (x + 0.5) * level.stride_x, (y + 0.5) * level.stride_y
+      colour = (255, 255, 255, 255) if point_inside[p] else (120, 120, 120, 200)
+      draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=colour)
   for box in gt_boxes:
     draw.rectangle([float(v) for v in box], outline=GT_COLOUR, width=3)
   picture = Image.alpha_composite(base, overlay).convert("RGB")
-  legend = (f"gt {len(gt_boxes)}  inside anchors {int(inside.sum())}  "
-            f"positives {result.num_fg} (red)  negatives {result.num_bg} (blue)")
+  inside = sum(int(level.inside.sum()) for level, _ in levels)
+  num_fg = sum(level.num_fg for level, _ in levels)
+  num_bg = sum(level.num_bg for level, _ in levels)
+  legend = (f"gt {len(gt_boxes)}  inside anchors {inside}  "
+            f"positives {num_fg} (red)  negatives {num_bg} (blue)")
   canvas = Image.new("RGB", (picture.width, picture.height + 18), (0, 0, 0))
   canvas.paste(picture, (0, 18))
   ImageDraw.Draw(canvas).text((4, 3), legend, fill=(255, 255, 255))
@@ -81,16 +92,20 @@ def draw_image(shards_dir: str, manifest: manifest_lib.Manifest, line: dict, ima
   anchor_config = manifest.anchor_config
   anchor_config = dataclasses.replace(anchor_config, scales=tuple(scales or anchor_config.scales),
                                       ratios=tuple(ratios or anchor_config.ratios))
-  result = targets.compute_targets(
-      line["width"], line["height"], line["feature_height"], line["feature_width"],
+  # one level, or every level of an image of several (its "levels" entries)
+  shapes = [(level["feature_height"], level["feature_width"])
+            for level in line.get("levels") or [line]]
+  result = targets.compute_level_targets(
+      line["width"], line["height"], shapes,
       np.asarray(line["gt_boxes"], np.float64).reshape(-1, 4), line["image_id"],
       anchor_config=anchor_config, target_config=manifest.target_config)
   if "num_fg" in line and (result.num_fg, result.num_bg) != (line["num_fg"], line["num_bg"]):
     raise RuntimeError(
         f"{line['image_id']}: recomputed {result.num_fg} positives / {result.num_bg} negatives, "
         f"images.jsonl says {line['num_fg']} / {line['num_bg']}: settings differ from the run")
-  return draw_targets(image, np.asarray(line["gt_boxes"]).reshape(-1, 4), result,
-                      line["feature_width"])
+  return draw_targets(image, np.asarray(line["gt_boxes"]).reshape(-1, 4), result.levels[0],
+                      shapes[0][1], [(level, shape[1]) for level, shape in
+                                     zip(result.levels[1:], shapes[1:], strict=True)])
 
 
 def check(args: argparse.Namespace) -> manifest_lib.Manifest:

@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import sys
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -43,6 +43,11 @@ _LOGGER = logging.getLogger(__name__)
 
 
 _floats = cli.floats
+
+
+def _names(text: str) -> Tuple[str, ...]:
+  """A comma-separated list of layer names."""
+  return tuple(name.strip() for name in text.split(","))
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +75,12 @@ def add_frame_arguments(parser: argparse.ArgumentParser):
                      help="take the feature map from this layer of the backbone (default: its "
                      "final output); e.g. block5_conv3 (VGG16), conv4_block6_out (ResNet50): "
                      "stride 16, see docs/choosing-settings.md")
+  model.add_argument("--feature_layers", type=_names, default=(),
+                     help="several feature levels instead of --feature_layer: comma-separated "
+                     "layers, finest first, with growing strides and the same channels, e.g. "
+                     "block4_conv3,block5_conv3 (VGG16, strides 8 and 16); every level has "
+                     "the anchors of --scales in units of its own stride, and one RPN head "
+                     "serves them all (docs/choosing-settings.md)")
   model.add_argument("--min_side", type=int, default=backbone.min_side,
                      help="resize so the shorter side is this (off by default)")
   model.add_argument("--max_side", type=int, default=backbone.max_side,
@@ -158,7 +169,7 @@ def config_from_args(args: argparse.Namespace,
       backbone=config_lib.BackboneConfig(
           backbone=args.backbone, weights=args.weights, min_side=args.min_side,
           max_side=args.max_side, max_pixels=args.max_pixels, threads=threads,
-          feature_layer=args.feature_layer or None),
+          **level_settings(args)),
       anchors=config_lib.AnchorConfig(scales=tuple(args.scales), ratios=tuple(args.ratios)),
       targets=config_lib.TargetConfig(
           fg_iou_thresh=args.fg_iou_thresh, bg_iou_thresh=args.bg_iou_thresh,
@@ -168,6 +179,43 @@ def config_from_args(args: argparse.Namespace,
           max_shard_mb=args.max_shard_mb, layout=getattr(args, "layout", output_layout())),
       split=args.split if args.input else None, input_root=args.input,
       shuffle_records=args.shuffle_records, flip=args.flip)
+
+
+def level_settings(args: argparse.Namespace) -> dict:
+  """feature_layer and feature_layers of BackboneConfig from --feature_layer or
+  --feature_layers (a cli.UsageError for both at once, an empty name, or
+  several levels with --layout maps); the layers themselves are checked with
+  the backbone (check_levels)."""
+  names = tuple(getattr(args, "feature_layers", ()) or ())
+  if not names:
+    return {"feature_layer": args.feature_layer or None}
+  shown = ",".join(names)
+  if args.feature_layer:
+    raise cli.UsageError("--feature_layers", shown, f"give either --feature_layer "
+                         f"({args.feature_layer}) or --feature_layers, not both")
+  if not all(names):
+    raise cli.UsageError("--feature_layers", shown, "an empty layer name")
+  if len(names) == 1:
+    return {"feature_layer": names[0]}
+  if getattr(args, "layout", output_layout()) == config_lib.MAPS_LAYOUT:
+    raise cli.UsageError("--feature_layers", shown, "several feature levels are written in "
+                         "the tiles layout only: use --layout tiles, or one --feature_layer")
+  return {"feature_layer": names[0], "feature_layers": names}
+
+
+def check_levels(backbone: config_lib.BackboneConfig) -> None:
+  """The layers of --feature_layers (layers.check_feature_levels, on the
+  architecture): a cli.UsageError naming the flag."""
+  if len(backbone.feature_layers) < 2:
+    return
+  try:
+    layers.check_feature_levels(backbone.backbone, backbone.feature_layers)
+  except ValueError as e:
+    message = str(e)
+    prefix = "--feature_layers " + ",".join(backbone.feature_layers) + ": "
+    raise cli.UsageError("--feature_layers", ",".join(backbone.feature_layers),
+                         message[len(prefix):] if message.startswith(prefix) else message
+                         ) from None
 
 
 def output_layout() -> str:
@@ -232,12 +280,14 @@ def check_before_run(args: argparse.Namespace, cfg: config_lib.PreprocessConfig,
   if extractor_factory is None:
     child_check = backbone_check.start_backbone_check(
         backbone.backbone, backbone.weights, backbone.feature_layer, cfg.targets.seed,
-        always=estimate_size)
+        always=estimate_size or len(backbone.feature_layers) > 1,
+        feature_layers=backbone.feature_layers)
   else:  # an injected extractor (tests, benchmarks) stands for the weights
     child_check = None
     registry.backbone_spec(backbone.backbone)
     if backbone.feature_layer:
       layers.check_feature_layer(backbone.backbone, backbone.feature_layer)
+    check_levels(backbone)  # the child checks them otherwise
   with backbone_check.Checks(child_check) as checks:
     preflight.check_ilsvrc_input(args.input, args.split, args.images, args.annotations,
                                  args.image_set, args.missing_annotations)

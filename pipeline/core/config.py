@@ -89,6 +89,9 @@ class BackboneConfig:
   # Layer of the Keras application whose output is the feature map (None: its
   # final output, as in the method).
   feature_layer: Optional[str] = None
+  # Several feature levels (--feature_layers, finest first, strides growing):
+  # the layers' names, feature_layer being the first; () for one level.
+  feature_layers: Tuple[str, ...] = ()
   # Optional resize before the backbone; off by default, as in the method.
   min_side: Optional[int] = None
   max_side: Optional[int] = None
@@ -98,6 +101,12 @@ class BackboneConfig:
   # default, all cores). With one worker process per core, 1 avoids
   # oversubscribing the cores.
   threads: Optional[int] = None
+
+
+def levels(backbone: BackboneConfig) -> Tuple[Optional[str], ...]:
+  """The feature layers of a run, finest first: feature_layers, or the one
+  feature_layer (None: the backbone's final output)."""
+  return tuple(backbone.feature_layers) or (backbone.feature_layer,)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,32 +41,60 @@ class FrameBoxes:
   feature_width: int
   gt_boxes: np.ndarray
   path: str = ""  # the image file, for errors lines
+  # With several feature levels: (Hf, Wf) of every level, finest first (the
+  # first is feature_height, feature_width); () for one level.
+  level_shapes: Tuple[Tuple[int, int], ...] = ()
 
   @property
   def strides(self) -> Tuple[float, float]:
     return anchors_lib.ratio_strides(self.width, self.height, self.feature_width,
                                      self.feature_height)
 
+  @property
+  def shapes(self) -> Tuple[Tuple[int, int], ...]:
+    """(Hf, Wf) of each level, finest first."""
+    return tuple(self.level_shapes) or ((self.feature_height, self.feature_width),)
+
+  def at_level(self, level: int) -> "FrameBoxes":
+    """This frame as one level sees it (its map's size), with no level_shapes."""
+    feature_height, feature_width = self.shapes[level]
+    return dataclasses.replace(self, feature_height=int(feature_height),
+                               feature_width=int(feature_width), level_shapes=())
+
 
 def best_ious(frame: FrameBoxes, scales: Sequence[float], ratios: Sequence[float]
               ) -> Dict[str, np.ndarray]:
   """{"inside": [G], "all": [G]}: each gt box's best IoU over the frame's anchors;
-  also "num_inside" and "num_anchors", the frame's anchor counts.
+  also "num_inside" and "num_anchors", the frame's anchor counts, and with
+  several levels "level" [G]: the level of each box's best inside anchor.
 
-  The anchors are those rpn-preprocess builds (grid_anchors, inside_mask); a
-  box with no inside anchor in its image has best inside IoU 0.
+  The anchors are those rpn-preprocess builds (grid_anchors, inside_mask; on
+  every level, the scales in units of its stride); a box with no inside
+  anchor in its image has best inside IoU 0.
   """
   gt = np.asarray(frame.gt_boxes, np.float64).reshape(-1, 4)
-  stride_x, stride_y = frame.strides
-  anchors = anchors_lib.grid_anchors(frame.feature_height, frame.feature_width, stride_x,
-                                     stride_y, scales, ratios)
+  anchors, levels = [], []
+  for level, (feature_height, feature_width) in enumerate(frame.shapes):
+    stride_x, stride_y = anchors_lib.ratio_strides(frame.width, frame.height, feature_width,
+                                                   feature_height)
+    anchors.append(anchors_lib.grid_anchors(feature_height, feature_width, stride_x, stride_y,
+                                            scales, ratios))
+    levels.append(np.full(len(anchors[-1]), level, np.int64))
+  anchors = np.concatenate(anchors) if len(anchors) > 1 else anchors[0]
   inside = anchors_lib.inside_mask(anchors, frame.width, frame.height)
   counts = {"num_inside": int(inside.sum()), "num_anchors": len(anchors)}
+  several = len(levels) > 1
   if len(gt) == 0:
-    return dict(counts, inside=np.zeros(0), all=np.zeros(0))
+    extra = {"level": np.zeros(0, np.int64)} if several else {}
+    return dict(counts, inside=np.zeros(0), all=np.zeros(0), **extra)
   iou = boxes_lib.box_iou(anchors, gt)  # [N, G]
   best_inside = iou[inside].max(axis=0) if inside.any() else np.zeros(len(gt))
-  return dict(counts, inside=best_inside, all=iou.max(axis=0))
+  result = dict(counts, inside=best_inside, all=iou.max(axis=0))
+  if several:
+    level_of = np.concatenate(levels)[inside]
+    result["level"] = (level_of[iou[inside].argmax(axis=0)] if inside.any()
+                       else np.zeros(len(gt), np.int64))
+  return result
 
 
 def size_bucket(gt_boxes: np.ndarray) -> np.ndarray:
@@ -88,9 +116,19 @@ class CoverageStats:
     self.covered = np.zeros((len(WHICH), len(SIZE_BUCKETS), len(THRESHOLDS)), np.int64)
     self.iou_sum = np.zeros((len(WHICH), len(SIZE_BUCKETS)))
     self.histogram = np.zeros((len(WHICH), HISTOGRAM_BINS), np.int64)
+    # with several levels: [level, (boxes, covered at each threshold)] of the
+    # boxes whose best inside anchor is on that level
+    self.levels = np.zeros((0, 1 + len(THRESHOLDS)), np.int64)
 
   def add(self, ious: Dict[str, np.ndarray], buckets: np.ndarray) -> "CoverageStats":
     np.add.at(self.boxes, buckets, 1)
+    if "level" in ious:
+      level = np.asarray(ious["level"], np.int64)
+      if len(level):
+        self._grow_levels(int(level.max()) + 1)
+      np.add.at(self.levels[:, 0], level, 1)
+      for t, threshold in enumerate(THRESHOLDS):
+        np.add.at(self.levels[:, 1 + t], level, (ious["inside"] >= threshold).astype(np.int64))
     for w, which in enumerate(WHICH):
       best = ious[which]
       for t, threshold in enumerate(THRESHOLDS):
@@ -105,7 +143,15 @@ class CoverageStats:
     self.covered += other.covered
     self.iou_sum += other.iou_sum
     self.histogram += other.histogram
+    self._grow_levels(len(other.levels))
+    self.levels[:len(other.levels)] += other.levels
     return self
+
+  def _grow_levels(self, num_levels: int) -> None:
+    if num_levels > len(self.levels):
+      grown = np.zeros((num_levels, self.levels.shape[1]), np.int64)
+      grown[:len(self.levels)] = self.levels
+      self.levels = grown
 
   @property
   def num_boxes(self) -> int:
@@ -131,8 +177,15 @@ class CoverageStats:
       mask[b] = True
       nb, covb, meanb = block(mask)
       by_size[name] = {"boxes": nb, "coverage": covb, "mean_best_iou": meanb}
-    return {"boxes": n, "coverage": cov, "mean_best_iou": mean, "by_size": by_size,
-            "histogram": {which: self.histogram[w].tolist() for w, which in enumerate(WHICH)}}
+    out = {"boxes": n, "coverage": cov, "mean_best_iou": mean, "by_size": by_size,
+           "histogram": {which: self.histogram[w].tolist() for w, which in enumerate(WHICH)}}
+    if len(self.levels):
+      out["by_level"] = [
+          {"level": level, "boxes": int(row[0]),
+           "coverage": {str(t): round(float(row[1 + i]) / max(1, int(row[0])), 6)
+                        for i, t in enumerate(THRESHOLDS)}}
+          for level, row in enumerate(self.levels)]
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -151,9 +204,12 @@ class BoxSample:
   boxes: np.ndarray  # [B, 4]
 
   @classmethod
-  def of(cls, frames: Sequence[FrameBoxes]) -> "BoxSample":
+  def of(cls, frames: Sequence[FrameBoxes], level: int = 0) -> "BoxSample":
+    """The boxes of `frames` with the strides and map sizes of one feature level."""
     rows = []
     for f in frames:
+      if f.level_shapes:
+        f = f.at_level(level)
       gt = np.asarray(f.gt_boxes, np.float64).reshape(-1, 4)
       stride_x, stride_y = f.strides
       for box in gt:
@@ -180,6 +236,15 @@ def _nearest_centre(centre, stride, size, extent, cells, inside: bool):
   return (i + 0.5) * stride, low <= high
 
 
+def levels_of(frames: Sequence[FrameBoxes]):
+  """The search's sample of `frames`: a BoxSample, or with several levels a
+  list of them, one per level (the same boxes, each level's strides)."""
+  num_levels = max((len(f.shapes) for f in frames), default=1)
+  if num_levels == 1:
+    return BoxSample.of(frames)
+  return [BoxSample.of(frames, level) for level in range(num_levels)]
+
+
 def fast_best_iou(sample: BoxSample, scales: Sequence[float], ratios: Sequence[float],
                   inside: bool = True) -> np.ndarray:
   """[B]: each box's best IoU over its frame's anchors, without building the grid.
@@ -188,8 +253,11 @@ def fast_best_iou(sample: BoxSample, scales: Sequence[float], ratios: Sequence[f
   inside condition restricts x and y separately, so the best anchor of each
   shape sits at the allowed grid point nearest the box centre on each axis.
   Equals best_ious up to float rounding (tests/pipeline/core/test_coverage.py);
-  the search calls it thousands of times.
+  the search calls it thousands of times. A list of samples (levels_of:
+  the same boxes at several levels) gives the best over the levels.
   """
+  if isinstance(sample, list):
+    return np.max([fast_best_iou(level, scales, ratios, inside) for level in sample], axis=0)
   gx1, gy1, gx2, gy2 = sample.boxes.T
   gcx, gcy = 0.5 * (gx1 + gx2), 0.5 * (gy1 + gy2)
   g_area = (gx2 - gx1) * (gy2 - gy1)
@@ -253,7 +321,10 @@ class SearchResult:
 
 
 def _quantile_start(sample: BoxSample, num_scales: int, num_ratios: int):
-  """Scales and ratios at evenly spaced quantiles of the boxes' sizes (in strides) and shapes."""
+  """Scales and ratios at evenly spaced quantiles of the boxes' sizes (in strides) and shapes.
+  With several levels (a list of samples), sizes in strides of the middle level."""
+  if isinstance(sample, list):
+    sample = sample[len(sample) // 2]
   w = (sample.boxes[:, 2] - sample.boxes[:, 0]) / sample.stride_x
   h = (sample.boxes[:, 3] - sample.boxes[:, 1]) / sample.stride_y
   qs = (np.arange(num_scales) + 0.5) / num_scales
@@ -263,7 +334,7 @@ def _quantile_start(sample: BoxSample, num_scales: int, num_ratios: int):
   return [round(float(v), 3) for v in scales], [round(float(v), 3) for v in ratios]
 
 
-def search_anchors(sample: BoxSample, scales: Sequence[float], ratios: Sequence[float],
+def search_anchors(sample, scales: Sequence[float], ratios: Sequence[float],
                    threshold: float = 0.7, max_rounds: int = 6) -> SearchResult:
   """Scales and ratios (same counts as given) that cover more of the sample's boxes
   with inside anchors, never fewer at IoU `threshold` than the given set.
@@ -274,19 +345,24 @@ def search_anchors(sample: BoxSample, scales: Sequence[float], ratios: Sequence[
   at least as many boxes at `threshold` as the given set, until a round
   changes nothing. It runs from the given set and from the sizes' quantiles;
   the better end point wins, and the given set is kept unless something
-  scores strictly more.
+  scores strictly more. `sample` is a BoxSample, or with several feature
+  levels a list of them (levels_of): one set of scales (in each level's
+  strides) and ratios serves every level, as one RPN head does, so the
+  search scores a set by each box's best anchor over the levels.
   """
   scales, ratios = [float(s) for s in scales], [float(r) for r in ratios]
   start = _score(sample, scales, ratios, threshold)
-  if len(sample) == 0:
+  num_boxes = len(sample[0]) if isinstance(sample, list) else len(sample)
+  if num_boxes == 0:
     return SearchResult(tuple(scales), tuple(ratios), 0, 0.0, 0.0, 1, threshold)
   floor = start[1]
 
   def rank(score):  # comparable; infeasible sets rank below every feasible one
     return (score[1] >= floor, score[0], score[2])
-  w = (sample.boxes[:, 2] - sample.boxes[:, 0]) / sample.stride_x
-  h = (sample.boxes[:, 3] - sample.boxes[:, 1]) / sample.stride_y
-  side = np.sqrt(w * h)
+  side = np.concatenate([
+      np.sqrt((level.boxes[:, 2] - level.boxes[:, 0]) / level.stride_x
+              * (level.boxes[:, 3] - level.boxes[:, 1]) / level.stride_y)
+      for level in (sample if isinstance(sample, list) else [sample])])
   scale_grid = candidate_grid(max(0.25, float(side.min()) / 1.5), float(side.max()) * 1.5)
   ratio_grid = candidate_grid(0.125, 8.0)
   evaluations = 1
@@ -312,8 +388,8 @@ def search_anchors(sample: BoxSample, scales: Sequence[float], ratios: Sequence[
         break
     if rank(score) > rank(best_score):
       best_set, best_score = (current[0], current[1]), score
-  return SearchResult(tuple(sorted(best_set[0])), tuple(sorted(best_set[1])), len(sample),
-                      best_score[1] / len(sample), start[1] / len(sample), evaluations,
+  return SearchResult(tuple(sorted(best_set[0])), tuple(sorted(best_set[1])), num_boxes,
+                      best_score[1] / num_boxes, start[1] / num_boxes, evaluations,
                       threshold)
 
 

@@ -22,20 +22,21 @@ _DEFAULTS = config.ProposalConfig()
 
 
 def select_anchors(scores: np.ndarray, deltas: np.ndarray, anchors: np.ndarray, width: float,
-                   height: float, which: str = _DEFAULTS.anchors
-                   ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(scores, deltas, anchors) of the anchors to propose from.
+                   height: float, which: str = _DEFAULTS.anchors, levels=None):
+  """(scores, deltas, anchors) of the anchors to propose from; with `levels`
+  (the feature level of each anchor, int [K]), (scores, deltas, anchors, levels).
 
   which "inside": the anchors inside the W x H frame, or all of them when none
   is inside (an image smaller than the smallest anchor); "all": all of them.
   """
   if which not in ("inside", "all"):
     raise ValueError(f"anchors must be 'inside' or 'all', got {which!r}")
+  chosen = (scores, deltas, anchors) + (() if levels is None else (levels,))
   if which == "inside":
     inside = anchors_lib.inside_mask(anchors, width, height)
     if inside.any():
-      return scores[inside], deltas[inside], anchors[inside]
-  return scores, deltas, anchors
+      return tuple(values[inside] for values in chosen)
+  return chosen
 
 
 def propose_boxes(scores: np.ndarray, deltas: np.ndarray, anchors: np.ndarray, width: float,
@@ -43,7 +44,8 @@ def propose_boxes(scores: np.ndarray, deltas: np.ndarray, anchors: np.ndarray, w
                   post_nms_top_n: int = _DEFAULTS.post_nms_top_n,
                   nms_thresh: float = _DEFAULTS.nms_thresh,
                   min_size=_DEFAULTS.min_size,
-                  stats: Optional[Dict[str, int]] = None) -> Tuple[np.ndarray, np.ndarray]:
+                  stats: Optional[Dict[str, int]] = None,
+                  levels: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
   """(boxes float64 [N, 4], scores float64 [N]) of one image, best score first.
 
   scores [K], deltas [K, 4] (dx, dy, dw, dh), anchors [K, 4] in the W x H frame.
@@ -58,6 +60,10 @@ def propose_boxes(scores: np.ndarray, deltas: np.ndarray, anchors: np.ndarray, w
   instead, so that an image with anchors still gets proposals; `stats`
   (optional) counts that as "min_size_relaxed". The result is empty only when
   every box is non-finite or of zero area.
+
+  levels (int [K], the feature level of each anchor; several levels): the
+  top pre_nms_top_n are kept per level, as detectron2 does, then NMS runs
+  over the boxes of all levels together and the top post_nms_top_n are kept.
   """
   scores = np.asarray(scores, np.float64).reshape(-1)
   deltas = np.asarray(deltas, np.float64).reshape(-1, 4)
@@ -69,6 +75,8 @@ def propose_boxes(scores: np.ndarray, deltas: np.ndarray, anchors: np.ndarray, w
   boxes = boxes_lib.clip_boxes(boxes, width, height)
   finite = np.flatnonzero(np.isfinite(scores) & np.isfinite(boxes).all(axis=1))
   boxes, scores = boxes[finite], scores[finite]
+  if levels is not None:
+    levels = np.asarray(levels, np.int64).reshape(-1)[finite]
   keep = np.asarray(boxes_lib.remove_small_boxes(boxes, min_size), np.int64)
   if len(keep) == 0 and len(boxes) and np.max(min_size) > 0:
     keep = np.flatnonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
@@ -76,7 +84,12 @@ def propose_boxes(scores: np.ndarray, deltas: np.ndarray, anchors: np.ndarray, w
       stats["min_size_relaxed"] = stats.get("min_size_relaxed", 0) + 1
   boxes, scores = boxes[keep], scores[keep]
   order = np.argsort(-scores, kind="stable")
-  if pre_nms_top_n:
+  if pre_nms_top_n and levels is not None:
+    levels = levels[keep]
+    order = np.concatenate([order[levels[order] == level][:pre_nms_top_n]
+                            for level in np.unique(levels)])
+    order = order[np.argsort(-scores[order], kind="stable")]
+  elif pre_nms_top_n:
     order = order[:pre_nms_top_n]
   boxes, scores = boxes[order], scores[order]
   keep = np.asarray(boxes_lib.nms(boxes, scores, nms_thresh), np.int64)
@@ -88,18 +101,21 @@ def propose_boxes(scores: np.ndarray, deltas: np.ndarray, anchors: np.ndarray, w
 def propose(scores: np.ndarray, deltas: np.ndarray, anchors: np.ndarray, width: float,
             height: float, cfg: config.ProposalConfig = _DEFAULTS,
             stats: Optional[Dict[str, int]] = None,
-            box_scale: Tuple[float, float] = (1.0, 1.0)) -> Tuple[np.ndarray, np.ndarray]:
-  """select_anchors, then propose_boxes, with the settings of `cfg`.
+            box_scale: Tuple[float, float] = (1.0, 1.0),
+            levels: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+  """select_anchors, then propose_boxes, with the settings of `cfg` (and the
+  anchors' feature `levels`, with several).
 
   cfg.min_size is in pixels of the original image, as py-faster-rcnn's
   (min_size times the image scale): box_scale (sx, sy) is the frame's size
   over the original image's, so a box is kept when it is at least
   min_size * sx wide and min_size * sy high in the frame.
   """
-  scores, deltas, anchors = select_anchors(scores, deltas, anchors, width, height, cfg.anchors)
+  chosen = select_anchors(scores, deltas, anchors, width, height, cfg.anchors, levels)
   min_size = (cfg.min_size * box_scale[0], cfg.min_size * box_scale[1])
-  return propose_boxes(scores, deltas, anchors, width, height, cfg.pre_nms_top_n,
-                       cfg.post_nms_top_n, cfg.nms_thresh, min_size, stats)
+  return propose_boxes(*chosen[:3], width, height, cfg.pre_nms_top_n,
+                       cfg.post_nms_top_n, cfg.nms_thresh, min_size, stats,
+                       chosen[3] if levels is not None else None)
 
 
 def no_proposals_reason(scores: np.ndarray, deltas: np.ndarray, anchors: np.ndarray,

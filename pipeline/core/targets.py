@@ -188,24 +188,76 @@ def compute_targets(width: float, height: float, feature_height: int, feature_wi
   image_seed(seed, image_id) at epoch 0 (the tiles layout's; rpn-train draws
   the maps layout's afresh every epoch).
   The feature map is not needed: cut the tiles with extract_tiles(..., points, ...).
+  compute_level_targets with one level, whose only level this is.
+  """
+  return compute_level_targets(
+      width, height, [(feature_height, feature_width)], gt_boxes, image_id,
+      anchor_config=anchor_config, target_config=target_config, epoch=epoch).levels[0]
+
+
+@dataclasses.dataclass
+class LevelTargets:
+  """compute_level_targets' result: each level's ImageTargets (its anchors,
+  inside mask, sampled labels, points and per-point targets; num_fg, num_bg,
+  num_inside of that level) and the image's totals over the levels."""
+  levels: list  # [ImageTargets], finest level first
+  num_fg: int
+  num_bg: int
+  num_inside: int
+
+  @property
+  def num_points(self) -> int:
+    """Records (points with a sampled anchor) over every level."""
+    return sum(len(level.points) for level in self.levels)
+
+
+def compute_level_targets(width: float, height: float, level_shapes, gt_boxes: np.ndarray,
+                          image_id: str, *, anchor_config: AnchorConfig,
+                          target_config: TargetConfig, epoch: int = 0) -> LevelTargets:
+  """The targets of one width x height image over several feature levels
+  (the feature-pyramid idea): level_shapes [(Hf, Wf)] of each level's map,
+  finest first.
+
+  Every level has anchor_config's scales and ratios in units of its own
+  stride (as FPN: an anchor's level follows from its size). The anchors of
+  all levels are labelled against the gt boxes together (a gt box's best
+  anchor may lie on any level), and batch_size anchors are sampled over all
+  of them, seeded as compute_targets; the anchors are concatenated level
+  after level, each level's in its own order (anchor index p * A + a).
+  With one level this is exactly compute_targets.
   """
   scales, ratios, t = anchor_config.scales, anchor_config.ratios, target_config
-  stride_x, stride_y = anchors_lib.ratio_strides(width, height, feature_width, feature_height)
-  anchors = anchors_lib.grid_anchors(feature_height, feature_width, stride_x, stride_y,
-                                     scales, ratios)  # [N, 4]
-  inside = anchors_lib.inside_mask(anchors, width, height)  # [N]
+  grids = []
+  for feature_height, feature_width in level_shapes:
+    stride_x, stride_y = anchors_lib.ratio_strides(width, height, feature_width, feature_height)
+    anchors = anchors_lib.grid_anchors(feature_height, feature_width, stride_x, stride_y,
+                                       scales, ratios)  # [N_l, 4]
+    grids.append((int(feature_width), stride_x, stride_y, anchors,
+                  anchors_lib.inside_mask(anchors, width, height)))
+  anchors = np.concatenate([grid[3] for grid in grids]) if len(grids) > 1 else grids[0][3]
+  inside = np.concatenate([grid[4] for grid in grids]) if len(grids) > 1 else grids[0][4]
   gt_boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4)  # [G, 4]
   labels, matched = label_anchors(anchors, inside, gt_boxes, t.fg_iou_thresh, t.bg_iou_thresh)
   rng = np.random.default_rng(epoch_image_seed(t.seed, epoch, image_id))
   labels = sample_labels(labels, t.batch_size, t.fg_fraction, rng)
   deltas = anchor_deltas(anchors, gt_boxes, matched, labels)  # [N, 4]
   num_anchors = anchor_config.num_anchors
-  points, point_labels, point_deltas = point_targets(labels, deltas, num_anchors)
-  locations = np.stack(np.divmod(points, feature_width), axis=1).astype(np.int64)  # [P, 2]
-  return ImageTargets(
-      stride_x=stride_x, stride_y=stride_y, num_anchors=num_anchors, anchors=anchors,
-      inside=inside, labels=labels, points=points, locations=locations.reshape(-1, 2),
-      point_labels=point_labels, point_deltas=point_deltas,
-      num_fg=int(np.count_nonzero(labels == POSITIVE)),
-      num_bg=int(np.count_nonzero(labels == NEGATIVE)),
-      num_inside=int(np.count_nonzero(inside)))
+  levels, start = [], 0
+  for feature_width, stride_x, stride_y, level_anchors, level_inside in grids:
+    end = start + len(level_anchors)
+    level_labels = labels[start:end]
+    points, point_labels, point_deltas = point_targets(level_labels, deltas[start:end],
+                                                       num_anchors)
+    locations = np.stack(np.divmod(points, feature_width), axis=1).astype(np.int64)  # [P, 2]
+    levels.append(ImageTargets(
+        stride_x=stride_x, stride_y=stride_y, num_anchors=num_anchors, anchors=level_anchors,
+        inside=level_inside, labels=level_labels, points=points,
+        locations=locations.reshape(-1, 2), point_labels=point_labels,
+        point_deltas=point_deltas,
+        num_fg=int(np.count_nonzero(level_labels == POSITIVE)),
+        num_bg=int(np.count_nonzero(level_labels == NEGATIVE)),
+        num_inside=int(np.count_nonzero(level_inside))))
+    start = end
+  return LevelTargets(levels, num_fg=sum(level.num_fg for level in levels),
+                      num_bg=sum(level.num_bg for level in levels),
+                      num_inside=sum(level.num_inside for level in levels))

@@ -30,8 +30,8 @@ REQUIRED_KEYS = ("version", "backbone", "weights", "feature_channels", "tile_siz
 COMPRESSIONS = ("NONE", "GZIP")
 # Keys that must agree between manifests of data used with one model (the
 # tile dtype may differ: tiles are widened to float32 when read).
-COMPATIBLE_KEYS = ("backbone", "feature_layer", "weights", "weights_seed", "feature_channels",
-                   "tile_size",
+COMPATIBLE_KEYS = ("backbone", "feature_layer", "feature_layers", "weights", "weights_seed",
+                   "feature_channels", "tile_size",
                    "anchor", "stride_mode", "resize")
 PADDING_NOTE = "small images padded with zeros at the bottom and right up to min_input_side"
 
@@ -73,6 +73,9 @@ class Manifest:
   layout: str = config.TILES_LAYOUT
   backbone: str
   feature_layer: Optional[str] = None  # None: the backbone's final output
+  # several feature levels (--feature_layers), finest first; feature_layer is
+  # the first. None (the key absent): one level
+  feature_layers: Optional[List[str]] = None
   weights: str
   weights_seed: int = 0
   feature_channels: int
@@ -173,6 +176,15 @@ class Manifest:
   def shard_paths(self, data_dir: str) -> List[str]:
     """The shard files as paths under data_dir."""
     return [storage.join(data_dir, name) for name in self.shard_files]
+
+  @property
+  def levels(self) -> Tuple[Optional[str], ...]:
+    """The feature layers, finest first (one level: (feature_layer,))."""
+    return tuple(self.feature_layers or ()) or (self.feature_layer,)
+
+  @property
+  def num_levels(self) -> int:
+    return len(self.levels)
 
   @property
   def num_anchors(self) -> int:
@@ -278,6 +290,8 @@ def build(cfg: config.PreprocessConfig, counts: Dict[str, int], shard_files: Lis
   }
   if cfg.flip:  # only then, so that other runs' manifests stay as they were
     manifest["flipped_copies"] = True
+  if len(cfg.backbone.feature_layers) > 1:  # likewise
+    manifest["feature_layers"] = list(cfg.backbone.feature_layers)
   if shards is not None:
     by_file = {shard["file"]: shard for shard in shards}
     if sorted(by_file) != manifest["shard_files"] or len(shards) != num_shards:
@@ -339,6 +353,14 @@ def validate(manifest: Mapping[str, Any], path: str) -> None:
   if wrong:
     raise ManifestError(f"{path}: layout {layout!r} but shard file {wrong[0]!r} "
                         f"does not start with {prefix!r}")
+  levels = manifest.get("feature_layers")
+  if levels is not None and not (
+      isinstance(levels, list) and len(levels) > 1 and all(isinstance(v, str) and v
+                                                           for v in levels)
+      and levels[0] == manifest.get("feature_layer")):
+    raise ManifestError(f"{path}: feature_layers {levels!r:.200} is not a list of two or more "
+                        f"layer names starting with feature_layer "
+                        f"{manifest.get('feature_layer')!r}")
   _validate_shards(manifest, path)
 
 

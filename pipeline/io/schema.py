@@ -6,6 +6,8 @@ Layout tiles (the method): one tf.train.Example per sampled feature-map point:
   deltas    float   x 4A  (dx, dy, dw, dh) per anchor, anchor-major
   image_id  bytes   image path relative to the split root, no extension
   location  int64   x 2   (y, x) of the point in the feature map
+  level     int64         the point's feature level, 0 the finest (only in the
+                          records of several levels, --feature_layers; absent: 0)
 
 Layout maps: one tf.train.Example per image:
   feature_map    bytes   raw little-endian [Hf, Wf, C] array, dtype from the manifest
@@ -32,13 +34,15 @@ FEATURE_MAP_KEY = "feature_map"
 FEATURE_SHAPE_KEY = "feature_shape"
 IMAGE_SIZE_KEY = "image_size"
 GT_BOXES_KEY = "gt_boxes"
+LEVEL_KEY = "level"
 
 TILE_DTYPES = ("float32", "float16")
 
 
 def make_example(tile: np.ndarray, labels: np.ndarray, deltas: np.ndarray,
-                 image_id: str, location) -> bytes:
-  """Serialized tf.train.Example for one point (tile already in its dtype)."""
+                 image_id: str, location, level=None) -> bytes:
+  """Serialized tf.train.Example for one point (tile already in its dtype);
+  `level` only for records of several feature levels (None: no level key)."""
   from tensorflow.core.example import example_pb2  # lazy: as below
   example = example_pb2.Example()
   feature = example.features.feature
@@ -48,6 +52,8 @@ def make_example(tile: np.ndarray, labels: np.ndarray, deltas: np.ndarray,
   feature[DELTAS_KEY].float_list.value.extend(np.asarray(deltas, np.float32).tolist())
   feature[IMAGE_ID_KEY].bytes_list.value.append(image_id.encode("utf-8"))
   feature[LOCATION_KEY].int64_list.value.extend([int(location[0]), int(location[1])])
+  if level is not None:
+    feature[LEVEL_KEY].int64_list.value.append(int(level))
   return example.SerializeToString(deterministic=True)
 
 
@@ -91,6 +97,7 @@ def feature_spec(num_anchors: int) -> Dict:
       DELTAS_KEY: tf.io.FixedLenFeature([4 * num_anchors], tf.float32),
       IMAGE_ID_KEY: tf.io.FixedLenFeature([], tf.string),
       LOCATION_KEY: tf.io.FixedLenFeature([2], tf.int64),
+      LEVEL_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=0),
   }
 
 
@@ -98,7 +105,8 @@ def parse_examples(serialized, num_anchors: int, channels: int, tile_dtype: str 
   """Parse a batch (1-D string tensor) of records into a dict of dense tensors.
 
   Works eagerly and inside Dataset.map. tile -> float32 [B, 3, 3, C] (float16
-  tiles are widened), labels int32 [B, A], deltas float32 [B, 4A].
+  tiles are widened), labels int32 [B, A], deltas float32 [B, 4A], level
+  int32 [B] (0 for records without one).
   """
   import tensorflow as tf  # lazy: the pipeline imports this module without TensorFlow
   if tile_dtype not in TILE_DTYPES:
@@ -112,4 +120,5 @@ def parse_examples(serialized, num_anchors: int, channels: int, tile_dtype: str 
       DELTAS_KEY: parsed[DELTAS_KEY],
       IMAGE_ID_KEY: parsed[IMAGE_ID_KEY],
       LOCATION_KEY: tf.cast(parsed[LOCATION_KEY], tf.int32),
+      LEVEL_KEY: tf.cast(parsed[LEVEL_KEY], tf.int32),
   }

@@ -42,7 +42,7 @@ def _local_copy(path: str) -> str:
 
 
 def build_backbone(name: str = "InceptionResNetV2", weights: str = "imagenet", seed: int = 0,
-                   feature_layer: Optional[str] = None):
+                   feature_layer: Optional[str] = None, feature_layers=()):
   """The Keras application `name` without its top, for any input size.
 
   weights: "imagenet" (downloaded by Keras), "none" (random init, seeded by
@@ -55,6 +55,8 @@ def build_backbone(name: str = "InceptionResNetV2", weights: str = "imagenet", s
   raises FeatureLayerError (see check_feature_layer); the layer's LayerInfo
   is cached on the way, so that check_feature_layer and feature_size need no
   second build in this process.
+  feature_layers: several layers (finest first; layers.check_feature_levels):
+  the model returned then has one output per layer, in that order.
   """
   import keras  # lazy: see the module doc
   spec = registry.backbone_spec(name)
@@ -62,7 +64,7 @@ def build_backbone(name: str = "InceptionResNetV2", weights: str = "imagenet", s
     if weights != "none":
       raise ValueError(f"{registry.TINY_BACKBONE} has no pretrained weights: use --weights none")
     keras.utils.set_random_seed(seed)
-    return _truncate(name, registry._architecture(name), feature_layer)
+    return _truncate(name, registry._architecture(name), feature_layer, feature_layers)
   if weights == "imagenet":
     constructor = getattr(keras.applications, spec.constructor)
     try:
@@ -74,7 +76,7 @@ def build_backbone(name: str = "InceptionResNetV2", weights: str = "imagenet", s
           f"keras.applications.{spec.constructor}(include_top=False, weights='imagenet')\" "
           f"(it caches the file under ~/.keras/models/), then pass --weights PATH_TO_THAT_FILE; "
           f"or pass --weights none for random weights (tests, offline demo).") from e
-    return _truncate(name, model, feature_layer)
+    return _truncate(name, model, feature_layer, feature_layers)
   keras.utils.set_random_seed(seed)
   model = registry._architecture(name)
   layers._remember(name, model, feature_layer)  # a bad layer fails before the weights load
@@ -86,11 +88,17 @@ def build_backbone(name: str = "InceptionResNetV2", weights: str = "imagenet", s
       raise WeightsUnavailableError(
           f"could not load weights file {weights} into {name} without top "
           f"({type(e).__name__}: {e})") from e
-  return _truncate(name, model, feature_layer)
+  return _truncate(name, model, feature_layer, feature_layers)
 
 
-def _truncate(name: str, model, feature_layer: Optional[str]):
-  """`model`, or the model from its input to `feature_layer`'s output."""
+def _truncate(name: str, model, feature_layer: Optional[str], feature_layers=()):
+  """`model`, or the model from its input to `feature_layer`'s output (to the
+  outputs of every one of `feature_layers`, in order, when there are several)."""
+  if len(feature_layers) > 1:
+    import keras  # lazy: see the module doc
+    infos = [layers._remember(name, model, layer) for layer in feature_layers]
+    return keras.Model(model.inputs[0], [model.get_layer(i.name).output for i in infos],
+                       name=f"{model.name}_levels")
   info = layers._remember(name, model, feature_layer)
   if not feature_layer or info.name == layers._output_layer(model).name:
     return model

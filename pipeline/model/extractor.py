@@ -25,11 +25,13 @@ class FeatureExtractor:
   re-traces for every new shape, which costs seconds per ILSVRC image size).
   feature_layer: None or "" for the backbone's final output, else the layer
   whose output is the feature map (build_backbone; FeatureLayerError if bad).
+  feature_layers: several layers, finest first (layers.check_feature_levels):
+  a call then returns a list of maps, one per level, in that order.
   """
 
   def __init__(self, backbone: str = "InceptionResNetV2", weights: str = "imagenet",
                seed: int = 0, threads: Optional[int] = None,
-               feature_layer: Optional[str] = None):
+               feature_layer: Optional[str] = None, feature_layers=()):
     import importlib
 
     import keras  # lazy: see the module doc
@@ -40,12 +42,16 @@ class FeatureExtractor:
     # set here, or TensorFlow's own when it had started already.
     self.threads = intra_op_threads()
     self.spec = registry.backbone_spec(backbone)
-    self.feature_layer = feature_layer or None
-    self.model = backbone_lib.build_backbone(backbone, weights, seed, self.feature_layer)
+    self.feature_layers = tuple(feature_layers) if len(feature_layers) > 1 else ()
+    self.feature_layer = self.feature_layers[0] if self.feature_layers else feature_layer or None
+    self.model = backbone_lib.build_backbone(backbone, weights, seed, self.feature_layer,
+                                             self.feature_layers)
     self.model.trainable = False
     # cached by the build
     self.layer_info = layers.check_feature_layer(backbone, self.feature_layer)
     self.grid = layers.FeatureGrid(backbone, self.feature_layer)
+    self.grids = [layers.FeatureGrid(backbone, layer)
+                  for layer in (self.feature_layers or (self.feature_layer,))]
     if self.spec.preprocess_module:
       preprocess_input = importlib.import_module(
           f"keras.applications.{self.spec.preprocess_module}").preprocess_input
@@ -79,7 +85,10 @@ class FeatureExtractor:
       raise ValueError(
           f"image {image.shape[1]}x{image.shape[0]} is smaller than {self.min_input_side} px, "
           f"the least the backbone accepts: pad it first (prepare_image)")
-    return self._forward(image[np.newaxis]).numpy()[0]
+    outputs = self._forward(image[np.newaxis])
+    if self.feature_layers:
+      return [output.numpy()[0] for output in outputs]
+    return outputs.numpy()[0]
 
 
 def set_threads(threads: int) -> bool:

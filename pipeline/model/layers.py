@@ -103,6 +103,42 @@ def feature_channels(backbone_name: str, feature_layer: Optional[str] = None) ->
   return check_feature_layer(backbone_name, feature_layer).channels
 
 
+def check_feature_levels(backbone_name: str, feature_layers) -> Tuple[LayerInfo, ...]:
+  """The LayerInfo of each of several feature layers (--feature_layers, finest
+  first), or a one-line FeatureLayerError naming the flag and the entry: a
+  layer that does not exist (with the nearest names), the same layer twice,
+  a nominal stride that does not grow along the list, or channel counts that
+  differ (one RPN head serves every level; a projection per level for
+  backbones whose levels differ in channels is not built)."""
+  names = [str(name) for name in feature_layers]
+  shown = ",".join(names)
+  infos = []
+  for name in names:
+    if not name:
+      raise FeatureLayerError(f"--feature_layers {shown}: an empty layer name")
+    try:
+      infos.append(check_feature_layer(backbone_name, name))
+    except FeatureLayerError as e:
+      message = str(e)
+      if message.startswith("--feature_layer "):
+        message = message[len("--feature_layer "):]
+      raise FeatureLayerError(f"--feature_layers {shown}: {message}") from None
+  for previous, info in zip(infos, infos[1:], strict=False):
+    if info.nominal_stride <= previous.nominal_stride:
+      raise FeatureLayerError(
+          f"--feature_layers {shown}: the stride must grow along the list, finest first: "
+          f"{info.name} has stride {info.nominal_stride}, {previous.name} before it "
+          f"{previous.nominal_stride}")
+  channels = sorted({info.channels for info in infos})
+  if len(channels) > 1:
+    raise FeatureLayerError(
+        f"--feature_layers {shown}: the levels have {', '.join(str(c) for c in channels)} "
+        f"channels ({', '.join(f'{i.name} {i.channels}' for i in infos)}); one RPN head "
+        f"serves every level, so they must have the same count (a projection per level is "
+        f"not built yet)")
+  return tuple(infos)
+
+
 class FeatureGrid:
   """(height, width) of a frame in px -> (Hf, Wf) of the feature map the
   network gives for it, by shape arithmetic: no forward pass, no TensorFlow
