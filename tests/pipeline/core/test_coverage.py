@@ -123,3 +123,39 @@ def test_fallback_when_the_suggestion_covers_fewer():
 def test_anchor_shapes_in_strides():
   shapes = coverage.anchor_shapes((2.0,), (0.25, 1.0))
   np.testing.assert_allclose(shapes, [[4.0, 1.0], [2.0, 2.0]])
+
+
+def _two_level_frames(count=60, seed=5):
+  """random_frames with a second level at twice the stride (the map's size halved, rounded up)."""
+  return [coverage.FrameBoxes(
+      f.image_id, f.width, f.height, f.feature_height, f.feature_width, f.gt_boxes,
+      level_shapes=((f.feature_height, f.feature_width),
+                    (-(-f.feature_height // 2), -(-f.feature_width // 2))))
+      for f in random_frames(count, seed=seed)]
+
+
+def test_levels_take_each_boxs_best_anchor_over_the_levels():
+  frames = _two_level_frames()
+  for frame in frames:
+    both = coverage.best_ious(frame, SCALES, RATIOS)
+    alone = [coverage.best_ious(frame.at_level(level), SCALES, RATIOS) for level in (0, 1)]
+    for which in ("inside", "all"):
+      np.testing.assert_allclose(both[which], np.maximum(alone[0][which], alone[1][which]))
+    np.testing.assert_array_equal(
+        both["level"], np.where(alone[1]["inside"] > alone[0]["inside"], 1, 0))
+    assert both["num_anchors"] == alone[0]["num_anchors"] + alone[1]["num_anchors"]
+  summary = coverage.frames_summary(frames, SCALES, RATIOS).summary()
+  assert sum(level["boxes"] for level in summary["by_level"]) == summary["boxes"]
+  assert "by_level" not in coverage.frames_summary(random_frames(5), SCALES, RATIOS).summary()
+
+
+def test_search_over_levels_scores_the_best_level_and_never_covers_fewer():
+  frames = _two_level_frames(150, seed=8)
+  sample = coverage.levels_of(frames)
+  assert len(sample) == 2 and len(sample[0]) == len(sample[1])
+  exact = np.concatenate([coverage.best_ious(f, SCALES, RATIOS)["inside"] for f in frames])
+  np.testing.assert_allclose(coverage.fast_best_iou(sample, SCALES, RATIOS), exact, atol=1e-12)
+  result = coverage.search_anchors(sample, SCALES, RATIOS)
+  before = coverage.frames_summary(frames, SCALES, RATIOS).coverage("inside", 0.7)
+  after = coverage.frames_summary(frames, result.scales, result.ratios).coverage("inside", 0.7)
+  assert after == pytest.approx(result.covered) and after >= before

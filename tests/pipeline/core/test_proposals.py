@@ -246,3 +246,36 @@ def test_no_proposals_only_when_every_box_is_unusable_and_the_reason_says_so():
   reason = proposals.no_proposals_reason(scores, deltas, anchors, 80, 80)
   assert reason == ("no proposals: of 4 anchors, 4 have a non-finite score or box and the "
                     "other 0 decode to zero-area boxes in the 80x80 frame")
+
+
+def test_levels_keep_the_top_n_of_each_level_then_nms_over_all():
+  """With anchor levels, pre_nms_top_n is a per-level top-N (detectron2): a level
+  of low scores still sends its best boxes to NMS, which then runs over the
+  boxes of all levels together."""
+  rng = np.random.default_rng(7)
+  high = _random_case(rng, k=300)
+  low = _random_case(rng, k=100)
+  scores = np.concatenate([high[0] + 10.0, low[0]])  # level 0 outscores level 1 everywhere
+  deltas, anchors = np.concatenate([high[1], low[1]]), np.concatenate([high[2], low[2]])
+  levels = np.repeat([0, 1], [300, 100])
+  boxes, kept = proposals.propose_boxes(scores, deltas, anchors, 320.0, 240.0, 20, 0, 0.7, 0.0,
+                                        levels=levels)
+  _, plain = proposals.propose_boxes(scores, deltas, anchors, 320.0, 240.0, 20, 0, 0.7, 0.0)
+  assert (plain >= 10).all()  # without levels the top 20 are all of level 0 ...
+  assert (kept < 10).any() and kept[0] >= 10  # ... with them level 1's best come too, after
+  # the same as NMS over each level's own top 20, merged by score
+  want_boxes, want_scores = reference.propose(
+      *(np.concatenate([v[:300][np.argsort(-scores[:300], kind="stable")[:20]],
+                        v[300:][np.argsort(-scores[300:], kind="stable")[:20]]])
+        for v in (scores, deltas, anchors)), 320.0, 240.0, 40, 40, 0.7, 0.0)
+  np.testing.assert_allclose(boxes, want_boxes, atol=1e-9)
+  np.testing.assert_array_equal(kept, want_scores)
+
+
+def test_levels_follow_the_inside_selection():
+  scores, deltas, anchors, width, height = _random_case(np.random.default_rng(3))
+  levels = np.arange(len(scores)) % 2
+  chosen = proposals.select_anchors(scores, deltas, anchors, width, height, "inside", levels)
+  inside = anchors_lib.inside_mask(anchors, width, height)
+  np.testing.assert_array_equal(chosen[3], levels[inside])
+  np.testing.assert_array_equal(chosen[0], scores[inside])

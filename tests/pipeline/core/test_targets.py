@@ -332,3 +332,47 @@ def test_compute_targets_tiny_map():
   assert result.num_inside == 0 and result.points.shape == (0,)
   assert result.locations.shape == (0, 2) and result.point_labels.shape == (0, 9)
   assert result.point_deltas.shape == (0, 36)
+
+
+def test_level_targets_label_every_levels_anchors_together():
+  """Two levels: the anchors of both are labelled against the gt boxes as one
+  set and batch_size anchors are sampled over both; each level's records are
+  its slice of that labelling."""
+  rng = np.random.default_rng(11)
+  width, height = 400, 300
+  gt = _random_gt(rng, 4, width, height)
+  shapes = [(38, 50), (19, 25)]
+  result = targets.compute_level_targets(width, height, shapes, gt, "img", anchor_config=ANCHORS,
+                                         target_config=TARGETS)
+  anchors, inside = [], []
+  for fh, fw in shapes:
+    sx, sy = anchors_lib.ratio_strides(width, height, fw, fh)
+    anchors.append(anchors_lib.grid_anchors(fh, fw, sx, sy, ANCHORS.scales, ANCHORS.ratios))
+    inside.append(anchors_lib.inside_mask(anchors[-1], width, height))
+  labels, _ = targets.label_anchors(np.concatenate(anchors), np.concatenate(inside), gt)
+  sampled = np.concatenate([level.labels for level in result.levels])
+  # sampling only turns labels into IGNORE, over both levels at once
+  assert ((sampled == labels) | (sampled == IGNORE)).all()
+  assert result.num_fg + result.num_bg == min(256, int((labels != IGNORE).sum()))
+  assert result.num_fg == sum(level.num_fg for level in result.levels)
+  # each gt box's best anchor, on whichever level, is a positive before sampling
+  iou = boxes_lib.box_iou(np.concatenate(anchors)[np.concatenate(inside)], gt)
+  best = np.flatnonzero(np.concatenate(inside))[iou.argmax(axis=0)]
+  assert (labels[best] == POSITIVE).all()
+  assert result.num_points == sum(len(level.points) for level in result.levels) > 0
+  for level, (fh, fw) in zip(result.levels, shapes, strict=True):
+    assert len(level.anchors) == fh * fw * ANCHORS.num_anchors
+    np.testing.assert_array_equal(level.locations, np.stack(np.divmod(level.points, fw), 1))
+
+
+def test_one_level_is_compute_targets():
+  rng = np.random.default_rng(2)
+  gt = _random_gt(rng, 3, 320, 240)
+  one = targets.compute_level_targets(320, 240, [(15, 20)], gt, "x", anchor_config=ANCHORS,
+                                      target_config=TARGETS)
+  plain = _compute(320, 240, 15, 20, gt, "x")
+  assert len(one.levels) == 1
+  for field in ("points", "point_labels", "point_deltas", "labels", "anchors"):
+    np.testing.assert_array_equal(getattr(one.levels[0], field), getattr(plain, field))
+  assert (one.num_fg, one.num_bg, one.num_inside) == (plain.num_fg, plain.num_bg,
+                                                      plain.num_inside)

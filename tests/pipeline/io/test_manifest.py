@@ -3,6 +3,7 @@
 Every error is a ManifestError (a ValueError) whose message names the file and
 what is wrong.
 """
+import dataclasses
 import json
 import os
 import shutil
@@ -94,6 +95,22 @@ def _config(**output_changes):
       images_dir="/d/Data/DET/train", annotations_dir="/d/Annotations/DET/train", output="/o",
       backbone=config.BackboneConfig(backbone="TinyTestNet", weights="none"),
       output_format=config.OutputConfig(**output_changes), split="DET/train", input_root="/d")
+
+
+def test_build_records_feature_layers_only_for_several_levels():
+  cfg = _config()
+  cfg = dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone,
+                                                              feature_layer="conv1"))
+  one = manifest_lib.build(cfg, {"records": 1}, ["tiles-00000-of-00001.tfrecord"], 16, 32)
+  assert "feature_layers" not in one.to_json() and one.levels == ("conv1",)
+  levels = dataclasses.replace(cfg, backbone=dataclasses.replace(
+      cfg.backbone, feature_layers=("conv1", "conv2")))
+  two = manifest_lib.build(levels, {"records": 1}, ["tiles-00000-of-00001.tfrecord"], 16, 32)
+  assert two.to_json()["feature_layers"] == ["conv1", "conv2"]
+  assert two.levels == ("conv1", "conv2") and two.num_levels == 2
+  # a one-level model does not take data of two levels (nor the other way round)
+  with pytest.raises(manifest_lib.ManifestError, match="feature_layers is"):
+    one.check_compatible(two)
 
 
 def test_build_records_the_config_and_the_run():
@@ -283,6 +300,10 @@ def test_read_names_the_file(tmp_path):
     ({"anchor": {"scales": [1.0, 2.0], "ratios": [1.0], "num_anchors": 9}},
      "anchor num_anchors 9 != 2 scales x 1 ratios"),
     ({"dtype": "int8"}, "dtype 'int8' not in"),
+    ({"feature_layer": "a", "feature_layers": ["b", "c"]},
+     r"feature_layers \['b', 'c'\] is not a list of two or more layer names starting with "
+     r"feature_layer 'a'"),
+    ({"feature_layer": "a", "feature_layers": ["a"]}, "feature_layers"),
 ])
 def test_validate_refuses_with_the_value(change, message):
   with pytest.raises(manifest_lib.ManifestError, match=f"^m.json: {message}"):

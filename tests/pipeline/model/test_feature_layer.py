@@ -198,3 +198,37 @@ def test_feature_grid_pickles_without_keras(repo_root):
   assert done.stdout.decode().split() == [f"({expected[0]},", f"{expected[1]})", "False", "False"]
   with pytest.raises(ValueError, match="unknown backbone"):
     layers.FeatureGrid("ResNet9000")
+
+
+@pytest.mark.parametrize("backbone_name,names", [("VGG16", ("block4_conv3", "block5_conv3")),
+                                                 (TINY, ("conv1", "conv2"))])
+def test_levels_maps_follow_each_levels_shape_arithmetic(backbone_name, names):
+  """One forward pass gives every level's map; where a level rounds its size
+  differently from another (odd sides), each follows its own arithmetic."""
+  infos = layers.check_feature_levels(backbone_name, names)
+  assert [i.name for i in infos] == list(names)
+  assert infos[0].nominal_stride < infos[1].nominal_stride
+  extractor = extractor_lib.FeatureExtractor(backbone_name, "none", seed=0,
+                                             feature_layers=names)
+  grids = [layers.FeatureGrid(backbone_name, name) for name in names]
+  for height, width in ((64, 64), (97, 131), (150, 77), (223, 225)):
+    maps = extractor(np.zeros((height, width, 3), np.uint8))
+    assert len(maps) == len(names)
+    for feature_map, grid in zip(maps, grids, strict=True):
+      assert feature_map.shape[:2] == tuple(grid(height, width)), (height, width)
+
+
+@pytest.mark.parametrize("names,problem", [
+    (("block5_conv3", "block4_conv3"), "the stride must grow along the list, finest first: "
+     "block4_conv3 has stride 8, block5_conv3 before it 16"),
+    (("block4_conv3", "block4_conv3"), "the stride must grow along the list"),
+    (("block3_conv3", "block5_conv3"), "the levels have 256, 512 channels (block3_conv3 256, "
+     "block5_conv3 512); one RPN head serves every level, so they must have the same count"),
+    (("block4_conv3", "block5_conv9"), "block5_conv9: no such layer in VGG16; nearest: "),
+])
+def test_bad_levels_are_one_line_naming_the_entry(names, problem):
+  with pytest.raises(layers.FeatureLayerError) as raised:
+    layers.check_feature_levels("VGG16", names)
+  message = str(raised.value)
+  assert "\n" not in message
+  assert message.startswith(f"--feature_layers {','.join(names)}: {problem}"), message
