@@ -154,25 +154,37 @@ def check_record(where: str, feature_shape, nbytes: int, image_size, gt, channel
 
 def _targets_fn(anchors: config_lib.AnchorConfig, target_config: config_lib.TargetConfig,
                 channels: int, itemsize: int, log: Optional[EpochLog]):
-  """The numpy side: one record's fields -> (locations [P, 2], labels [P, A], deltas [P, 4A])."""
+  """The numpy side: one record's fields (feature_shape [L, 3] and nbytes [L]
+  of its L levels' maps) -> (locations [P, 2], labels [P, A], deltas [P, 4A],
+  levels [P]), the points level after level."""
   num_anchors = anchors.num_anchors
 
-  def run(epoch, path, index, feature_shape, nbytes, image_size, gt, image_id):
+  def run(epoch, path, index, feature_shapes, nbytes, image_size, gt, image_id):
     image_id = image_id.decode("utf-8")
     where = f"{path.decode('utf-8')}: record {int(index)} (image {image_id})"
     try:
-      gt = check_record(where, feature_shape, nbytes, image_size, gt, channels, itemsize)
+      for level, (feature_shape, level_bytes) in enumerate(zip(
+          np.asarray(feature_shapes).reshape(-1, 3), np.asarray(nbytes).reshape(-1),
+          strict=True)):
+        checked = check_record(where + (f" level {level}" if level else ""), feature_shape,
+                               level_bytes, image_size, gt, channels, itemsize)
     except MapRecordError as e:
       raise ValueError(ERROR_MARK + str(e)) from None
     height, width = (int(v) for v in image_size)
-    result = targets.compute_targets(
-        width, height, int(feature_shape[0]), int(feature_shape[1]), gt, image_id,
-        anchor_config=anchors, target_config=target_config, epoch=int(epoch))
+    result = targets.compute_level_targets(
+        width, height, [(int(s[0]), int(s[1])) for s in np.asarray(feature_shapes).reshape(-1, 3)],
+        checked, image_id, anchor_config=anchors, target_config=target_config,
+        epoch=int(epoch))
     if log is not None:
-      log.add(int(epoch), len(result.points), result.num_inside == 0)
-    return (result.locations.astype(np.int32).reshape(-1, 2),
-            result.point_labels.astype(np.int32).reshape(-1, num_anchors),
-            result.point_deltas.astype(np.float32).reshape(-1, 4 * num_anchors))
+      log.add(int(epoch), result.num_points, result.num_inside == 0)
+    levels = result.levels
+    return (np.concatenate([lt.locations for lt in levels]).astype(np.int32).reshape(-1, 2),
+            np.concatenate([lt.point_labels for lt in levels]).astype(np.int32).reshape(
+                -1, num_anchors),
+            np.concatenate([lt.point_deltas for lt in levels]).astype(np.float32).reshape(
+                -1, 4 * num_anchors),
+            np.concatenate([np.full(len(lt.points), i, np.int32)
+                            for i, lt in enumerate(levels)]))
   return run
 
 
@@ -189,33 +201,45 @@ def image_records(epoch, path, index, record, manifest: manifest_lib.Manifest,
                   log: Optional[EpochLog] = None) -> Dict:
   """One maps record -> the tiles layout's records of its sampled points, as
   tensors: tile float32 [P, 3, 3, C], labels int32 [P, A], deltas float32
-  [P, 4A], location int32 [P, 2], image_id string [P]."""
+  [P, 4A], location int32 [P, 2], image_id string [P]; with several feature
+  levels also level int32 [P] (each tile cut from its level's map)."""
   channels = int(manifest.feature_channels)
   dtype = tf.dtypes.as_dtype(manifest.dtype)
   num_anchors = anchors.num_anchors
-  parsed = tf.io.parse_single_example(record, schema.map_feature_spec())
+  num_levels = manifest.num_levels
+  parsed = tf.io.parse_single_example(record, schema.map_feature_spec(num_levels))
   gt = tf.sparse.to_dense(parsed[schema.GT_BOXES_KEY])
-  feature_shape = parsed[schema.FEATURE_SHAPE_KEY]
-  raw = parsed[schema.FEATURE_MAP_KEY]
-  locations, labels, deltas = tf.numpy_function(
+  feature_shapes = tf.reshape(parsed[schema.FEATURE_SHAPE_KEY], [num_levels, 3])
+  raws = parsed[schema.FEATURE_MAP_KEY]
+  raws = [raws] if num_levels == 1 else [raws[level] for level in range(num_levels)]
+  locations, labels, deltas, levels = tf.numpy_function(
       _targets_fn(anchors, target_config, channels, dtype.size, log),
-      [epoch, path, index, feature_shape, tf.strings.length(raw), parsed[schema.IMAGE_SIZE_KEY],
-       gt, parsed[schema.IMAGE_ID_KEY]],
-      [tf.int32, tf.int32, tf.float32])
+      [epoch, path, index, feature_shapes, tf.stack([tf.strings.length(r) for r in raws]),
+       parsed[schema.IMAGE_SIZE_KEY], gt, parsed[schema.IMAGE_ID_KEY]],
+      [tf.int32, tf.int32, tf.float32, tf.int32])
   locations = tf.ensure_shape(locations, [None, 2])
   labels = tf.ensure_shape(labels, [None, num_anchors])
   deltas = tf.ensure_shape(deltas, [None, 4 * num_anchors])
-  with tf.control_dependencies([locations]):  # the record is checked before it is decoded
-    feature_map = tf.reshape(tf.io.decode_raw(raw, dtype, little_endian=True),
-                             tf.cast(feature_shape, tf.int32))
-  feature_map = tf.ensure_shape(tf.cast(feature_map, tf.float32), [None, None, channels])
-  return {
-      schema.TILE_KEY: cut_tiles(feature_map, locations),
+  levels = tf.ensure_shape(levels, [None])
+  tiles = []
+  for level, raw in enumerate(raws):
+    with tf.control_dependencies([locations]):  # the record is checked before it is decoded
+      feature_map = tf.reshape(tf.io.decode_raw(raw, dtype, little_endian=True),
+                               tf.cast(feature_shapes[level], tf.int32))
+    feature_map = tf.ensure_shape(tf.cast(feature_map, tf.float32), [None, None, channels])
+    # the points come level after level: each level's tiles in their order
+    at_level = locations if num_levels == 1 else tf.boolean_mask(locations, levels == level)
+    tiles.append(cut_tiles(feature_map, at_level))
+  out = {
+      schema.TILE_KEY: tiles[0] if num_levels == 1 else tf.concat(tiles, axis=0),
       schema.LABELS_KEY: labels,
       schema.DELTAS_KEY: deltas,
       schema.LOCATION_KEY: locations,
       schema.IMAGE_ID_KEY: tf.fill([tf.shape(locations)[0]], parsed[schema.IMAGE_ID_KEY]),
   }
+  if num_levels > 1:
+    out[schema.LEVEL_KEY] = levels
+  return out
 
 
 def tile_records(files: Sequence[str], manifest: manifest_lib.Manifest,
@@ -297,8 +321,9 @@ def make_dataset(files: Sequence[str], manifest: manifest_lib.Manifest,
     ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
   ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=not shuffle)
-  ds = ds.map(data_lib.to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE,
-              deterministic=not shuffle)
+  levels = manifest.num_levels > 1
+  ds = ds.map(lambda records: data_lib.to_model_inputs(records, levels),
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -313,22 +338,29 @@ def sample_centres(files: Sequence[str], manifest: manifest_lib.Manifest,
   log = EpochLog()
   ds = tile_records(files, manifest, anchors, target_config, 0, shuffle=False,
                     skip_corrupt=skip_corrupt, cycle_length=64, log=log)
+  several = manifest.num_levels > 1
   ds = ds.take(max_tiles).batch(1024).map(
-      lambda r: (r[schema.TILE_KEY][:, 1, 1, :], r[schema.IMAGE_ID_KEY]))
-  centres, images = [], set()
-  for features, image_ids in ds:
+      lambda r: (r[schema.TILE_KEY][:, 1, 1, :], r[schema.IMAGE_ID_KEY],
+                 r[schema.LEVEL_KEY] if several else tf.zeros_like(r[schema.IMAGE_ID_KEY],
+                                                                   tf.int32)))
+  centres, images, levels = [], set(), []
+  for features, image_ids, level in ds:
     centres.append(features.numpy())
     images.update(image_ids.numpy().tolist())
+    levels.append(level.numpy())
   channels = int(manifest.feature_channels)
   centres = np.concatenate(centres) if centres else np.zeros((0, channels), np.float32)
   if not len(centres):
     raise MapRecordError(f"{files[0]}: no tile could be drawn for the feature statistics "
                          f"(no anchor inside any frame read?)")
   drawn = log.counts(0)
-  return centres, {"records": int(len(centres)), "images": len(images),
-                   "of_shards": len(files), "max_records": max_tiles, "epoch": 0,
-                   "tiles_per_image": drawn["tiles"] / max(1, drawn["images"]),
-                   "images_no_anchor": drawn["images_no_anchor"]}
+  info = {"records": int(len(centres)), "images": len(images),
+          "of_shards": len(files), "max_records": max_tiles, "epoch": 0,
+          "tiles_per_image": drawn["tiles"] / max(1, drawn["images"]),
+          "images_no_anchor": drawn["images_no_anchor"]}
+  if several:  # the level of each centre, for each level's statistics
+    info["levels"] = np.concatenate(levels)
+  return centres, info
 
 
 def record_error(error: tf.errors.OpError) -> Optional[MapRecordError]:

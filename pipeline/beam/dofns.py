@@ -270,18 +270,20 @@ class MapRecordFn(beam.DoFn):
     self._flipped_ok = elements.counter("flipped_ok")
 
   def process(self, item: elements.ImageFeatures):
-    if isinstance(item.feature_map, list):  # refused before the run (check_levels)
-      raise ValueError("the maps layout takes one feature level")
-    feature_height, feature_width = item.feature_map.shape[:2]
-    feature_map = item.feature_map.astype(np.dtype(self._dtype), copy=False)
+    # one map, or one per feature level (--feature_layers), finest first
+    maps = item.feature_map if isinstance(item.feature_map, list) else [item.feature_map]
+    feature_height, feature_width = maps[0].shape[:2]
+    maps = [m.astype(np.dtype(self._dtype), copy=False) for m in maps]
     gt_boxes = np.asarray(item.gt_boxes, np.float64).reshape(-1, 4)
-    yield schema.make_map_example(feature_map, (item.height, item.width), gt_boxes,
-                                  item.image_id)
+    yield schema.make_map_example(maps if len(maps) > 1 else maps[0],
+                                  (item.height, item.width), gt_boxes, item.image_id)
     self._records.inc()
     (self._flipped_ok if item.flipped else self._ok).inc()
     # gt boxes in float32, as in the record (the tiles layout labels against float64)
-    yield beam.pvalue.TaggedOutput(elements.IMAGES, image_line(item, feature_height, feature_width,
-                                                      gt_boxes.astype(np.float32)))
+    line = image_line(item, feature_height, feature_width, gt_boxes.astype(np.float32))
+    if len(maps) > 1:
+      line["levels"] = [level_line(item, m) for m in maps]
+    yield beam.pvalue.TaggedOutput(elements.IMAGES, line)
     counts = collections.Counter(item.stats)
     counts.update({ok_key(item): 1, "records_expected": 1})
     yield beam.pvalue.TaggedOutput(elements.STATS, dict(counts))

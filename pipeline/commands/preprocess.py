@@ -183,9 +183,8 @@ def config_from_args(args: argparse.Namespace,
 
 def level_settings(args: argparse.Namespace) -> dict:
   """feature_layer and feature_layers of BackboneConfig from --feature_layer or
-  --feature_layers (a cli.UsageError for both at once, an empty name, or
-  several levels with --layout maps); the layers themselves are checked with
-  the backbone (check_levels)."""
+  --feature_layers (a cli.UsageError for both at once or an empty name); the
+  layers themselves are checked with the backbone (check_levels)."""
   names = tuple(getattr(args, "feature_layers", ()) or ())
   if not names:
     return {"feature_layer": args.feature_layer or None}
@@ -197,9 +196,6 @@ def level_settings(args: argparse.Namespace) -> dict:
     raise cli.UsageError("--feature_layers", shown, "an empty layer name")
   if len(names) == 1:
     return {"feature_layer": names[0]}
-  if getattr(args, "layout", output_layout()) == config_lib.MAPS_LAYOUT:
-    raise cli.UsageError("--feature_layers", shown, "several feature levels are written in "
-                         "the tiles layout only: use --layout tiles, or one --feature_layer")
   return {"feature_layer": names[0], "feature_layers": names}
 
 

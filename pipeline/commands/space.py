@@ -34,6 +34,7 @@ REFUSE_BELOW = 0.5
 RECORD_OVERHEAD = 64  # protobuf keys and lengths, TFRecord framing (16), location
 LABEL_BYTES = 10  # an int64 of -1 is a 10-byte varint; most labels are -1
 DELTA_BYTES = 4
+LEVEL_BYTES = 10  # the level key of a record of several feature levels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,25 +72,29 @@ def _listed_ids(image_set: str) -> int:
 
 def image_bytes(width: int, height: int, cfg: config_lib.PreprocessConfig, channels: int,
                 min_input_side: int, id_length: int = 48) -> int:
-  """The bytes one width x height image adds to the output (at most, for tiles)."""
+  """The bytes one width x height image adds to the output (at most, for tiles);
+  with several feature levels, every level's map (maps) or points (tiles)."""
   backbone = cfg.backbone
   frame = frame_lib.frame_size(width, height, min_input_side, backbone.min_side,
                                   backbone.max_side)
-  grid = layers.FeatureGrid(backbone.backbone, backbone.feature_layer)
-  feature_height, feature_width = grid(frame.height, frame.width)
+  shapes = [layers.FeatureGrid(backbone.backbone, layer)(frame.height, frame.width)
+            for layer in config_lib.levels(backbone)]
   itemsize = np.dtype(cfg.output_format.tile_dtype).itemsize
   if cfg.output_format.layout == config_lib.MAPS_LAYOUT:
-    return feature_height * feature_width * channels * itemsize + RECORD_OVERHEAD + id_length
-  stride_x, stride_y = anchors_lib.ratio_strides(frame.width, frame.height, feature_width,
-                                                 feature_height)
-  anchors = anchors_lib.grid_anchors(feature_height, feature_width, stride_x, stride_y,
-                                     cfg.anchors.scales, cfg.anchors.ratios)
+    return (sum(h * w for h, w in shapes) * channels * itemsize + RECORD_OVERHEAD
+            + id_length)
   num_anchors = cfg.anchors.num_anchors
-  inside = anchors_lib.inside_mask(anchors, frame.width, frame.height)
-  points = int(inside.reshape(-1, num_anchors).any(axis=1).sum())
+  points = 0
+  for feature_height, feature_width in shapes:
+    stride_x, stride_y = anchors_lib.ratio_strides(frame.width, frame.height, feature_width,
+                                                   feature_height)
+    anchors = anchors_lib.grid_anchors(feature_height, feature_width, stride_x, stride_y,
+                                       cfg.anchors.scales, cfg.anchors.ratios)
+    inside = anchors_lib.inside_mask(anchors, frame.width, frame.height)
+    points += int(inside.reshape(-1, num_anchors).any(axis=1).sum())
   records = min(cfg.targets.batch_size, points)
   record = (9 * channels * itemsize + num_anchors * (LABEL_BYTES + 4 * DELTA_BYTES)
-            + id_length + RECORD_OVERHEAD)
+            + id_length + RECORD_OVERHEAD + (LEVEL_BYTES if len(shapes) > 1 else 0))
   return records * record
 
 

@@ -91,17 +91,21 @@ def _records(output: str, manifest: manifest_lib.Manifest) -> List[bytes]:
 def split_record(serialized: bytes) -> Tuple[Tuple, Dict[str, bytes], bytes]:
   """(key, the other fields as bytes, the feature bytes) of one record.
 
-  The key is (image_id,) for a maps record, (image_id, y, x) for a tile."""
+  The key is (image_id,) for a maps record, (image_id, y, x) for a tile, and
+  (image_id, y, x, level) for a tile of several feature levels. The feature
+  bytes of a maps record of several levels are its levels' maps in order."""
   from tensorflow.core.example import example_pb2  # lazy: as above
   feature = example_pb2.Example.FromString(serialized).features.feature
   key: Tuple = (feature[schema.IMAGE_ID_KEY].bytes_list.value[0].decode(),)
   if schema.LOCATION_KEY in feature:
     key += tuple(feature[schema.LOCATION_KEY].int64_list.value)
+  if schema.LEVEL_KEY in feature:
+    key += tuple(feature[schema.LEVEL_KEY].int64_list.value)
   features = b""
   others = {}
   for name in sorted(feature):
     if name in FEATURE_KEYS:
-      features = feature[name].bytes_list.value[0]
+      features = b"".join(feature[name].bytes_list.value)
     else:
       others[name] = feature[name].SerializeToString(deterministic=True)
   return key, others, features

@@ -11,7 +11,9 @@ Layout tiles (the method): one tf.train.Example per sampled feature-map point:
 
 Layout maps: one tf.train.Example per image:
   feature_map    bytes   raw little-endian [Hf, Wf, C] array, dtype from the manifest
-  feature_shape  int64   x 3   (Hf, Wf, C)
+                         (several feature levels, --feature_layers: one per level,
+                         finest first)
+  feature_shape  int64   x 3   (Hf, Wf, C) (several levels: x 3L, level after level)
   image_size     int64   x 2   (height, width) of the frame fed to the backbone
   gt_boxes       float   x 4G  x1, y1, x2, y2 of each gt box in that frame
   image_id       bytes   as above
@@ -57,18 +59,20 @@ def make_example(tile: np.ndarray, labels: np.ndarray, deltas: np.ndarray,
   return example.SerializeToString(deterministic=True)
 
 
-def make_map_example(feature_map: np.ndarray, image_size, gt_boxes: np.ndarray,
+def make_map_example(feature_map, image_size, gt_boxes: np.ndarray,
                      image_id: str) -> bytes:
   """Serialized tf.train.Example of one image's feature map [Hf, Wf, C] (already in
-  its dtype), its frame's (height, width) and gt boxes [G, 4] in that frame."""
+  its dtype; a list of them, finest first, for several feature levels), its
+  frame's (height, width) and gt boxes [G, 4] in that frame."""
   from tensorflow.core.example import example_pb2  # lazy: as below
-  if feature_map.ndim != 3:
-    raise ValueError(f"feature_map must be [H, W, C], got shape {feature_map.shape}")
   example = example_pb2.Example()
   feature = example.features.feature
-  feature[FEATURE_MAP_KEY].bytes_list.value.append(np.ascontiguousarray(
-      feature_map, dtype=feature_map.dtype.newbyteorder("<")).tobytes())
-  feature[FEATURE_SHAPE_KEY].int64_list.value.extend(int(v) for v in feature_map.shape)
+  for level_map in feature_map if isinstance(feature_map, list) else [feature_map]:
+    if level_map.ndim != 3:
+      raise ValueError(f"feature_map must be [H, W, C], got shape {level_map.shape}")
+    feature[FEATURE_MAP_KEY].bytes_list.value.append(np.ascontiguousarray(
+        level_map, dtype=level_map.dtype.newbyteorder("<")).tobytes())
+    feature[FEATURE_SHAPE_KEY].int64_list.value.extend(int(v) for v in level_map.shape)
   feature[IMAGE_SIZE_KEY].int64_list.value.extend([int(image_size[0]), int(image_size[1])])
   feature[GT_BOXES_KEY].float_list.value.extend(
       np.asarray(gt_boxes, np.float32).reshape(-1).tolist())
@@ -76,12 +80,14 @@ def make_map_example(feature_map: np.ndarray, image_size, gt_boxes: np.ndarray,
   return example.SerializeToString(deterministic=True)
 
 
-def map_feature_spec() -> Dict:
-  """tf.io.parse_single_example spec of a maps record."""
+def map_feature_spec(num_levels: int = 1) -> Dict:
+  """tf.io.parse_single_example spec of a maps record (of num_levels feature
+  levels: feature_map then holds num_levels strings, feature_shape 3 * num_levels)."""
   import tensorflow as tf  # lazy: the pipeline imports this module without TensorFlow
   return {
-      FEATURE_MAP_KEY: tf.io.FixedLenFeature([], tf.string),
-      FEATURE_SHAPE_KEY: tf.io.FixedLenFeature([3], tf.int64),
+      FEATURE_MAP_KEY: tf.io.FixedLenFeature([] if num_levels == 1 else [num_levels],
+                                             tf.string),
+      FEATURE_SHAPE_KEY: tf.io.FixedLenFeature([3 * num_levels], tf.int64),
       IMAGE_SIZE_KEY: tf.io.FixedLenFeature([2], tf.int64),
       GT_BOXES_KEY: tf.io.VarLenFeature(tf.float32),
       IMAGE_ID_KEY: tf.io.FixedLenFeature([], tf.string),

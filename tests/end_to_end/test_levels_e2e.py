@@ -91,9 +91,6 @@ def test_one_listed_layer_is_the_one_level_run(levels_run, tmp_path):
     (["--feature_layers", "conv1,conv2", "--feature_layer", "conv1"],
      "--feature_layers conv1,conv2: give either --feature_layer (conv1) or --feature_layers, "
      "not both"),
-    (["--feature_layers", "conv1,conv2", "--layout", "maps"],
-     "--feature_layers conv1,conv2: several feature levels are written in the tiles layout "
-     "only"),
     (["--feature_layers", "conv1,"], "--feature_layers conv1,: an empty layer name"),
 ])
 def test_bad_feature_layers_are_one_line_before_the_run(levels_run, tmp_path, capsys, flags,
@@ -181,3 +178,76 @@ def test_rpn_draw_draws_every_level(levels_run, tmp_path):
   assert draw.main(["--shards", output, "--input", root, "--count", "2",
                     "--output", str(pictures)]) == 0
   assert len(os.listdir(pictures)) == 2
+
+
+@pytest.fixture(scope="module")
+def levels_maps(levels_run, tmp_path_factory):
+  root = levels_run[0]
+  output = str(tmp_path_factory.mktemp("levels_maps") / "maps")
+  manifest = helpers.preprocess(root, output, extra=[*LEVEL_FLAGS, "--layout", "maps"])
+  return output, manifest
+
+
+def test_maps_records_hold_one_map_per_level(levels_run, levels_maps):
+  root, written, _, _ = levels_run
+  output, manifest = levels_maps
+  assert manifest.feature_layers == list(LEVELS) and manifest.is_maps
+  helpers.check_accounting(output, manifest, os.path.join(root, "Data", "DET", "train"))
+  import tensorflow as tf
+  extractor = extractor_lib.FeatureExtractor(helpers.TINY, "none", seed=0,
+                                             feature_layers=LEVELS)
+  lines = {line["image_id"]: line for line in helpers.images_of(output)}
+  for serialized in helpers.read_records(output, "maps"):
+    feature = tf.train.Example.FromString(serialized).features.feature
+    image_id = feature["image_id"].bytes_list.value[0].decode()
+    shapes = np.reshape(feature["feature_shape"].int64_list.value, (-1, 3))
+    assert [tuple(s[:2]) for s in shapes] == [
+        (level["feature_height"], level["feature_width"]) for level in lines[image_id]["levels"]]
+    with open(os.path.join(root, "Data/DET/train", image_id + ".JPEG"), "rb") as f:
+      maps = extractor(images_lib.decode_image(f.read()))
+    for raw, shape, want in zip(feature["feature_map"].bytes_list.value, shapes, maps,
+                                strict=True):
+      np.testing.assert_allclose(np.frombuffer(raw, "<f4").reshape(shape), want, rtol=1e-5,
+                                 atol=1e-5)
+  assert len(lines) == len(written)
+
+
+def test_maps_epoch_zero_is_exactly_the_tiles_layout_of_every_level(levels_run, levels_maps):
+  """The maps layout's promise holds with levels: epoch 0 draws the tiles
+  layout's records, each tile cut from its own level's map."""
+  from trainer import maps
+  _, _, tiles_dir, tiles_manifest = levels_run
+  maps_dir, maps_manifest = levels_maps
+
+  def key(image_id, level, location, tile, labels, deltas):
+    return (image_id, int(level), tuple(int(v) for v in location),
+            np.asarray(tile, np.float32).tobytes(), tuple(int(v) for v in labels),
+            np.asarray(deltas, np.float32).tobytes())
+  fields = ("image_id", "level", "location", "tile", "labels", "deltas")
+  want = collections.Counter(
+      key(**{k: r[k] for k in fields})
+      for r in (helpers.decode_record(s, 16) for s in helpers.read_records(tiles_dir)))
+  got = collections.Counter(
+      key(r["image_id"].decode(), r["level"], r["location"], r["tile"], r["labels"],
+          r["deltas"])
+      for r in maps.tile_records(maps_manifest.shard_paths(maps_dir), maps_manifest,
+                                 maps_manifest.anchor_config, maps_manifest.target_config,
+                                 0).as_numpy_iterator())
+  assert sum(want.values()) == tiles_manifest.counts["records"] > 0
+  assert got == want
+
+
+def test_maps_of_levels_train_and_propose(levels_run, levels_maps, tmp_path):
+  from trainer import propose, train
+  root = levels_run[0]
+  job = str(tmp_path / "job")
+  last = train.train(trainer_cli.check_train(trainer_cli.train_parser().parse(
+      ["--data", levels_maps[0], "--job_dir", job, "--epochs", "1", "--hidden", "16",
+       "--batch_size", "64"])))
+  assert np.isfinite(last["loss"])
+  with open(os.path.join(job, "train_config.json")) as f:
+    assert np.shape(json.load(f)["feature_mean"]) == (2, 16)
+  settings = propose.propose(trainer_cli.check_propose(trainer_cli.propose_parser().parse(
+      ["--job_dir", job, "--input", root, "--split", "DET/train",
+       "--output", str(tmp_path / "proposals"), "--draw", "0"])))
+  assert settings["counts"]["images_ok"] == len(levels_run[1])

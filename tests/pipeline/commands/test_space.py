@@ -31,14 +31,17 @@ def _written(output):
              if n.startswith(("tiles-", "maps-")))
 
 
-@pytest.mark.parametrize("layout", ["tiles", "maps"])
-def test_the_estimate_is_near_what_the_run_writes(dataset, tmp_path, layout):
+@pytest.mark.parametrize("layout,levels", [("tiles", []), ("maps", []),
+                                           ("tiles", ["--feature_layers", "conv1,conv2"]),
+                                           ("maps", ["--feature_layers", "conv1,conv2"])],
+                         ids=["tiles", "maps", "tiles_levels", "maps_levels"])
+def test_the_estimate_is_near_what_the_run_writes(dataset, tmp_path, layout, levels):
   output = str(tmp_path / "out")
-  cfg = _cfg(dataset, output, "--layout", layout)
+  cfg = _cfg(dataset, output, "--layout", layout, *levels)
   spec = registry.backbone_spec(helpers.TINY)
   found = space.estimate(cfg, spec.channels, spec.min_input_side)
   assert found.images == 8 and found.sampled == 8
-  helpers.preprocess(dataset, output, extra=["--layout", layout])
+  helpers.preprocess(dataset, output, extra=["--layout", layout, *levels])
   written = _written(output)
   print(f"{layout}: estimated {found.total}, written {written}")
   # tiles: every point with an inside anchor counted a record (an upper bound);
