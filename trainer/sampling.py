@@ -62,6 +62,7 @@ def read_anchors_json(path: str, manifest: manifest_lib.Manifest) -> Dict:
   for key, theirs, ours in (
       ("backbone", report.get("backbone"), manifest.backbone),
       ("feature_layer", report.get("feature_layer"), manifest.feature_layer),
+      ("feature_layers", report.get("feature_layers"), manifest.feature_layers),
       ("min_side", frame.get("min_side"), manifest.resize.min_side),
       ("max_side", frame.get("max_side"), manifest.resize.max_side)):
     if theirs != ours:

@@ -145,3 +145,22 @@ def test_stop_recipe_preprocesses_two_parts_of_the_training_images(tmp_path):
   listed = [pathlib.Path(path).read_text().split() for _, _, path in parts]
   assert sorted(listed[0] + listed[1]) == ids and listed[1]
   assert (listed[0], listed[1]) == real_photos.stop_split(ids, 0.2)
+
+
+def test_recipes_of_several_levels_pass_feature_layers():
+  levels = real_photos.RECIPES["levels"]
+  assert levels.layer_flags == ["--feature_layers", "block4_conv3,block5_conv3"]
+  assert real_photos.RECIPES["readme"].layer_flags == ["--feature_layer", "block5_conv3"]
+
+
+def test_levels_bench_table_and_skip(tmp_path, capsys):
+  from bench import levels
+  rows = [{"setting": name, "layout": "tiles", "images": 10, "seconds_per_image": seconds,
+           "records_per_image": records, "bytes_per_image": 1024.0 * kb}
+          for name, seconds, records, kb in (("one level", 1.0, 200.0, 100.0),
+                                             ("two levels", 1.5, 250.0, 130.0))]
+  text = levels.table(rows).splitlines()
+  assert text[2].split()[-2:] == ["1.50", "1.30"]  # x time, x bytes against one level
+  assert levels.main(["--data", str(tmp_path / "absent"), "--out", str(tmp_path / "o")]) == 0
+  assert capsys.readouterr().out.startswith("bench.levels: skipped: no --data")
+  assert not os.path.exists(tmp_path / "o")

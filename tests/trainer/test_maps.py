@@ -236,6 +236,11 @@ def test_training_takes_the_suggestion_of_rpn_anchors(maps_dir, tmp_path):
   with pytest.raises(pipeline_cli.UsageError, match="was made for backbone 'VGG16'"):
     resolve(cli.train_parser().parse(
         ["--data", directory, "--job_dir", "-", "--anchors_json", other]), manifest)
+  levels = _anchors_json(tmp_path / "levels.json", feature_layers=["a", "b"])
+  with pytest.raises(pipeline_cli.UsageError,
+                     match=r"was made for feature_layers \['a', 'b'\], the data has None"):
+    resolve(cli.train_parser().parse(
+        ["--data", directory, "--job_dir", "-", "--anchors_json", levels]), manifest)
   not_it = tmp_path / "not.json"
   not_it.write_text("{}")
   with pytest.raises(pipeline_cli.UsageError, match="not the anchors.json of rpn-anchors"):
