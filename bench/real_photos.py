@@ -138,6 +138,8 @@ RECIPES: Dict[str, Recipe] = {r.name: r for r in (
     Recipe("levels_fg0.5", "levels + rpn-preprocess --fg_iou_thresh 0.5",
            feature_layers=("block4_conv3", "block5_conv3"),
            preprocess_flags=("--fg_iou_thresh", "0.5")),
+    Recipe("levels_flip", "levels + rpn-preprocess --flip of the training images",
+           feature_layers=("block4_conv3", "block5_conv3"), train_split_flags=("--flip",)),
     Recipe("stop", "readme trained on 80% of DET/train for up to 20 epochs, early stopping "
            "(patience 4) on the other 20%, proposing with JOB/best",
            train_flags=("--epochs", "20", "--early_stopping_patience", "4"),
