@@ -243,7 +243,8 @@ class SampleTargetsFn(beam.DoFn):
     (self._flipped_ok if item.flipped else self._ok).inc()
     line = image_line(item, feature_height, feature_width, item.gt_boxes)
     if several:
-      line["levels"] = [dict(level_line(item, feature_map), num_locations=len(level.points))
+      line["levels"] = [dict(level_line(item, *feature_map.shape[:2]),
+                             num_locations=len(level.points))
                         for feature_map, level in zip(maps, result.levels, strict=True)]
     yield beam.pvalue.TaggedOutput(elements.IMAGES, dict(
         line, num_fg=int(result.num_fg), num_bg=int(result.num_bg),
@@ -282,7 +283,7 @@ class MapRecordFn(beam.DoFn):
     # gt boxes in float32, as in the record (the tiles layout labels against float64)
     line = image_line(item, feature_height, feature_width, gt_boxes.astype(np.float32))
     if len(maps) > 1:
-      line["levels"] = [level_line(item, m) for m in maps]
+      line["levels"] = [level_line(item, *m.shape[:2]) for m in maps]
     yield beam.pvalue.TaggedOutput(elements.IMAGES, line)
     counts = collections.Counter(item.stats)
     counts.update({ok_key(item): 1, "records_expected": 1})
@@ -295,9 +296,10 @@ def ok_key(item: elements.ImageFeatures) -> str:
   return "flipped_ok" if item.flipped else "images_ok"
 
 
-def level_line(item: elements.ImageFeatures, feature_map) -> Dict[str, Any]:
-  """A feature level's entry of an images.jsonl line: its map's size and strides."""
-  feature_height, feature_width = feature_map.shape[:2]
+def level_line(item: elements.ImageFeatures, feature_height: int, feature_width: int
+               ) -> Dict[str, Any]:
+  """A feature map's fields of an images.jsonl line: its size and strides (of
+  the line itself, and of each entry of "levels" with several levels)."""
   stride_x, stride_y = anchors_lib.ratio_strides(item.width, item.height, feature_width,
                                                  feature_height)
   return {"feature_height": int(feature_height), "feature_width": int(feature_width),
@@ -308,15 +310,10 @@ def image_line(item: elements.ImageFeatures, feature_height: int, feature_width:
                gt_boxes) -> Dict[str, Any]:
   """The images.jsonl fields both layouts write for an image (the frame, its
   feature map and strides, the gt boxes)."""
-  stride_x, stride_y = anchors_lib.ratio_strides(item.width, item.height, feature_width,
-                                                 feature_height)
   return {
       "image_id": item.image_id,
       "width": int(item.width),
       "height": int(item.height),
-      "feature_height": int(feature_height),
-      "feature_width": int(feature_width),
-      "stride_x": float(stride_x),
-      "stride_y": float(stride_y),
+      **level_line(item, feature_height, feature_width),
       "gt_boxes": [[float(v) for v in box] for box in np.asarray(gt_boxes).reshape(-1, 4)],
   }

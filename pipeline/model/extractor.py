@@ -50,8 +50,6 @@ class FeatureExtractor:
     # cached by the build
     self.layer_info = layers.check_feature_layer(backbone, self.feature_layer)
     self.grid = layers.FeatureGrid(backbone, self.feature_layer)
-    self.grids = [layers.FeatureGrid(backbone, layer)
-                  for layer in (self.feature_layers or (self.feature_layer,))]
     if self.spec.preprocess_module:
       preprocess_input = importlib.import_module(
           f"keras.applications.{self.spec.preprocess_module}").preprocess_input
