@@ -37,9 +37,14 @@ PREPROCESS_ARGS ?=
 # tiles (the method) or maps: one record per image, rpn-train draws the targets
 # every epoch with the anchors it is given (docs/choosing-settings.md).
 LAYOUT ?=
+# RECOMMENDED=out/anchors/anchors.json: rpn-preprocess also gets the
+# recommended_flags of that rpn-anchors report (make anchors writes it there).
+RECOMMENDED ?=
+RECOMMENDED_FLAGS = $(if $(RECOMMENDED),$(shell $(BIN)/python -c 'import json, shlex, sys; \
+  print(shlex.join(json.load(open(sys.argv[1]))["recommended_flags"]))' $(RECOMMENDED)))
 PREPROCESS_FLAGS = --backbone $(BACKBONE) --weights $(WEIGHTS) $(if $(LAYOUT),--layout $(LAYOUT)) \
   $(if $(RUNNER),--runner $(RUNNER)) $(if $(BACKBONE_THREADS),--backbone_threads $(BACKBONE_THREADS)) \
-  $(PREPROCESS_ARGS) $(BEAM_ARGS)
+  $(RECOMMENDED_FLAGS) $(PREPROCESS_ARGS) $(BEAM_ARGS)
 TEST_ARGS ?=
 
 .PHONY: install sample-data preprocess preprocess-portable anchors train propose evaluate demo lint test test-fast bench quality quality-real gpu-check draw clean
@@ -71,8 +76,10 @@ preprocess-portable: $(STAMP) $(if $(filter $(SAMPLE),$(INPUT)),$(SAMPLE)/Data)
 	  --output $(OUT)/shards/portable --backbone $(BACKBONE) --weights $(WEIGHTS) \
 	  --num_shards $(or $(NUM_SHARDS),0) --backbone_threads $(or $(BACKBONE_THREADS),1) $(PREPROCESS_ARGS)
 
-# Anchor coverage of SPLIT's gt boxes for BACKBONE (FEATURE_LAYER) and the
-# anchors in PREPROCESS_ARGS, and a suggested set; no forward pass.
+# The recommended rpn-preprocess flags for SPLIT's images and BACKBONE (at
+# FEATURE_LAYER where given, else the backbone's recommended layers), anchor
+# coverage and a suggested set; no forward pass. Then
+# make preprocess RECOMMENDED=$(ANCHORS_OUT)/anchors.json uses them.
 FEATURE_LAYER ?=
 ANCHORS_OUT ?= $(OUT)/anchors
 anchors: $(STAMP) $(if $(filter $(SAMPLE),$(INPUT)),$(SAMPLE)/Data)

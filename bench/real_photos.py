@@ -93,6 +93,10 @@ class Recipe:
   layout: str = "tiles"  # maps: the anchors go to rpn-train, drawn afresh every epoch
   # several feature levels (--feature_layers) instead of feature_layer
   feature_layers: Tuple[str, ...] = ()
+  # the README's recipe since issue 21 part 4: rpn-anchors with no setting
+  # flag, then rpn-preprocess of both splits with its recommended_flags (the
+  # backbone, layers, anchors and frame flags above are not used)
+  recommended: bool = False
 
   @property
   def layer_flags(self) -> List[str]:
@@ -102,9 +106,12 @@ class Recipe:
     return ["--feature_layer", self.feature_layer]
 
 
-# The README's recipe first; each other recipe changes one lever.
+# The README's recipe first; each other recipe changes one lever of the
+# README's recipe before issue 21 part 4 ("readme").
 RECIPES: Dict[str, Recipe] = {r.name: r for r in (
-    Recipe("readme", "README: block5_conv3, rpn-anchors' suggested 3 scales, defaults"),
+    Recipe("recommended", "README: rpn-anchors with no setting flag, rpn-preprocess of both "
+           "splits with its recommended flags, every other default", recommended=True),
+    Recipe("readme", "README of 0.6: block5_conv3, rpn-anchors' suggested 3 scales, defaults"),
     Recipe("scale600", "readme + --min_side 600 --max_side 1000",
            frame_flags=("--min_side", "600", "--max_side", "1000")),
     Recipe("block4", "readme at the stride-8 layer block4_conv3", feature_layer="block4_conv3"),
@@ -200,7 +207,12 @@ def summarise(runs: Sequence[Dict[str, Optional[float]]]) -> Dict[str, Dict[str,
 
 
 def suggested_anchors(args, recipe: Recipe, out: str) -> Tuple[List[str], dict]:
-  """(the anchor flags for rpn-preprocess, anchors.json) for the recipe."""
+  """(the anchor flags for rpn-preprocess, anchors.json) for the recipe; a
+  recommended recipe's are all of rpn-anchors' recommended flags."""
+  if recipe.recommended:
+    report = anchors_run.run(["--input", args.data, "--split", "DET/train", "--output", out,
+                              "--backbone", "VGG16"])
+    return list(report["recommended_flags"]), report
   report = anchors_run.run(["--input", args.data, "--split", "DET/train", "--output", out,
                             "--backbone", "VGG16", *recipe.layer_flags,
                             *recipe.frame_flags, *recipe.anchors_flags])
@@ -240,6 +252,9 @@ def run_seed(args, recipe: Recipe, anchor_flags: Sequence[str], seed: int) -> Di
     common = ["--backbone", "VGG16", "--weights", args.weights, *recipe.layer_flags,
               "--seed", str(seed), "--layout", recipe.layout,
               *recipe.frame_flags, *([] if maps else anchor_flags), *recipe.preprocess_flags]
+    if recipe.recommended:  # the backbone, layers, frame and anchors among them
+      common = ["--weights", args.weights, "--seed", str(seed), "--layout", recipe.layout,
+                *anchor_flags, *recipe.preprocess_flags]
     start = time.monotonic()
     for split, where, image_set in preprocess_parts(args, recipe, out):
       _log(f"{recipe.name} seed {seed}: rpn-preprocess {where} into shards/{split}")
@@ -254,7 +269,8 @@ def run_seed(args, recipe: Recipe, anchor_flags: Sequence[str], seed: int) -> Di
   trainer_cli.train_main(["--data", os.path.join(shards, "train"),
                           "--val_data", os.path.join(shards, "stop" if recipe.stop_fraction
                                                      else "val"),
-                          "--job_dir", job, "--seed", str(seed), *(anchor_flags if maps else []),
+                          "--job_dir", job, "--seed", str(seed),
+                          *(anchor_flags if maps and not recipe.recommended else []),
                           *recipe.train_flags])
   seconds["train"] = time.monotonic() - start
   return propose_and_evaluate(args, recipe, job, out, seed, seconds)
@@ -403,7 +419,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       help="dataset root with DET/train and DET/val")
   parser.add_argument("--out", default=os.path.join(REPO, "out", "quality", "real"))
   parser.add_argument("--weights", default=common.vgg16_weights())
-  parser.add_argument("--recipes", default="readme",
+  parser.add_argument("--recipes", default="recommended",
                       help=f"comma-separated, of {', '.join(RECIPES)}")
   parser.add_argument("--seeds", default="0,1,2",
                       type=lambda s: tuple(int(v) for v in s.split(",")))

@@ -1,15 +1,15 @@
 """`make demo`: the whole product on the bundled sample data, in a few minutes.
 
-sample data -> rpn-anchors (coverage of the method's anchors at the chosen
-layer, and the suggested set it trains with) -> rpn-preprocess (train and val
-splits, DirectRunner, all cores) -> rpn-draw (what the pipeline decided, as
+The README's recipe: sample data -> rpn-anchors with no setting flag (the
+coverage of the anchors, and the recommended rpn-preprocess flags for this
+data and backbone) -> rpn-preprocess of the train and val splits with those
+flags (DirectRunner, all cores) -> rpn-draw (what the pipeline decided, as
 pictures) -> rpn-train -> rpn-propose on the held-out val split with the
-untrained and the trained RPN -> rpn-evaluate
-of both, printed side by side.
+untrained and the trained RPN -> rpn-evaluate of both, printed side by side.
 
 With --layout maps (make demo LAYOUT=maps) rpn-preprocess writes the feature
-maps, and the anchors go to rpn-train instead (--anchors_json, rpn-anchors'
-suggestion), which draws the samples afresh every epoch.
+maps with the same flags, and rpn-train draws the samples afresh every epoch
+with the anchors of the maps' manifest.
 """
 from __future__ import annotations
 
@@ -18,9 +18,8 @@ import logging
 import os
 import sys
 import time
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
-from pipeline.beam import anchors as anchors_beam
 from pipeline.commands import anchors as coverage_run
 from pipeline.commands import draw, sample_data
 from pipeline.commands import preprocess as run
@@ -38,15 +37,15 @@ VGG16_WEIGHTS_ENV = "RPN_VGG16_WEIGHTS"
 DEFAULT_VGG16_WEIGHTS = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
     "shared", "weights", "vgg16_hed_notop.weights.h5")
-TINY_LAYER = "conv1"  # TinyTestNet's stride-8 layer: its only map finer than stride 32
 
 
 def choose_settings(args: argparse.Namespace) -> None:
-  """Fills in backbone, weights, feature_layer, epochs and a reason (in place).
+  """Fills in backbone, weights, epochs and a reason (in place).
 
   Real features show what an RPN learns; random ones show little (README,
   "make demo"). So 'auto' takes VGG16 with the real weights file when there
-  is one, at its stride-16 layer, else TinyTestNet at its stride-8 layer.
+  is one, else TinyTestNet. The feature layer(s) stay as given: unset,
+  rpn-anchors recommends them (two levels for VGG16, conv1 for TinyTestNet).
   """
   path = os.environ.get(VGG16_WEIGHTS_ENV) or DEFAULT_VGG16_WEIGHTS
   args.reason = "as given"
@@ -61,11 +60,19 @@ def choose_settings(args: argparse.Namespace) -> None:
   if args.weights in (None, AUTO):
     found = args.backbone == "VGG16" and os.path.exists(path)
     args.weights = path if found else "none"
-  if args.feature_layer is None:
-    args.feature_layer = (TINY_LAYER if args.backbone == registry.TINY_BACKBONE
-                          else registry.STRIDE16_LAYERS.get(args.backbone, ""))
   if args.epochs is None:
     args.epochs = 40 if args.backbone == registry.TINY_BACKBONE else 10
+
+
+def with_anchors(flags: Sequence[str], block: dict) -> List[str]:
+  """`flags` with the values of --scales and --ratios replaced by `block`'s
+  (anchors.json's "current" or "suggested")."""
+  values = {"--scales": block["scales"], "--ratios": block["ratios"]}
+  out = list(flags)
+  for i, flag in enumerate(out[:-1]):
+    if flag in values:
+      out[i + 1] = ",".join(f"{v:g}" for v in values[flag])
+  return out
 
 
 def _step(title: str) -> float:
@@ -98,17 +105,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help="default: 10 on real features, 40 on TinyTestNet")
   parser.add_argument("--feature_layer", default=None,
                       help="backbone layer of the feature map ('' for the final output); "
-                      "default: the stride-16 layer (TinyTestNet: conv1, stride 8)")
+                      "default: what rpn-anchors recommends for the backbone (VGG16: "
+                      "block4_conv3,block5_conv3; TinyTestNet: conv1)")
   parser.add_argument("--anchors", choices=("suggested", "method"), default="suggested",
-                      help="train with rpn-anchors' suggested scales and ratios, or the "
-                      "method's 3,6,12 and 0.5,1,2")
+                      help="train with the recommended flags as they are, or with the "
+                      "method's scales and ratios (3,6,12 and 0.5,1,2) in their place")
   parser.add_argument("--layout", choices=("tiles", "maps"), default="tiles",
                       help="tiles: the anchors are fixed at rpn-preprocess (the method); "
                       "maps: rpn-preprocess writes the feature maps and rpn-train draws the "
-                      "samples every epoch with the anchors it is given")
+                      "samples every epoch with the anchors of their manifest")
   args = parser.parse_args(argv)
   choose_settings(args)
-  print(f"demo settings: {args.backbone} ({args.feature_layer or 'final output'}), weights "
+  layer_shown = ("recommended layers" if args.feature_layer is None
+                 else args.feature_layer or "final output")
+  print(f"demo settings: {args.backbone} ({layer_shown}), weights "
         f"{args.weights}, {args.epochs} epochs, {args.anchors} anchors, layout {args.layout}; "
         f"{args.reason}")
   logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
@@ -120,46 +130,42 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sample_data.main(["--output", args.sample])
     _done(start)
 
-  layer = ["--feature_layer", args.feature_layer] if args.feature_layer else []
-  start = _step(f"rpn-anchors DET/train: coverage of the method's anchors at "
-                f"{args.backbone} {args.feature_layer or 'final output'}, and a better set")
+  layer = [] if args.feature_layer is None else ["--feature_layer", args.feature_layer]
+  start = _step(f"rpn-anchors DET/train: the recommended rpn-preprocess flags for "
+                f"{args.backbone} on this data, and the anchors' coverage")
   coverage = coverage_run.run(["--input", args.sample, "--split", "DET/train",
                                "--output", os.path.join(out, "anchors"),
                                "--backbone", args.backbone, *layer])
   print(coverage_run.format_report(coverage))
-  chosen = coverage[args.anchors if args.anchors == "suggested" else "current"]
-  anchors = ["--scales", ",".join(f"{v:g}" for v in chosen["scales"]),
-             "--ratios", ",".join(f"{v:g}" for v in chosen["ratios"])]
-  print(f"training with the {args.anchors} anchors: {' '.join(anchors)}")
+  flags = list(coverage["recommended_flags"])
+  if args.anchors == "method":
+    flags = with_anchors(flags, coverage["current"])
+  print(f"rpn-preprocess flags: {' '.join(flags)}")
   _done(start)
-  # tiles: the anchors are fixed when the shards are made; maps: at training,
-  # from rpn-anchors' anchors.json (the method's are rpn-train's defaults)
-  preprocess_anchors, draw_anchors, train_anchors = anchors, [], []
-  if args.layout == "maps":
-    preprocess_anchors, draw_anchors = ["--layout", "maps"], anchors
-    if args.anchors == "suggested":
-      train_anchors = ["--anchors_json", os.path.join(out, "anchors", anchors_beam.ANCHORS_NAME)]
+  # maps: the same flags; the anchors go into the maps' manifest, with which
+  # rpn-draw draws and rpn-train samples every epoch
+  preprocess_flags = flags + (["--layout", "maps"] if args.layout == "maps" else [])
 
   # No runner options: rpn-preprocess's local default (all cores, one process each).
   for split, num_shards in (("train", 4), ("val", 1)):
     start = _step(f"rpn-preprocess DET/{split} -> {shards[split]}")
     result = run.run(["--input", args.sample, "--split", f"DET/{split}",
-                      "--output", shards[split], "--backbone", args.backbone,
-                      "--weights", args.weights, "--num_shards", str(num_shards),
-                      *layer, *preprocess_anchors])
+                      "--output", shards[split], "--weights", args.weights,
+                      "--num_shards", str(num_shards),
+                      *preprocess_flags])
     print(run.summary(result.manifest))
     _done(start)
 
   start = _step("rpn-draw: anchors and sampled labels of 3 training images")
   _ok(draw.main(["--shards", shards["train"], "--input", args.sample, "--split", "DET/train",
-                 "--count", "3", "--output", os.path.join(out, "pictures", "anchors"),
-                 *draw_anchors]), "rpn-draw")
+                 "--count", "3", "--output", os.path.join(out, "pictures", "anchors")]),
+      "rpn-draw")
   _done(start)
 
   job = os.path.join(out, "job")
   start = _step(f"rpn-train -> {job}")
   _ok(trainer_cli.train_main(["--data", shards["train"], "--val_data", shards["val"],
-                              "--job_dir", job, "--epochs", str(args.epochs), *train_anchors]),
+                              "--job_dir", job, "--epochs", str(args.epochs)]),
       "rpn-train")
   _done(start)
 

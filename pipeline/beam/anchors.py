@@ -17,7 +17,7 @@ from apache_beam.io import textio
 from pipeline.beam import elements, transforms
 from pipeline.beam import outputs as outputs_lib
 from pipeline.core import config as config_lib
-from pipeline.core import coverage
+from pipeline.core import coverage, recommend
 from pipeline.core import frame as frame_lib
 from pipeline.io import ilsvrc, plots, storage
 from pipeline.io import images as images_lib
@@ -136,9 +136,11 @@ def search(frames: List[coverage.FrameBoxes], scales, ratios) -> Dict[str, Any]:
 
 
 def build_pipeline(p, cfg: config_lib.PreprocessConfig, max_images: Optional[int],
-                   search_images: int):
+                   search_images: int, layers_given: bool = True):
   """ReadInputs (as rpn-preprocess) -> frames -> search on a fixed sample -> score
-  every frame with both sets -> anchors.json, pictures, errors.jsonl."""
+  every frame with both sets -> anchors.json, pictures, errors.jsonl.
+  `layers_given`: whether cfg's layers came from the flags (else they are the
+  backbone's recommended ones), for the report's reasons."""
   inputs = p | "ReadInputs" >> transforms.ReadInputs(cfg, max_images=max_images)
   frames = (inputs["images"] | "LoadFrames" >> beam.ParDo(LoadFrameFn(cfg.backbone))
             .with_outputs(elements.ERRORS, elements.STATS, main="frames")
@@ -168,7 +170,7 @@ def build_pipeline(p, cfg: config_lib.PreprocessConfig, max_images: Optional[int
               sample=beam.pvalue.AsSingleton(sample),
               counts=beam.pvalue.AsSingleton(counts),
               found=beam.pvalue.AsSingleton(inputs["found"]),
-              errors_written=beam.pvalue.AsList(written)))
+              errors_written=beam.pvalue.AsList(written), layers_given=layers_given))
 
 
 def _set_block(scales, ratios, stats: coverage.CoverageStats) -> Dict[str, Any]:
@@ -182,7 +184,7 @@ def _set_block(scales, ratios, stats: coverage.CoverageStats) -> Dict[str, Any]:
 
 
 def build_report(cfg: config_lib.PreprocessConfig, totals, suggestion, sample, counts,
-                 found) -> Dict[str, Any]:
+                 found, layers_given: bool = True) -> Dict[str, Any]:
   """anchors.json's content (see docs/DESIGN.md, "Anchor coverage")."""
   counts = outputs_lib.sum_box_stats(counts)
   counts["images_found"] = found
@@ -216,13 +218,17 @@ def build_report(cfg: config_lib.PreprocessConfig, totals, suggestion, sample, c
   }
   if len(cfg.backbone.feature_layers) > 1:
     report["feature_layers"] = list(cfg.backbone.feature_layers)
+  report["recommended_flags"] = recommend.recommended_flags(
+      cfg.backbone, suggested["scales"], suggested["ratios"])
+  report["recommended_why"] = recommend.reasons(cfg.backbone, layers_given, suggested, current)
   return report
 
 
-def write_report(_, cfg, totals, suggestion, sample, counts, found, errors_written):
+def write_report(_, cfg, totals, suggestion, sample, counts, found, errors_written,
+                 layers_given=True):
   """Writes anchors.json, coverage.png and boxes.png; returns the report."""
   del errors_written  # a side input only to order this step last
-  report = build_report(cfg, totals, suggestion, sample, counts, found)
+  report = build_report(cfg, totals, suggestion, sample, counts, found, layers_given)
   layer = (",".join(cfg.backbone.feature_layers) or cfg.backbone.feature_layer
            or "final output")
   title = f"{cfg.backbone.backbone} ({layer}): {report['num_boxes']} gt boxes"

@@ -1,4 +1,4 @@
-"""`rpn-anchors`: how well a set of anchors covers a dataset's gt boxes, and a better set.
+"""`rpn-anchors`: the rpn-preprocess setting for a dataset, and its anchors' coverage of the boxes.
 
     rpn-anchors --input ROOT --output DIR [--split DET/train] [--backbone NAME]
         [--feature_layer NAME | --feature_layers A,B] [--scales 3,6,12] [--ratios 0.5,1,2]
@@ -13,15 +13,25 @@ of their ids) feeds a search for scales and ratios that cover more boxes at IoU
 0.7 with inside anchors (coverage.search_anchors); then every image is scored
 with the given set and the suggested one.
 
+With no flag but the input, the backbone and the output, it recommends the
+whole setting of rpn-preprocess for that data and backbone (core.recommend):
+the backbone's recommended feature layer(s) (two levels for VGG16), the
+suggested scales and ratios at them, the frame and --flip. It prints them as
+one line of flags and writes them to anchors.json as "recommended_flags".
+Flags that are given (--feature_layer(s), the resize, --scales, --ratios) are
+kept in the recommendation.
+
 Writes into DIR: anchors.json (coverage of both sets, overall and by box size,
-the search, the counts), coverage.png, boxes.png and errors.jsonl (the same
-lines rpn-preprocess writes for the same inputs). Runs on every Beam runner;
+the search, the recommended flags and why, the counts), coverage.png,
+boxes.png and errors.jsonl (the same lines rpn-preprocess writes for the same
+inputs). Runs on every Beam runner;
 with no runner options, on every core of this machine.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -35,6 +45,7 @@ from pipeline.commands import backbone_check, cli, console, failures, lock, pref
 from pipeline.commands import preprocess as run_lib
 from pipeline.core import config as config_lib
 from pipeline.io import ilsvrc, storage
+from pipeline.model import registry
 
 OUTPUT_NAMES = (anchors_beam.ANCHORS_NAME, anchors_beam.COVERAGE_PNG, anchors_beam.BOXES_PNG,
                 config_lib.ERRORS_NAME,
@@ -49,7 +60,11 @@ def build_parser() -> cli.Parser:
                       allow_abbrev=False)  # an abbreviation could take a Beam flag
   run_lib.add_input_arguments(parser)
   parser.add_argument("--output", required=True, help="output directory (local, gs://, ...)")
-  run_lib.add_frame_arguments(parser)
+  run_lib.add_frame_arguments(parser, feature_layer_help=(
+      "take the feature map from this layer of the backbone ('' for its final output); "
+      "default, with no --feature_layers either: the backbone's recommended layer(s), "
+      "block4_conv3,block5_conv3 for VGG16, the stride-16 layer for ResNet50 and "
+      "InceptionResNetV2 (docs/choosing-settings.md)"))
   parser.add_argument("--max_images", type=int, default=None,
                       help="use only this many images, a fixed pseudo-random subset "
                       "(smallest sha256 of the image id); default: all")
@@ -59,8 +74,30 @@ def build_parser() -> cli.Parser:
   return parser
 
 
+def layers_given(args: argparse.Namespace) -> bool:
+  """Whether the flags name the feature layer(s); rpn-anchors recommends them if not."""
+  return args.feature_layer is not None or bool(args.feature_layers)
+
+
+def with_recommended_layers(args: argparse.Namespace) -> argparse.Namespace:
+  """`args`, or a copy with the backbone's recommended layer(s) where the flags
+  name none (registry.recommended_layers; an unknown backbone is left to the
+  backbone check, which names the known ones)."""
+  if layers_given(args) or args.backbone not in registry.BACKBONES:
+    return args
+  layers = registry.recommended_layers(args.backbone)
+  chosen = argparse.Namespace(**vars(args))
+  if len(layers) > 1:
+    chosen.feature_layers = tuple(layers)
+  else:
+    chosen.feature_layer = layers[0]
+  return chosen
+
+
 def config_from_args(args: argparse.Namespace) -> config_lib.PreprocessConfig:
-  """The input, frame and anchor settings, as rpn-preprocess holds them."""
+  """The input, frame and anchor settings, as rpn-preprocess holds them; the
+  layers of with_recommended_layers."""
+  args = with_recommended_layers(args)
   images_dir, annotations_dir = ilsvrc.layout_roots(
       input_root=args.input, split=args.split, images=args.images, annotations=args.annotations)
   for flag in ("max_images", "search_images"):
@@ -111,10 +148,15 @@ def format_report(report: Dict[str, Any]) -> str:
                    f"{level['coverage']['0.7']:.3f} at 0.7")
   if "note" in report["suggested"]:
     lines.append(report["suggested"]["note"])
-  s = report["suggested"]
-  lines.append(f"to use the suggested set: --scales {','.join(f'{v:g}' for v in s['scales'])} "
-               f"--ratios {','.join(f'{v:g}' for v in s['ratios'])}")
+  lines.append("recommended rpn-preprocess flags, for the training and the held-out split "
+               "(add --input, --split, --output and --weights):")
+  lines.append(recommended_line(report))
   return "\n".join(lines)
+
+
+def recommended_line(report: Dict[str, Any]) -> str:
+  """anchors.json's recommended_flags as one line to paste into a shell."""
+  return shlex.join(report["recommended_flags"])
 
 
 def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
@@ -137,7 +179,8 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     cli.running(cfg.output)
     clear_outputs(cfg.output)  # a report of an earlier run must not survive a failed one
     p = beam.Pipeline(options=options)
-    anchors_beam.build_pipeline(p, cfg, args.max_images, args.search_images)
+    anchors_beam.build_pipeline(p, cfg, args.max_images, args.search_images,
+                                layers_given=layers_given(args))
     with run_lib.removed_on_failure(cfg.output, clear_outputs), watchdog.watched():
       p.run().wait_until_finish()
       return storage.read_json(storage.join(cfg.output, anchors_beam.ANCHORS_NAME))

@@ -64,17 +64,20 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
                       help="images without XML: skip them, or use them as negatives-only")
 
 
-def add_frame_arguments(parser: argparse.ArgumentParser):
+def add_frame_arguments(parser: argparse.ArgumentParser,
+                        feature_layer_help: Optional[str] = None):
   """--backbone, --feature_layer, --min_side, --max_side, --max_pixels, --scales,
   --ratios: what decides the frame, its feature map and its anchors. Returns
-  the backbone argument group."""
+  the backbone argument group. `feature_layer_help` replaces --feature_layer's
+  help (rpn-anchors, whose default differs)."""
   backbone, anchors = config_lib.BackboneConfig(), config_lib.AnchorConfig()
   model = parser.add_argument_group("backbone")
   model.add_argument("--backbone", default=backbone.backbone)
   model.add_argument("--feature_layer", default=backbone.feature_layer,
-                     help="take the feature map from this layer of the backbone (default: its "
-                     "final output); e.g. block5_conv3 (VGG16), conv4_block6_out (ResNet50): "
-                     "stride 16, see docs/choosing-settings.md")
+                     help=feature_layer_help or (
+                         "take the feature map from this layer of the backbone (default: its "
+                         "final output); e.g. block5_conv3 (VGG16), conv4_block6_out "
+                         "(ResNet50): stride 16, see docs/choosing-settings.md"))
   model.add_argument("--feature_layers", type=_names, default=(),
                      help="several feature levels instead of --feature_layer: comma-separated "
                      "layers, finest first, with growing strides and the same channels, e.g. "

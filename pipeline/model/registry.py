@@ -55,6 +55,31 @@ STRIDE16_LAYERS = {
 }
 
 
+# The feature layers rpn-anchors recommends for a backbone when none is given
+# (issue 21 part 4). VGG16: its stride-8 and stride-16 layers as two levels of
+# one head, the best of the settings measured on held-out real photographs
+# (BENCHMARKS.md sections 14 to 16: AR@1000 0.235 against 0.211 at
+# block5_conv3 alone, 0.202 at block4_conv3 alone). The other backbones' finer
+# layers have other channel counts than their stride-16 layer, which one head
+# cannot share (no per-level projection yet), so they get their stride-16
+# layer, Faster R-CNN's choice; TinyTestNet its stride-8 conv1, the finer of
+# its two maps (what make demo trains on without real weights). A backbone
+# missing here gets its final output.
+RECOMMENDED_LAYERS = {
+    "VGG16": ("block4_conv3", "block5_conv3"),
+    "ResNet50": (STRIDE16_LAYERS["ResNet50"],),
+    "InceptionResNetV2": (STRIDE16_LAYERS["InceptionResNetV2"],),
+    TINY_BACKBONE: ("conv1",),
+}
+
+
+def recommended_layers(name: str) -> tuple:
+  """The layers rpn-anchors recommends for backbone `name` (RECOMMENDED_LAYERS):
+  several for levels, one, or ("",) for the final output."""
+  backbone_spec(name)  # a ValueError for an unknown name
+  return RECOMMENDED_LAYERS.get(name, ("",))
+
+
 def backbone_spec(name: str) -> BackboneSpec:
   try:
     return BACKBONES[name]

@@ -17,7 +17,7 @@ def test_auto_takes_real_vgg16_features_when_the_weights_file_exists(tmp_path, m
   args = _args()
   demo.choose_settings(args)
   assert (args.backbone, args.weights, args.feature_layer, args.epochs) == (
-      "VGG16", str(weights), "block5_conv3", 10)
+      "VGG16", str(weights), None, 10)  # None: rpn-anchors recommends the layers
 
 
 def test_auto_falls_back_to_the_tiny_net_at_stride_8(tmp_path, monkeypatch):
@@ -26,7 +26,7 @@ def test_auto_falls_back_to_the_tiny_net_at_stride_8(tmp_path, monkeypatch):
   args = _args()
   demo.choose_settings(args)
   assert (args.backbone, args.weights, args.feature_layer, args.epochs) == (
-      "TinyTestNet", "none", "conv1", 40)
+      "TinyTestNet", "none", None, 40)
   assert "no real weights file" in args.reason
 
 
@@ -35,3 +35,11 @@ def test_given_settings_are_kept():
   demo.choose_settings(args)
   assert (args.backbone, args.weights, args.feature_layer, args.epochs) == (
       "ResNet50", "none", "", 3)
+
+
+def test_method_anchors_replace_the_recommended_scales_and_ratios():
+  flags = ["--backbone", "VGG16", "--feature_layers", "block4_conv3,block5_conv3",
+           "--scales", "3,6.727,22.627", "--ratios", "0.5,1,2", "--flip"]
+  assert demo.with_anchors(flags, {"scales": [3.0, 6.0, 12.0], "ratios": [0.5, 1.0, 2.0]}) == [
+      "--backbone", "VGG16", "--feature_layers", "block4_conv3,block5_conv3",
+      "--scales", "3,6,12", "--ratios", "0.5,1,2", "--flip"]

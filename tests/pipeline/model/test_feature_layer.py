@@ -232,3 +232,19 @@ def test_bad_levels_are_one_line_naming_the_entry(names, problem):
   message = str(raised.value)
   assert "\n" not in message
   assert message.startswith(f"--feature_layers {','.join(names)}: {problem}"), message
+
+
+def test_recommended_layers_are_valid_levels_of_their_backbone():
+  """What rpn-anchors recommends with no layer flag passes rpn-preprocess's checks:
+  VGG16's two levels share a head; the others' single layers are stride 16."""
+  assert registry.recommended_layers("VGG16") == ("block4_conv3", "block5_conv3")
+  for name, names in registry.RECOMMENDED_LAYERS.items():
+    if len(names) > 1:
+      infos = layers.check_feature_levels(name, names)
+      assert len({i.channels for i in infos}) == 1
+    else:
+      info = layers.check_feature_layer(name, names[0])
+      assert info.nominal_stride == (8 if name == TINY else 16), (name, info)
+  assert registry.recommended_layers("Xception") == ("",)  # its final output
+  with pytest.raises(ValueError, match="unknown backbone"):
+    registry.recommended_layers("ResNet9000")
