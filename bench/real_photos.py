@@ -147,6 +147,9 @@ RECIPES: Dict[str, Recipe] = {r.name: r for r in (
            preprocess_flags=("--fg_iou_thresh", "0.5")),
     Recipe("levels_flip", "levels + rpn-preprocess --flip of the training images",
            feature_layers=("block4_conv3", "block5_conv3"), train_split_flags=("--flip",)),
+    Recipe("levels_flip_s5", "levels_flip with rpn-anchors searching 5 scales "
+           "(--num_scales 5)", feature_layers=("block4_conv3", "block5_conv3"),
+           train_split_flags=("--flip",), anchors_flags=("--num_scales", "5")),
     Recipe("stop", "readme trained on 80% of DET/train for up to 20 epochs, early stopping "
            "(patience 4) on the other 20%, proposing with JOB/best",
            train_flags=("--epochs", "20", "--early_stopping_patience", "4"),

@@ -128,26 +128,33 @@ def _sha256_key(frame: coverage.FrameBoxes) -> bytes:
   return hashlib.sha256(frame.image_id.encode("utf-8")).digest()
 
 
-def search(frames: List[coverage.FrameBoxes], scales, ratios) -> Dict[str, Any]:
-  """The suggested set (coordinate.search_anchors) on the sampled frames."""
-  result = coverage.search_anchors(coverage.levels_of(frames), scales, ratios)
+def search(frames: List[coverage.FrameBoxes], scales, ratios, num_scales=None,
+           num_ratios=None) -> Dict[str, Any]:
+  """The suggested set (coordinate.search_anchors: `num_scales` scales and
+  `num_ratios` ratios, default as many as given) on the sampled frames."""
+  result = coverage.search_anchors(coverage.levels_of(frames), scales, ratios,
+                                   num_scales=num_scales, num_ratios=num_ratios)
   return {"scales": list(result.scales), "ratios": list(result.ratios),
-          "search": dict(result.to_dict(), sample_images=len(frames))}
+          "search": dict(result.to_dict(), sample_images=len(frames),
+                         num_scales=len(result.scales), num_ratios=len(result.ratios))}
 
 
 def build_pipeline(p, cfg: config_lib.PreprocessConfig, max_images: Optional[int],
-                   search_images: int, layers_given: bool = True):
+                   search_images: int, layers_given: bool = True,
+                   num_scales: Optional[int] = None, num_ratios: Optional[int] = None):
   """ReadInputs (as rpn-preprocess) -> frames -> search on a fixed sample -> score
   every frame with both sets -> anchors.json, pictures, errors.jsonl.
   `layers_given`: whether cfg's layers came from the flags (else they are the
-  backbone's recommended ones), for the report's reasons."""
+  backbone's recommended ones), for the report's reasons; `num_scales`,
+  `num_ratios`: the counts the search looks for (None: as many as given)."""
   inputs = p | "ReadInputs" >> transforms.ReadInputs(cfg, max_images=max_images)
   frames = (inputs["images"] | "LoadFrames" >> beam.ParDo(LoadFrameFn(cfg.backbone))
             .with_outputs(elements.ERRORS, elements.STATS, main="frames")
             .with_exception_handling())
   sample = (frames.frames | "SearchSample" >> beam.combiners.Top.Smallest(
       search_images, key=_sha256_key))
-  suggestion = sample | "Search" >> beam.Map(search, cfg.anchors.scales, cfg.anchors.ratios)
+  suggestion = sample | "Search" >> beam.Map(search, cfg.anchors.scales, cfg.anchors.ratios,
+                                             num_scales, num_ratios)
   scored = (frames.frames | "Score" >> beam.ParDo(
       ScoreFrameFn(cfg.anchors), suggestion=beam.pvalue.AsSingleton(suggestion))
       .with_outputs(elements.ERRORS, elements.STATS, main="ious"))

@@ -2,7 +2,8 @@
 
     rpn-anchors --input ROOT --output DIR [--split DET/train] [--backbone NAME]
         [--feature_layer NAME | --feature_layers A,B] [--scales 3,6,12] [--ratios 0.5,1,2]
-        [--min_side N --max_side N] [--max_images N] [Beam pipeline options]
+        [--min_side N --max_side N] [--num_scales N] [--num_ratios N]
+        [--max_images N] [Beam pipeline options]
 
 No backbone forward pass: each image's XML boxes and its size (read from the
 image file's header) go through rpn-preprocess's own reading, box policy,
@@ -68,6 +69,12 @@ def build_parser() -> cli.Parser:
   parser.add_argument("--max_images", type=int, default=None,
                       help="use only this many images, a fixed pseudo-random subset "
                       "(smallest sha256 of the image id); default: all")
+  parser.add_argument("--num_scales", type=int, default=None,
+                      help="the number of scales the search looks for (default: as many as "
+                      "--scales has)")
+  parser.add_argument("--num_ratios", type=int, default=None,
+                      help="the number of ratios the search looks for (default: as many as "
+                      "--ratios has)")
   parser.add_argument("--search_images", type=int, default=DEFAULT_SEARCH_IMAGES,
                       help="images (the same kind of fixed subset) whose boxes the search for "
                       "better anchors looks at; every image is scored with the result")
@@ -100,7 +107,7 @@ def config_from_args(args: argparse.Namespace) -> config_lib.PreprocessConfig:
   args = with_recommended_layers(args)
   images_dir, annotations_dir = ilsvrc.layout_roots(
       input_root=args.input, split=args.split, images=args.images, annotations=args.annotations)
-  for flag in ("max_images", "search_images"):
+  for flag in ("max_images", "search_images", "num_scales", "num_ratios"):
     value = getattr(args, flag)
     if value is not None and value < 1:
       raise cli.UsageError(f"--{flag}", value, "must be >= 1")
@@ -180,7 +187,8 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     clear_outputs(cfg.output)  # a report of an earlier run must not survive a failed one
     p = beam.Pipeline(options=options)
     anchors_beam.build_pipeline(p, cfg, args.max_images, args.search_images,
-                                layers_given=layers_given(args))
+                                layers_given=layers_given(args), num_scales=args.num_scales,
+                                num_ratios=args.num_ratios)
     with run_lib.removed_on_failure(cfg.output, clear_outputs), watchdog.watched():
       p.run().wait_until_finish()
       return storage.read_json(storage.join(cfg.output, anchors_beam.ANCHORS_NAME))

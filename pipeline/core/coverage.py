@@ -334,10 +334,24 @@ def _quantile_start(sample: BoxSample, num_scales: int, num_ratios: int):
   return [round(float(v), 3) for v in scales], [round(float(v), 3) for v in ratios]
 
 
+def resample(values: Sequence[float], count: int) -> List[float]:
+  """`count` values spaced geometrically over the range of `values` (the
+  values themselves when the count is theirs), rounded to 3 places."""
+  if count == len(values):
+    return [float(v) for v in values]  # as given, in the given order
+  values = sorted(float(v) for v in values)
+  if count == 1:
+    return [round(float(np.exp(np.mean(np.log(values)))), 3)]
+  return [round(float(v), 3) for v in np.geomspace(values[0], values[-1], count)]
+
+
 def search_anchors(sample, scales: Sequence[float], ratios: Sequence[float],
-                   threshold: float = 0.7, max_rounds: int = 6) -> SearchResult:
-  """Scales and ratios (same counts as given) that cover more of the sample's boxes
-  with inside anchors, never fewer at IoU `threshold` than the given set.
+                   threshold: float = 0.7, max_rounds: int = 6,
+                   num_scales: Optional[int] = None, num_ratios: Optional[int] = None
+                   ) -> SearchResult:
+  """`num_scales` scales and `num_ratios` ratios (default: as many as given)
+  that cover more of the sample's boxes with inside anchors, never fewer at
+  IoU `threshold` than the given set.
 
   Coordinate ascent on _score's objective (boxes covered at 0.5 plus at 0.7,
   ties broken by the mean best IoU): one value at a time (a scale or a ratio)
@@ -345,7 +359,9 @@ def search_anchors(sample, scales: Sequence[float], ratios: Sequence[float],
   at least as many boxes at `threshold` as the given set, until a round
   changes nothing. It runs from the given set and from the sizes' quantiles;
   the better end point wins, and the given set is kept unless something
-  scores strictly more. `sample` is a BoxSample, or with several feature
+  scores strictly more. With other counts than the given set's, it runs
+  from the given set resampled to those counts (resample) instead, and the
+  given set only sets the floor at `threshold`. `sample` is a BoxSample, or with several feature
   levels a list of them (levels_of): one set of scales (in each level's
   strides) and ratios serves every level, as one RPN head does, so the
   search scores a set by each box's best anchor over the levels.
@@ -353,8 +369,10 @@ def search_anchors(sample, scales: Sequence[float], ratios: Sequence[float],
   scales, ratios = [float(s) for s in scales], [float(r) for r in ratios]
   start = _score(sample, scales, ratios, threshold)
   num_boxes = len(sample[0]) if isinstance(sample, list) else len(sample)
+  counts = (num_scales or len(scales), num_ratios or len(ratios))
   if num_boxes == 0:
-    return SearchResult(tuple(scales), tuple(ratios), 0, 0.0, 0.0, 1, threshold)
+    return SearchResult(tuple(resample(scales, counts[0])), tuple(resample(ratios, counts[1])),
+                        0, 0.0, 0.0, 1, threshold)
   floor = start[1]
 
   def rank(score):  # comparable; infeasible sets rank below every feasible one
@@ -366,8 +384,12 @@ def search_anchors(sample, scales: Sequence[float], ratios: Sequence[float],
   scale_grid = candidate_grid(max(0.25, float(side.min()) / 1.5), float(side.max()) * 1.5)
   ratio_grid = candidate_grid(0.125, 8.0)
   evaluations = 1
+  same_counts = counts == (len(scales), len(ratios))
   best_set, best_score = (scales, ratios), start
-  for initial in ((scales, ratios), _quantile_start(sample, len(scales), len(ratios))):
+  if not same_counts:  # the given set is no candidate: every end point beats it
+    best_set, best_score = None, (-1.0, -1.0, -1.0)
+  for initial in ((resample(scales, counts[0]), resample(ratios, counts[1])),
+                  _quantile_start(sample, *counts)):
     current = [list(initial[0]), list(initial[1])]
     score = _score(sample, *current, threshold)
     evaluations += 1

@@ -94,9 +94,16 @@ def test_no_setting_flag_recommends_the_whole_preprocess_setting(dataset, tmp_pa
 
 
 def test_given_settings_stay_in_the_recommendation(dataset, tmp_path):
+  """A given layer and resize stay; the search gives the counts asked for."""
   report = anchors_run(dataset, str(tmp_path / "anchors"),
-                       ["--feature_layer", "", "--min_side", "200", "--max_side", "300"])
+                       ["--feature_layer", "", "--min_side", "200", "--max_side", "300",
+                        "--num_scales", "2", "--num_ratios", "1"])
   flags = report["recommended_flags"]
+  suggested = report["suggested"]
+  assert (len(suggested["scales"]), len(suggested["ratios"])) == (2, 1)  # the counts asked for
+  assert (report["search"]["num_scales"], report["search"]["num_ratios"]) == (2, 1)
+  assert flags[-5:] == ["--scales", ",".join(f"{v:g}" for v in suggested["scales"]),
+                        "--ratios", ",".join(f"{v:g}" for v in suggested["ratios"]), "--flip"]
   assert report["feature_layer"] is None and "--feature_layer" not in flags
   assert flags[:6] == ["--backbone", helpers.TINY, "--min_side", "200", "--max_side", "300"]
   assert report["recommended_why"][0] == "feature layer(s) final output: as given"

@@ -184,6 +184,7 @@ def test_anchors_mistakes(dataset, tmp_path):
       (base + ["--scale", "1,2"], "--scale", "did you mean --scales?"),
       (base + ["--feature_layer", "conv9"], "--feature_layer conv9", "no such layer"),
       (_replace(base, "--output", dataset["file"]), "--output", "is a file"),
+      (base + ["--num_scales", "0"], "--num_scales 0", "must be >= 1"),
   ]:
     assert_one_line_error(run_script("rpn-anchors", args), "rpn-anchors", flag, fragment)
     assert not out.exists()

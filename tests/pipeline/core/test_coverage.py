@@ -159,3 +159,25 @@ def test_search_over_levels_scores_the_best_level_and_never_covers_fewer():
   before = coverage.frames_summary(frames, SCALES, RATIOS).coverage("inside", 0.7)
   after = coverage.frames_summary(frames, result.scales, result.ratios).coverage("inside", 0.7)
   assert after == pytest.approx(result.covered) and after >= before
+
+
+def test_search_can_change_the_counts_and_more_scales_cover_more():
+  frames = random_frames(200, seed=3)
+  sample = coverage.BoxSample.of(frames)
+  three = coverage.search_anchors(sample, SCALES, RATIOS)
+  five = coverage.search_anchors(sample, SCALES, RATIOS, num_scales=5)
+  assert len(five.scales) == 5 and len(five.ratios) == 3
+  assert five.start_covered == three.start_covered  # the floor: the given set's
+  assert five.covered >= five.start_covered and five.covered > three.covered
+  after = coverage.frames_summary(frames, five.scales, five.ratios).coverage("inside", 0.7)
+  assert after == pytest.approx(five.covered)
+  one_ratio = coverage.search_anchors(sample, SCALES, RATIOS, num_scales=2, num_ratios=1)
+  assert (len(one_ratio.scales), len(one_ratio.ratios)) == (2, 1)
+
+
+def test_resample_spaces_values_geometrically_over_the_given_range():
+  assert coverage.resample((12, 3, 6), 3) == [12.0, 3.0, 6.0]  # the given set, as given
+  assert coverage.resample((3, 6, 12), 5) == [3.0, 4.243, 6.0, 8.485, 12.0]
+  assert coverage.resample((2, 8), 1) == [4.0]
+  empty = coverage.search_anchors(coverage.BoxSample.of([]), SCALES, RATIOS, num_scales=2)
+  assert empty.scales == (3.0, 12.0) and empty.sample_boxes == 0
