@@ -25,8 +25,8 @@ kept in the recommendation.
 Writes into DIR: anchors.json (coverage of both sets, overall and by box size,
 the search, the recommended flags and why, the counts), coverage.png,
 boxes.png and errors.jsonl (the same lines rpn-preprocess writes for the same
-inputs). Runs on every Beam runner;
-with no runner options, on every core of this machine.
+inputs). Runs on every Beam runner; with no runner options, on every core of
+this machine.
 """
 from __future__ import annotations
 

@@ -361,10 +361,10 @@ def search_anchors(sample, scales: Sequence[float], ratios: Sequence[float],
   the better end point wins, and the given set is kept unless something
   scores strictly more. With other counts than the given set's, it runs
   from the given set resampled to those counts (resample) instead, and the
-  given set only sets the floor at `threshold`. `sample` is a BoxSample, or with several feature
-  levels a list of them (levels_of): one set of scales (in each level's
-  strides) and ratios serves every level, as one RPN head does, so the
-  search scores a set by each box's best anchor over the levels.
+  given set only sets the floor at `threshold`. `sample` is a BoxSample, or
+  with several feature levels a list of them (levels_of): one set of scales
+  (in each level's strides) and ratios serves every level, as one RPN head
+  does, so the search scores a set by each box's best anchor over the levels.
   """
   scales, ratios = [float(s) for s in scales], [float(r) for r in ratios]
   start = _score(sample, scales, ratios, threshold)
