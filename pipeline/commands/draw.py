@@ -19,7 +19,7 @@ import argparse
 import dataclasses
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -82,10 +82,21 @@ def draw_targets(image: np.ndarray, gt_boxes: np.ndarray, result, feature_width:
   return canvas
 
 
+def source_id(image_id: str) -> Tuple[str, bool]:
+  """(the input's image id, whether `image_id` is its mirrored copy: rpn-preprocess
+  --flip's id + FLIP_SUFFIX)."""
+  if image_id.endswith(config_lib.FLIP_SUFFIX):
+    return image_id[:-len(config_lib.FLIP_SUFFIX)], True
+  return image_id, False
+
+
 def draw_image(shards_dir: str, manifest: manifest_lib.Manifest, line: dict, image_path: str,
                annotation_path: Optional[str], scales=None, ratios=None):
-  """Recomputes the targets of one image as the pipeline did; returns the picture."""
+  """Recomputes the targets of one image as the pipeline did (a mirrored copy
+  mirrored as --flip does, before the frame); returns the picture."""
   image, gt_boxes, _, _ = ilsvrc.load_example(image_path, annotation_path, manifest.max_pixels)
+  if source_id(line["image_id"])[1]:
+    image, gt_boxes = frame_lib.mirror(image, gt_boxes)
   image, gt_boxes, _ = frame_lib.prepare_image(
       image, gt_boxes, manifest.min_input_side, manifest.resize.min_side,
       manifest.resize.max_side)
@@ -163,11 +174,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
            for p in ilsvrc.list_files(images_dir, ilsvrc.IMAGE_EXTENSIONS)}
   os.makedirs(args.output, exist_ok=True)
   for image_id in wanted:
-    if image_id not in lines or image_id not in paths:
+    source = source_id(image_id)[0]  # a mirrored copy is drawn from its input's files
+    if image_id not in lines or source not in paths:
       print(f"rpn-draw: {image_id}: not among the images of this run", file=sys.stderr)
       return 2
-    annotation = storage.join(annotations_dir, image_id + ilsvrc.ANNOTATION_EXTENSION)
-    picture = draw_image(args.shards, manifest, lines[image_id], paths[image_id],
+    annotation = storage.join(annotations_dir, source + ilsvrc.ANNOTATION_EXTENSION)
+    picture = draw_image(args.shards, manifest, lines[image_id], paths[source],
                          annotation if storage.exists(annotation) else None,
                          args.scales, args.ratios)
     out = os.path.join(args.output, image_id.replace("/", "__") + ".png")

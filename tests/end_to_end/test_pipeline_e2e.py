@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
+from pipeline.commands import draw
 from pipeline.core import config
 from pipeline.io import images as images_lib
 from pipeline.model import extractor as extractor_lib
@@ -259,7 +260,7 @@ def test_fixed_shards_spread_each_image(generated_run):
   assert all(len(shards_of[i]) == 2 for i in several), shards_of
 
 
-def test_flip_writes_every_image_and_its_mirror(generated_run, tmp_path):
+def test_flip_writes_every_image_and_its_mirror(generated_run, tmp_path, monkeypatch):
   root, written, plain_output, plain = generated_run
   output = str(tmp_path / "flipped")
   manifest = helpers.preprocess(root, output, extra=["--flip"])
@@ -291,3 +292,17 @@ def test_flip_writes_every_image_and_its_mirror(generated_run, tmp_path):
   for record in mirrored:
     y, x = record["location"]
     np.testing.assert_allclose(record["tile"], padded[y:y + 3, x:x + 3], rtol=1e-5, atol=1e-5)
+  # rpn-draw draws a mirrored copy from its input's files, mirrored as the pipeline
+  # mirrors it (its recomputed labels must match images.jsonl's counts, or it raises)
+  drawn, real = {}, draw.draw_targets
+
+  def capture(picture, gt_boxes, *rest):
+    drawn["image"], drawn["boxes"] = picture, gt_boxes
+    return real(picture, gt_boxes, *rest)
+  monkeypatch.setattr(draw, "draw_targets", capture)
+  flipped_id = image_id + config.FLIP_SUFFIX
+  assert draw.main(["--shards", output, "--input", root, "--image_id", flipped_id,
+                    "--output", str(tmp_path / "pictures")]) == 0
+  np.testing.assert_array_equal(drawn["image"], image[:, ::-1])
+  np.testing.assert_allclose(drawn["boxes"], np.reshape(lines[flipped_id]["gt_boxes"], (-1, 4)))
+  assert os.path.exists(tmp_path / "pictures" / (flipped_id.replace("/", "__") + ".png"))
