@@ -154,7 +154,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--split", default="DET/train")
   parser.add_argument("--images", help="image directory (2014 layout)")
   parser.add_argument("--annotations", help="annotation directory (2014 layout)")
-  parser.add_argument("--image_id", nargs="*", help="images to draw (default: the first --count)")
+  parser.add_argument("--image_id", nargs="*",
+                      help="images to draw, mirrored copies of --flip (ID#flipped) too "
+                      "(default: the first --count of images.jsonl)")
   parser.add_argument("--count", type=int, default=4)
   parser.add_argument("--scales", type=cli.floats, default=None,
                       help="maps layout: draw with these anchor scales (default: the method's)")
