@@ -103,9 +103,10 @@ demo: $(STAMP)
 	$(BIN)/python -m trainer.demo --out $(OUT) --backbone $(DEMO_BACKBONE) --weights $(DEMO_WEIGHTS) \
 	  $(if $(DEMO_EPOCHS),--epochs $(DEMO_EPOCHS)) $(if $(LAYOUT),--layout $(LAYOUT)) $(DEMO_ARGS)
 
-# ruff (lint and import order, configured in pyproject.toml) runs before the tests.
+# ruff (lint and import order, configured in pyproject.toml) checks the whole
+# tree, setup.py included, before the tests.
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline trainer tests bench
+	$(BIN)/ruff check .
 
 test: lint
 	$(BIN)/python -m pytest tests -q -ra $(TEST_ARGS)

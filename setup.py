@@ -11,7 +11,8 @@ TF_VERSION = "2.21.*"
 setuptools.setup(
     name="rpn-pipeline",
     version="0.8.0",
-    description="Beam pipeline turning ILSVRC images into RPN training TFRecords, and an RPN trainer",
+    description=("Beam pipeline turning ILSVRC images into RPN training TFRecords, "
+                 "and an RPN trainer"),
     python_requires=">=3.10",
     # pipeline/ is one package per layer (core, io, model, beam, commands).
     packages=setuptools.find_packages(include=["pipeline", "pipeline.*", "trainer", "trainer.*"]),

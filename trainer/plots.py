@@ -115,7 +115,7 @@ def history_png(rows: Sequence[Mapping], title: str = "training history") -> byt
   for index, (series, panel_title, ylabel) in enumerate(panels):
     ax = fig.add_subplot(1, 2, index + 1)
     if _draw_series(ax, rows, series):
-      ax.legend(fontsize=7, loc="best")
+      ax.legend(fontsize=7, loc="best", title="solid: train, dashed: val", title_fontsize=7)
     else:
       ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
     if series is OBJECTNESS_SERIES:
@@ -127,6 +127,11 @@ def history_png(rows: Sequence[Mapping], title: str = "training history") -> byt
     ax.set_title(panel_title, fontsize=10)
   fig.suptitle(title)
   return _png(fig)
+
+
+def history_title(job_dir: str) -> str:
+  """history.png's title: the job by its directory's name, no machine path."""
+  return f"training history: {job_dir.rstrip('/').rsplit('/', 1)[-1] or job_dir}"
 
 
 def read_history(path: str) -> List[Dict[str, str]]:
@@ -183,7 +188,7 @@ def _history_plot_class():
         row[key] = number if number is not None else float("nan")
       self.rows = merge_history(self.rows + [row])
       try:
-        storage.write_bytes(self.path, history_png(self.rows, f"training history: {self.job_dir}"))
+        storage.write_bytes(self.path, history_png(self.rows, history_title(self.job_dir)))
       except Exception as e:  # drawing must not stop training
         _LOGGER.warning("HistoryPlot: cannot write %s (%s: %s)", self.path, type(e).__name__, e)
 

@@ -136,6 +136,20 @@ def test_history_plot_of_a_resumed_job_covers_earlier_epochs(tmp_path):
   assert [row["epoch"] for row in plot.rows] == [0, 1, 2, 3]
 
 
+def test_history_plot_titles_the_job_by_its_directory_name(tmp_path, monkeypatch):
+  job = str(tmp_path / "runs" / "job7")
+  os.makedirs(job)
+  titles, real = [], plots.history_png
+
+  def spy(rows, title="training history"):
+    titles.append(title)
+    return real(rows, title)
+  monkeypatch.setattr(plots, "history_png", spy)
+  _tiny_fit(job + "/", epochs=1)
+  assert titles == ["training history: job7"]  # no machine path
+  assert plots.history_title("gs://bucket/jobs/rpn") == "training history: rpn"
+
+
 def test_history_plot_failures_do_not_stop_training(tmp_path, monkeypatch, caplog):
   job = str(tmp_path / "job")
   os.makedirs(job)
