@@ -72,7 +72,8 @@ def test_tables_and_targets():
 
 
 def test_recipes_and_skip(tmp_path, capsys):
-  assert list(real_photos.RECIPES)[0] == "readme"
+  assert list(real_photos.RECIPES)[0] == "recommended"  # the README's recipe first
+  assert real_photos.parse_args([]).recipes == "recommended"
   for recipe in real_photos.RECIPES.values():  # a reused job comes from a recipe that trains
     assert recipe.reuses is None or real_photos.RECIPES[recipe.reuses].reuses is None
   with pytest.raises(SystemExit):
@@ -145,6 +146,39 @@ def test_stop_recipe_preprocesses_two_parts_of_the_training_images(tmp_path):
   listed = [pathlib.Path(path).read_text().split() for _, _, path in parts]
   assert sorted(listed[0] + listed[1]) == ids and listed[1]
   assert (listed[0], listed[1]) == real_photos.stop_split(ids, 0.2)
+
+
+def test_recommended_recipe_preprocesses_with_rpn_anchors_flags_only(tmp_path, monkeypatch):
+  """The README's recipe: rpn-anchors gets no setting flag, and rpn-preprocess
+  of both splits exactly its recommended flags (with the weights and seed)."""
+  flags = ["--backbone", "VGG16", "--feature_layers", "block4_conv3,block5_conv3",
+           "--scales", "3,6.727,22.627", "--ratios", "0.5,1,2", "--flip"]
+  calls = []
+
+  def anchors(argv):
+    calls.append(("anchors", list(argv)))
+    return {"recommended_flags": flags, "suggested": {}}
+
+  def preprocess(argv):
+    calls.append(("preprocess", list(argv)))
+  monkeypatch.setattr(real_photos.anchors_run, "run", anchors)
+  monkeypatch.setattr(real_photos.preprocess, "run", preprocess)
+  monkeypatch.setattr(real_photos.trainer_cli, "train_main", lambda argv: calls.append(
+      ("train", list(argv))))
+  monkeypatch.setattr(real_photos, "propose_and_evaluate", lambda *a: {})
+  args = real_photos.parse_args(["--data", "DATA", "--out", str(tmp_path), "--weights", "W"])
+  recipe = real_photos.RECIPES["recommended"]
+  anchor_flags, _ = real_photos.suggested_anchors(args, recipe, str(tmp_path / "anchors"))
+  assert calls[0][1] == ["--input", "DATA", "--split", "DET/train", "--output",
+                         str(tmp_path / "anchors"), "--backbone", "VGG16"]
+  real_photos.run_seed(args, recipe, anchor_flags, 1)
+  runs = [argv for kind, argv in calls if kind == "preprocess"]
+  assert len(runs) == 2
+  for argv, split in zip(runs, ("DET/train", "DET/val"), strict=True):
+    assert argv[:4] == ["--input", "DATA", "--split", split]
+    assert argv[6:] == ["--weights", "W", "--seed", "1", "--layout", "tiles", *flags]
+  train = next(argv for kind, argv in calls if kind == "train")
+  assert "--scales" not in train and "--seed" in train
 
 
 def test_recipes_of_several_levels_pass_feature_layers():
