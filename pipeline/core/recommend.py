@@ -13,7 +13,7 @@ line to paste:
 - --flip: mirrored training images.
 
 Each choice follows the held-out measurements on real photographs
-(BENCHMARKS.md sections 14 to 16); `reasons` says why, in anchors.json's
+(BENCHMARKS.md sections 14 to 17); `reasons` says why, in anchors.json's
 "recommended_why". What the measurements left at the commands' defaults
 (the tiles layout, positives from IoU 0.7, rpn-train's 10 epochs with no
 regularisation, rpn-propose's --min_size 16 and --nms_thresh 0.7) is not
@@ -78,7 +78,9 @@ def reasons(backbone: config_lib.BackboneConfig, layers_given: bool,
   anchor_line = (f"--scales/--ratios: the search's set for this data at these layers; "
                  f"coverage of the boxes at IoU 0.5 {cov_now['0.5']:.3f} -> {cov_new['0.5']:.3f}, "
                  f"at 0.7 {cov_now['0.7']:.3f} -> {cov_new['0.7']:.3f} against the "
-                 f"given scales and ratios")
+                 f"given scales and ratios; as many of each as given unless --num_scales or "
+                 f"--num_ratios ask otherwise (five scales covered more boxes of real photos "
+                 f"and recalled fewer held-out ones, BENCHMARKS.md section 17)")
   frame = frame_flags(backbone)
   frame_line = (f"frame {' '.join(frame)}: as given" if frame else
                 "no resize (the images at their own size): --min_side 600 --max_side 1000 "
@@ -86,9 +88,11 @@ def reasons(backbone: config_lib.BackboneConfig, layers_given: bool,
                 "(BENCHMARKS.md section 14)")
   flip_line = ("--flip: every training image also mirrored; held-out R@1000 at IoU 0.5 "
                "0.528 -> 0.565 and AR@1000 0.235 -> 0.246 with two levels (BENCHMARKS.md "
-               "section 16), at twice the preprocessing and training time")
+               "section 16), at twice the preprocessing and training time; on the held-out "
+               "split it only adds mirrored images to the validation loss")
   defaults_line = ("left at the defaults, as measured: the tiles layout, positives from IoU "
                    "0.7 (0.5 added nothing with two levels), rpn-train's 10 epochs without "
-                   "weight decay or dropout, rpn-propose's --min_size 16 and --nms_thresh 0.7 "
-                   "(BENCHMARKS.md sections 14 and 15)")
+                   "weight decay or dropout, rpn-propose's --min_size 16 (0 finds small objects "
+                   "twice as well at a lower AR@1000) and --nms_thresh 0.7 (BENCHMARKS.md "
+                   "sections 14, 15 and 17)")
   return [layer_line, anchor_line, frame_line, flip_line, defaults_line]
