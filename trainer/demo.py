@@ -1,4 +1,4 @@
-"""`make demo`: the whole product on the bundled sample data, in a few minutes.
+"""`make demo`: the whole product on the bundled sample data (about 11 minutes on 2 cores).
 
 The README's recipe: sample data -> rpn-anchors with no setting flag (the
 coverage of the anchors, and the recommended rpn-preprocess flags for this
