@@ -23,6 +23,7 @@ from typing import List, Optional, Sequence
 from pipeline.commands import anchors as coverage_run
 from pipeline.commands import draw, sample_data
 from pipeline.commands import preprocess as run
+from pipeline.core import recommend
 from pipeline.io import storage
 from pipeline.model import registry
 from trainer import cli as trainer_cli
@@ -71,7 +72,7 @@ def with_anchors(flags: Sequence[str], block: dict) -> List[str]:
   out = list(flags)
   for i, flag in enumerate(out[:-1]):
     if flag in values:
-      out[i + 1] = ",".join(f"{v:g}" for v in values[flag])
+      out[i + 1] = recommend.flag_value(values[flag])
   return out
 
 

@@ -29,7 +29,8 @@ BACKBONE_DEFAULTS = config_lib.BackboneConfig()
 FRAME_FLAGS = ("min_side", "max_side", "max_pixels")
 
 
-def _numbers(values: Sequence[float]) -> str:
+def flag_value(values: Sequence[float]) -> str:
+  """The value of --scales or --ratios for `values`: comma-separated, %g."""
   return ",".join(f"{float(v):g}" for v in values)
 
 
@@ -56,7 +57,7 @@ def recommended_flags(backbone: config_lib.BackboneConfig, scales: Sequence[floa
   """rpn-preprocess's flags for the recommended setting: the backbone, its
   layer(s), the frame, the anchors (`scales`, `ratios`) and --flip."""
   return (["--backbone", backbone.backbone] + layer_flags(backbone) + frame_flags(backbone)
-          + ["--scales", _numbers(scales), "--ratios", _numbers(ratios)]
+          + ["--scales", flag_value(scales), "--ratios", flag_value(ratios)]
           + (["--flip"] if flip else []))
 
 
