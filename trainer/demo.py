@@ -8,8 +8,9 @@ pictures) -> rpn-train -> rpn-propose on the held-out val split with the
 untrained and the trained RPN -> rpn-evaluate of both, printed side by side.
 
 With --layout maps (make demo LAYOUT=maps) rpn-preprocess writes the feature
-maps with the same flags, and rpn-train draws the samples afresh every epoch
-with the anchors of the maps' manifest.
+maps with the same flags but the anchors, which go to rpn-train instead
+(--anchors_json, rpn-anchors' suggestion; the method's with --anchors
+method): it draws the samples afresh every epoch.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import sys
 import time
 from typing import List, Optional, Sequence
 
+from pipeline.beam import anchors as anchors_beam
 from pipeline.commands import anchors as coverage_run
 from pipeline.commands import draw, sample_data
 from pipeline.commands import preprocess as run
@@ -63,6 +65,15 @@ def choose_settings(args: argparse.Namespace) -> None:
     args.weights = path if found else "none"
   if args.epochs is None:
     args.epochs = 40 if args.backbone == registry.TINY_BACKBONE else 10
+
+
+def anchor_flags(flags: Sequence[str]) -> List[str]:
+  """The --scales and --ratios flags of a flag list, with their values."""
+  out = []
+  for i, flag in enumerate(flags[:-1]):
+    if flag in ("--scales", "--ratios"):
+      out += [flag, flags[i + 1]]
+  return out
 
 
 def with_anchors(flags: Sequence[str], block: dict) -> List[str]:
@@ -114,7 +125,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--layout", choices=("tiles", "maps"), default="tiles",
                       help="tiles: the anchors are fixed at rpn-preprocess (the method); "
                       "maps: rpn-preprocess writes the feature maps and rpn-train draws the "
-                      "samples every epoch with the anchors of their manifest")
+                      "samples every epoch with the anchors it is given")
   args = parser.parse_args(argv)
   choose_settings(args)
   layer_shown = ("recommended layers" if args.feature_layer is None
@@ -143,9 +154,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     flags = with_anchors(flags, coverage["current"])
   print(f"rpn-preprocess flags: {' '.join(flags)}")
   _done(start)
-  # maps: the same flags; the anchors go into the maps' manifest, with which
-  # rpn-draw draws and rpn-train samples every epoch
-  preprocess_flags = flags + (["--layout", "maps"] if args.layout == "maps" else [])
+  # maps: the same flags but the anchors, which rpn-train takes (rpn-anchors'
+  # anchors.json) and draws afresh every epoch, and rpn-draw draws with
+  preprocess_flags, draw_anchors, train_anchors = flags, [], []
+  if args.layout == "maps":
+    anchors = anchor_flags(flags)
+    preprocess_flags = [f for f in flags if f not in anchors] + ["--layout", "maps"]
+    draw_anchors = anchors
+    train_anchors = ["--anchors_json", os.path.join(out, "anchors", anchors_beam.ANCHORS_NAME)]
+    if args.anchors == "method":
+      train_anchors = anchors
 
   # No runner options: rpn-preprocess's local default (all cores, one process each).
   for split, num_shards in (("train", 4), ("val", 1)):
@@ -159,14 +177,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
   start = _step("rpn-draw: anchors and sampled labels of 3 training images")
   _ok(draw.main(["--shards", shards["train"], "--input", args.sample, "--split", "DET/train",
-                 "--count", "3", "--output", os.path.join(out, "pictures", "anchors")]),
-      "rpn-draw")
+                 "--count", "3", "--output", os.path.join(out, "pictures", "anchors"),
+                 *draw_anchors]), "rpn-draw")
   _done(start)
 
   job = os.path.join(out, "job")
   start = _step(f"rpn-train -> {job}")
   _ok(trainer_cli.train_main(["--data", shards["train"], "--val_data", shards["val"],
-                              "--job_dir", job, "--epochs", str(args.epochs)]),
+                              "--job_dir", job, "--epochs", str(args.epochs), *train_anchors]),
       "rpn-train")
   _done(start)
 

@@ -43,3 +43,8 @@ def test_method_anchors_replace_the_recommended_scales_and_ratios():
   assert demo.with_anchors(flags, {"scales": [3.0, 6.0, 12.0], "ratios": [0.5, 1.0, 2.0]}) == [
       "--backbone", "VGG16", "--feature_layers", "block4_conv3,block5_conv3",
       "--scales", "3,6,12", "--ratios", "0.5,1,2", "--flip"]
+
+
+def test_maps_layout_takes_the_anchor_flags_out_of_preprocessing():
+  flags = ["--backbone", "VGG16", "--scales", "3,6.727,22.627", "--ratios", "0.5,1,2", "--flip"]
+  assert demo.anchor_flags(flags) == ["--scales", "3,6.727,22.627", "--ratios", "0.5,1,2"]
