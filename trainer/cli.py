@@ -199,6 +199,9 @@ def propose_parser() -> cli.Parser:
                       description="Region proposals of a trained RPN for whole images.")
   parser.add_argument("--job_dir", required=True,
                       help="output of rpn-train (rpn.weights.h5, manifest.json, train_config.json)")
+  parser.add_argument("--model", choices=MODELS, default=MODELS[0],
+                      help="the job's model of its last epoch, or the best epoch by val_loss "
+                      "that rpn-train with --val_data keeps in JOB/best/")
   parser.add_argument("--input", help="dataset root of the ILSVRC 2015+ layout; annotations "
                       "(Annotations/<split>/<id>.xml) give the gt boxes")
   parser.add_argument("--split", default=defaults.split,
@@ -219,14 +222,34 @@ def propose_parser() -> cli.Parser:
   parser.add_argument("--draw", type=int, default=defaults.draw,
                       help="pictures of the first N images (top 20 proposals, gt boxes)")
   parser.add_argument("--weights", default=defaults.weights,
-                      help="backbone weights instead of the manifest's (imagenet|none|PATH)")
+                      help="backbone weights instead of the manifest's (imagenet|none|PATH); "
+                      "'--weights best' is short for '--model best' with the manifest's "
+                      "backbone weights")
   return parser
+
+
+MODELS = ("last", "best")  # rpn-propose --model
+
+
+def model_job_dir(args: argparse.Namespace) -> str:
+  """The job dir rpn-propose loads: --job_dir, or its best/ for --model best
+  (or --weights best, which then means the manifest's backbone weights).
+  UsageError for a best/ that the job lacks."""
+  if args.weights == "best":  # the shorthand, turned into what it is short for
+    args.model, args.weights = "best", None
+  if args.model == "last" or not preflight.is_dir(args.job_dir):  # (the latter: read_manifest says)
+    return args.job_dir
+  best = job.path(args.job_dir, job.BEST_DIR)
+  if not preflight.is_dir(best):
+    raise cli.UsageError("--model", "best", f"{args.job_dir} has no {job.BEST_DIR}/: rpn-train "
+                         f"keeps the best epoch only when given --val_data")
+  return best
 
 
 def propose_args(args: argparse.Namespace) -> arguments.ProposeArgs:
   """propose()'s arguments from rpn-propose's parsed flags."""
   return arguments.ProposeArgs(
-      job_dir=args.job_dir, output=args.output, input=args.input, split=args.split,
+      job_dir=model_job_dir(args), output=args.output, input=args.input, split=args.split,
       images=args.images, draw=args.draw, weights=args.weights,
       proposal=config.ProposalConfig(args.pre_nms_top_n, args.post_nms_top_n, args.nms_thresh,
                                      args.min_size, args.anchors))
@@ -243,10 +266,11 @@ def check_propose(args: argparse.Namespace) -> arguments.ProposeArgs:
     raise cli.UsageError("--nms_thresh", args.nms_thresh, "must be in (0, 1]")
   if args.min_size < 0:
     raise cli.UsageError("--min_size", args.min_size, "must be >= 0")
+  job_dir = model_job_dir(args)
   try:
-    manifest = job.read_manifest(args.job_dir)
+    manifest = job.read_manifest(job_dir)
   except job.JobError as e:
-    raise cli.UsageError("--job_dir", args.job_dir, e.problem) from None
+    raise cli.UsageError("--job_dir", job_dir, e.problem) from None
   if bool(args.input) == bool(args.images):
     raise cli.UsageError(None, None, "give exactly one of --input ROOT (ILSVRC layout, with "
                          "annotations) or --images GLOB")
@@ -259,7 +283,7 @@ def check_propose(args: argparse.Namespace) -> arguments.ProposeArgs:
     try:
       preflight.check_weights_path(manifest.weights)
     except cli.UsageError:
-      raise cli.UsageError("--job_dir", args.job_dir, f"its backbone weights file "
+      raise cli.UsageError("--job_dir", job_dir, f"its backbone weights file "
                            f"{manifest.weights} is not here; pass --weights PATH to that "
                            f"file") from None
   with backbone_check.Checks(child_check) as checks:

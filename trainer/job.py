@@ -11,9 +11,12 @@ a finished job ran (a rerun with as many keeps its results).
     JOB/rpn.weights.h5             the tile model's weights      } written at the end:
     JOB/train_config.json          options and feature statistics } a finished job
     JOB/metrics.json               the last epoch's logs          } holds all three
+    JOB/rpn.keras                  the inference model (feature maps -> scores, deltas)
+                                   for keras.models.load_model, built-in layers only;
+                                   written with the weights (jobs of 0.6 and earlier lack it)
     JOB/best/                      with --val_data: the epoch of least val_loss, a job
                                    dir of its own (weights, manifest, train_config.json
-                                   with best_epoch, metrics.json)
+                                   with best_epoch, metrics.json, rpn.keras)
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from pipeline.io import manifest as manifest_lib
 from pipeline.io import storage
 
 WEIGHTS_NAME = "rpn.weights.h5"
+KERAS_NAME = "rpn.keras"
 TRAIN_CONFIG_NAME = "train_config.json"
 METRICS_NAME = "metrics.json"
 STATISTICS_NAME = "feature_statistics.json"

@@ -89,7 +89,8 @@ def num_levels_of(feature_mean) -> int:
   return int(mean.shape[0]) if mean.ndim == 2 else 1
 
 
-def _standardise(channels: int, feature_mean=None, feature_variance=None):
+def _standardise(channels: int, feature_mean=None, feature_variance=None,
+                 name: str = "standardise"):
   """Fixed per-channel (x - mean) / sqrt(variance) layer (identity by default)."""
   mean = np.zeros(channels) if feature_mean is None else np.asarray(feature_mean, np.float64)
   variance = (np.ones(channels) if feature_variance is None
@@ -99,7 +100,7 @@ def _standardise(channels: int, feature_mean=None, feature_variance=None):
                      f"{channels} channels")
   # float32 also under a mixed precision policy: a variance of 1e-8 is 0 in float16.
   return keras.layers.Normalization(mean=mean.astype(np.float32),
-                                    variance=variance.astype(np.float32), name="standardise",
+                                    variance=variance.astype(np.float32), name=name,
                                     dtype="float32")
 
 
@@ -159,47 +160,92 @@ def build_tile_model(channels: int, num_anchors: int = AnchorConfig().num_anchor
   return keras.Model(inputs, {"scores": scores, "deltas": deltas}, name="rpn_tile")
 
 
+def _level_statistics(tile_model, level: int):
+  """(mean, variance) [C] of feature level `level` of the tile model's standardisation."""
+  norm = {layer.name: layer for layer in tile_model.layers}["standardise"]
+  if isinstance(norm, LevelStandardise):
+    return norm.mean[level], norm.variance[level]
+  if level:
+    raise ValueError(f"level {level}: the RPN was trained on one feature level")
+  return norm.input_mean, norm.input_variance
+
+
+def num_levels_of_model(tile_model) -> int:
+  """The feature levels a tile model was built for (1 unless it has LevelStandardise)."""
+  norm = {layer.name: layer for layer in tile_model.layers}["standardise"]
+  return len(norm.mean) if isinstance(norm, LevelStandardise) else 1
+
+
+def tile_channels(tile_model) -> int:
+  """C of the tile model's tile input [B, 3, 3, C]."""
+  inputs = tile_model.inputs
+  tile = next((x for x in inputs if x.name == "tile"), inputs[0])
+  return int(tile.shape[-1])
+
+
+def _full_head(tile_model, channels: int, levels):
+  """Keras inputs and outputs of the fully convolutional head over the feature
+  maps of `levels`: one shared rpn_conv/rpn_cls/rpn_bbox, with the tile
+  model's weights, behind each level's own standardisation. Built-in layers
+  only, so that a saved model loads without this project's code. One level:
+  ([feature_map], [{"scores", "deltas"}]); several: feature_map_L, scores_L, deltas_L."""
+  source = {layer.name: layer for layer in tile_model.layers}
+  conv, cls, bbox = _layers(source["rpn_conv"].filters, source["rpn_cls"].filters, "valid")
+  inputs, outputs = [], {}
+  for level in levels:
+    suffix = "" if len(levels) == 1 else f"_{level}"
+    feature_map = keras.Input((None, None, channels), name="feature_map" + suffix)
+    padded = keras.layers.ZeroPadding2D(1, name="pad" + suffix)(feature_map)
+    mean, variance = _level_statistics(tile_model, level)
+    x = conv(_standardise(channels, mean, variance, "standardise" + suffix)(padded))
+    objectness = keras.layers.Activation("sigmoid", name="objectness" + suffix,
+                                         dtype="float32")
+    inputs.append(feature_map)
+    outputs["scores" + suffix] = objectness(cls(x))
+    outputs["deltas" + suffix] = bbox(x)
+  for layer in (conv, cls, bbox):
+    layer.set_weights(source[layer.name].get_weights())
+  return inputs, outputs
+
+
 def build_inference_model(tile_model, channels: int, level: int = 0):
   """Feature map [B, Hf, Wf, C] -> {"scores": [B, Hf, Wf, A], "deltas": [B, Hf, Wf, 4A]},
   with the tile model's weights; for a model of several levels, the one of
   feature level `level` (its standardisation, the shared head)."""
-  source = {layer.name: layer for layer in tile_model.layers}
-  hidden = source["rpn_conv"].filters
-  num_anchors = source["rpn_cls"].filters
-  norm = source["standardise"]
-  if isinstance(norm, LevelStandardise):
-    mean, variance = norm.mean[level], norm.variance[level]
-  elif level:
-    raise ValueError(f"level {level}: the RPN was trained on one feature level")
-  else:
-    mean, variance = norm.input_mean, norm.input_variance
-  feature_map = keras.Input((None, None, channels), name="feature_map")
-  conv, cls, bbox = _layers(hidden, num_anchors, "valid")
-  padded = keras.layers.ZeroPadding2D(1)(feature_map)
-  x = conv(_standardise(channels, mean, variance)(padded))
-  model = keras.Model(feature_map, {"scores": _objectness()(cls(x)), "deltas": bbox(x)},
-                      name="rpn_full")
-  for layer in (conv, cls, bbox):
-    layer.set_weights(source[layer.name].get_weights())
-  return model
+  inputs, outputs = _full_head(tile_model, channels, [level])
+  return keras.Model(inputs[0], outputs, name="rpn_full")
 
 
 def inference_models(tile_model, channels: int) -> list:
   """build_inference_model of every feature level of the tile model, finest first."""
-  norm = {layer.name: layer for layer in tile_model.layers}["standardise"]
-  levels = len(norm.mean) if isinstance(norm, LevelStandardise) else 1
-  return [build_inference_model(tile_model, channels, level) for level in range(levels)]
+  return [build_inference_model(tile_model, channels, level)
+          for level in range(num_levels_of_model(tile_model))]
+
+
+def build_keras_model(tile_model, channels: int):
+  """The inference model of every level in one Keras model, the one saved as
+  JOB/rpn.keras. One level: build_inference_model's model (input
+  "feature_map", outputs "scores", "deltas"). L levels, finest first: inputs
+  feature_map_0 .. feature_map_{L-1} (each level's own map of one image) and
+  outputs scores_l [B, Hl, Wl, A], deltas_l [B, Hl, Wl, 4A] for each level l."""
+  levels = list(range(num_levels_of_model(tile_model)))
+  inputs, outputs = _full_head(tile_model, channels, levels)
+  return keras.Model(inputs[0] if len(inputs) == 1 else inputs, outputs, name="rpn_full")
 
 
 def save_rpn(job_dir: str, tile_model, manifest: manifest_lib.Manifest,
              train_config: dict) -> None:
-  """Writes JOB/rpn.weights.h5, JOB/manifest.json (verbatim) and JOB/train_config.json."""
+  """Writes JOB/rpn.weights.h5, JOB/rpn.keras (build_keras_model), JOB/manifest.json
+  (verbatim) and JOB/train_config.json."""
   storage.makedirs(job_dir)
   with tempfile.TemporaryDirectory() as tmp:
-    local = os.path.join(tmp, job.WEIGHTS_NAME)
-    tile_model.save_weights(local)
-    with open(local, "rb") as f:
-      storage.write_bytes(storage.join(job_dir, job.WEIGHTS_NAME), f.read())
+    for name, save in ((job.WEIGHTS_NAME, tile_model.save_weights),
+                       (job.KERAS_NAME, build_keras_model(tile_model,
+                                                          tile_channels(tile_model)).save)):
+      local = os.path.join(tmp, name)
+      save(local)
+      with open(local, "rb") as f:
+        storage.write_bytes(storage.join(job_dir, name), f.read())
   for name, content in ((MANIFEST_NAME, manifest.to_json()),
                         (job.TRAIN_CONFIG_NAME, train_config)):
     storage.write_json(storage.join(job_dir, name), content)

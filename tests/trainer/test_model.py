@@ -1,6 +1,8 @@
 """trainer.model: the tile model, its fully convolutional twin, saving and loading."""
 import json
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -62,7 +64,8 @@ def test_save_and_load_round_trip(tmp_path):
   train_config = {"hidden": HIDDEN, "epochs": 3, "feature_mean": mean.tolist(),
                   "feature_variance": variance.tolist()}
   model_lib.save_rpn(job, tile_model, Manifest.from_json(manifest), train_config)
-  assert sorted(os.listdir(job)) == ["manifest.json", "rpn.weights.h5", "train_config.json"]
+  assert sorted(os.listdir(job)) == ["manifest.json", "rpn.keras", "rpn.weights.h5",
+                                     "train_config.json"]
   with open(os.path.join(job, "manifest.json")) as f:
     assert json.load(f) == manifest  # verbatim
   tile2, full2, manifest2, config2 = model_lib.load_rpn(job)
@@ -80,7 +83,8 @@ def test_save_untrained_rpn_loads_back_with_the_statistics_and_hidden_size(tmp_p
                   "feature_mean": mean.tolist(), "feature_variance": variance.tolist(),
                   "learning_rate": 0.01}
   model_lib.save_untrained_rpn(job, Manifest.from_json(manifest), train_config)
-  assert sorted(os.listdir(job)) == ["manifest.json", "rpn.weights.h5", "train_config.json"]
+  assert sorted(os.listdir(job)) == ["manifest.json", "rpn.keras", "rpn.weights.h5",
+                                     "train_config.json"]
   tile_model, full, manifest2, config2 = model_lib.load_rpn(job)
   assert manifest2.to_json() == manifest
   # The same settings, marked as never trained.
@@ -108,6 +112,63 @@ def test_save_untrained_rpn_defaults_to_identity_statistics_and_default_hidden(t
   np.testing.assert_array_equal(np.ravel(norm.mean), np.zeros(CHANNELS))
   np.testing.assert_array_equal(np.ravel(norm.variance), np.ones(CHANNELS))
   assert config == {"epochs": 0, "epochs_run": []}
+
+
+# Loads JOB/rpn.keras with keras.models.load_model in a fresh Python in which
+# this project cannot be imported, runs it on the saved maps and saves its outputs.
+FRESH_LOAD = """
+import importlib.abc, sys
+class NoProject(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in ("pipeline", "trainer", "tests", "bench"):
+      raise ImportError(f"{name}: this project must not be needed")
+sys.meta_path.insert(0, NoProject())
+import keras, numpy as np
+model_path, maps_path, out_path = sys.argv[1:]
+model = keras.models.load_model(model_path)
+maps = dict(np.load(maps_path))
+inputs = (maps["feature_map"] if len(maps) == 1
+          else [maps[f"feature_map_{level}"] for level in range(len(maps))])
+out = model(inputs)
+np.savez(out_path, **{key: np.asarray(value) for key, value in out.items()})
+"""
+
+
+def test_rpn_keras_loads_without_the_project_and_computes_the_inference_models(tmp_path):
+  """rpn.keras (one level, and two levels sharing the head) loads with
+  keras.models.load_model in a fresh process with no project code, and gives
+  what inference_models give per level."""
+  rng = np.random.default_rng(4)
+  cases = {"one": (rng.normal(size=CHANNELS), rng.uniform(0.5, 2.0, CHANNELS)),
+           "two": (rng.normal(size=(2, CHANNELS)), rng.uniform(0.5, 2.0, (2, CHANNELS)))}
+  sizes = [(4, 6), (2, 3)]  # a stride-8 and a stride-16 map of one image
+  children = {}
+  for name, (mean, variance) in cases.items():
+    job = str(tmp_path / name)
+    tile_model = _randomise(model_lib.build_tile_model(CHANNELS, 9, HIDDEN, mean, variance))
+    model_lib.save_rpn(job, tile_model, Manifest.from_json(
+        fixtures.make_manifest(channels=CHANNELS)), {"hidden": HIDDEN})
+    levels = model_lib.inference_models(tile_model, CHANNELS)
+    maps = [rng.normal(size=(1, *hw, CHANNELS)).astype(np.float32) for hw in sizes[:len(levels)]]
+    suffixes = [""] if len(levels) == 1 else ["_0", "_1"]
+    np.savez(tmp_path / f"{name}_maps.npz",
+             **{"feature_map" + suffix: m for suffix, m in zip(suffixes, maps, strict=True)})
+    expected = {key + suffix: np.asarray(level(feature_map)[key])
+                for level, feature_map, suffix in zip(levels, maps, suffixes, strict=True)
+                for key in ("scores", "deltas")}
+    children[name] = expected, subprocess.Popen(
+        [sys.executable, "-c", FRESH_LOAD, os.path.join(job, "rpn.keras"),
+         str(tmp_path / f"{name}_maps.npz"), str(tmp_path / f"{name}_out.npz")],
+        cwd=str(tmp_path), env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  for name, (expected, child) in children.items():
+    _, err = child.communicate(timeout=300)
+    assert child.returncode == 0, err[-2000:]
+    out = dict(np.load(tmp_path / f"{name}_out.npz"))
+    assert sorted(out) == sorted(expected)
+    for key, value in expected.items():
+      np.testing.assert_allclose(out[key], value, atol=1e-5, err_msg=f"{name} {key}")
+  assert np.asarray(out["scores_1"]).shape == (1, 2, 3, 9)  # each level its own map size
 
 
 def test_load_rpn_names_what_is_missing(tmp_path):

@@ -139,6 +139,41 @@ def test_propose_images_glob(untrained_job, val_dataset, tmp_path):
   assert not os.path.exists(os.path.join(out, "pictures"))
 
 
+def test_model_best_proposes_with_the_best_epoch(untrained_job, val_dataset, tmp_path, capsys):
+  # A job whose best/ holds another head than its last epoch: --model best
+  # proposes exactly as --job_dir JOB/best, and not as the last epoch.
+  job = str(tmp_path / "job")
+  shutil.copytree(untrained_job, job)
+  fixtures.save_job(os.path.join(job, "best"), fixtures.job_manifest(), fixtures.JOB_CHANNELS,
+                    fixtures.JOB_HIDDEN, seed=7)
+  pattern = os.path.join(val_dataset, "Data", "DET", "val", "ILSVRC2013_val", "*.JPEG")
+  runs = {"best": ["--job_dir", job, "--model", "best"],
+          "best_dir": ["--job_dir", os.path.join(job, "best")],
+          "last": ["--job_dir", job]}
+  boxes = {}
+  for name, flags in runs.items():
+    out = str(tmp_path / name)
+    assert trainer_cli.propose_main([*flags, "--images", pattern, "--output", out,
+                                     "--draw", "0"]) == 0
+    boxes[name] = [(line["boxes"], line["scores"]) for line in
+                   helpers.read_jsonl(os.path.join(out, "proposals.jsonl"))]
+  assert boxes["best"] == boxes["best_dir"]
+  assert boxes["best"] != boxes["last"]
+  # --weights best is short for it, with the manifest's backbone weights.
+  args = trainer_cli.propose_parser().parse(["--job_dir", job, "--images", pattern,
+                                             "--output", str(tmp_path / "w"), "--weights", "best"])
+  run = trainer_cli.check_propose(args)
+  assert run.job_dir == os.path.join(job, "best") and run.weights is None
+  # A job without best/ (trained without --val_data): one line, exit 2, nothing written.
+  for flags in (["--model", "best"], ["--weights", "best"]):
+    code = trainer_cli.propose_main(["--job_dir", untrained_job, *flags, "--images", pattern,
+                                     "--output", str(tmp_path / "none")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "has no best/: rpn-train keeps the best epoch only when given --val_data" in err
+    assert "Traceback" not in err and not (tmp_path / "none").exists()
+
+
 def test_missing_weights_file_is_named(untrained_job, val_dataset, tmp_path, capsys):
   broken = str(tmp_path / "job")
   shutil.copytree(untrained_job, broken)

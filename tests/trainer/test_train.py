@@ -256,6 +256,15 @@ def test_best_epoch_is_kept_as_a_job_dir_of_its_own(learnable, tmp_path):
     for got, want in zip(tile_model.get_layer(name).get_weights(),
                          checkpoint.get_layer(name).get_weights(), strict=True):
       np.testing.assert_array_equal(got, want)
+  # Both the job and its best epoch hold a Keras model of their own weights
+  # (loading without the project is tested in test_model.py).
+  maps = np.random.default_rng(0).normal(size=(1, 3, 4, CHANNELS)).astype(np.float32)
+  for directory in (job, best_dir):
+    loaded = keras.models.load_model(os.path.join(directory, "rpn.keras"))
+    full = model_lib.load_rpn(directory)[1]
+    np.testing.assert_allclose(loaded(maps)["scores"], full(maps)["scores"], atol=1e-6)
+  assert not np.allclose(keras.models.load_model(os.path.join(job, "rpn.keras"))(maps)["scores"],
+                         model_lib.load_rpn(best_dir)[1](maps)["scores"]) or best == 3
   # Without validation data there is no best epoch to keep.
   train_lib.train(_args(train_dir, str(tmp_path / "noval"), "--epochs", "1"))
   assert not os.path.exists(os.path.join(tmp_path, "noval", "best"))
