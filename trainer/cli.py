@@ -14,7 +14,7 @@ import argparse
 import dataclasses
 from typing import Optional, Sequence
 
-from pipeline.commands import backbone_check, cli, console, failures, lock, preflight
+from pipeline.commands import backbone_check, budget, cli, console, failures, lock, preflight
 from pipeline.core import config
 from pipeline.io import manifest as manifest_lib
 from pipeline.io import storage
@@ -208,6 +208,7 @@ def propose_parser() -> cli.Parser:
                       help="split under Data/ and Annotations/")
   parser.add_argument("--images", help="glob of image files (no gt boxes), e.g. 'dir/*.JPEG'")
   parser.add_argument("--output", required=True, help="output directory")
+  budget.add_argument(parser)
   parser.add_argument("--pre_nms_top_n", type=int, default=proposal.pre_nms_top_n,
                       help="boxes kept before NMS, best score first (0: all)")
   parser.add_argument("--post_nms_top_n", type=int, default=proposal.post_nms_top_n,
@@ -266,6 +267,7 @@ def check_propose(args: argparse.Namespace) -> arguments.ProposeArgs:
     raise cli.UsageError("--nms_thresh", args.nms_thresh, "must be in (0, 1]")
   if args.min_size < 0:
     raise cli.UsageError("--min_size", args.min_size, "must be >= 0")
+  budget.check_flag(args.max_failed_fraction)
   job_dir = model_job_dir(args)
   try:
     manifest = job.read_manifest(job_dir)
@@ -310,6 +312,8 @@ def propose_main(argv: Optional[Sequence[str]] = None) -> int:
         "rpn-propose", enabled=not args.verbose):  # one run per directory
       cli.running(run.output)
       failures.clear_log(run.output)
-      propose.report(propose.propose(run))
-    return 0
+      settings = propose.propose(run)
+      propose.report(settings)
+    return budget.exit_code("rpn-propose", settings["counts"], args.max_failed_fraction,
+                            storage.join(run.output, config.ERRORS_NAME))
   return cli.run_command("rpn-propose", command)

@@ -42,7 +42,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 from pipeline.beam import anchors as anchors_beam
 from pipeline.beam import preprocess as preprocess_beam
 from pipeline.beam import watchdog
-from pipeline.commands import backbone_check, cli, console, failures, lock, preflight
+from pipeline.commands import backbone_check, budget, cli, console, failures, lock, preflight
 from pipeline.commands import preprocess as run_lib
 from pipeline.core import config as config_lib
 from pipeline.io import ilsvrc, storage
@@ -61,6 +61,7 @@ def build_parser() -> cli.Parser:
                       allow_abbrev=False)  # an abbreviation could take a Beam flag
   run_lib.add_input_arguments(parser)
   parser.add_argument("--output", required=True, help="output directory (local, gs://, ...)")
+  budget.add_argument(parser)
   run_lib.add_frame_arguments(parser, feature_layer_help=(
       "take the feature map from this layer of the backbone ('' for its final output); "
       "default, with no --feature_layers either: the backbone's recommended layer(s), "
@@ -211,20 +212,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
 
   def command() -> int:
-    build_parser().parse_with_beam(argv)  # flag mistakes on the terminal, not the log
+    args, _ = build_parser().parse_with_beam(argv)  # flag mistakes on the terminal, not the log
     with console.held_back("rpn-anchors", enabled=not cli.RUN.verbose):
       report = run(argv)
-    return _report(report)
+    _report(report)
+    return budget.exit_code("rpn-anchors", report["counts"], args.max_failed_fraction,
+                            storage.join(args.output.rstrip("/"), config_lib.ERRORS_NAME))
   return cli.run_command("rpn-anchors", command)
 
 
-def _report(report: Dict[str, Any]) -> int:
+def _report(report: Dict[str, Any]) -> None:
   print(format_report(report))
   c = report["counts"]
   print(f"images: {c['images_found']} found = {c['images_ok']} ok + {c['images_failed']} failed"
         f" + {c['images_skipped']} skipped; boxes dropped by the box policy: "
         f"{c['boxes_dropped']}")
-  return 0
 
 
 if __name__ == "__main__":

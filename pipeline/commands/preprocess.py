@@ -33,7 +33,7 @@ from apache_beam.options.pipeline_options import (
 from pipeline.beam import preprocess as preprocess_beam
 from pipeline.beam import progress as progress_lib
 from pipeline.beam import watchdog
-from pipeline.commands import backbone_check, cli, console, failures, lock, preflight, space
+from pipeline.commands import backbone_check, budget, cli, console, failures, lock, preflight, space
 from pipeline.core import config as config_lib
 from pipeline.io import ilsvrc, storage
 from pipeline.io import manifest as manifest_lib
@@ -107,6 +107,7 @@ def build_parser() -> cli.Parser:
                       allow_abbrev=False)  # an abbreviation could take a Beam flag
   add_input_arguments(parser)
   parser.add_argument("--output", required=True, help="output directory (local, gs://, ...)")
+  budget.add_argument(parser)
   model = add_frame_arguments(parser)
   model.add_argument("--weights", default=backbone.weights,
                      help="imagenet (Keras download) | none (seeded random init) | PATH")
@@ -263,6 +264,7 @@ def check_ranges(args: argparse.Namespace) -> None:
       config_lib.AnchorConfig(scales=tuple(args.scales), ratios=tuple(args.ratios)).validate()
   except config_lib.ConfigError as e:
     raise cli.UsageError(f"--{e.field}", e.value, e.problem) from None
+  budget.check_flag(args.max_failed_fraction)
 
 
 def check_before_run(args: argparse.Namespace, cfg: config_lib.PreprocessConfig,
@@ -421,7 +423,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with console.held_back("rpn-preprocess", enabled=not cli.RUN.verbose):
       manifest = run(argv).manifest
     print(summary(manifest))
-    return 0
+    args, _ = build_parser().parse_with_beam(argv)
+    return budget.exit_code("rpn-preprocess", manifest.counts, args.max_failed_fraction,
+                            storage.join(args.output.rstrip("/"), config_lib.ERRORS_NAME))
   return cli.run_command("rpn-preprocess", command)
 
 

@@ -122,6 +122,8 @@ PREPROCESS_CASES = [
      "--output /proc/rpn_out", ["cannot write"]),
     ("value_out_of_range", lambda d, o: _preprocess_args(d, o, "--fg_fraction", "1.5"),
      "--fg_fraction 1.5", ["(0, 1]"]),
+    ("failure_budget_out_of_range", lambda d, o: _preprocess_args(
+        d, o, "--max_failed_fraction", "1.5"), "--max_failed_fraction 1.5", ["[0, 1]"]),
     ("bad_choice", lambda d, o: _preprocess_args(d, o, "--tile_dtype", "float64"),
      "--tile_dtype", ["float16"]),
     ("hyphen_for_underscore", lambda d, o: _preprocess_args(d, o, "--tile-dtype", "float16"),
@@ -185,6 +187,7 @@ def test_anchors_mistakes(dataset, tmp_path):
       (base + ["--feature_layer", "conv9"], "--feature_layer conv9", "no such layer"),
       (_replace(base, "--output", dataset["file"]), "--output", "is a file"),
       (base + ["--num_scales", "0"], "--num_scales 0", "must be >= 1"),
+      (base + ["--max_failed_fraction", "2"], "--max_failed_fraction 2", "must be in [0, 1]"),
   ]:
     assert_one_line_error(run_script("rpn-anchors", args), "rpn-anchors", flag, fragment)
     assert not out.exists()
@@ -257,6 +260,8 @@ def test_propose_mistakes(untrained_job, val_dataset, dataset, shards, tmp_path)
       (base + ["--weights", "/nope/w.h5"], "--weights /nope/w.h5", "no such file"),
       (_replace(base, "--output", dataset["file"]), "--output", "is a file"),
       (base + ["--nms_thresh", "0"], "--nms_thresh 0", "(0, 1]"),
+      (base + ["--max_failed_fraction", "-0.1"], "--max_failed_fraction -0.1", "[0, 1]"),
+      (base + ["--model", "best"], "--model best", "has no best/"),
       (base + ["--top_n", "5"], "--top_n", "no such flag"),
   ]:
     assert_one_line_error(run_script("rpn-propose", args), "rpn-propose", flag, fragment)
