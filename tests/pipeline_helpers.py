@@ -24,10 +24,17 @@ def preprocess(input_root: str, output: str, split: str = "DET/train",
                extra: Sequence[str] = (), runner_args: Sequence[str] = IN_PROCESS,
                num_shards: int = 2) -> manifest_lib.Manifest:
   """rpn-preprocess with the tiny Keras backbone; returns the manifest."""
+  return preprocess_result(input_root, output, split, extra, runner_args, num_shards).manifest
+
+
+def preprocess_result(input_root: str, output: str, split: str = "DET/train",
+                      extra: Sequence[str] = (), runner_args: Sequence[str] = IN_PROCESS,
+                      num_shards: int = 2):
+  """preprocess(), returning the manifest and the run's Beam metrics (PreprocessResult)."""
   from pipeline.commands import preprocess as run
   return run.run(["--input", input_root, "--split", split, "--output", output,
                   "--backbone", TINY, "--weights", "none", "--num_shards", str(num_shards),
-                  *extra, *runner_args]).manifest
+                  *extra, *runner_args])
 
 
 def read_records(output: str, prefix: str = "tiles") -> List[bytes]:

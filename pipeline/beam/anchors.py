@@ -57,11 +57,15 @@ class LoadFrameFn(beam.DoFn):
       (width, height), gt_boxes, stats = ilsvrc.load_boxes(
           item.image_path, item.annotation_path, cfg.max_pixels)
     except images_lib.InputError as e:
+      elements.counter("images_failed").inc()
+      elements.counter(f"failed_{e.stage}").inc()
       path = item.annotation_path if e.stage == "annotation" else item.image_path
       yield beam.pvalue.TaggedOutput(elements.ERRORS, elements.error_record(
           path, e.stage, str(e), image_id=item.image_id))
       return
     stats = dict(stats)
+    for key, value in stats.items():  # box policy counts, also as Beam metrics
+      elements.counter(key).inc(value)
     frame = frame_lib.frame_size(width, height, self._min_input_side, cfg.min_side,
                                     cfg.max_side)
     gt_boxes = frame.boxes_in_frame(np.asarray(gt_boxes, np.float64).reshape(-1, 4), width,
@@ -69,6 +73,7 @@ class LoadFrameFn(beam.DoFn):
     # counted as LoadImageFn counts it
     if (frame.width, frame.height) != (width, height) and min(width, height) < self._min_input_side:
       stats["images_padded"] = 1
+      elements.counter("images_padded").inc()
     shapes = tuple(tuple(grid(frame.height, frame.width)) for grid in self._grids)
     feature_height, feature_width = shapes[0]
     yield coverage.FrameBoxes(item.image_id, frame.width, frame.height, feature_height,
@@ -95,8 +100,11 @@ class ScoreFrameFn(beam.DoFn):
           frame.path, frame.image_id, 0, current["num_anchors"], frame.width, frame.height,
           frame.feature_height, frame.feature_width, scales))
       yield beam.pvalue.TaggedOutput(elements.STATS, {"images_no_anchors": 1})
+      for name in ("images_skipped", "skipped_targets", "images_no_anchors"):
+        elements.counter(name).inc()
       return
     yield beam.pvalue.TaggedOutput(elements.STATS, {"images_ok": 1})
+    elements.counter("images_ok").inc()
 
 
 class SumCoverage(beam.CombineFn):

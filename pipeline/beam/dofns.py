@@ -24,6 +24,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
 from pipeline.beam import elements
+from pipeline.beam import metrics as metrics_lib
 from pipeline.beam import progress as progress_lib
 from pipeline.core import anchors as anchors_lib
 from pipeline.core import config as config_lib
@@ -72,13 +73,16 @@ class PairInputsFn(beam.DoFn):
             image_id=image_id))
       return
     first, duplicates = images[0], images[1:]
+    elements.counter("images_found").inc(len(images))
     for path in duplicates:
       elements.counter("images_failed").inc()
+      elements.counter("failed_pairing").inc()
       yield beam.pvalue.TaggedOutput(elements.ERRORS, elements.error_record(
           path, "pairing", f"duplicate image id {image_id!r} (also {first})", image_id=image_id))
     annotation = annotations[0] if annotations else None
     if annotation is None and self._missing == "skip":
       elements.counter("images_skipped").inc()
+      elements.counter("skipped_pairing").inc()
       yield beam.pvalue.TaggedOutput(elements.ERRORS, elements.error_record(
           first, "pairing", "no annotation file (--missing_annotations skip)",
           outcome=elements.SKIPPED, image_id=image_id))
@@ -172,8 +176,9 @@ class ComputeFeaturesFn(beam.DoFn):
     start = time.monotonic()
     with self._holder.lock:  # one forward pass at a time; TF uses the cores itself
       feature_map = self._holder.extractor(item.image)
-    now = time.monotonic()
-    self._millis.update(int(1000 * (now - start)))
+    millis = int(1000 * (time.monotonic() - start))
+    self._millis.update(millis)
+    elements.counter(metrics_lib.bucket_name(millis)).inc()  # for the percentiles
     self._images.inc()
     progress_lib.PROGRESS.image_done()
     height, width = item.image.shape[:2]
@@ -196,10 +201,13 @@ class SampleTargetsFn(beam.DoFn):
 
   def setup(self):
     self._records = elements.counter("records")
+    self._bytes = elements.counter("record_bytes")
     self._fg = elements.counter("fg_anchors")
     self._bg = elements.counter("bg_anchors")
     self._ok = elements.counter("images_ok")
     self._skipped = elements.counter("images_skipped")
+    self._skipped_targets = elements.counter("skipped_targets")
+    self._no_anchors = elements.counter("images_no_anchors")
     self._flipped_ok = elements.counter("flipped_ok")
 
   def process(self, item: elements.ImageFeatures):
@@ -221,6 +229,8 @@ class SampleTargetsFn(beam.DoFn):
       # cannot (no anchor lies inside it, e.g. a padded tiny or a very
       # elongated image) is skipped, with the reason, and still counted.
       self._skipped.inc()
+      self._skipped_targets.inc()
+      self._no_anchors.inc()
       progress_lib.PROGRESS.error()
       yield beam.pvalue.TaggedOutput(elements.ERRORS, elements.no_anchor_error(
           item.image_path, item.image_id, result.num_inside,
@@ -234,9 +244,11 @@ class SampleTargetsFn(beam.DoFn):
       feature_map = feature_map.astype(np.dtype(self._tile_dtype), copy=False)
       tiles = targets.extract_tiles(feature_map, level.points, feature_map.shape[1])
       for i in range(len(level.points)):
-        yield schema.make_example(tiles[i], level.point_labels[i], level.point_deltas[i],
-                                  item.image_id, level.locations[i],
-                                  level=index if several else None)
+        record = schema.make_example(tiles[i], level.point_labels[i], level.point_deltas[i],
+                                     item.image_id, level.locations[i],
+                                     level=index if several else None)
+        self._bytes.inc(len(record))
+        yield record
     self._records.inc(num_records)
     self._fg.inc(result.num_fg)
     self._bg.inc(result.num_bg)
@@ -267,6 +279,7 @@ class MapRecordFn(beam.DoFn):
 
   def setup(self):
     self._records = elements.counter("records")
+    self._bytes = elements.counter("record_bytes")
     self._ok = elements.counter("images_ok")
     self._flipped_ok = elements.counter("flipped_ok")
 
@@ -276,8 +289,10 @@ class MapRecordFn(beam.DoFn):
     feature_height, feature_width = maps[0].shape[:2]
     maps = [m.astype(np.dtype(self._dtype), copy=False) for m in maps]
     gt_boxes = np.asarray(item.gt_boxes, np.float64).reshape(-1, 4)
-    yield schema.make_map_example(maps if len(maps) > 1 else maps[0],
-                                  (item.height, item.width), gt_boxes, item.image_id)
+    record = schema.make_map_example(maps if len(maps) > 1 else maps[0],
+                                     (item.height, item.width), gt_boxes, item.image_id)
+    self._bytes.inc(len(record))
+    yield record
     self._records.inc()
     (self._flipped_ok if item.flipped else self._ok).inc()
     # gt boxes in float32, as in the record (the tiles layout labels against float64)

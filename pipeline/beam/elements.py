@@ -12,10 +12,11 @@ from typing import Any, Dict, NamedTuple, Optional
 
 from apache_beam.metrics import Metrics
 
+from pipeline.beam import metrics as metrics_lib
 from pipeline.beam import progress as progress_lib
 from pipeline.core import anchors as anchors_lib
 
-NAMESPACE = "rpn"
+NAMESPACE = metrics_lib.NAMESPACE  # every counter's (metrics.COUNTERS says what each counts)
 
 
 ERRORS = "errors"

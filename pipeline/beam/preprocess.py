@@ -21,6 +21,7 @@ from apache_beam.options.pipeline_options import (
   StandardOptions,
 )
 
+from pipeline.beam import metrics as metrics_lib
 from pipeline.beam import outputs as outputs_lib
 from pipeline.beam import progress as progress_lib
 from pipeline.beam import transforms
@@ -55,11 +56,13 @@ def runner_setup(beam_args: Sequence[str], cores: Optional[int] = None) -> Runne
   args = list(beam_args)
   if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
     args.append("--default_sdk_harness_log_level=WARNING")
-  if not any(a.startswith("--sdk_harness_log_level_overrides") for a in args):
+  runner = PipelineOptions(args).view_as(StandardOptions).runner or "DirectRunner"
+  local = runner in ("DirectRunner", "direct")
+  # The progress line on local runners only: elsewhere the runner's UI shows the counters.
+  if local and not any(a.startswith("--sdk_harness_log_level_overrides") for a in args):
     args.append("--sdk_harness_log_level_overrides="
                 + json.dumps({progress_lib.PROGRESS_LOGGER.name: "INFO"}))
-  runner = PipelineOptions(args).view_as(StandardOptions).runner or "DirectRunner"
-  if runner not in ("DirectRunner", "direct"):
+  if not local:
     dataflow = runner in ("DataflowRunner", "dataflow")
     return RunnerSetup(args, local=False, backbone_threads=1 if dataflow else None)
   if not any(a.startswith("--direct_") for a in beam_args):
@@ -94,15 +97,6 @@ class PreprocessResult:
 
 
 def pipeline_metrics(result) -> Dict:
-  """Counters and distributions of a finished PipelineResult, summed over steps."""
-  metrics: Dict = {}
-  query = result.metrics().query()
-  for counter in query["counters"]:
-    name = counter.key.metric.name
-    metrics[name] = metrics.get(name, 0) + counter.committed
-  for dist in query["distributions"]:
-    d = dist.committed
-    if d is not None and d.count:
-      metrics[dist.key.metric.name] = {"sum": d.sum, "count": d.count, "min": d.min,
-                                       "max": d.max}
-  return metrics
+  """Counters and distributions of a finished PipelineResult, summed over steps
+  (metrics.query)."""
+  return metrics_lib.query(result)

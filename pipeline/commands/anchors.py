@@ -34,12 +34,13 @@ import argparse
 import logging
 import shlex
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipeline.beam import anchors as anchors_beam
+from pipeline.beam import metrics as metrics_lib
 from pipeline.beam import preprocess as preprocess_beam
 from pipeline.beam import watchdog
 from pipeline.commands import backbone_check, budget, cli, console, failures, lock, preflight
@@ -169,8 +170,14 @@ def recommended_line(report: Dict[str, Any]) -> str:
 
 def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   """Parses flags, runs the pipeline; returns anchors.json's content."""
+  return run_with_metrics(argv)[0]
+
+
+def run_with_metrics(argv: Optional[Sequence[str]] = None) -> Tuple[Dict[str, Any], Dict]:
+  """run()'s anchors.json content and the run's Beam metrics (metrics.query)."""
   args, beam_args = build_parser().parse_with_beam(argv)
   setup = preprocess_beam.runner_setup(beam_args)
+  run_lib.show_progress(setup)
   cfg = config_from_args(args)
   # The feature layer's shape arithmetic, from a child process (the launcher
   # imports no TensorFlow), beside the checks of the input and the output.
@@ -191,8 +198,10 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                                 layers_given=layers_given(args), num_scales=args.num_scales,
                                 num_ratios=args.num_ratios)
     with run_lib.removed_on_failure(cfg.output, clear_outputs), watchdog.watched():
-      p.run().wait_until_finish()
-      return storage.read_json(storage.join(cfg.output, anchors_beam.ANCHORS_NAME))
+      result = p.run()
+      result.wait_until_finish()
+      return (storage.read_json(storage.join(cfg.output, anchors_beam.ANCHORS_NAME)),
+              metrics_lib.query(result))
 
 
 def clear_outputs(output: str) -> List[str]:
@@ -214,8 +223,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   def command() -> int:
     args, _ = build_parser().parse_with_beam(argv)  # flag mistakes on the terminal, not the log
     with console.held_back("rpn-anchors", enabled=not cli.RUN.verbose):
-      report = run(argv)
+      report, metrics = run_with_metrics(argv)
     _report(report)
+    print(metrics_lib.format_table(metrics))
     return budget.exit_code("rpn-anchors", report["counts"], args.max_failed_fraction,
                             storage.join(args.output.rstrip("/"), config_lib.ERRORS_NAME))
   return cli.run_command("rpn-anchors", command)

@@ -30,6 +30,7 @@ from apache_beam.options.pipeline_options import (
   SetupOptions,
 )
 
+from pipeline.beam import metrics as metrics_lib
 from pipeline.beam import preprocess as preprocess_beam
 from pipeline.beam import progress as progress_lib
 from pipeline.beam import watchdog
@@ -389,11 +390,19 @@ def summary(manifest: manifest_lib.Manifest) -> str:
   return "\n".join(lines)
 
 
+def show_progress(setup: preprocess_beam.RunnerSetup) -> None:
+  """The per-worker progress line (logger pipeline.progress, INFO) on local
+  runners only; elsewhere the runner's UI shows the counters (and a LOOPBACK
+  worker in this process stays quiet too)."""
+  progress_lib.PROGRESS_LOGGER.setLevel(logging.INFO if setup.local else logging.WARNING)
+
+
 def run(argv: Optional[Sequence[str]] = None,
         extractor_factory=None) -> preprocess_beam.PreprocessResult:
   """Parses flags, clears old outputs, runs the pipeline; returns what it wrote."""
   args, beam_args = build_parser().parse_with_beam(argv)
   setup = preprocess_beam.runner_setup(beam_args)
+  show_progress(setup)
   cfg = config_from_args(args, setup)
   check_before_run(args, cfg, extractor_factory)
   options = PipelineOptions(setup.beam_args)
@@ -413,17 +422,17 @@ def run(argv: Optional[Sequence[str]] = None,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  cli.setup_logging()
-  progress_lib.PROGRESS_LOGGER.setLevel(logging.INFO)  # the progress line; Beam stays quiet
+  cli.setup_logging()  # Beam stays quiet; run() lets the progress line through locally
 
   argv = list(sys.argv[1:] if argv is None else argv)
 
   def command() -> int:
-    build_parser().parse_with_beam(argv)  # flag mistakes on the terminal, not the log
+    args, _ = build_parser().parse_with_beam(argv)  # flag mistakes on the terminal, not the log
     with console.held_back("rpn-preprocess", enabled=not cli.RUN.verbose):
-      manifest = run(argv).manifest
+      result = run(argv)
+    manifest = result.manifest
     print(summary(manifest))
-    args, _ = build_parser().parse_with_beam(argv)
+    print(metrics_lib.format_table(result.metrics))
     return budget.exit_code("rpn-preprocess", manifest.counts, args.max_failed_fraction,
                             storage.join(args.output.rstrip("/"), config_lib.ERRORS_NAME))
   return cli.run_command("rpn-preprocess", command)

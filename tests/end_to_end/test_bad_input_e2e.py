@@ -77,12 +77,35 @@ def write_bad_and_odd_inputs(root: str) -> dict:
   return cases
 
 
+def check_counters_agree(found, counts, records):
+  """The Beam counters of a run (what its table prints and a runner's UI shows)
+  agree with the manifest's counts and the records; each is documented."""
+  from pipeline.beam import metrics
+  for key in ("images_found", "images_ok", "images_failed", "images_skipped", "records",
+              "images_padded", "images_no_anchors", "boxes_clipped", "size_mismatch"):
+    assert found.get(key, 0) == counts.get(key, 0), key
+  stages = {key for key in counts if key.startswith("failed_")}
+  assert stages == {key for key in found if key.startswith("failed_") and found[key]}
+  for key in stages:
+    assert found[key] == counts[key], key
+  assert sum(v for k, v in found.items() if k.startswith("skipped_")) == counts["images_skipped"]
+  assert found.get("skipped_targets", 0) == counts.get("images_no_anchors", 0)
+  assert found["record_bytes"] == sum(len(r) for r in records)
+  buckets = sum(v for k, v in found.items() if k.startswith(metrics.BUCKET_PREFIX))
+  assert buckets == found["backbone_ms"]["count"] == found["images_featurized"]
+  assert not [name for name in found if metrics.counter_doc(name) is None]
+  table = metrics.format_table(found)
+  assert "images_failed" in table and "p50 ~" in table
+
+
 def test_bad_and_odd_inputs_end_to_end(tmp_path):
   root = str(tmp_path / "data")
   cases = write_bad_and_odd_inputs(root)
   output = str(tmp_path / "out")
-  manifest = helpers.preprocess(root, output)
+  result = helpers.preprocess_result(root, output)
+  manifest = result.manifest
   helpers.check_accounting(output, manifest, os.path.join(root, "Data", SPLIT))
+  check_counters_agree(result.metrics, manifest.counts, helpers.read_records(output))
   helpers.check_records_follow_conventions(output)
   images = {line["image_id"]: line
             for line in helpers.read_jsonl(os.path.join(output, "images.jsonl"))}

@@ -4,6 +4,7 @@ writing the outputs when no input produced output or more than
 --max_failed_fraction of them failed (pipeline/commands/budget.py)."""
 import glob
 import os
+import re
 
 import numpy as np
 import pytest
@@ -56,6 +57,11 @@ def test_preprocess_within_the_default_budget_exits_0(roots, tmp_path):
   result = _preprocess(roots["mixed"], out)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "images: 4 found = 2 ok + 2 failed + 0 skipped" in result.stdout
+  # The run's Beam counters, as a table at the end.
+  table = result.stdout.split("Beam counters (namespace rpn):\n", 1)[1]
+  assert re.search(r"^  images_found +4  read: ", table, re.M), table
+  assert re.search(r"^  images_failed +2  decode 2$", table, re.M), table
+  assert re.search(r"^  backbone_ms +2  p50 ~\d+, p95 ~\d+, max \d+$", table, re.M), table
 
 
 def test_preprocess_with_every_image_failed_exits_1_after_writing(roots, tmp_path):
@@ -88,6 +94,9 @@ def test_anchors_over_a_given_budget_exits_1(roots, tmp_path):
                                       *IN_PROCESS])
   line = _budget_line(result, "rpn-anchors")
   assert "2 of 4 images failed (50%), more than --max_failed_fraction 0.4" in line
+  table = result.stdout.split("Beam counters (namespace rpn):\n", 1)[1]
+  assert re.search(r"^  images_ok +2$", table, re.M), table
+  assert re.search(r"^  images_failed +2  decode 2$", table, re.M), table
   assert os.path.isfile(os.path.join(out, "anchors.json"))
 
 

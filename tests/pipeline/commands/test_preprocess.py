@@ -122,10 +122,11 @@ def test_log_level_options_added_once():
   # Set up again from its own arguments: nothing is added a second time.
   again = preprocess_beam.runner_setup(setup.beam_args, cores=4)
   assert again.beam_args == setup.beam_args
-  for runner in ("DataflowRunner", "FlinkRunner"):
+  # Other runners: no progress line (their UI shows the counters).
+  for runner in ("DataflowRunner", "FlinkRunner", "PortableRunner"):
     other = preprocess_beam.runner_setup([f"--runner={runner}"], cores=4)
     assert _count(other.beam_args, "--default_sdk_harness_log_level") == 1
-    assert _count(other.beam_args, "--sdk_harness_log_level_overrides") == 1
+    assert _count(other.beam_args, "--sdk_harness_log_level_overrides") == 0
 
 
 def test_given_log_level_options_are_not_duplicated():
@@ -279,14 +280,17 @@ def test_plain_run_is_multi_process_with_runner_decided_shards(tmp_path, monkeyp
   # Counts: the manifest, the Beam metrics and the files agree.
   assert counts["images_found"] == counts["images_ok"] == len(written) == 4
   assert counts["images_failed"] == counts["images_skipped"] == 0
-  assert metrics["images_ok"] == counts["images_ok"]
+  assert metrics["images_ok"] == counts["images_ok"] == metrics["images_found"]
   assert metrics["images_featurized"] == 4
   assert metrics["backbone_ms"]["count"] == 4
+  # The latency buckets behind the table's percentiles, from the worker processes too.
+  assert sum(v for k, v in metrics.items() if k.startswith("backbone_ms_le_")) == 4
   assert metrics["records"] == counts["records"] == counts["records_expected"] > 0
   assert metrics["fg_anchors"] == counts["fg_anchors"]
   assert metrics["bg_anchors"] == counts["bg_anchors"]
   records = list(tf.data.TFRecordDataset([os.path.join(output, n) for n in on_disk]))
   assert len(records) == counts["records"]
+  assert metrics["record_bytes"] == sum(len(r.numpy()) for r in records)
   with open(os.path.join(output, config_lib.IMAGES_NAME)) as f:
     lines = [json.loads(line) for line in f if line.strip()]
   assert sorted(line["image_id"] for line in lines) == sorted(written)
