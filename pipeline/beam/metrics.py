@@ -138,6 +138,8 @@ def _by_prefix(metrics: Mapping, prefix: str) -> List[Tuple[str, int]]:
 
 
 def _mib(num_bytes: int) -> str:
+  if num_bytes < 2 ** 20:
+    return f"{num_bytes / 2 ** 10:.1f} KiB serialized"
   return f"{num_bytes / 2 ** 20:.1f} MiB serialized"
 
 

@@ -41,7 +41,10 @@ def test_percentiles_from_the_buckets_are_within_a_bucket():
   exact50, exact95 = sorted(values)[54], sorted(values)[104]  # 104 and 400
   assert exact50 / 1.26 <= p50 <= exact50 * 1.26
   assert exact95 / 1.26 <= p95 <= exact95 * 1.26
-  assert metrics.percentile_ms(found, 100) == 1000  # kept within the distribution's max
+  assert metrics.percentile_ms(found, 100) == pytest.approx(1000)
+  # Kept within the distribution's min and max: all 110 ms, in the bucket (100, 126].
+  same = _latencies([110] * 20)
+  assert metrics.percentile_ms(same, 5) == metrics.percentile_ms(same, 95) == 110
   assert metrics.percentile_ms({"images_ok": 3}, 50) is None
   one = _latencies([7])
   assert metrics.percentile_ms(one, 50) == metrics.percentile_ms(one, 95) == 7
@@ -66,6 +69,8 @@ def test_table():
   assert rows["other"].split(None, 1)[1] == ("boxes_clipped 2, images_featurized 3, "
                                               "images_padded 1")
   assert metrics.format_table({}) == "Beam counters (namespace rpn): none reported"
+  small = metrics.format_table({"records": 3, "record_bytes": 1536})
+  assert small.splitlines()[1].endswith("records  3  1.5 KiB serialized")
 
 
 def test_every_counter_is_documented_in_design():
