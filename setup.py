@@ -4,13 +4,19 @@
 TensorFlow comes from an extra so that CPU and GPU users pick their build:
 `pip install .[cpu]` (tensorflow-cpu) or `pip install .[gpu]` (tensorflow with CUDA).
 """
+import os
+import re
+
 import setuptools
 
 TF_VERSION = "2.21.*"
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "pipeline", "__init__.py"),
+          encoding="utf-8") as f:  # one place for the version
+  VERSION = re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
 
 setuptools.setup(
     name="rpn-pipeline",
-    version="0.8.0",
+    version=VERSION,
     description=("Beam pipeline turning ILSVRC images into RPN training TFRecords, "
                  "and an RPN trainer"),
     python_requires=">=3.10",

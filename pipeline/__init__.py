@@ -1,6 +1,9 @@
 """rpn-preprocess and the modules it shares with the trainer."""
 import logging
 
+# The package's version: setup.py reads it from here; every command's --version prints it.
+__version__ = "0.8.0"
+
 
 class _DropImportNoise(logging.Filter):
   """Drops what a library logs at import that says nothing about this run, so a

@@ -32,7 +32,8 @@ PREFIX = "rpn-"
 # The console scripts of setup.py today; a new one must come with a section too.
 KNOWN = ("rpn-preprocess", "rpn-anchors", "rpn-sample-data", "rpn-draw", "rpn-train",
          "rpn-propose", "rpn-evaluate")
-IGNORED = frozenset({"-h", "--help"})
+# Every command's, described once at the top of docs/commands.md.
+IGNORED = frozenset({"-h", "--help", "--version"})
 
 # A flag written in the docs: --name or -x, not inside a word ("R-CNN", "top-N"),
 # not a Markdown rule (---), not a number (-1).

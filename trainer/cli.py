@@ -25,6 +25,7 @@ from trainer import arguments, job, sampling
 
 
 _TRAIN_HELP = {
+    "epochs": "epochs in all: a rerun of the job with more goes on from where it stopped",
     "batch_size": "tiles per step",
     "learning_rate": "Adam learning rate",
     "box_loss_weight": "weight of the box (smooth L1) loss against the objectness loss",
@@ -63,9 +64,18 @@ _SAMPLING_FLAGS = (
 )
 
 
+TRAIN_EXAMPLES = (
+    "rpn-train --data out/shards/train --val_data out/shards/val --job_dir out/job",
+    "rpn-train --data out/train --val_data out/val --job_dir out/job --epochs 30 \\",
+    "    --early_stopping_patience 5 --weight_decay 1e-4",
+    "rpn-train --data out/maps/train --val_data out/maps/val --job_dir out/job_maps \\",
+    "    --anchors_json out/anchors/anchors.json",
+)
+
+
 def train_parser() -> cli.Parser:
   parser = cli.Parser(prog="rpn-train", description=(
-      "Stream the shards of rpn-preprocess into the Keras RPN head."))
+      "Stream the shards of rpn-preprocess into the Keras RPN head."), examples=TRAIN_EXAMPLES)
   parser.add_argument("--data", required=True, help="shard directory of rpn-preprocess")
   parser.add_argument("--val_data", help="held-out shard directory (same backbone and anchors)")
   parser.add_argument("--job_dir", required=True, help="where the model, logs and checkpoints go")
@@ -192,11 +202,19 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
 # rpn-propose
 
 
+PROPOSE_EXAMPLES = (
+    "rpn-propose --job_dir out/job --input data/sample --split DET/val --output out/proposals",
+    "rpn-propose --job_dir out/job --model best --images 'photos/*.jpg' \\",
+    "    --output out/proposals --post_nms_top_n 1000 --min_size 0",
+)
+
+
 def propose_parser() -> cli.Parser:
   defaults = arguments.ProposeArgs(job_dir="", output="")
   proposal = defaults.proposal
   parser = cli.Parser(prog="rpn-propose",
-                      description="Region proposals of a trained RPN for whole images.")
+                      description="Region proposals of a trained RPN for whole images.",
+                      examples=PROPOSE_EXAMPLES)
   parser.add_argument("--job_dir", required=True,
                       help="output of rpn-train (rpn.weights.h5, manifest.json, train_config.json)")
   parser.add_argument("--model", choices=MODELS, default=MODELS[0],
@@ -213,7 +231,8 @@ def propose_parser() -> cli.Parser:
                       help="boxes kept before NMS, best score first (0: all)")
   parser.add_argument("--post_nms_top_n", type=int, default=proposal.post_nms_top_n,
                       help="proposals kept after NMS (0: all)")
-  parser.add_argument("--nms_thresh", type=float, default=proposal.nms_thresh)
+  parser.add_argument("--nms_thresh", type=float, default=proposal.nms_thresh,
+                      help="NMS drops a box whose IoU with a kept, better box is above this")
   parser.add_argument("--min_size", type=float, default=proposal.min_size,
                       help="drop boxes narrower or lower than this, in pixels of the original "
                       "image (scaled into the frame when it was resized)")
@@ -223,9 +242,9 @@ def propose_parser() -> cli.Parser:
   parser.add_argument("--draw", type=int, default=defaults.draw,
                       help="pictures of the first N images (top 20 proposals, gt boxes)")
   parser.add_argument("--weights", default=defaults.weights,
-                      help="backbone weights instead of the manifest's (imagenet|none|PATH); "
-                      "'--weights best' is short for '--model best' with the manifest's "
-                      "backbone weights")
+                      help="backbone weights instead of the manifest's (imagenet|none|PATH; "
+                      "default: the manifest's); best: the same as --model best, with the "
+                      "manifest's backbone weights")
   return parser
 
 

@@ -233,8 +233,16 @@ def recall_plot(results: Dict[str, dict], title: str) -> bytes:
   return plots.recall_png(curves, title=title)
 
 
+EXAMPLES = (
+    "rpn-evaluate --proposals out/proposals --input data/sample --split DET/val",
+    "rpn-evaluate --proposals out/proposals --input ROOT --split DET/val --top_n 100,300,1000 \\",
+    "    --output out/recall",
+)
+
+
 def build_parser() -> cli.Parser:
-  parser = cli.Parser(prog="rpn-evaluate", description=__doc__.split("\n\n")[0])
+  parser = cli.Parser(prog="rpn-evaluate", description=__doc__.split("\n\n")[0],
+                      examples=EXAMPLES)
   parser.add_argument("--proposals", required=True,
                       help="output directory of rpn-propose (holds proposals.jsonl, errors.jsonl)")
   parser.add_argument("--input", required=True, help="dataset root of the ILSVRC 2015+ layout")

@@ -57,9 +57,20 @@ DEFAULT_SEARCH_IMAGES = 20_000
 _LOGGER = logging.getLogger(__name__)
 
 
+EXAMPLES = (
+    "rpn-anchors --input data/sample --split DET/train --backbone VGG16 --output out/anchors",
+    "rpn-anchors --input ROOT --split DET/train --backbone ResNet50 --num_scales 5 \\",
+    "    --output out/anchors5",
+    "rpn-anchors --input gs://BUCKET/ILSVRC --split DET/train --output gs://BUCKET/anchors \\",
+    "    --runner DataflowRunner --project PROJECT --region REGION \\",
+    "    --temp_location gs://BUCKET/tmp --setup_file ./setup.py",
+)
+
+
 def build_parser() -> cli.Parser:
   parser = cli.Parser(prog="rpn-anchors", description=__doc__.split("\n\n")[0],
-                      allow_abbrev=False)  # an abbreviation could take a Beam flag
+                      allow_abbrev=False,  # an abbreviation could take a Beam flag
+                      examples=EXAMPLES, epilog=run_lib.BEAM_OPTIONS_NOTE)
   run_lib.add_input_arguments(parser)
   parser.add_argument("--output", required=True, help="output directory (local, gs://, ...)")
   budget.add_argument(parser)

@@ -110,20 +110,55 @@ def unknown_flag_error(arg: str, known: Iterable[str]) -> UsageError:
   return UsageError(name, None, f"no such flag{hint}")
 
 
+def show_default(value) -> Optional[str]:
+  """A flag's default as --help shows it (a list as the flag takes it: 3,6,12),
+  None for no default worth showing (None, False, an empty list)."""
+  if value is None or value is False or value == argparse.SUPPRESS or value == ():
+    return None
+  if isinstance(value, (tuple, list)):
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+  if value == "":
+    return "''"
+  return str(value)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+  """Every flag's help ends with its default (show_default), unless it has
+  none or the help already gives it; description and examples are printed as
+  written."""
+
+  def _get_help_string(self, action):
+    text = action.help or ""
+    shown = show_default(action.default)
+    if not action.option_strings or shown is None or "default" in text:
+      return text
+    return f"{text} (default: {shown.replace('%', '%%')})"
+
+
 class Parser(argparse.ArgumentParser):
   """argparse whose errors are one line (no usage block) and exit 2.
 
   parse() is parse_args() that also names the closest valid flag for an
   unknown one; parse_with_beam() keeps the arguments that Beam's
-  PipelineOptions knows and refuses the rest the same way.
+  PipelineOptions knows and refuses the rest the same way. Every parser has
+  --version and (unless verbose_flag=False: a command without failure.log)
+  --verbose; `examples` (command lines) end its --help.
   """
 
-  def __init__(self, *args, **kwargs):
-    kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+  def __init__(self, *args, examples: Sequence[str] = (), verbose_flag: bool = True,
+               **kwargs):
+    from pipeline import __version__
+    kwargs.setdefault("formatter_class", HelpFormatter)
+    if examples:
+      kwargs["epilog"] = "\n".join(["examples:", *("  " + line for line in examples),
+                                    *(["", kwargs["epilog"]] if kwargs.get("epilog") else [])])
     super().__init__(*args, **kwargs)
-    self.add_argument("--verbose", action="store_true",
-                      help="on a failure while running, print the full traceback too (it "
-                           "always goes to failure.log in the output directory)")
+    if verbose_flag:
+      self.add_argument("--verbose", action="store_true",
+                        help="on a failure while running, print the full traceback too (it "
+                             "always goes to failure.log in the output directory)")
+    self.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                      help="print the version and exit")
 
   def parse_known_args(self, args=None, namespace=None):
     parsed, rest = super().parse_known_args(args, namespace)

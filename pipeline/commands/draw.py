@@ -146,24 +146,38 @@ def check(args: argparse.Namespace) -> manifest_lib.Manifest:
   return manifest
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  cli.setup_logging()
-  parser = cli.Parser(prog="rpn-draw", description=__doc__.split("\n\n")[0])
+EXAMPLES = (
+    "rpn-draw --shards out/shards/train --input data/sample --output out/pictures",
+    "rpn-draw --shards out/shards/train --input data/sample --output out/pictures \\",
+    "    --image_id ILSVRC2014_train_0000/ILSVRC2014_train_00000001 \\",
+    "    'ILSVRC2014_train_0000/ILSVRC2014_train_00000001#flipped'",
+)
+
+
+def build_parser() -> cli.Parser:
+  parser = cli.Parser(prog="rpn-draw", description=__doc__.split("\n\n")[0], examples=EXAMPLES)
   parser.add_argument("--shards", required=True, help="output directory of rpn-preprocess")
   parser.add_argument("--input", help="dataset root (ILSVRC 2015+ layout)")
-  parser.add_argument("--split", default="DET/train")
+  parser.add_argument("--split", default="DET/train", help="split under Data/ and Annotations/")
   parser.add_argument("--images", help="image directory (2014 layout)")
   parser.add_argument("--annotations", help="annotation directory (2014 layout)")
   parser.add_argument("--image_id", nargs="*",
                       help="images to draw, mirrored copies of --flip (ID#flipped) too "
                       "(default: the first --count of images.jsonl)")
-  parser.add_argument("--count", type=int, default=4)
+  parser.add_argument("--count", type=int, default=4,
+                      help="without --image_id: draw this many images, the first ids of "
+                      "images.jsonl")
   parser.add_argument("--scales", type=cli.floats, default=None,
                       help="maps layout: draw with these anchor scales (default: the method's)")
   parser.add_argument("--ratios", type=cli.floats, default=None,
                       help="maps layout: draw with these anchor ratios (default: the method's)")
   parser.add_argument("--output", required=True, help="directory for the PNGs")
-  args = parser.parse(argv)
+  return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  cli.setup_logging()
+  args = build_parser().parse(argv)
   try:
     manifest = check(args)
   except ValueError as e:  # cli.UsageError and layout_roots' errors

@@ -73,7 +73,9 @@ def add_frame_arguments(parser: argparse.ArgumentParser,
   help (rpn-anchors, whose default differs)."""
   backbone, anchors = config_lib.BackboneConfig(), config_lib.AnchorConfig()
   model = parser.add_argument_group("backbone")
-  model.add_argument("--backbone", default=backbone.backbone)
+  model.add_argument("--backbone", default=backbone.backbone, metavar="NAME",
+                     help="the frozen Keras application, one of: "
+                     + ", ".join(sorted(registry.BACKBONES)))
   model.add_argument("--feature_layer", default=backbone.feature_layer,
                      help=feature_layer_help or (
                          "take the feature map from this layer of the backbone (default: its "
@@ -99,13 +101,28 @@ def add_frame_arguments(parser: argparse.ArgumentParser,
   return model
 
 
+EXAMPLES = (
+    "rpn-preprocess --input data/sample --split DET/train --output out/shards/train \\",
+    "    --backbone TinyTestNet --weights none",
+    "rpn-preprocess --input ROOT --split DET/train --output out/train --backbone VGG16 \\",
+    "    --weights vgg16_notop.h5 --feature_layers block4_conv3,block5_conv3 --flip",
+    "rpn-preprocess --input gs://BUCKET/ILSVRC --split DET/train --output gs://BUCKET/train \\",
+    "    --weights gs://BUCKET/weights.h5 --runner DataflowRunner --project PROJECT \\",
+    "    --region REGION --temp_location gs://BUCKET/tmp --setup_file ./setup.py",
+)
+BEAM_OPTIONS_NOTE = (
+    "Beam's pipeline options (--runner, --project, --region, --temp_location, --setup_file,\n"
+    "--direct_num_workers, ...) are accepted too; see docs/running-at-scale.md.")
+
+
 def build_parser() -> cli.Parser:
   """The flags of rpn-preprocess; parse_with_beam() leaves Beam's to Beam and
   refuses what neither knows."""
   targets, backbone = config_lib.TargetConfig(), config_lib.BackboneConfig()
   output = config_lib.OutputConfig()
   parser = cli.Parser(prog="rpn-preprocess", description=__doc__.split("\n\n")[0],
-                      allow_abbrev=False)  # an abbreviation could take a Beam flag
+                      allow_abbrev=False,  # an abbreviation could take a Beam flag
+                      examples=EXAMPLES, epilog=BEAM_OPTIONS_NOTE)
   add_input_arguments(parser)
   parser.add_argument("--output", required=True, help="output directory (local, gs://, ...)")
   budget.add_argument(parser)
@@ -116,11 +133,15 @@ def build_parser() -> cli.Parser:
                      help="TensorFlow threads per worker process (default: the cores shared "
                      "among local worker processes; 1 on Dataflow; TensorFlow's own otherwise)")
   anchor = parser.add_argument_group("targets")
-  anchor.add_argument("--fg_iou_thresh", type=float, default=targets.fg_iou_thresh)
-  anchor.add_argument("--bg_iou_thresh", type=float, default=targets.bg_iou_thresh)
+  anchor.add_argument("--fg_iou_thresh", type=float, default=targets.fg_iou_thresh,
+                      help="IoU with a gt box at or above which an anchor is positive (the "
+                      "best anchor of each gt box is positive too)")
+  anchor.add_argument("--bg_iou_thresh", type=float, default=targets.bg_iou_thresh,
+                      help="IoU below which (with every gt box) an anchor is negative")
   anchor.add_argument("--batch_size", type=int, default=targets.batch_size,
                       help="anchors sampled per image")
-  anchor.add_argument("--fg_fraction", type=float, default=targets.fg_fraction)
+  anchor.add_argument("--fg_fraction", type=float, default=targets.fg_fraction,
+                      help="at most this fraction of the sampled anchors positive")
   anchor.add_argument("--seed", type=int, default=targets.seed,
                       help="seeds the per-image sampling (with the image id) and random weights")
   out = parser.add_argument_group("output")
@@ -130,7 +151,8 @@ def build_parser() -> cli.Parser:
   out.add_argument("--max_shard_mb", type=float, default=output.max_shard_mb,
                    help="with --num_shards 0, start a new shard after this many MB of "
                    "records (uncompressed); 0: no limit")
-  out.add_argument("--compression", choices=("NONE", "GZIP"), default=output.compression)
+  out.add_argument("--compression", choices=("NONE", "GZIP"), default=output.compression,
+                   help="compression of the TFRecord shards")
   out.add_argument("--layout", choices=config_lib.LAYOUTS, default=output.layout,
                    help="tiles: the sampled 3x3 tiles and their targets (the method); maps: "
                    "one record per image, its whole feature map and gt boxes, so that "

@@ -19,7 +19,6 @@ gives byte-identical files; image i of a split depends only on (seed, split, i).
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -28,6 +27,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from pipeline.commands import cli
 
 JPEG_QUALITY = 90
 
@@ -301,14 +302,25 @@ def write_sample_dataset(output: str, num_train: int = 240, num_val: int = 48,
   return summary
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+EXAMPLES = (
+    "rpn-sample-data --output data/sample",
+    "rpn-sample-data --output /tmp/tiny --train 8 --val 4 --seed 1",
+)
+
+
+def build_parser() -> cli.Parser:
+  parser = cli.Parser(prog="rpn-sample-data", description=__doc__.split("\n\n")[0],
+                      examples=EXAMPLES, verbose_flag=False)
   parser.add_argument("--output", type=str, default="data/sample",
                       help="dataset root to write (ILSVRC 2015 DET layout)")
   parser.add_argument("--train", type=int, default=240, help="number of DET/train images")
   parser.add_argument("--val", type=int, default=48, help="number of DET/val images")
   parser.add_argument("--seed", type=int, default=0, help="random seed")
-  args = parser.parse_args(argv)
+  return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = build_parser().parse(argv)
   summary = write_sample_dataset(args.output, args.train, args.val, args.seed)
   stale = summary["stale_files"]
   if stale:
