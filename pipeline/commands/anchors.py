@@ -31,6 +31,7 @@ this machine.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import shlex
 import sys
@@ -44,6 +45,7 @@ from pipeline.beam import metrics as metrics_lib
 from pipeline.beam import preprocess as preprocess_beam
 from pipeline.beam import watchdog
 from pipeline.commands import backbone_check, budget, cli, console, failures, lock, preflight
+from pipeline.commands import options as options_lib
 from pipeline.commands import preprocess as run_lib
 from pipeline.core import config as config_lib
 from pipeline.io import ilsvrc, storage
@@ -92,6 +94,23 @@ def build_parser() -> cli.Parser:
                       help="images (the same kind of fixed subset) whose boxes the search for "
                       "better anchors looks at; every image is scored with the result")
   return parser
+
+
+@functools.lru_cache(maxsize=1)
+def _parser() -> cli.Parser:
+  """build_parser(), built once: the template of AnchorsOptions."""
+  return build_parser()
+
+
+class AnchorsOptions(PipelineOptions):
+  """rpn-anchors' flags as Beam pipeline options: they travel with the job
+  (pipeline/commands/options.py); the strict parser (build_parser) checks them.
+  The flags it shares with rpn-preprocess are added once, by whichever class
+  Beam asks first."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    options_lib.add_to_beam_parser(parser, _parser())
 
 
 def layers_given(args: argparse.Namespace) -> bool:
@@ -199,7 +218,7 @@ def run_with_metrics(argv: Optional[Sequence[str]] = None) -> Tuple[Dict[str, An
                                  args.image_set, args.missing_annotations)
     preflight.check_output(cfg.output)
     checks.finish()
-  options = PipelineOptions(setup.beam_args)
+  options = options_lib.job_options(setup.beam_args, with_recommended_layers(args), _parser())
   options.view_as(SetupOptions).save_main_session = False
   with lock.hold(cfg.output, "--output", "rpn-anchors"):  # one run per directory
     cli.running(cfg.output)

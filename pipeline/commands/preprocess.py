@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import glob
 import logging
 import os
@@ -35,6 +36,7 @@ from pipeline.beam import preprocess as preprocess_beam
 from pipeline.beam import progress as progress_lib
 from pipeline.beam import watchdog
 from pipeline.commands import backbone_check, budget, cli, console, failures, lock, preflight, space
+from pipeline.commands import options as options_lib
 from pipeline.core import config as config_lib
 from pipeline.io import ilsvrc, storage
 from pipeline.io import manifest as manifest_lib
@@ -412,6 +414,21 @@ def summary(manifest: manifest_lib.Manifest) -> str:
   return "\n".join(lines)
 
 
+@functools.lru_cache(maxsize=1)
+def _parser() -> cli.Parser:
+  """build_parser(), built once: the template of PreprocessOptions."""
+  return build_parser()
+
+
+class PreprocessOptions(PipelineOptions):
+  """rpn-preprocess's flags as Beam pipeline options: they travel with the job
+  (pipeline/commands/options.py); the strict parser (build_parser) checks them."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    options_lib.add_to_beam_parser(parser, _parser())
+
+
 def show_progress(setup: preprocess_beam.RunnerSetup) -> None:
   """The per-worker progress line (logger pipeline.progress, INFO) on local
   runners only; elsewhere the runner's UI shows the counters (and a LOOPBACK
@@ -427,7 +444,7 @@ def run(argv: Optional[Sequence[str]] = None,
   show_progress(setup)
   cfg = config_from_args(args, setup)
   check_before_run(args, cfg, extractor_factory)
-  options = PipelineOptions(setup.beam_args)
+  options = options_lib.job_options(setup.beam_args, args, _parser())
   options.view_as(SetupOptions).save_main_session = False
   with lock.hold(cfg.output, "--output", "rpn-preprocess"):  # one run per directory
     cli.running(cfg.output)
