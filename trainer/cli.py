@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 from pipeline.commands import backbone_check, budget, cli, console, failures, lock, preflight
 from pipeline.core import config
@@ -251,26 +251,28 @@ def propose_parser() -> cli.Parser:
 MODELS = ("last", "best")  # rpn-propose --model
 
 
-def model_job_dir(args: argparse.Namespace) -> str:
-  """The job dir rpn-propose loads: --job_dir, or its best/ for --model best
-  (or --weights best, which then means the manifest's backbone weights).
-  UsageError for a best/ that the job lacks."""
-  if args.weights == "best":  # the shorthand, turned into what it is short for
-    args.model, args.weights = "best", None
-  if args.model == "last" or not preflight.is_dir(args.job_dir):  # (the latter: read_manifest says)
-    return args.job_dir
+def model_job_dir(args: argparse.Namespace) -> Tuple[str, Optional[str]]:
+  """(the job dir rpn-propose loads, the backbone weights it is given): --job_dir,
+  or its best/ for --model best or --weights best (the latter then means the
+  manifest's backbone weights). UsageError for a best/ that the job lacks."""
+  weights = None if args.weights == "best" else args.weights
+  best_wanted = args.model == "best" or args.weights == "best"
+  if not best_wanted or not preflight.is_dir(args.job_dir):  # (the latter: read_manifest says)
+    return args.job_dir, weights
   best = job.path(args.job_dir, job.BEST_DIR)
   if not preflight.is_dir(best):
     raise cli.UsageError("--model", "best", f"{args.job_dir} has no {job.BEST_DIR}/: rpn-train "
                          f"keeps the best epoch only when given --val_data")
-  return best
+  return best, weights
 
 
-def propose_args(args: argparse.Namespace) -> arguments.ProposeArgs:
-  """propose()'s arguments from rpn-propose's parsed flags."""
+def propose_args(args: argparse.Namespace, job_dir: str,
+                 weights: Optional[str]) -> arguments.ProposeArgs:
+  """propose()'s arguments from rpn-propose's parsed flags and the job dir and
+  backbone weights that model_job_dir worked out of them."""
   return arguments.ProposeArgs(
-      job_dir=model_job_dir(args), output=args.output, input=args.input, split=args.split,
-      images=args.images, draw=args.draw, weights=args.weights,
+      job_dir=job_dir, output=args.output, input=args.input, split=args.split,
+      images=args.images, draw=args.draw, weights=weights,
       proposal=config.ProposalConfig(args.pre_nms_top_n, args.post_nms_top_n, args.nms_thresh,
                                      args.min_size, args.anchors))
 
@@ -287,7 +289,7 @@ def check_propose(args: argparse.Namespace) -> arguments.ProposeArgs:
   if args.min_size < 0:
     raise cli.UsageError("--min_size", args.min_size, "must be >= 0")
   budget.check_flag(args.max_failed_fraction)
-  job_dir = model_job_dir(args)
+  job_dir, weights = model_job_dir(args)
   try:
     manifest = job.read_manifest(job_dir)
   except job.JobError as e:
@@ -295,9 +297,9 @@ def check_propose(args: argparse.Namespace) -> arguments.ProposeArgs:
   if bool(args.input) == bool(args.images):
     raise cli.UsageError(None, None, "give exactly one of --input ROOT (ILSVRC layout, with "
                          "annotations) or --images GLOB")
-  if args.weights:  # other weights than the job's: loaded once aside, beside the checks below
+  if weights:  # other weights than the job's: loaded once aside, beside the checks below
     child_check = backbone_check.start_backbone_check(
-        manifest.backbone, args.weights, manifest.feature_layer, manifest.weights_seed,
+        manifest.backbone, weights, manifest.feature_layer, manifest.weights_seed,
         feature_layers=manifest.feature_layers or ())
   else:  # the job's own, which loaded when its shards were made: they must be here
     child_check = None
@@ -316,7 +318,7 @@ def check_propose(args: argparse.Namespace) -> arguments.ProposeArgs:
       raise cli.UsageError("--images", args.images, "no file matches")
     preflight.check_output(args.output)
     checks.finish()
-  return propose_args(args)
+  return propose_args(args, job_dir, weights)
 
 
 def propose_main(argv: Optional[Sequence[str]] = None) -> int:

@@ -171,6 +171,7 @@ class ComputeFeaturesFn(beam.DoFn):
     self._holder = self._shared.acquire(load, tag=(self._config, self._seed))
     self._images = elements.counter("images_featurized")
     self._millis = Metrics.distribution(elements.NAMESPACE, "backbone_ms")
+    self._buckets: Dict[str, Any] = {}  # the latency bucket counters, made once each
 
   def process(self, item: elements.LoadedImage):
     start = time.monotonic()
@@ -178,7 +179,10 @@ class ComputeFeaturesFn(beam.DoFn):
       feature_map = self._holder.extractor(item.image)
     millis = int(1000 * (time.monotonic() - start))
     self._millis.update(millis)
-    elements.counter(metrics_lib.bucket_name(millis)).inc()  # for the percentiles
+    bucket = metrics_lib.bucket_name(millis)  # for the percentiles
+    if bucket not in self._buckets:
+      self._buckets[bucket] = elements.counter(bucket)
+    self._buckets[bucket].inc()
     self._images.inc()
     progress_lib.PROGRESS.image_done()
     height, width = item.image.shape[:2]

@@ -4,7 +4,7 @@
 
 `runner_setup` turns the Beam arguments into the ones to run with (the fastest
 safe local mode unless the arguments say otherwise); `build_pipeline` adds the
-steps to a Beam pipeline; `pipeline_metrics` sums a finished run's counters.
+steps to a Beam pipeline (pipeline/beam/metrics.py queries a finished run's counters).
 The front end (flags, checks, the lock, clean-up) is pipeline.commands.preprocess.
 """
 from __future__ import annotations
@@ -21,7 +21,6 @@ from apache_beam.options.pipeline_options import (
   StandardOptions,
 )
 
-from pipeline.beam import metrics as metrics_lib
 from pipeline.beam import outputs as outputs_lib
 from pipeline.beam import progress as progress_lib
 from pipeline.beam import transforms
@@ -96,7 +95,3 @@ class PreprocessResult:
   metrics: Dict  # counter name -> value; distribution name -> {sum, count, min, max}
 
 
-def pipeline_metrics(result) -> Dict:
-  """Counters and distributions of a finished PipelineResult, summed over steps
-  (metrics.query)."""
-  return metrics_lib.query(result)

@@ -110,13 +110,18 @@ def unknown_flag_error(arg: str, known: Iterable[str]) -> UsageError:
   return UsageError(name, None, f"no such flag{hint}")
 
 
+def list_text(values: Sequence) -> str:
+  """A list value as a flag takes it: (3.0, 6.0, 12.0) -> "3,6,12"."""
+  return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
 def show_default(value) -> Optional[str]:
-  """A flag's default as --help shows it (a list as the flag takes it: 3,6,12),
+  """A flag's default as --help shows it (a list as list_text writes it),
   None for no default worth showing (None, False, an empty list)."""
   if value is None or value is False or value == argparse.SUPPRESS or value == ():
     return None
   if isinstance(value, (tuple, list)):
-    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return list_text(value)
   if value == "":
     return "''"
   return str(value)

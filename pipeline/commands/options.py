@@ -27,6 +27,8 @@ import argparse
 import functools
 from typing import Callable, Dict, Iterable, Sequence
 
+from pipeline.commands import cli
+
 # Flags of every command's parser that are not the job's options.
 NOT_OPTIONS = frozenset({"-h", "--help", "--verbose", "--version"})
 
@@ -35,9 +37,7 @@ def _jsonable(value):
   """A flag's value as the job's options hold it: a list (--scales 3,6,12)
   as the text the flag takes, "3,6,12", so that it survives Beam's round trip
   through JSON and flags (which would split a list into repeated flags)."""
-  if isinstance(value, (tuple, list)):
-    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
-  return value
+  return cli.list_text(value) if isinstance(value, (tuple, list)) else value
 
 
 def _as_text(convert: Callable) -> Callable:

@@ -457,7 +457,7 @@ def run(argv: Optional[Sequence[str]] = None,
       result = p.run()
       result.wait_until_finish()
       return preprocess_beam.PreprocessResult(manifest_lib.Manifest.load(cfg.output),
-                                              preprocess_beam.pipeline_metrics(result))
+                                              metrics_lib.query(result))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
