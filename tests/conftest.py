@@ -101,10 +101,12 @@ def val_dataset(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def proposals(untrained_job, val_dataset, tmp_path_factory) -> str:
   """rpn-propose's output directory for val_dataset (top 50, min_size 4, 2 pictures)."""
+  from tests import pipeline_helpers as helpers
   from trainer import cli as trainer_cli
   out = str(tmp_path_factory.mktemp("proposals"))
   code = trainer_cli.propose_main(["--job_dir", untrained_job, "--input", val_dataset,
                                    "--split", "DET/val", "--output", out,
-                                   "--post_nms_top_n", "50", "--min_size", "4", "--draw", "2"])
+                                   "--post_nms_top_n", "50", "--min_size", "4", "--draw", "2",
+                                   *helpers.IN_PROCESS])
   assert code == 0
   return out

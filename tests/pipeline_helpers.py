@@ -52,6 +52,13 @@ def read_jsonl(path: str) -> List[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def read_proposals(directory: str) -> List[dict]:
+  """The lines of an rpn-propose output's proposal shards, in image id order."""
+  from trainer import settings
+  return sorted((line for path in settings.proposal_files(directory)
+                 for line in read_jsonl(path)), key=lambda line: line["image_id"])
+
+
 def decode_record(serialized: bytes, channels: int, dtype: str = "float32") -> dict:
   import tensorflow as tf
   feature = tf.train.Example.FromString(serialized).features.feature

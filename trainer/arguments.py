@@ -54,13 +54,15 @@ class TrainArgs:
 @dataclasses.dataclass(frozen=True)
 class ProposeArgs:
   """What rpn-propose proposes with and for: a finished job, exactly one of
-  `input` (an ILSVRC-layout root: its annotations give the gt boxes) and
-  `images` (a glob of image files, no gt boxes), and the output directory."""
+  `input` (an ILSVRC-layout root: its annotations give the gt boxes),
+  `images` (a glob of image files, no gt boxes) and `maps` (a maps dataset
+  of the job's backbone and layer), and the output directory."""
   job_dir: str
   output: str
   input: Optional[str] = None
   split: str = "DET/val"  # under Data/ and Annotations/ of `input`
   images: Optional[str] = None
+  maps: Optional[str] = None  # a maps dataset of the job's backbone: the head only
   proposal: config.ProposalConfig = dataclasses.field(default_factory=config.ProposalConfig)
   draw: int = 8  # pictures of the first `draw` images
   weights: Optional[str] = None  # backbone weights instead of the manifest's (imagenet|none|PATH)

@@ -202,10 +202,18 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
 # rpn-propose
 
 
+BEAM_OPTIONS_NOTE = (
+    "Beam's pipeline options (--runner, --project, --region, --temp_location, --setup_file,\n"
+    "--direct_num_workers, ...) are accepted too; without any, the pipeline runs here on\n"
+    "every core, one worker process each; see docs/running-at-scale.md.")
+
 PROPOSE_EXAMPLES = (
     "rpn-propose --job_dir out/job --input data/sample --split DET/val --output out/proposals",
-    "rpn-propose --job_dir out/job --model best --images 'photos/*.jpg' \\",
-    "    --output out/proposals --post_nms_top_n 1000 --min_size 0",
+    "rpn-propose --job_dir out/job --model best --maps out/maps/train \\",
+    "    --output out/proposals_train --post_nms_top_n 2000",
+    "rpn-propose --job_dir gs://B/job --input gs://B/ilsvrc --split DET/train \\",
+    "    --output gs://B/proposals --runner DataflowRunner --project P --region R \\",
+    "    --temp_location gs://B/tmp --setup_file ./setup.py",
 )
 
 
@@ -213,8 +221,9 @@ def propose_parser() -> cli.Parser:
   defaults = arguments.ProposeArgs(job_dir="", output="")
   proposal = defaults.proposal
   parser = cli.Parser(prog="rpn-propose",
-                      description="Region proposals of a trained RPN for whole images.",
-                      examples=PROPOSE_EXAMPLES)
+                      description="Region proposals of a trained RPN for whole images, as a "
+                      "Beam pipeline (the runner defaults of rpn-preprocess).",
+                      examples=PROPOSE_EXAMPLES, epilog=BEAM_OPTIONS_NOTE)
   parser.add_argument("--job_dir", required=True,
                       help="output of rpn-train (rpn.weights.h5, manifest.json, train_config.json)")
   parser.add_argument("--model", choices=MODELS, default=MODELS[0],
@@ -225,6 +234,9 @@ def propose_parser() -> cli.Parser:
   parser.add_argument("--split", default=defaults.split,
                       help="split under Data/ and Annotations/")
   parser.add_argument("--images", help="glob of image files (no gt boxes), e.g. 'dir/*.JPEG'")
+  parser.add_argument("--maps", help="a maps dataset (rpn-preprocess --layout maps) of the "
+                      "job's backbone, weights and layer: the stored feature maps go through "
+                      "the RPN head, no backbone runs")
   parser.add_argument("--output", required=True, help="output directory")
   budget.add_argument(parser)
   parser.add_argument("--pre_nms_top_n", type=int, default=proposal.pre_nms_top_n,
@@ -272,7 +284,7 @@ def propose_args(args: argparse.Namespace, job_dir: str,
   backbone weights that model_job_dir worked out of them."""
   return arguments.ProposeArgs(
       job_dir=job_dir, output=args.output, input=args.input, split=args.split,
-      images=args.images, draw=args.draw, weights=weights,
+      images=args.images, maps=args.maps, draw=args.draw, weights=weights,
       proposal=config.ProposalConfig(args.pre_nms_top_n, args.post_nms_top_n, args.nms_thresh,
                                      args.min_size, args.anchors))
 
@@ -294,9 +306,16 @@ def check_propose(args: argparse.Namespace) -> arguments.ProposeArgs:
     manifest = job.read_manifest(job_dir)
   except job.JobError as e:
     raise cli.UsageError("--job_dir", job_dir, e.problem) from None
-  if bool(args.input) == bool(args.images):
+  if sum(bool(source) for source in (args.input, args.images, args.maps)) != 1:
     raise cli.UsageError(None, None, "give exactly one of --input ROOT (ILSVRC layout, with "
-                         "annotations) or --images GLOB")
+                         "annotations), --images GLOB or --maps DIR")
+  if args.maps:
+    if weights:
+      raise cli.UsageError("--weights", weights, "no backbone runs with --maps: its maps "
+                           "were computed with the weights they were computed with")
+    preflight.check_output(args.output)
+    check_maps(args.maps, manifest, job_dir)
+    return propose_args(args, job_dir, weights)
   if weights:  # other weights than the job's: loaded once aside, beside the checks below
     child_check = backbone_check.start_backbone_check(
         manifest.backbone, weights, manifest.feature_layer, manifest.weights_seed,
@@ -321,9 +340,41 @@ def check_propose(args: argparse.Namespace) -> arguments.ProposeArgs:
   return propose_args(args, job_dir, weights)
 
 
+# What a maps dataset must share with the job to be proposed from: the features.
+MAPS_KEYS = ("backbone", "weights", "weights_seed", "feature_layer", "feature_layers",
+             "feature_channels", "dtype")
+
+
+def check_maps(maps_dir: str, job_manifest: manifest_lib.Manifest, job_dir: str) -> None:
+  """--maps: a finished maps dataset whose features are the job's (MAPS_KEYS)
+  and whose shards are all there, at the sizes its manifest records (a stat
+  each); UsageError naming the first thing that is not."""
+  maps = load_data_manifest(maps_dir, "--maps")
+  if not maps.is_maps:
+    raise cli.UsageError("--maps", maps_dir, f"is a {maps.layout} dataset; rpn-propose reads "
+                         f"feature maps (rpn-preprocess --layout maps)")
+  ours, theirs = maps.to_json(), job_manifest.to_json()
+  for key in MAPS_KEYS:
+    if ours.get(key) != theirs.get(key):
+      raise cli.UsageError("--maps", maps_dir, f"its {key} is {ours.get(key)!r} but the job "
+                           f"{job_dir} was trained on {theirs.get(key)!r}: its features are "
+                           f"not the job's")
+  from apache_beam.io.filesystems import FileSystems  # lazy: a second's import
+  paths = maps.shard_paths(maps_dir)
+  found = {m.path: m.size_in_bytes for result in FileSystems.match(paths)
+           for m in result.metadata_list}
+  for path, info in zip(paths, maps.shards or (), strict=False):
+    size = found.get(path)
+    if size is None:
+      raise cli.UsageError("--maps", maps_dir, f"shard {path} is missing")
+    if size != info.bytes:
+      raise cli.UsageError("--maps", maps_dir, f"shard {path} has {size} bytes, its manifest "
+                           f"says {info.bytes}: truncated or overwritten; rerun rpn-preprocess")
+
+
 def propose_main(argv: Optional[Sequence[str]] = None) -> int:
   cli.setup_logging()
-  args = propose_parser().parse(argv)
+  args, beam_args = propose_parser().parse_with_beam(argv)
 
   def command() -> int:
     run = check_propose(args)
@@ -333,7 +384,7 @@ def propose_main(argv: Optional[Sequence[str]] = None) -> int:
         "rpn-propose", enabled=not args.verbose):  # one run per directory
       cli.running(run.output)
       failures.clear_log(run.output)
-      settings = propose.propose(run)
+      settings = propose.propose(run, beam_args)
       propose.report(settings)
     return budget.exit_code("rpn-propose", settings["counts"], args.max_failed_fraction,
                             storage.join(run.output, config.ERRORS_NAME))

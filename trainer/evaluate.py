@@ -2,7 +2,7 @@
 
     rpn-evaluate --proposals DIR --input ROOT [--split DET/val] [--output DIR]
 
-Brings the XML boxes into each proposals.jsonl line's frame and computes the
+Brings the XML boxes into each proposals line's frame and computes the
 recall of trainer/recall.py for the top 10, 100, 300 and 1000 proposals,
 overall and by gt box size (COCO's small, medium and large, by the box's area
 in the original image's pixels).
@@ -12,7 +12,7 @@ recall.json and recall.png (recall versus IoU, one curve per top N) into
 --output (default: the proposals directory) and prints a table.
 
 Units: boxes are x1, y1, x2, y2 in continuous pixels of the frame fed to the
-backbone (the frame whose width and height proposals.jsonl records).
+backbone (the frame whose width and height each proposals line records).
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from trainer import plots, settings
 from trainer import recall as recall_lib
 
 PROPOSALS_NAME = settings.PROPOSALS_NAME
+PROPOSALS_PATTERN = settings.PROPOSALS_PATTERN
 ERRORS_NAME = config.ERRORS_NAME  # rpn-propose's failed images
 RECALL_NAME = "recall.json"
 PLOT_NAME = "recall.png"
@@ -68,30 +69,35 @@ def _read_jsonl(path: str, keys: Sequence[str]) -> List[dict]:
 
 
 def read_proposals(proposals_dir: str) -> List[dict]:
-  """The lines of DIR/proposals.jsonl, checked for the keys evaluation needs."""
-  path = storage.join(proposals_dir, PROPOSALS_NAME)
-  if not storage.exists(path):
-    raise EvaluateError(f"file not found: {path}")
-  return _read_jsonl(path, ("image_id", "width", "height", "boxes"))
+  """The lines of DIR's proposal shards (or its one proposals.jsonl, of older
+  outputs and other methods: settings.proposal_files), checked for the keys
+  evaluation needs, in image id order."""
+  paths = settings.proposal_files(proposals_dir)
+  if not paths:
+    raise EvaluateError(f"no proposals in {proposals_dir} ({PROPOSALS_PATTERN} or "
+                        f"{PROPOSALS_NAME})")
+  lines = [line for path in paths
+           for line in _read_jsonl(path, ("image_id", "width", "height", "boxes"))]
+  return sorted(lines, key=lambda line: line["image_id"])
 
 
 def read_errors(proposals_dir: str) -> Optional[List[dict]]:
   """The records of DIR/errors.jsonl (path, stage, reason, image_id), or None without one.
 
   rpn-propose writes the file on every run, empty when no image failed; an
-  older output without it is evaluated over proposals.jsonl only (logged).
+  older output without it is evaluated over its proposal lines only (logged).
   """
   path = storage.join(proposals_dir, ERRORS_NAME)
   if not storage.exists(path):
     _LOGGER.warning("%s not found (output of an older rpn-propose?): recall covers the images "
-                    "of %s only; images rpn-propose could not read are not counted",
-                    path, PROPOSALS_NAME)
+                    "with proposals only; images rpn-propose could not read are not counted",
+                    path)
     return None
   return _read_jsonl(path, ("path", "stage"))
 
 
 def frame_gt_boxes(annotation, line: dict) -> np.ndarray:
-  """gt boxes float64 [G, 4] of an XML annotation, in the frame of a proposals.jsonl line.
+  """gt boxes float64 [G, 4] of an XML annotation, in the frame of a proposals line.
 
   As rpn-propose did: boxes are reconciled to the decoded image's size
   (`image_width`, `image_height`), then scaled by `box_scale` (the optional
@@ -158,7 +164,7 @@ def load_unreadable_gt(error_records: Sequence[dict], lines: Sequence[dict], ima
   """(unreadable, counts, errors) for the images of errors.jsonl, whose gt all count as missed.
 
   unreadable: one {"image_id", "stage", "num_gt", "gt_areas"} per failed image
-  (an image also in proposals.jsonl, or listed twice, counts once); num_gt is
+  (an image also among the proposals, or listed twice, counts once); num_gt is
   the number of its XML boxes (xml_gt_boxes), 0 without annotation, and
   gt_areas their areas (the XML's pixels are the original image's). counts:
   images_unreadable_without_annotation, images_unreadable_without_id (records
@@ -196,7 +202,7 @@ def load_unreadable_gt(error_records: Sequence[dict], lines: Sequence[dict], ima
 
 
 def load_gt(lines: List[dict], annotations_dir: str):
-  """(gt_per_image, areas_per_image, counts, errors) for the images of proposals.jsonl.
+  """(gt_per_image, areas_per_image, counts, errors) for the images of the proposals.
 
   gt_per_image: [G, 4] boxes in each line's frame; areas_per_image: [G] their
   areas in the original image's pixels (original_areas).
@@ -244,7 +250,7 @@ def build_parser() -> cli.Parser:
   parser = cli.Parser(prog="rpn-evaluate", description=__doc__.split("\n\n")[0],
                       examples=EXAMPLES)
   parser.add_argument("--proposals", required=True,
-                      help="output directory of rpn-propose (holds proposals.jsonl, errors.jsonl)")
+                      help="output directory of rpn-propose (its proposal shards, errors.jsonl)")
   parser.add_argument("--input", required=True, help="dataset root of the ILSVRC 2015+ layout")
   parser.add_argument("--split", default="DET/val", help="split under Annotations/")
   parser.add_argument("--output", default=None,
@@ -262,9 +268,9 @@ def check(args: argparse.Namespace) -> None:
     raise cli.UsageError("--top_n", ",".join(map(str, args.top_n)), "must be numbers >= 1")
   if not preflight.is_dir(args.proposals):
     raise cli.UsageError("--proposals", args.proposals, "no such directory")
-  if not storage.exists(storage.join(args.proposals, PROPOSALS_NAME)):
-    raise cli.UsageError("--proposals", args.proposals, f"has no {PROPOSALS_NAME}: not the "
-                         f"--output of an rpn-propose run")
+  if not settings.proposal_files(args.proposals):
+    raise cli.UsageError("--proposals", args.proposals, f"has no proposals ({PROPOSALS_PATTERN}"
+                         f" or {PROPOSALS_NAME}): not the --output of an rpn-propose run")
   if not storage.exists(storage.join(args.proposals, settings.PROPOSE_SETTINGS_NAME)):
     # Proposals of another method in the same format are welcome; a cut-short
     # rpn-propose run is the other reason.
@@ -305,7 +311,7 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
       # results[N]["by_size"]: gt boxes by area in the original image's pixels, [low, high).
       "area_ranges": {name: [low, None if high == float("inf") else high]
                       for name, (low, high) in recall_lib.AREA_RANGES.items()},
-      # Every image: those of proposals.jsonl and those of errors.jsonl.
+      # Every image: those of the proposals and those of errors.jsonl.
       "num_images": len(lines) + len(unreadable),
       "num_images_proposed": len(lines),
       "num_images_with_gt": sum(1 for g in gt_per_image if len(g)) + unreadable_with_gt,

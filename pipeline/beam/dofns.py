@@ -128,12 +128,16 @@ class LoadImageFn(beam.DoFn):
     if framed.shape[:2] != (height, width) and min(height, width) < self._min_input_side:
       stats["images_padded"] = stats.get("images_padded", 0) + 1
       elements.counter("images_padded").inc()
-    yield elements.LoadedImage(item.image_id, item.image_path, framed, framed_boxes, stats)
+    source = elements.ImageSource(width, height, frame_lib.box_scale(
+        width, height, self._min_input_side, self._config.min_side, self._config.max_side),
+        annotated=item.annotation_path is not None)
+    yield elements.LoadedImage(item.image_id, item.image_path, framed, framed_boxes, stats,
+                               source=source)
     if self._flip:
       elements.counter("images_flipped").inc()
       yield elements.LoadedImage(item.image_id + config_lib.FLIP_SUFFIX, item.image_path,
                                  *self._frame(*frame_lib.mirror(image, gt_boxes)), {},
-                                 flipped=True)
+                                 flipped=True, source=source)
 
   def _frame(self, image, gt_boxes):
     """(frame, boxes in it): the optional resize, then the padding."""
@@ -191,7 +195,7 @@ class ComputeFeaturesFn(beam.DoFn):
     if threads:  # the manifest's backbone_threads (determinism.py)
       stats = dict(stats, **determinism.threads_count(threads))
     yield elements.ImageFeatures(item.image_id, item.image_path, width, height, item.gt_boxes,
-                                 feature_map, stats, item.flipped)
+                                 feature_map, stats, item.flipped, item.source)
 
 
 class SampleTargetsFn(beam.DoFn):
@@ -293,8 +297,10 @@ class MapRecordFn(beam.DoFn):
     feature_height, feature_width = maps[0].shape[:2]
     maps = [m.astype(np.dtype(self._dtype), copy=False) for m in maps]
     gt_boxes = np.asarray(item.gt_boxes, np.float64).reshape(-1, 4)
+    source_size = None if item.source is None else (item.source.height, item.source.width)
     record = schema.make_map_example(maps if len(maps) > 1 else maps[0],
-                                     (item.height, item.width), gt_boxes, item.image_id)
+                                     (item.height, item.width), gt_boxes, item.image_id,
+                                     source_size=source_size)
     self._bytes.inc(len(record))
     yield record
     self._records.inc()

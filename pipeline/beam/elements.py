@@ -8,7 +8,7 @@ Beam dead letter adds to the counts. Every Beam counter is in namespace "rpn".
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, NamedTuple, Optional
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 from apache_beam.metrics import Metrics
 
@@ -38,6 +38,14 @@ class ImageInput(NamedTuple):
   annotation_path: Optional[str]
 
 
+class ImageSource(NamedTuple):
+  """The decoded image a frame was made of (rpn-propose's boxes in its pixels)."""
+  width: int
+  height: int
+  box_scale: Tuple[float, float]  # frame px per image px (frame.box_scale)
+  annotated: bool = True  # an XML gave its boxes (else: no gt boxes known)
+
+
 class LoadedImage(NamedTuple):
   image_id: str
   image_path: str
@@ -45,6 +53,7 @@ class LoadedImage(NamedTuple):
   gt_boxes: Any  # float64 [G, 4]
   stats: Dict[str, int]
   flipped: bool = False  # the mirrored copy of an input (--flip), not an input itself
+  source: Optional[ImageSource] = None
 
 
 class ImageFeatures(NamedTuple):
@@ -56,6 +65,7 @@ class ImageFeatures(NamedTuple):
   feature_map: Any  # float32 [Hf, Wf, C]; a list of them, finest first, with several levels
   stats: Dict[str, int]
   flipped: bool = False
+  source: Optional[ImageSource] = None
 
 
 def counter(name: str):

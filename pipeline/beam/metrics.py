@@ -1,4 +1,4 @@
-"""The Beam metrics of rpn-preprocess and rpn-anchors (namespace "rpn"): what
+"""The Beam metrics of rpn-preprocess, rpn-anchors and rpn-propose (namespace "rpn"): what
 each counts, the backbone's latency buckets, and the table the commands print
 at the end of a run.
 
@@ -34,10 +34,10 @@ NAMESPACE = "rpn"
 COUNTERS: Dict[str, str] = {
     "images_found": "image files found (listed with --image_set): the inputs",
     "images_ok": "inputs that produced output (rpn-preprocess: records; rpn-anchors: "
-                 "boxes scored)",
+                 "boxes scored; rpn-propose: proposals)",
     "images_failed": "inputs that failed; each has an errors.jsonl line",
     "failed_<stage>": "inputs that failed at that stage (pairing, annotation, decode, load, "
-                      "features, targets)",
+                      "features, targets; rpn-propose: maps, propose)",
     "images_skipped": "inputs skipped by policy; each has an errors.jsonl line",
     "skipped_<stage>": "inputs skipped at that stage: pairing (no XML with "
                        "--missing_annotations skip), targets (no anchor inside the frame)",
@@ -61,6 +61,14 @@ COUNTERS: Dict[str, str] = {
                       "clipped, float_coords",
     "size_<reason>": "the XML's size element: missing, invalid, mismatch (with the image)",
     "names_<reason>": "XML object names: missing, not_wnid",
+    "proposals": "proposals written (rpn-propose)",
+    "min_size_relaxed": "images where --min_size would have dropped every box, so the boxes "
+                        "of non-zero size were kept (rpn-propose)",
+    "head_loads": "RPN heads loaded, one per worker process (rpn-propose)",
+    "head_traces": "traces of the RPN head's tf.function, one per level and worker "
+                   "process (rpn-propose)",
+    "head_ms": "distribution: milliseconds per image in the RPN head and the proposal "
+               "filter (rpn-propose)",
 }
 
 # What "skipped_<stage>" means, in the table.
@@ -174,6 +182,11 @@ def format_table(metrics: Mapping) -> str:
              [f"mean {dist['sum'] / dist['count']:.0f}"])
     row("backbone_ms", ", ".join(parts + [f"max {dist['max']}"]))
   shown.update(name for name in metrics if name.startswith(BUCKET_PREFIX))
+  row("proposals", f"{metrics['proposals'] / metrics['images_ok']:.1f} per image"
+      if metrics.get("images_ok") and "proposals" in metrics else "")
+  dist = metrics.get("head_ms")
+  if isinstance(dist, Mapping) and dist.get("count"):
+    row("head_ms", f"mean {dist['sum'] / dist['count']:.0f}, max {dist['max']}")
   other = ", ".join(f"{name} {metrics[name]}" for name in sorted(metrics)
                     if name not in shown and not isinstance(metrics[name], Mapping)
                     and metrics[name])

@@ -369,10 +369,11 @@ def removed_on_failure(output: str, clear=None):
     raise
 
 
-def clear_outputs(output: str) -> List[str]:
-  """Deletes the files an earlier run left in `output`; returns what it deleted."""
+def clear_outputs(output: str, globs: Sequence[str] = OUTPUT_GLOBS) -> List[str]:
+  """Deletes the files an earlier run left in `output` (those matching
+  `globs`, and Beam's temp dirs); returns what it deleted."""
   deleted = []
-  for pattern in OUTPUT_GLOBS:
+  for pattern in globs:
     for match in FileSystems.match([FileSystems.join(output, pattern)])[0].metadata_list:
       deleted.append(match.path)
   # beam-temp-* are directories on local filesystems: match returns their files.

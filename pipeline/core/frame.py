@@ -86,6 +86,15 @@ def frame_size(width: int, height: int, min_input_side: int, min_side: Optional[
   return FrameSize(max(new_w, min_input_side), max(new_h, min_input_side), new_w, new_h, scale)
 
 
+def box_scale(width: int, height: int, min_input_side: int, min_side: Optional[int] = None,
+              max_side: Optional[int] = None) -> Tuple[float, float]:
+  """(sx, sy): frame pixels per pixel of a width x height image (frame_size's
+  resize; padding moves no coordinate). prepare_frame's box_scale, from the
+  sizes alone (rpn-propose from a maps dataset, where no image is decoded)."""
+  frame = frame_size(width, height, min_input_side, min_side, max_side)
+  return frame.resized_width / width, frame.resized_height / height
+
+
 def prepare_frame(image: np.ndarray, gt_boxes: np.ndarray, min_input_side: int,
                   min_side: Optional[int] = None, max_side: Optional[int] = None
                   ) -> Tuple[np.ndarray, np.ndarray, Tuple[float, float]]:

@@ -17,12 +17,15 @@ Layout maps: one tf.train.Example per image:
   image_size     int64   x 2   (height, width) of the frame fed to the backbone
   gt_boxes       float   x 4G  x1, y1, x2, y2 of each gt box in that frame
   image_id       bytes   as above
+  source_size    int64   x 2   (height, width) of the decoded image, before the
+                               optional resize and the padding (written since
+                               0.7; rpn-propose --maps takes boxes back to it)
 
 No Beam here; TensorFlow is imported only where a function needs it.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -37,6 +40,7 @@ FEATURE_SHAPE_KEY = "feature_shape"
 IMAGE_SIZE_KEY = "image_size"
 GT_BOXES_KEY = "gt_boxes"
 LEVEL_KEY = "level"
+SOURCE_SIZE_KEY = "source_size"
 
 TILE_DTYPES = ("float32", "float16")
 
@@ -60,10 +64,11 @@ def make_example(tile: np.ndarray, labels: np.ndarray, deltas: np.ndarray,
 
 
 def make_map_example(feature_map, image_size, gt_boxes: np.ndarray,
-                     image_id: str) -> bytes:
+                     image_id: str, source_size=None) -> bytes:
   """Serialized tf.train.Example of one image's feature map [Hf, Wf, C] (already in
   its dtype; a list of them, finest first, for several feature levels), its
-  frame's (height, width) and gt boxes [G, 4] in that frame."""
+  frame's (height, width) and gt boxes [G, 4] in that frame; source_size: the
+  decoded image's (height, width), when known."""
   from tensorflow.core.example import example_pb2  # lazy: as below
   example = example_pb2.Example()
   feature = example.features.feature
@@ -77,7 +82,52 @@ def make_map_example(feature_map, image_size, gt_boxes: np.ndarray,
   feature[GT_BOXES_KEY].float_list.value.extend(
       np.asarray(gt_boxes, np.float32).reshape(-1).tolist())
   feature[IMAGE_ID_KEY].bytes_list.value.append(image_id.encode("utf-8"))
+  if source_size is not None:
+    feature[SOURCE_SIZE_KEY].int64_list.value.extend([int(source_size[0]),
+                                                      int(source_size[1])])
   return example.SerializeToString(deterministic=True)
+
+
+class MapRecord(NamedTuple):
+  """A maps record read back with numpy (parse_map_example)."""
+  image_id: str
+  feature_maps: List[np.ndarray]  # [Hf, Wf, C] each, finest first, in the stored dtype
+  image_size: Tuple[int, int]  # (height, width) of the frame
+  gt_boxes: np.ndarray  # float32 [G, 4]
+  source_size: Optional[Tuple[int, int]]  # (height, width) of the decoded image, or None
+
+
+def parse_map_example(serialized: bytes, dtype: str) -> MapRecord:
+  """A serialized maps record -> MapRecord, without TensorFlow ops (Beam
+  workers that run only the RPN head). ValueError naming what does not hold
+  together (a missing key, a shape that disagrees with the bytes)."""
+  from tensorflow.core.example import example_pb2  # lazy: as above
+  example = example_pb2.Example.FromString(serialized)
+  feature = example.features.feature
+  for key in (FEATURE_MAP_KEY, FEATURE_SHAPE_KEY, IMAGE_SIZE_KEY, IMAGE_ID_KEY):
+    if key not in feature:
+      raise ValueError(f"not a maps record: no {key!r}")
+  image_id = feature[IMAGE_ID_KEY].bytes_list.value[0].decode("utf-8")
+  shapes = list(feature[FEATURE_SHAPE_KEY].int64_list.value)
+  blobs = list(feature[FEATURE_MAP_KEY].bytes_list.value)
+  if len(shapes) != 3 * len(blobs):
+    raise ValueError(f"record {image_id!r}: {len(blobs)} feature maps but feature_shape "
+                     f"{shapes}")
+  dtype = np.dtype(dtype).newbyteorder("<")
+  maps = []
+  for index, blob in enumerate(blobs):
+    shape = tuple(int(v) for v in shapes[3 * index:3 * index + 3])
+    if len(blob) != int(np.prod(shape)) * dtype.itemsize:
+      raise ValueError(f"record {image_id!r}: feature map {index} holds {len(blob)} bytes, "
+                       f"shape {shape} of {dtype.name} needs "
+                       f"{int(np.prod(shape)) * dtype.itemsize}")
+    maps.append(np.frombuffer(blob, dtype).reshape(shape))
+  height, width = (int(v) for v in feature[IMAGE_SIZE_KEY].int64_list.value)
+  gt = np.asarray(feature[GT_BOXES_KEY].float_list.value, np.float32).reshape(-1, 4) \
+      if GT_BOXES_KEY in feature else np.zeros((0, 4), np.float32)
+  source = tuple(int(v) for v in feature[SOURCE_SIZE_KEY].int64_list.value) \
+      if SOURCE_SIZE_KEY in feature else None
+  return MapRecord(image_id, maps, (height, width), gt, source)
 
 
 def map_feature_spec(num_levels: int = 1) -> Dict:

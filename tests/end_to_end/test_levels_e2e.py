@@ -139,9 +139,9 @@ def test_train_one_head_and_propose_from_every_level(levels_run, tmp_path):
     np.testing.assert_allclose(whole["deltas"][0, 1, 1], out["deltas"][i], atol=1e-4)
   settings = propose.propose(trainer_cli.check_propose(trainer_cli.propose_parser().parse(
       ["--job_dir", job, "--input", root, "--split", "DET/train",
-       "--output", str(tmp_path / "proposals"), "--draw", "1"])))
+       "--output", str(tmp_path / "proposals"), "--draw", "1"])), helpers.IN_PROCESS)
   assert settings["counts"]["images_ok"] == len(written)
-  assert settings["head_traces"] == 2  # one trace per level's head
+  assert settings["metrics"]["head_traces"] == 2  # one trace per level's head
   proposer = propose.Proposer(job)
   frame = np.zeros((96, 128, 3), np.uint8)
   scores, deltas, anchors, anchor_levels = proposer.head(frame)
@@ -251,5 +251,5 @@ def test_maps_of_levels_train_and_propose(levels_run, levels_maps, tmp_path):
     assert np.shape(json.load(f)["feature_mean"]) == (2, 16)
   settings = propose.propose(trainer_cli.check_propose(trainer_cli.propose_parser().parse(
       ["--job_dir", job, "--input", root, "--split", "DET/train",
-       "--output", str(tmp_path / "proposals"), "--draw", "0"])))
+       "--output", str(tmp_path / "proposals"), "--draw", "0"])), helpers.IN_PROCESS)
   assert settings["counts"]["images_ok"] == len(levels_run[1])

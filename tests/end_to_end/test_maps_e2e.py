@@ -147,7 +147,7 @@ def test_anchors_chosen_at_training_reach_the_job_and_propose(dataset, outputs, 
   assert all(p["images"] == len(SIZES) for p in train_config["passes_drawn"])
   settings = propose.propose(trainer_cli.check_propose(trainer_cli.propose_parser().parse(
       ["--job_dir", job, "--input", dataset, "--split", "DET/val",
-       "--output", str(tmp_path / "proposals"), "--draw", "0"])))
+       "--output", str(tmp_path / "proposals"), "--draw", "0"])), helpers.IN_PROCESS)
   assert settings["counts"]["images_ok"] == 4
   proposer = propose.Proposer(job)
   frame = np.zeros((96, 128, 3), np.uint8)

@@ -48,7 +48,7 @@ def test_run_missing_proposals_names_the_file(tmp_path, capsys):
   (tmp_path / "empty").mkdir()
   code = evaluate.main(["--proposals", str(tmp_path / "empty"), "--input", str(tmp_path)])
   assert code == 2
-  assert "has no proposals.jsonl" in capsys.readouterr().err
+  assert "has no proposals (proposals-*-of-*.jsonl or proposals.jsonl)" in capsys.readouterr().err
 
 
 def test_evaluate_end_to_end(proposals, val_dataset, tmp_path, capsys):
@@ -80,7 +80,7 @@ def test_evaluate_end_to_end(proposals, val_dataset, tmp_path, capsys):
     assert plot.format == "PNG" and plot.mode in ("RGB", "RGBA")
     assert plot.size[0] > 300 and plot.size[1] > 200
   # The XML boxes evaluated are those rpn-propose recorded in the frame.
-  lines = helpers.read_jsonl(os.path.join(proposals, "proposals.jsonl"))
+  lines = helpers.read_proposals(proposals)
   gt, _, _, _ = evaluate.load_gt(lines, os.path.join(val_dataset, "Annotations", "DET", "val"))
   for line, boxes in zip(lines, gt, strict=True):
     np.testing.assert_allclose(boxes.reshape(-1, 4),

@@ -22,7 +22,7 @@ PARSERS = {
     "rpn-train": trainer_cli.train_parser, "rpn-propose": trainer_cli.propose_parser,
     "rpn-evaluate": evaluate.build_parser,
 }
-BEAM_COMMANDS = ("rpn-preprocess", "rpn-anchors")
+BEAM_COMMANDS = ("rpn-preprocess", "rpn-anchors", "rpn-propose")
 # Flags whose values are a fixed set: argparse lists the choices in --help.
 CHOICE_FLAGS = {
     "rpn-preprocess": ("--layout", "--compression", "--tile_dtype", "--missing_annotations"),
