@@ -93,8 +93,12 @@ draw: $(STAMP)
 train: $(STAMP)
 	$(BIN)/rpn-train --data $(OUTPUT) --val_data $(VAL_OUTPUT) --job_dir $(JOB) --epochs $(EPOCHS) $(TRAIN_ARGS)
 
+# rpn-propose is a Beam pipeline: RUNNER and BEAM_ARGS as for preprocess;
+# MAPS=DIR proposes from a maps dataset of the job's backbone (head only).
+MAPS ?=
 propose: $(STAMP)
-	$(BIN)/rpn-propose --job_dir $(JOB) --input $(INPUT) --split $(VAL_SPLIT) --output $(OUT)/proposals $(PROPOSE_ARGS)
+	$(BIN)/rpn-propose --job_dir $(JOB) $(if $(MAPS),--maps $(MAPS),--input $(INPUT) --split $(VAL_SPLIT)) \
+	  --output $(OUT)/proposals $(if $(RUNNER),--runner $(RUNNER)) $(PROPOSE_ARGS) $(BEAM_ARGS)
 
 evaluate: $(STAMP)
 	$(BIN)/rpn-evaluate --proposals $(OUT)/proposals --input $(INPUT) --split $(VAL_SPLIT)

@@ -1,12 +1,16 @@
 """`rpn-propose`: region proposals of a trained RPN for whole images.
 
-    rpn-propose --job_dir JOB (--input ROOT [--split DET/val] | --images GLOB) --output DIR
-                [--pre_nms_top_n 6000] [--post_nms_top_n 300] [--nms_thresh 0.7]
-                [--min_size 16] [--draw 8] [--weights OVERRIDE]
+    rpn-propose --job_dir JOB (--input ROOT [--split DET/val] | --images GLOB | --maps DIR)
+                --output DIR [--pre_nms_top_n 6000] [--post_nms_top_n 300]
+                [--nms_thresh 0.7] [--min_size 16] [--draw 8] [--weights OVERRIDE]
+                [Beam pipeline options]
 
 The console script is trainer.cli.propose_main: it checks the flags and the
 job before TensorFlow loads and calls propose() with the typed arguments it
-built from them (trainer/arguments.py: ProposeArgs).
+built from them (trainer/arguments.py: ProposeArgs). propose() runs the Beam
+pipeline of trainer/propose_pipeline.py; this module holds what its workers
+run per image (Head), the one-process form (Proposer), the output line and
+the pictures.
 
 Everything about the backbone and the anchors comes from the job's manifest.json
 (the data manifest of rpn-preprocess), so an image goes through exactly what
@@ -17,12 +21,13 @@ anchor (dw, dh clamped), clip to the frame, drop boxes under min_size (in pixels
 of the original image, as py-faster-rcnn: scaled into the frame), keep the
 top pre_nms_top_n by score, NMS, keep the top post_nms_top_n.
 
-Writes into --output: proposals.jsonl (one line per image: image_id, width,
-height, boxes, scores, gt_boxes when an annotation exists, and image_width,
-image_height, box_scale so that rpn-evaluate can bring XML boxes into the
-frame), errors.jsonl (image_id, path, stage, reason of every image that failed;
-the others go on; rpn-evaluate counts their gt boxes as missed), propose.json
-(settings and counts) and pictures/<id>.png for the first --draw images.
+Writes into --output: proposals-SSSSS-of-NNNNN.jsonl (one line per image:
+image_id, width, height, boxes, scores, gt_boxes when an annotation exists,
+image_width, image_height, box_scale so that rpn-evaluate can bring XML boxes
+into the frame, and path from images), errors.jsonl (image_id, path, stage,
+reason of every image that failed; the others go on; rpn-evaluate counts
+their gt boxes as missed), pictures/<id>.png for the --draw images of least
+id and, last, propose.json (settings, counts, shard names).
 
 Units: boxes are x1, y1, x2, y2 in continuous pixels of the frame fed to the
 backbone (DESIGN.md); width and height are that frame's; min_size is in the

@@ -78,6 +78,21 @@ def test_sharded_output_counts_pictures_and_traces(from_images):
       propose.picture_name(i) for i in VAL_IDS[:2]]
 
 
+def test_the_pipeline_proposes_as_the_one_process_proposer(untrained_job, from_images):
+  # The Beam steps (rpn-preprocess's reading and framing, the shared head)
+  # give what propose.Proposer gives for each image in this process.
+  from pipeline.io import ilsvrc
+  proposer = propose.Proposer(untrained_job, proposal_config=propose.config.ProposalConfig(
+      post_nms_top_n=40, min_size=4))
+  for image_id, line in _by_id(from_images[0]).items():
+    image, gt, _, _ = ilsvrc.load_example(line["path"], None)
+    frame, _, box_scale = proposer.prepare(image, gt)
+    boxes, scores = proposer(frame, box_scale)
+    assert list(box_scale) == line["box_scale"]
+    np.testing.assert_allclose(line["boxes"], boxes, atol=1e-3, err_msg=image_id)
+    np.testing.assert_allclose(line["scores"], scores, atol=1e-5, err_msg=image_id)
+
+
 def test_from_maps_equals_from_images(untrained_job, from_images, maps_dataset, tmp_path):
   out = str(tmp_path / "from_maps")
   settings = _propose(untrained_job, ["--maps", maps_dataset], out, "--draw", "1")
