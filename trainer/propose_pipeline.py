@@ -32,25 +32,24 @@ import time
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import apache_beam as beam
-import numpy as np
 from apache_beam.io import fileio, textio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.tfrecordio import ReadAllFromTFRecord
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 from apache_beam.utils import shared
 
-from pipeline.beam import dofns, elements
+from pipeline.beam import dofns, elements, transforms, watchdog
 from pipeline.beam import metrics as metrics_lib
 from pipeline.beam import outputs as outputs_lib
 from pipeline.beam import preprocess as preprocess_beam
 from pipeline.beam import progress as progress_lib
-from pipeline.beam import transforms, watchdog
 from pipeline.core import config
 from pipeline.core import frame as frame_lib
 from pipeline.io import ilsvrc, schema, storage
 from pipeline.io import manifest as manifest_lib
 from pipeline.model import registry
-from trainer import job, settings as settings_lib
+from trainer import job
+from trainer import settings as settings_lib
 from trainer.arguments import ProposeArgs
 
 _LOGGER = logging.getLogger(__name__)

@@ -67,7 +67,7 @@ def test_sharded_output_counts_pictures_and_traces(from_images):
   assert sorted(lines) == VAL_IDS
   # Every input accounted for: four ok, the file that is no image failed.
   assert settings["counts"] == {"images_found": 5, "images_ok": 4, "images_failed": 1,
-                                "proposals": sum(len(l["boxes"]) for l in lines.values())}
+                                "proposals": sum(len(line["boxes"]) for line in lines.values())}
   with open(os.path.join(out, "propose.json")) as f:
     assert json.load(f)["counts"] == settings["counts"]
   assert settings["metrics"]["images_ok"] == 4 and settings["metrics"]["failed_decode"] == 1
@@ -149,6 +149,7 @@ def test_bad_maps_records_are_errors_lines(untrained_job, maps_dataset, tmp_path
   # A record that is no Example, one whose map is cut short: errors.jsonl
   # lines (stage maps), the others go on.
   import tensorflow as tf
+
   from pipeline.io import schema
   maps = str(tmp_path / "maps")
   shutil.copytree(maps_dataset, maps)
