@@ -224,3 +224,27 @@ def test_sources_and_weights_with_maps_are_checked(untrained_job, val_dataset, m
   assert code == 2
   assert "--weights none: no backbone runs with --maps" in capsys.readouterr().err
   assert not os.path.exists(out)
+
+
+def test_an_image_without_proposals_is_an_errors_line(val_dataset, tmp_path):
+  # A head whose scores are all NaN: every image gets an errors line (stage
+  # propose) that says why, and the run accounts for each.
+  from trainer import model as model_lib
+  job = str(tmp_path / "job")
+  tile_model = fixtures.random_tile_model(fixtures.JOB_CHANNELS, fixtures.JOB_HIDDEN, 0)
+  for layer in tile_model.layers:
+    if layer.get_weights():
+      layer.set_weights([np.full(w.shape, np.nan, w.dtype) for w in layer.get_weights()])
+  model_lib.save_rpn(job, tile_model, manifest_lib.Manifest.from_json(fixtures.job_manifest()),
+                     {"hidden": fixtures.JOB_HIDDEN, "epochs": 0})
+  pattern = os.path.join(val_dataset, "Data", "DET", "val", "ILSVRC2013_val", "*.JPEG")
+  out = str(tmp_path / "out")
+  settings = _propose(job, ["--images", pattern], out, "--draw", "1")
+  errors = helpers.read_jsonl(os.path.join(out, "errors.jsonl"))
+  assert sorted(e["image_id"] for e in errors) == ["a_0001", "a_0002"]
+  assert all(e["stage"] == "propose" and e["reason"].startswith("no proposals: of ")
+             and "non-finite" in e["reason"] for e in errors)
+  assert settings["counts"] == {"images_found": 2, "images_ok": 0, "images_failed": 2,
+                                "proposals": 0}
+  assert settings["metrics"]["failed_propose"] == 2
+  assert helpers.read_proposals(out) == [] and settings["pictures"] == 0
