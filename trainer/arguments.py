@@ -63,6 +63,7 @@ class ProposeArgs:
   split: str = "DET/val"  # under Data/ and Annotations/ of `input`
   images: Optional[str] = None
   maps: Optional[str] = None  # a maps dataset of the job's backbone: the head only
+  formats: Tuple[str, ...] = ("jsonl",)  # trainer/formats.py: jsonl, detectron2, coco
   proposal: config.ProposalConfig = dataclasses.field(default_factory=config.ProposalConfig)
   draw: int = 8  # pictures of the first `draw` images
   weights: Optional[str] = None  # backbone weights instead of the manifest's (imagenet|none|PATH)

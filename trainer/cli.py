@@ -238,6 +238,11 @@ def propose_parser() -> cli.Parser:
                       "job's backbone, weights and layer: the stored feature maps go through "
                       "the RPN head, no backbone runs")
   parser.add_argument("--output", required=True, help="output directory")
+  parser.add_argument("--formats", default="jsonl",
+                      help="comma-separated output formats: jsonl (the proposal shards, always "
+                      "written), detectron2 (proposals_detectron2.pkl for detectron2's "
+                      "PROPOSAL_FILES), coco (proposals_coco.json, a COCO results list, and "
+                      "proposals_coco_images.json); boxes in the original image's pixels")
   budget.add_argument(parser)
   parser.add_argument("--pre_nms_top_n", type=int, default=proposal.pre_nms_top_n,
                       help="boxes kept before NMS, best score first (0: all)")
@@ -285,8 +290,18 @@ def propose_args(args: argparse.Namespace, job_dir: str,
   return arguments.ProposeArgs(
       job_dir=job_dir, output=args.output, input=args.input, split=args.split,
       images=args.images, maps=args.maps, draw=args.draw, weights=weights,
+      formats=output_formats(args.formats),
       proposal=config.ProposalConfig(args.pre_nms_top_n, args.post_nms_top_n, args.nms_thresh,
                                      args.min_size, args.anchors))
+
+
+def output_formats(text: str) -> Tuple[str, ...]:
+  """--formats, checked (UsageError listing the known formats)."""
+  from trainer import formats  # numpy only
+  try:
+    return formats.parse_formats(text)
+  except ValueError as e:
+    raise cli.UsageError("--formats", text, str(e)) from None
 
 
 def check_propose(args: argparse.Namespace) -> arguments.ProposeArgs:
@@ -301,6 +316,7 @@ def check_propose(args: argparse.Namespace) -> arguments.ProposeArgs:
   if args.min_size < 0:
     raise cli.UsageError("--min_size", args.min_size, "must be >= 0")
   budget.check_flag(args.max_failed_fraction)
+  output_formats(args.formats)
   job_dir, weights = model_job_dir(args)
   try:
     manifest = job.read_manifest(job_dir)

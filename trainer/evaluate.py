@@ -1,6 +1,6 @@
 """`rpn-evaluate`: proposal recall of `rpn-propose`'s output against the XML boxes.
 
-    rpn-evaluate --proposals DIR --input ROOT [--split DET/val] [--output DIR]
+    rpn-evaluate --proposals DIR|FILE --input ROOT [--split DET/val] [--output DIR]
 
 Brings the XML boxes into each proposals line's frame and computes the
 recall of trainer/recall.py for the top 10, 100, 300 and 1000 proposals,
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import pickle
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -29,11 +30,12 @@ from pipeline.core import boxes as boxes_lib
 from pipeline.core import config
 from pipeline.io import ilsvrc, storage
 from pipeline.io import images as images_lib
-from trainer import plots, settings
+from trainer import formats, plots, settings
 from trainer import recall as recall_lib
 
 PROPOSALS_NAME = settings.PROPOSALS_NAME
 PROPOSALS_PATTERN = settings.PROPOSALS_PATTERN
+FILE_SUFFIXES = (".pkl", ".json")  # rpn-propose --formats detectron2, coco
 ERRORS_NAME = config.ERRORS_NAME  # rpn-propose's failed images
 RECALL_NAME = "recall.json"
 PLOT_NAME = "recall.png"
@@ -68,10 +70,27 @@ def _read_jsonl(path: str, keys: Sequence[str]) -> List[dict]:
   return records
 
 
+def proposals_directory(proposals: str) -> str:
+  """--proposals' directory: itself, or the directory of a detectors' file."""
+  if proposals.endswith(FILE_SUFFIXES):
+    return proposals.rsplit("/", 1)[0] if "/" in proposals else "."
+  return proposals
+
+
 def read_proposals(proposals_dir: str) -> List[dict]:
   """The lines of DIR's proposal shards (or its one proposals.jsonl, of older
   outputs and other methods: settings.proposal_files), checked for the keys
-  evaluation needs, in image id order."""
+  evaluation needs, in image id order. A detectors' file of rpn-propose
+  --formats (a .pkl of detectron2's, a COCO results .json) gives lines whose
+  frame is the decoded image (formats.read_detectron2, read_coco)."""
+  if proposals_dir.endswith(FILE_SUFFIXES):
+    read = formats.read_detectron2 if proposals_dir.endswith(".pkl") else formats.read_coco
+    try:
+      return read(proposals_dir)
+    except ValueError as e:  # names the file
+      raise EvaluateError(str(e)) from None
+    except (KeyError, TypeError, OSError, pickle.UnpicklingError) as e:
+      raise EvaluateError(f"{proposals_dir}: cannot be read ({type(e).__name__}: {e})") from None
   paths = settings.proposal_files(proposals_dir)
   if not paths:
     raise EvaluateError(f"no proposals in {proposals_dir} ({PROPOSALS_PATTERN} or "
@@ -250,7 +269,8 @@ def build_parser() -> cli.Parser:
   parser = cli.Parser(prog="rpn-evaluate", description=__doc__.split("\n\n")[0],
                       examples=EXAMPLES)
   parser.add_argument("--proposals", required=True,
-                      help="output directory of rpn-propose (its proposal shards, errors.jsonl)")
+                      help="output directory of rpn-propose (its proposal shards, errors.jsonl),"
+                      " or its proposals_detectron2.pkl or proposals_coco.json (--formats)")
   parser.add_argument("--input", required=True, help="dataset root of the ILSVRC 2015+ layout")
   parser.add_argument("--split", default="DET/val", help="split under Annotations/")
   parser.add_argument("--output", default=None,
@@ -266,20 +286,24 @@ def check(args: argparse.Namespace) -> None:
   annotations, positive --top_n, an output that can be written."""
   if not args.top_n or min(args.top_n) < 1:
     raise cli.UsageError("--top_n", ",".join(map(str, args.top_n)), "must be numbers >= 1")
-  if not preflight.is_dir(args.proposals):
+  if args.proposals.endswith(FILE_SUFFIXES):
+    if not storage.exists(args.proposals):
+      raise cli.UsageError("--proposals", args.proposals, "no such file")
+  elif not preflight.is_dir(args.proposals):
     raise cli.UsageError("--proposals", args.proposals, "no such directory")
-  if not settings.proposal_files(args.proposals):
+  elif not settings.proposal_files(args.proposals):
     raise cli.UsageError("--proposals", args.proposals, f"has no proposals ({PROPOSALS_PATTERN}"
                          f" or {PROPOSALS_NAME}): not the --output of an rpn-propose run")
-  if not storage.exists(storage.join(args.proposals, settings.PROPOSE_SETTINGS_NAME)):
+  directory = proposals_directory(args.proposals)
+  if not storage.exists(storage.join(directory, settings.PROPOSE_SETTINGS_NAME)):
     # Proposals of another method in the same format are welcome; a cut-short
     # rpn-propose run is the other reason.
     logging.getLogger(__name__).warning(
         "%s has no %s: rpn-propose did not finish there, or the proposals come from "
-        "elsewhere; evaluating the lines it has", args.proposals, settings.PROPOSE_SETTINGS_NAME)
+        "elsewhere; evaluating the lines it has", directory, settings.PROPOSE_SETTINGS_NAME)
   preflight.check_root(args.input, folder="Annotations")
   preflight.check_split(args.input, args.split, "Annotations")
-  preflight.check_output(args.output or args.proposals, "--output")
+  preflight.check_output(args.output or directory, "--output")
 
 
 def run(argv: Optional[Sequence[str]] = None) -> dict:
@@ -287,10 +311,11 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
   returns recall.json (with "output")."""
   args = build_parser().parse(argv)
   check(args)
-  output = (args.output or args.proposals).rstrip("/")
+  directory = proposals_directory(args.proposals)
+  output = (args.output or directory).rstrip("/")
   images_dir, annotations_dir = ilsvrc.layout_roots(input_root=args.input, split=args.split)
   lines = read_proposals(args.proposals)
-  error_records = read_errors(args.proposals)
+  error_records = read_errors(directory)
   gt_per_image, areas_per_image, counts, errors = load_gt(lines, annotations_dir)
   unreadable, unreadable_counts, unreadable_errors = load_unreadable_gt(
       error_records or [], lines, images_dir, annotations_dir)
@@ -305,7 +330,7 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
   recall = {
       "proposals": args.proposals,
       "annotations": annotations_dir,
-      "errors_file": (storage.join(args.proposals, ERRORS_NAME)
+      "errors_file": (storage.join(directory, ERRORS_NAME)
                       if error_records is not None else None),
       "iou_thresholds": list(recall_lib.IOU_THRESHOLDS),
       # results[N]["by_size"]: gt boxes by area in the original image's pixels, [low, high).

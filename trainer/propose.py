@@ -59,7 +59,7 @@ from pipeline.io import images as images_lib
 from pipeline.io import manifest as manifest_lib
 from pipeline.model import backbone as backbone_lib
 from pipeline.model import extractor as extractor_lib
-from trainer import draw, job
+from trainer import draw, formats, job
 from trainer import model as model_lib
 from trainer import settings as settings_lib
 from trainer.arguments import ProposeArgs
@@ -272,16 +272,19 @@ def proposal_line(image_id: str, width: int, height: int, boxes: np.ndarray,
                   scores: np.ndarray, gt_boxes: Optional[np.ndarray],
                   image_size: Tuple[int, int], box_scale: Tuple[float, float],
                   path: Optional[str] = None) -> dict:
-  """One proposals line (see the module doc) of a width x height frame."""
+  """One proposals line (see the module doc) of a width x height frame; the
+  units of its boxes and scores are formats.UNITS'."""
   line = {
       "image_id": image_id,
       "width": int(width),
       "height": int(height),
       "boxes": _rounded(boxes, 3),
       "scores": _rounded(scores, 6),
+      "logits": _rounded(formats.logits(scores), 4),
       "image_width": int(image_size[0]),
       "image_height": int(image_size[1]),
       "box_scale": [float(box_scale[0]), float(box_scale[1])],
+      "image_boxes": _rounded(formats.image_boxes(boxes, box_scale, *image_size), 3),
   }
   if gt_boxes is not None:
     line["gt_boxes"] = _rounded(gt_boxes, 3)
@@ -328,10 +331,15 @@ def propose(run: ProposeArgs, beam_args: Sequence[str] = ()) -> dict:
   start = time.monotonic()
   output = run.output.rstrip("/")
   Head(run.job_dir, run.proposal)  # JobError now rather than on every worker
-  result, summary = propose_pipeline.run_pipeline(run, beam_args)
-  summary = dict(summary, output=output, seconds=round(time.monotonic() - start, 3),
-                 metrics=result)
-  return summary
+  metrics, summary = propose_pipeline.run_pipeline(run, beam_args)
+  # The detectors' formats, from the shards; then propose.json, last of all.
+  summary["formats"] = dict(formats.write_formats(output, run.formats),
+                            jsonl={"files": summary["shards"]})
+  summary["units"] = formats.UNITS
+  storage.write_json(storage.join(output, settings_lib.PROPOSE_SETTINGS_NAME), summary)
+  propose_pipeline.remove_pipeline_summary(output)
+  return dict(summary, output=output, seconds=round(time.monotonic() - start, 3),
+              metrics=metrics)
 
 
 def report(settings: dict) -> None:
@@ -341,8 +349,10 @@ def report(settings: dict) -> None:
   print(f"images: {c['images_found']} found = {c['images_ok']} ok + {c['images_failed']} "
         f"failed; {c['proposals']} proposals "
         f"({c['proposals'] / max(1, c['images_ok']):.1f} per image) in {settings['seconds']:.1f} s")
+  others = [name for fmt, written in settings["formats"].items() if fmt != "jsonl"
+            for name in written["files"]]
   print(f"wrote {len(settings['shards'])} proposal shards "
-        f"({settings_lib.PROPOSALS_PATTERN}), {config.ERRORS_NAME}, "
+        f"({settings_lib.PROPOSALS_PATTERN}), {', '.join(others + [config.ERRORS_NAME])}, "
         f"{settings['pictures']} pictures and {settings_lib.PROPOSE_SETTINGS_NAME} "
         f"into {settings['output']}")
   print(metrics_lib.format_table(settings["metrics"]))

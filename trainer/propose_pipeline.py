@@ -48,7 +48,7 @@ from pipeline.core import frame as frame_lib
 from pipeline.io import ilsvrc, schema, storage
 from pipeline.io import manifest as manifest_lib
 from pipeline.model import registry
-from trainer import job
+from trainer import formats, job
 from trainer import settings as settings_lib
 from trainer.arguments import ProposeArgs
 
@@ -56,9 +56,13 @@ _LOGGER = logging.getLogger(__name__)
 
 # Runner-decided proposal shards close at this size (as rpn-preprocess's --max_shard_mb).
 MAX_SHARD_BYTES = 1 << 30
+# The pipeline's summary, which propose.json completes (written after the formats).
+PIPELINE_SUMMARY = ".pipeline-summary.json"
 # What an earlier run left in --output (deleted before a run, and after a failed one).
 OUTPUT_GLOBS = (settings_lib.PROPOSALS_PATTERN, settings_lib.PROPOSALS_NAME, config.ERRORS_NAME,
-                settings_lib.PROPOSE_SETTINGS_NAME, "pictures/*.png")
+                settings_lib.PROPOSE_SETTINGS_NAME, PIPELINE_SUMMARY, "pictures/*.png",
+                formats.DETECTRON2_NAME, formats.COCO_RESULTS_NAME, formats.COCO_IMAGES_NAME,
+                "*.tmp")
 
 
 # ---------------------------------------------------------------------------
@@ -352,7 +356,9 @@ def draw_pictures(lines, run: ProposeArgs, manifest: manifest_lib.Manifest, outp
 
 def write_summary(_, run: ProposeArgs, manifest: manifest_lib.Manifest, counts,
                   shards, pictures, errors_written) -> Dict[str, Any]:
-  """Writes propose.json, last of the run's files; returns it."""
+  """Writes the run's summary, last of the pipeline's files, into
+  PIPELINE_SUMMARY; the launcher adds the detectors' formats and writes it
+  as propose.json (trainer.propose.propose). Returns it."""
   del errors_written  # a side input only to order this step after the errors file
   counts = dict(counts)
   for key in ("images_ok", "images_failed", "proposals"):
@@ -362,16 +368,21 @@ def write_summary(_, run: ProposeArgs, manifest: manifest_lib.Manifest, counts,
   summary = {
       "job_dir": run.job_dir,
       "input": run.input, "split": run.split if run.input else None, "images": run.images,
-      "maps": run.maps,
+      "maps": run.maps, "formats_requested": list(run.formats),
       "backbone": manifest.backbone, "weights": run.weights or manifest.weights,
       "proposal": dataclasses.asdict(run.proposal),
       "counts": dict(sorted(counts.items())),
       "pictures": len(pictures),
       "shards": sorted(path.rsplit("/", 1)[-1] for path in shards),
   }
-  storage.write_json(storage.join(run.output.rstrip("/"), settings_lib.PROPOSE_SETTINGS_NAME),
-                     summary)
+  storage.write_json(storage.join(run.output.rstrip("/"), PIPELINE_SUMMARY), summary)
   return summary
+
+
+def remove_pipeline_summary(output: str) -> None:
+  """Deletes PIPELINE_SUMMARY once propose.json holds it."""
+  from apache_beam.io.filesystems import FileSystems  # lazy, as Beam's
+  FileSystems.delete([storage.join(output, PIPELINE_SUMMARY)])
 
 
 def run_pipeline(run: ProposeArgs, beam_args: Sequence[str] = ()
@@ -396,5 +407,5 @@ def run_pipeline(run: ProposeArgs, beam_args: Sequence[str] = ()
   with preprocess_command.removed_on_failure(output, clear), watchdog.watched():
     result = p.run()
     result.wait_until_finish()
-  summary = storage.read_json(storage.join(output, settings_lib.PROPOSE_SETTINGS_NAME))
+  summary = storage.read_json(storage.join(output, PIPELINE_SUMMARY))
   return metrics_lib.query(result), summary
