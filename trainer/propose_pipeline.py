@@ -113,7 +113,7 @@ class MapsToFeaturesFn(beam.DoFn):
   for a record that does not hold together.
 
   The decoded image's size comes from the record's source_size; a record
-  without one (rpn-preprocess before 0.7) is taken as unresized, which holds
+  without one (rpn-preprocess 0.8.0 and earlier) is taken as unresized, which holds
   unless the dataset was resized (then it is an errors line: its boxes could
   not be taken back to the image's pixels) or the image was padded (its
   image_width and image_height are then the padded frame's).
@@ -141,7 +141,7 @@ class MapsToFeaturesFn(beam.DoFn):
                                   self._min_side, self._max_side)
     elif self._min_side or self._max_side:
       yield beam.pvalue.TaggedOutput(elements.ERRORS, self._failed(
-          path, f"record {record.image_id!r} has no source_size (written before 0.7) and "
+          path, f"record {record.image_id!r} has no source_size (written by 0.8.0 or earlier) and "
           f"the dataset was resized: rerun rpn-preprocess to propose in the images' pixels",
           record.image_id))
       return

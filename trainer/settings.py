@@ -14,7 +14,7 @@ DEFAULT_SHUFFLE_BUFFER_MB = 256
 PROPOSALS_PREFIX = "proposals"
 PROPOSALS_SUFFIX = ".jsonl"
 PROPOSALS_PATTERN = "proposals-*-of-*.jsonl"
-# One file of proposal lines: what rpn-propose wrote before 0.7 (and
+# One file of proposal lines: what rpn-propose 0.8.0 and earlier wrote (and
 # bench/selective_search.py writes); rpn-evaluate reads it too.
 PROPOSALS_NAME = "proposals.jsonl"
 PROPOSE_SETTINGS_NAME = "propose.json"

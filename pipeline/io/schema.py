@@ -18,8 +18,8 @@ Layout maps: one tf.train.Example per image:
   gt_boxes       float   x 4G  x1, y1, x2, y2 of each gt box in that frame
   image_id       bytes   as above
   source_size    int64   x 2   (height, width) of the decoded image, before the
-                               optional resize and the padding (written since
-                               0.7; rpn-propose --maps takes boxes back to it)
+                               optional resize and the padding (written after
+                               0.8.0; rpn-propose --maps takes boxes back to it)
 
 No Beam here; TensorFlow is imported only where a function needs it.
 """
