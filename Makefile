@@ -47,7 +47,7 @@ PREPROCESS_FLAGS = --backbone $(BACKBONE) --weights $(WEIGHTS) $(if $(LAYOUT),--
   $(RECOMMENDED_FLAGS) $(PREPROCESS_ARGS) $(BEAM_ARGS)
 TEST_ARGS ?=
 
-.PHONY: install sample-data preprocess preprocess-portable anchors train propose evaluate demo lint test test-fast bench quality quality-real gpu-check draw clean
+.PHONY: install sample-data preprocess preprocess-portable anchors train propose export evaluate demo lint test test-fast bench quality quality-real gpu-check draw clean
 
 install: $(STAMP)
 
@@ -99,6 +99,10 @@ MAPS ?=
 propose: $(STAMP)
 	$(BIN)/rpn-propose --job_dir $(JOB) $(if $(MAPS),--maps $(MAPS),--input $(INPUT) --split $(VAL_SPLIT)) \
 	  --output $(OUT)/proposals $(if $(RUNNER),--runner $(RUNNER)) $(PROPOSE_ARGS) $(BEAM_ARGS)
+
+# rpn-export: the job as a SavedModel (image bytes in, proposals out) in $(OUT)/export.
+export: $(STAMP)
+	$(BIN)/rpn-export --job_dir $(JOB) --output $(OUT)/export $(EXPORT_ARGS)
 
 evaluate: $(STAMP)
 	$(BIN)/rpn-evaluate --proposals $(OUT)/proposals --input $(INPUT) --split $(VAL_SPLIT)

@@ -47,6 +47,7 @@ setuptools.setup(
             "rpn-draw=pipeline.commands.draw:main",
             "rpn-train=trainer.cli:train_main",
             "rpn-propose=trainer.cli:propose_main",
+            "rpn-export=trainer.cli:export_main",
             "rpn-evaluate=trainer.evaluate:main",
         ],
     },

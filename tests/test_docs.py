@@ -31,7 +31,7 @@ DISTRIBUTION = "rpn-pipeline"
 PREFIX = "rpn-"
 # The console scripts of setup.py today; a new one must come with a section too.
 KNOWN = ("rpn-preprocess", "rpn-anchors", "rpn-sample-data", "rpn-draw", "rpn-train",
-         "rpn-propose", "rpn-evaluate")
+         "rpn-propose", "rpn-export", "rpn-evaluate")
 # Every command's, described once at the top of docs/commands.md.
 IGNORED = frozenset({"-h", "--help", "--version"})
 

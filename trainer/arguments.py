@@ -67,3 +67,14 @@ class ProposeArgs:
   proposal: config.ProposalConfig = dataclasses.field(default_factory=config.ProposalConfig)
   draw: int = 8  # pictures of the first `draw` images
   weights: Optional[str] = None  # backbone weights instead of the manifest's (imagenet|none|PATH)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportArgs:
+  """What rpn-export exports: a finished job (its best/ for --model best),
+  backbone weights instead of the manifest's, the proposal settings baked
+  into the graph, and the SavedModel's directory."""
+  job_dir: str
+  output: str
+  weights: Optional[str] = None
+  proposal: config.ProposalConfig = dataclasses.field(default_factory=config.ProposalConfig)

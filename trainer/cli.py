@@ -405,3 +405,99 @@ def propose_main(argv: Optional[Sequence[str]] = None) -> int:
     return budget.exit_code("rpn-propose", settings["counts"], args.max_failed_fraction,
                             storage.join(run.output, config.ERRORS_NAME))
   return cli.run_command("rpn-propose", command)
+
+
+# ---------------------------------------------------------------------------
+# rpn-export
+
+
+EXPORT_EXAMPLES = (
+    "rpn-export --job_dir out/job --output out/export",
+    "rpn-export --job_dir out/job --model best --output out/export_best --post_nms_top_n 1000",
+)
+
+
+def export_parser() -> cli.Parser:
+  proposal = config.ProposalConfig()
+  parser = cli.Parser(prog="rpn-export", description=(
+      "A trained job as a TensorFlow SavedModel whose serving signature takes an encoded "
+      "image and returns its proposals (boxes in the image's pixels, scores)."),
+      examples=EXPORT_EXAMPLES)
+  parser.add_argument("--job_dir", required=True,
+                      help="output of rpn-train (rpn.weights.h5, manifest.json, train_config.json)")
+  parser.add_argument("--model", choices=MODELS, default=MODELS[0],
+                      help="the job's model of its last epoch, or the best epoch by val_loss "
+                      "that rpn-train with --val_data keeps in JOB/best/")
+  parser.add_argument("--output", required=True, help="directory of the SavedModel")
+  parser.add_argument("--weights", default=None,
+                      help="backbone weights instead of the manifest's (imagenet|none|PATH; "
+                      "default: the manifest's)")
+  group = parser.add_argument_group("proposal settings, fixed in the graph (as rpn-propose's)")
+  group.add_argument("--pre_nms_top_n", type=int, default=proposal.pre_nms_top_n,
+                     help="boxes kept before NMS, best score first, per level (0: all)")
+  group.add_argument("--post_nms_top_n", type=int, default=proposal.post_nms_top_n,
+                     help="proposals kept after NMS (0: all)")
+  group.add_argument("--nms_thresh", type=float, default=proposal.nms_thresh,
+                     help="NMS drops a box whose IoU with a kept, better box is above this")
+  group.add_argument("--min_size", type=float, default=proposal.min_size,
+                     help="drop boxes narrower or lower than this, in pixels of the original "
+                     "image")
+  group.add_argument("--anchors", choices=("inside", "all"), default=proposal.anchors,
+                     help="propose from the anchors inside the image or from all anchors, "
+                     "clipped")
+  return parser
+
+
+def check_export(args: argparse.Namespace) -> arguments.ExportArgs:
+  """rpn-export's checks: values in range, a finished job (its best/ for
+  --model best), backbone weights that exist, an output that is new or empty."""
+  for flag in ("pre_nms_top_n", "post_nms_top_n"):
+    if getattr(args, flag) < 0:
+      raise cli.UsageError(f"--{flag}", getattr(args, flag), "must be >= 0")
+  if not 0 < args.nms_thresh <= 1:
+    raise cli.UsageError("--nms_thresh", args.nms_thresh, "must be in (0, 1]")
+  if args.min_size < 0:
+    raise cli.UsageError("--min_size", args.min_size, "must be >= 0")
+  job_dir, weights = model_job_dir(args)
+  try:
+    manifest = job.read_manifest(job_dir)
+  except job.JobError as e:
+    raise cli.UsageError("--job_dir", job_dir, e.problem) from None
+  if weights:
+    with backbone_check.Checks(backbone_check.start_backbone_check(
+        manifest.backbone, weights, manifest.feature_layer, manifest.weights_seed,
+        feature_layers=manifest.feature_layers or ())) as checks:
+      checks.finish()
+  else:
+    try:
+      preflight.check_weights_path(manifest.weights)
+    except cli.UsageError:
+      raise cli.UsageError("--job_dir", job_dir, f"its backbone weights file "
+                           f"{manifest.weights} is not here; pass --weights PATH to that "
+                           f"file") from None
+  if preflight.is_dir(args.output) and storage.glob_some(storage.join(args.output, "*")):
+    raise cli.UsageError("--output", args.output, "is not empty: a SavedModel goes into a new "
+                         "or empty directory")
+  preflight.check_output(args.output)
+  return arguments.ExportArgs(
+      job_dir=job_dir, output=args.output, weights=weights,
+      proposal=config.ProposalConfig(args.pre_nms_top_n, args.post_nms_top_n, args.nms_thresh,
+                                     args.min_size, args.anchors))
+
+
+def export_main(argv: Optional[Sequence[str]] = None) -> int:
+  cli.setup_logging()
+  args = export_parser().parse(argv)
+
+  def command() -> int:
+    run = check_export(args)
+    cli.import_tensorflow_quietly()
+    from trainer import export  # lazy: TensorFlow, after the checks
+    with lock.hold(run.output, "--output", "rpn-export"), console.held_back(
+        "rpn-export", enabled=not args.verbose):
+      cli.running(run.output)
+      settings = export.export(run)
+    print(f"wrote the SavedModel into {settings['output']} (signature {export.SIGNATURE}: "
+          f"image_bytes -> boxes, scores, num_proposals) and {export.EXPORT_SETTINGS_NAME}")
+    return 0
+  return cli.run_command("rpn-export", command)

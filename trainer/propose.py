@@ -102,6 +102,7 @@ class Head:
       raise job.JobError(f"the RPN in {weights_path} was trained for {len(level_models)} "
                          f"feature levels, the manifest has {manifest.num_levels}")
     self.manifest, self.train_config = manifest, train_config
+    self.level_models = level_models  # Keras: feature map -> scores, deltas, per level
     self.config = proposal_config or config.ProposalConfig()
     self.channels = manifest.feature_channels
     self.num_anchors = manifest.num_anchors
@@ -211,6 +212,10 @@ class Proposer:
   @property
   def traces(self) -> int:
     return self._head.traces
+
+  @property
+  def level_models(self) -> list:
+    return self._head.level_models
 
   def prepare(self, image: np.ndarray, gt_boxes: np.ndarray
               ) -> Tuple[np.ndarray, np.ndarray, Tuple[float, float]]:

@@ -143,6 +143,22 @@ def test_train_one_head_and_propose_from_every_level(levels_run, tmp_path):
   assert settings["counts"]["images_ok"] == len(written)
   assert settings["metrics"]["head_traces"] == 2  # one trace per level's head
   proposer = propose.Proposer(job)
+  # rpn-export's SavedModel proposes across the levels as rpn-propose does.
+  import tensorflow as tf
+
+  from pipeline.io import ilsvrc
+  from trainer import export
+  export_dir = str(tmp_path / "export")
+  assert trainer_cli.export_main(["--job_dir", job, "--output", export_dir]) == 0
+  serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+  for line in helpers.read_proposals(str(tmp_path / "proposals"))[:3]:
+    with open(line["path"], "rb") as f:
+      served = serve(image_bytes=tf.constant(f.read()))
+    image, gt, _, _ = ilsvrc.load_example(line["path"], None)
+    boxes, scores = proposer(*proposer.prepare(image, gt)[::2])
+    np.testing.assert_allclose(served["scores"].numpy(), scores, atol=1e-5)
+    np.testing.assert_allclose(served["boxes"].numpy()[:100], boxes[:100], atol=1e-3)
+  assert export.SIGNATURE == "serving_default"
   frame = np.zeros((96, 128, 3), np.uint8)
   scores, deltas, anchors, anchor_levels = proposer.head(frame)
   # a 12x16 map at stride 8 and a 3x4 map at stride 32, 9 anchors a point

@@ -20,7 +20,7 @@ PARSERS = {
     "rpn-preprocess": preprocess.build_parser, "rpn-anchors": anchors.build_parser,
     "rpn-draw": draw.build_parser, "rpn-sample-data": sample_data.build_parser,
     "rpn-train": trainer_cli.train_parser, "rpn-propose": trainer_cli.propose_parser,
-    "rpn-evaluate": evaluate.build_parser,
+    "rpn-export": trainer_cli.export_parser, "rpn-evaluate": evaluate.build_parser,
 }
 BEAM_COMMANDS = ("rpn-preprocess", "rpn-anchors", "rpn-propose")
 # Flags whose values are a fixed set: argparse lists the choices in --help.
@@ -28,6 +28,7 @@ CHOICE_FLAGS = {
     "rpn-preprocess": ("--layout", "--compression", "--tile_dtype", "--missing_annotations"),
     "rpn-anchors": ("--missing_annotations",),
     "rpn-propose": ("--anchors", "--model"),
+    "rpn-export": ("--anchors", "--model"),
 }
 
 
