@@ -335,7 +335,10 @@ def propose(run: ProposeArgs, beam_args: Sequence[str] = ()) -> dict:
   from trainer import propose_pipeline  # lazy: Beam's pipeline modules
   start = time.monotonic()
   output = run.output.rstrip("/")
-  Head(run.job_dir, run.proposal)  # JobError now rather than on every worker
+  head = Head(run.job_dir, run.proposal)  # JobError now rather than on every worker
+  if run.weights and run.weights != head.manifest.weights and not run.maps:
+    _LOGGER.warning("backbone weights %s instead of the manifest's %s: the RPN was trained "
+                    "on features of the latter", run.weights, head.manifest.weights)
   metrics, summary = propose_pipeline.run_pipeline(run, beam_args)
   # The detectors' formats, from the shards; then propose.json, last of all.
   summary["formats"] = dict(formats.write_formats(output, run.formats),

@@ -172,15 +172,19 @@ class _SharedHead:
   def __init__(self, head):
     self.head = head
     self.lock = threading.Lock()
+    self.traces_counted = 0  # the head's traces already added to the counter
 
 
 class ProposeFn(beam.DoFn):
   """ImageFeatures -> one proposals line (main), or an errors line (stage
   propose) for an image that gets none; counts (and the filter's, tagged stats).
 
-  The job's head loads once per worker process (Beam's Shared). A JobError
-  (the job does not fit the features: every image would fail alike) fails the
-  run; the launcher loads the head once first, so that this is rare.
+  The job's head loads once per worker process (Beam's Shared). The
+  launcher loads it once before the run and the command's checks compare a
+  maps dataset with the job, so that a job that does not fit its features
+  stops the command first; should one slip through, each image gets an
+  errors line (Beam's dead letters) and the failure budget ends the run
+  with exit 1.
   """
 
   def __init__(self, job_dir: str, proposal_config: config.ProposalConfig,
@@ -200,7 +204,6 @@ class ProposeFn(beam.DoFn):
       elements.counter("head_loads").inc()
       return _SharedHead(head)
     self._holder = self._shared.acquire(load, tag=(self._job_dir, self._config))
-    self._traces = self._holder.head.traces
     self._millis = beam.metrics.Metrics.distribution(elements.NAMESPACE, "head_ms")
 
   def process(self, item: elements.ImageFeatures):
@@ -210,13 +213,18 @@ class ProposeFn(beam.DoFn):
     source = item.source or elements.ImageSource(item.width, item.height, (1.0, 1.0))
     stats: Dict[str, int] = {}
     start = time.monotonic()
+    holder = self._holder
     try:
-      with self._holder.lock:
-        boxes, scores = self._holder.head.propose(item.width, item.height, item.feature_map,
-                                                  source.box_scale, stats)
-        traces = self._holder.head.traces
+      with holder.lock:
+        try:
+          boxes, scores = holder.head.propose(item.width, item.height, item.feature_map,
+                                              source.box_scale, stats)
+        finally:  # each trace of the head counted once per worker process
+          if holder.head.traces > holder.traces_counted:
+            elements.counter("head_traces").inc(holder.head.traces - holder.traces_counted)
+            holder.traces_counted = holder.head.traces
     except job.JobError:
-      raise  # the job does not fit: every image would fail the same way
+      raise  # a dead letter: the job does not fit (see the class doc)
     except (ValueError, tf.errors.OpError, MemoryError) as e:
       reason = str(e) if isinstance(e, self._errors) else f"{type(e).__name__}: {e}"
       elements.counter("images_failed").inc()
@@ -226,9 +234,6 @@ class ProposeFn(beam.DoFn):
           item.image_path, "propose", reason, image_id=item.image_id))
       return
     self._millis.update(int(1000 * (time.monotonic() - start)))
-    if traces != self._traces:  # counted once per process and trace
-      elements.counter("head_traces").inc(traces - self._traces)
-      self._traces = traces
     for key, value in stats.items():
       elements.counter(key).inc(value)
     if stats:  # propose.json's counts (min_size_relaxed)
