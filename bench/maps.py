@@ -233,8 +233,8 @@ class RssLog:
 
 def _recall(job: str, out: str) -> Dict:
   from trainer import cli as trainer_cli
-  from trainer import evaluate, propose
-  propose.propose(trainer_cli.check_propose(trainer_cli.propose_parser().parse(
+  from trainer import evaluate, propose_pipeline
+  propose_pipeline.propose(trainer_cli.check_propose(trainer_cli.propose_parser().parse(
       ["--job_dir", job, "--input", SAMPLE, "--split", "DET/val", "--output", out,
        "--draw", "0"])))
   recall = evaluate.run(["--proposals", out, "--input", SAMPLE, "--split", "DET/val"])

@@ -57,10 +57,10 @@ def child_job(maps_dir: str, job_dir: str, hidden: int) -> Dict[str, object]:
 def child_propose(job_dir: str, source: Sequence[str], output: str) -> Dict[str, object]:
   """rpn-propose with its defaults into output; its summary and counters."""
   from trainer import cli as trainer_cli
-  from trainer import propose
+  from trainer import propose_pipeline
   args, beam_args = trainer_cli.propose_parser().parse_with_beam(
       ["--job_dir", job_dir, *source, "--output", output, "--draw", "0"])
-  settings = propose.propose(trainer_cli.check_propose(args), beam_args)
+  settings = propose_pipeline.propose(trainer_cli.check_propose(args), beam_args)
   return {"counts": settings["counts"], "seconds": settings["seconds"],
           "shards": len(settings["shards"]), "metrics": settings["metrics"]}
 

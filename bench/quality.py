@@ -34,7 +34,7 @@ from pipeline.commands import preprocess, sample_data
 from pipeline.io import storage
 from pipeline.model import registry
 from trainer import cli as trainer_cli
-from trainer import evaluate, propose
+from trainer import evaluate, propose_pipeline
 
 REPO = common.REPO
 SAMPLE = os.path.join(REPO, "data", "sample")
@@ -82,7 +82,7 @@ def run_setting(args, setting: Setting) -> Dict:
   result["recall"] = {}
   for which in ("inside", "all"):
     proposals = os.path.join(out, f"proposals_{which}")
-    propose.propose(trainer_cli.check_propose(trainer_cli.propose_parser().parse(
+    propose_pipeline.propose(trainer_cli.check_propose(trainer_cli.propose_parser().parse(
         ["--job_dir", os.path.join(out, "job"), "--input", args.sample, "--split", "DET/val",
          "--output", proposals, "--anchors", which, "--draw", "4"])))
     recall = evaluate.run(["--proposals", proposals, "--input", args.sample,

@@ -49,7 +49,7 @@ from pipeline.commands import anchors as anchors_run
 from pipeline.commands import preprocess
 from pipeline.io import ilsvrc, storage
 from trainer import cli as trainer_cli
-from trainer import evaluate, propose
+from trainer import evaluate, propose_pipeline
 
 REPO = common.REPO
 TOP_NS = (100, 300, 1000)
@@ -230,7 +230,7 @@ def suggested_anchors(args, recipe: Recipe, out: str) -> Tuple[List[str], dict]:
 
 def evaluate_split(args, job: str, split: str, out: str, propose_flags: Sequence[str]) -> dict:
   """rpn-propose then rpn-evaluate on one split; returns recall.json."""
-  propose.propose(trainer_cli.check_propose(trainer_cli.propose_parser().parse(
+  propose_pipeline.propose(trainer_cli.check_propose(trainer_cli.propose_parser().parse(
       ["--job_dir", job, "--input", args.data, "--split", split, "--output", out,
        "--post_nms_top_n", str(POST_NMS_TOP_N), "--draw", "0", *propose_flags])))
   return evaluate.run(["--proposals", out, "--input", args.data, "--split", split,

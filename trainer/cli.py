@@ -395,13 +395,13 @@ def propose_main(argv: Optional[Sequence[str]] = None) -> int:
   def command() -> int:
     run = check_propose(args)
     cli.import_tensorflow_quietly()
-    from trainer import propose  # lazy: TensorFlow, after the checks
+    from trainer import propose_pipeline  # lazy: TensorFlow, after the checks
     with lock.hold(run.output, "--output", "rpn-propose"), console.held_back(
         "rpn-propose", enabled=not args.verbose):  # one run per directory
       cli.running(run.output)
       failures.clear_log(run.output)
-      settings = propose.propose(run, beam_args)
-      propose.report(settings)
+      settings = propose_pipeline.propose(run, beam_args)
+      propose_pipeline.report(settings)
     return budget.exit_code("rpn-propose", settings["counts"], args.max_failed_fraction,
                             storage.join(run.output, config.ERRORS_NAME))
   return cli.run_command("rpn-propose", command)

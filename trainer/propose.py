@@ -7,10 +7,10 @@
 
 The console script is trainer.cli.propose_main: it checks the flags and the
 job before TensorFlow loads and calls propose() with the typed arguments it
-built from them (trainer/arguments.py: ProposeArgs). propose() runs the Beam
-pipeline of trainer/propose_pipeline.py; this module holds what its workers
-run per image (Head), the one-process form (Proposer), the output line and
-the pictures.
+built from them (trainer/arguments.py: ProposeArgs) and runs the Beam
+pipeline of trainer/propose_pipeline.py (its propose()); this module holds
+what the workers run per image (Head), the one-process form (Proposer), the
+output line and the pictures.
 
 Everything about the backbone and the anchors comes from the job's manifest.json
 (the data manifest of rpn-preprocess), so an image goes through exactly what
@@ -43,8 +43,7 @@ from __future__ import annotations
 
 import io
 import logging
-import time
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -61,8 +60,6 @@ from pipeline.model import backbone as backbone_lib
 from pipeline.model import extractor as extractor_lib
 from trainer import draw, formats, job
 from trainer import model as model_lib
-from trainer import settings as settings_lib
-from trainer.arguments import ProposeArgs
 
 PICTURES_DIR = "pictures"
 PICTURE_TOP = 20  # proposals drawn per picture
@@ -319,48 +316,3 @@ def draw_picture(line: dict, output: str, manifest: manifest_lib.Manifest) -> st
   path = storage.join(output, PICTURES_DIR, picture_name(line["image_id"]))
   storage.write_bytes(path, buffer.getvalue())
   return path
-
-
-def propose(run: ProposeArgs, beam_args: Sequence[str] = ()) -> dict:
-  """Runs rpn-propose's Beam pipeline (trainer/propose_pipeline.py) over every
-  image (or maps record) and waits for it; returns propose.json (the summary
-  the pipeline wrote last) with "output", "seconds" and the run's Beam
-  counters ("metrics"). `run` comes from rpn-propose's checked flags
-  (trainer.cli.check_propose); `beam_args` are Beam's (runner and its
-  options: without any, the fastest local mode, as rpn-preprocess).
-
-  The job's head is loaded here once before the run, so that a job that does
-  not fit its manifest ends the command (JobError) before any worker starts.
-  """
-  from trainer import propose_pipeline  # lazy: Beam's pipeline modules
-  start = time.monotonic()
-  output = run.output.rstrip("/")
-  head = Head(run.job_dir, run.proposal)  # JobError now rather than on every worker
-  if run.weights and run.weights != head.manifest.weights and not run.maps:
-    _LOGGER.warning("backbone weights %s instead of the manifest's %s: the RPN was trained "
-                    "on features of the latter", run.weights, head.manifest.weights)
-  metrics, summary = propose_pipeline.run_pipeline(run, beam_args)
-  # The detectors' formats, from the shards; then propose.json, last of all.
-  summary["formats"] = dict(formats.write_formats(output, run.formats),
-                            jsonl={"files": summary["shards"]})
-  summary["units"] = formats.UNITS
-  storage.write_json(storage.join(output, settings_lib.PROPOSE_SETTINGS_NAME), summary)
-  propose_pipeline.remove_pipeline_summary(output)
-  return dict(summary, output=output, seconds=round(time.monotonic() - start, 3),
-              metrics=metrics)
-
-
-def report(settings: dict) -> None:
-  """The summary on stdout."""
-  from pipeline.beam import metrics as metrics_lib
-  c = settings["counts"]
-  print(f"images: {c['images_found']} found = {c['images_ok']} ok + {c['images_failed']} "
-        f"failed; {c['proposals']} proposals "
-        f"({c['proposals'] / max(1, c['images_ok']):.1f} per image) in {settings['seconds']:.1f} s")
-  others = [name for fmt, written in settings["formats"].items() if fmt != "jsonl"
-            for name in written["files"]]
-  print(f"wrote {len(settings['shards'])} proposal shards "
-        f"({settings_lib.PROPOSALS_PATTERN}), {', '.join(others + [config.ERRORS_NAME])}, "
-        f"{settings['pictures']} pictures and {settings_lib.PROPOSE_SETTINGS_NAME} "
-        f"into {settings['output']}")
-  print(metrics_lib.format_table(settings["metrics"]))

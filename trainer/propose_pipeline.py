@@ -32,6 +32,7 @@ import time
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import apache_beam as beam
+import tensorflow as tf
 from apache_beam.io import fileio, textio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.tfrecordio import ReadAllFromTFRecord
@@ -49,6 +50,7 @@ from pipeline.io import ilsvrc, schema, storage
 from pipeline.io import manifest as manifest_lib
 from pipeline.model import registry
 from trainer import formats, job
+from trainer import propose as propose_lib
 from trainer import settings as settings_lib
 from trainer.arguments import ProposeArgs
 
@@ -81,7 +83,6 @@ class ListImageInputs(beam.PTransform):
     self._root, self._split, self._glob = input_root, split, images_glob
 
   def expand(self, pbegin):
-    from trainer import propose  # lazy: TensorFlow, on the workers only
     if self._root:
       images_dir, annotations_dir = ilsvrc.layout_roots(input_root=self._root,
                                                         split=self._split)
@@ -92,7 +93,7 @@ class ListImageInputs(beam.PTransform):
               annotations_dir, (ilsvrc.ANNOTATION_EXTENSION,)),
       }
     else:
-      root = propose.glob_root(self._glob)
+      root = propose_lib.glob_root(self._glob)
       grouped = {
           "images": (pbegin | "MatchImages" >> fileio.MatchFiles(self._glob)
                      | "KeyById" >> beam.Map(lambda m: (ilsvrc.relative_id(m.path, root),
@@ -196,20 +197,14 @@ class ProposeFn(beam.DoFn):
     self._shared = shared.Shared()
 
   def setup(self):
-    from trainer import propose  # lazy: TensorFlow, on the workers only
-    self._errors = propose.NoProposalsError
-
     def load():
-      head = propose.Head(self._job_dir, self._config)
+      head = propose_lib.Head(self._job_dir, self._config)
       elements.counter("head_loads").inc()
       return _SharedHead(head)
     self._holder = self._shared.acquire(load, tag=(self._job_dir, self._config))
     self._millis = beam.metrics.Metrics.distribution(elements.NAMESPACE, "head_ms")
 
   def process(self, item: elements.ImageFeatures):
-    import tensorflow as tf  # lazy: loaded by setup already
-
-    from trainer import propose
     source = item.source or elements.ImageSource(item.width, item.height, (1.0, 1.0))
     stats: Dict[str, int] = {}
     start = time.monotonic()
@@ -226,7 +221,8 @@ class ProposeFn(beam.DoFn):
     except job.JobError:
       raise  # a dead letter: the job does not fit (see the class doc)
     except (ValueError, tf.errors.OpError, MemoryError) as e:
-      reason = str(e) if isinstance(e, self._errors) else f"{type(e).__name__}: {e}"
+      reason = (str(e) if isinstance(e, propose_lib.NoProposalsError)
+                else f"{type(e).__name__}: {e}")
       elements.counter("images_failed").inc()
       elements.counter("failed_propose").inc()
       progress_lib.PROGRESS.error()
@@ -243,7 +239,7 @@ class ProposeFn(beam.DoFn):
     if self._count_images:
       progress_lib.PROGRESS.image_done()
     gt = item.gt_boxes if source.annotated else None
-    yield propose.proposal_line(
+    yield propose_lib.proposal_line(
         item.image_id, item.width, item.height, boxes, scores, gt,
         (source.width, source.height), source.box_scale,
         path=item.image_path if self._with_paths else None)
@@ -353,9 +349,8 @@ def draw_pictures(lines, run: ProposeArgs, manifest: manifest_lib.Manifest, outp
       | "FirstIds" >> beam.combiners.Top.Smallest(run.draw))
 
   def draw(line, first_ids):
-    from trainer import propose  # lazy: TensorFlow, on the workers only
     if line["image_id"] in first_ids:
-      yield propose.draw_picture(line, output, manifest)
+      yield propose_lib.draw_picture(line, output, manifest)
   return lines | "DrawPictures" >> beam.FlatMap(draw, chosen)
 
 
@@ -414,3 +409,49 @@ def run_pipeline(run: ProposeArgs, beam_args: Sequence[str] = ()
     result.wait_until_finish()
   summary = storage.read_json(storage.join(output, PIPELINE_SUMMARY))
   return metrics_lib.query(result), summary
+
+
+# ---------------------------------------------------------------------------
+# The command
+
+
+def propose(run: ProposeArgs, beam_args: Sequence[str] = ()) -> Dict[str, Any]:
+  """rpn-propose: runs the pipeline over every image (or maps record) and
+  waits for it, writes the detectors' formats from its shards, then
+  propose.json, last of all; returns propose.json with "output", "seconds"
+  and the run's Beam counters ("metrics"). `run` comes from rpn-propose's
+  checked flags (trainer.cli.check_propose); `beam_args` are Beam's (runner
+  and its options: without any, the fastest local mode, as rpn-preprocess).
+
+  The job's head is loaded here once before the run, so that a job that does
+  not fit its manifest ends the command (JobError) before any worker starts.
+  """
+  start = time.monotonic()
+  output = run.output.rstrip("/")
+  head = propose_lib.Head(run.job_dir, run.proposal)  # JobError now, not on every worker
+  if run.weights and run.weights != head.manifest.weights and not run.maps:
+    _LOGGER.warning("backbone weights %s instead of the manifest's %s: the RPN was trained "
+                    "on features of the latter", run.weights, head.manifest.weights)
+  metrics, summary = run_pipeline(run, beam_args)
+  summary["formats"] = dict(formats.write_formats(output, run.formats),
+                            jsonl={"files": summary["shards"]})
+  summary["units"] = formats.UNITS
+  storage.write_json(storage.join(output, settings_lib.PROPOSE_SETTINGS_NAME), summary)
+  remove_pipeline_summary(output)
+  return dict(summary, output=output, seconds=round(time.monotonic() - start, 3),
+              metrics=metrics)
+
+
+def report(settings: Dict[str, Any]) -> None:
+  """The summary on stdout."""
+  c = settings["counts"]
+  print(f"images: {c['images_found']} found = {c['images_ok']} ok + {c['images_failed']} "
+        f"failed; {c['proposals']} proposals "
+        f"({c['proposals'] / max(1, c['images_ok']):.1f} per image) in {settings['seconds']:.1f} s")
+  others = [name for fmt, written in settings["formats"].items() if fmt != "jsonl"
+            for name in written["files"]]
+  print(f"wrote {len(settings['shards'])} proposal shard(s) "
+        f"({settings_lib.PROPOSALS_PATTERN}), {', '.join(others + [config.ERRORS_NAME])}, "
+        f"{settings['pictures']} pictures and {settings_lib.PROPOSE_SETTINGS_NAME} "
+        f"into {settings['output']}")
+  print(metrics_lib.format_table(settings["metrics"]))

@@ -108,7 +108,7 @@ def test_bad_feature_layers_are_one_line_before_the_run(levels_run, tmp_path, ca
 
 def test_train_one_head_and_propose_from_every_level(levels_run, tmp_path):
   from trainer import model as model_lib
-  from trainer import propose, train
+  from trainer import propose, propose_pipeline, train
   root, written, output, manifest = levels_run
   job = str(tmp_path / "job")
   last = train.train(trainer_cli.check_train(trainer_cli.train_parser().parse(
@@ -137,7 +137,7 @@ def test_train_one_head_and_propose_from_every_level(levels_run, tmp_path):
     whole = heads[record["level"]](tiles[i][np.newaxis])  # the 3x3 tile as a map
     np.testing.assert_allclose(whole["scores"][0, 1, 1], out["scores"][i], atol=1e-5)
     np.testing.assert_allclose(whole["deltas"][0, 1, 1], out["deltas"][i], atol=1e-4)
-  settings = propose.propose(trainer_cli.check_propose(trainer_cli.propose_parser().parse(
+  settings = propose_pipeline.propose(trainer_cli.check_propose(trainer_cli.propose_parser().parse(
       ["--job_dir", job, "--input", root, "--split", "DET/train",
        "--output", str(tmp_path / "proposals"), "--draw", "1"])), helpers.IN_PROCESS)
   assert settings["counts"]["images_ok"] == len(written)
@@ -256,7 +256,7 @@ def test_maps_epoch_zero_is_exactly_the_tiles_layout_of_every_level(levels_run, 
 
 
 def test_maps_of_levels_train_and_propose(levels_run, levels_maps, tmp_path):
-  from trainer import propose, train
+  from trainer import propose_pipeline, train
   root = levels_run[0]
   job = str(tmp_path / "job")
   last = train.train(trainer_cli.check_train(trainer_cli.train_parser().parse(
@@ -265,7 +265,7 @@ def test_maps_of_levels_train_and_propose(levels_run, levels_maps, tmp_path):
   assert np.isfinite(last["loss"])
   with open(os.path.join(job, "train_config.json")) as f:
     assert np.shape(json.load(f)["feature_mean"]) == (2, 16)
-  settings = propose.propose(trainer_cli.check_propose(trainer_cli.propose_parser().parse(
+  settings = propose_pipeline.propose(trainer_cli.check_propose(trainer_cli.propose_parser().parse(
       ["--job_dir", job, "--input", root, "--split", "DET/train",
        "--output", str(tmp_path / "proposals"), "--draw", "0"])), helpers.IN_PROCESS)
   assert settings["counts"]["images_ok"] == len(levels_run[1])

@@ -122,7 +122,7 @@ def test_epoch_zero_is_exactly_the_tiles_layout(outputs, setting):
 
 
 def test_anchors_chosen_at_training_reach_the_job_and_propose(dataset, outputs, tmp_path):
-  from trainer import propose, train
+  from trainer import propose, propose_pipeline, train
   maps_dir = outputs["final_f32"]["maps"]
   val_dir = str(tmp_path / "val")
   helpers.preprocess(dataset, val_dir, split="DET/val", extra=["--layout", "maps"],
@@ -145,7 +145,7 @@ def test_anchors_chosen_at_training_reach_the_job_and_propose(dataset, outputs, 
   # every pass drawn so far is logged with its epoch, all images of the data
   assert [p["epoch"] for p in train_config["passes_drawn"]][:2] == [0, 1]
   assert all(p["images"] == len(SIZES) for p in train_config["passes_drawn"])
-  settings = propose.propose(trainer_cli.check_propose(trainer_cli.propose_parser().parse(
+  settings = propose_pipeline.propose(trainer_cli.check_propose(trainer_cli.propose_parser().parse(
       ["--job_dir", job, "--input", dataset, "--split", "DET/val",
        "--output", str(tmp_path / "proposals"), "--draw", "0"])), helpers.IN_PROCESS)
   assert settings["counts"]["images_ok"] == 4

@@ -14,7 +14,7 @@ from pipeline.io import manifest as manifest_lib
 from tests import pipeline_helpers as helpers
 from tests import trainer_fixtures as fixtures
 from trainer import cli as trainer_cli
-from trainer import propose
+from trainer import propose, propose_pipeline
 
 VAL_IDS = sorted([i for i, *_ in fixtures.VAL_IMAGES] + ["c_0004"])
 
@@ -23,7 +23,7 @@ def _propose(job, source, output, *extra, runner=helpers.IN_PROCESS):
   args, beam_args = trainer_cli.propose_parser().parse_with_beam(
       ["--job_dir", job, *source, "--output", output, "--post_nms_top_n", "40",
        "--min_size", "4", *extra, *runner])
-  return propose.propose(trainer_cli.check_propose(args), beam_args)
+  return propose_pipeline.propose(trainer_cli.check_propose(args), beam_args)
 
 
 def _by_id(directory):

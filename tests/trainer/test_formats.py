@@ -10,7 +10,7 @@ import pytest
 from tests import pipeline_helpers as helpers
 from tests import trainer_fixtures as fixtures
 from trainer import cli as trainer_cli
-from trainer import evaluate, formats, propose
+from trainer import evaluate, formats, propose_pipeline
 
 
 def test_parse_formats():
@@ -76,7 +76,7 @@ def all_formats(resized_job, val_dataset, tmp_path_factory):
   args, beam_args = trainer_cli.propose_parser().parse_with_beam(
       ["--job_dir", resized_job, "--input", val_dataset, "--split", "DET/val", "--output", out,
        "--formats", "coco,detectron2", "--min_size", "0", "--draw", "0", *helpers.IN_PROCESS])
-  return out, propose.propose(trainer_cli.check_propose(args), beam_args)
+  return out, propose_pipeline.propose(trainer_cli.check_propose(args), beam_args)
 
 
 def test_lines_hold_boxes_in_the_original_pixels_and_logits(all_formats):
