@@ -47,7 +47,7 @@ PREPROCESS_FLAGS = --backbone $(BACKBONE) --weights $(WEIGHTS) $(if $(LAYOUT),--
   $(RECOMMENDED_FLAGS) $(PREPROCESS_ARGS) $(BEAM_ARGS)
 TEST_ARGS ?=
 
-.PHONY: install sample-data preprocess preprocess-portable anchors train propose export evaluate demo lint test test-fast bench quality quality-real gpu-check draw clean
+.PHONY: install sample-data preprocess preprocess-portable anchors train propose export evaluate demo lint test test-fast bench bench-propose quality quality-real gpu-check draw clean
 
 install: $(STAMP)
 
@@ -124,6 +124,11 @@ test-fast: lint
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+# rpn-propose's rate per core from images and from maps, its workers' memory,
+# and the projection for ILSVRC DET train (BENCHMARKS.md, section 18).
+bench-propose: $(STAMP)
+	$(BIN)/python -m bench.propose_scale $(BENCH_PROPOSE_ARGS)
 
 # Proposal quality on real features (VGG16 weights from RPN_VGG16_WEIGHTS or
 # ../shared/weights): three settings trained and evaluated on the same held-out
