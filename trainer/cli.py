@@ -219,7 +219,6 @@ PROPOSE_EXAMPLES = (
 
 def propose_parser() -> cli.Parser:
   defaults = arguments.ProposeArgs(job_dir="", output="")
-  proposal = defaults.proposal
   parser = cli.Parser(prog="rpn-propose",
                       description="Region proposals of a trained RPN for whole images, as a "
                       "Beam pipeline (the runner defaults of rpn-preprocess).",
@@ -244,18 +243,7 @@ def propose_parser() -> cli.Parser:
                       "PROPOSAL_FILES), coco (proposals_coco.json, a COCO results list, and "
                       "proposals_coco_images.json); boxes in the original image's pixels")
   budget.add_argument(parser)
-  parser.add_argument("--pre_nms_top_n", type=int, default=proposal.pre_nms_top_n,
-                      help="boxes kept before NMS, best score first (0: all)")
-  parser.add_argument("--post_nms_top_n", type=int, default=proposal.post_nms_top_n,
-                      help="proposals kept after NMS (0: all)")
-  parser.add_argument("--nms_thresh", type=float, default=proposal.nms_thresh,
-                      help="NMS drops a box whose IoU with a kept, better box is above this")
-  parser.add_argument("--min_size", type=float, default=proposal.min_size,
-                      help="drop boxes narrower or lower than this, in pixels of the original "
-                      "image (scaled into the frame when it was resized)")
-  parser.add_argument("--anchors", choices=("inside", "all"), default=proposal.anchors,
-                      help="propose from the anchors inside the image (those training "
-                      "labels) or from all anchors, clipped")
+  add_proposal_arguments(parser)
   parser.add_argument("--draw", type=int, default=defaults.draw,
                       help="pictures of the first N images (top 20 proposals, gt boxes)")
   parser.add_argument("--weights", default=defaults.weights,
@@ -266,6 +254,42 @@ def propose_parser() -> cli.Parser:
 
 
 MODELS = ("last", "best")  # rpn-propose --model
+
+
+def add_proposal_arguments(parser) -> None:
+  """The proposal filter's flags (config.ProposalConfig), as rpn-propose and
+  rpn-export take them, onto a parser or an argument group."""
+  proposal = config.ProposalConfig()
+  parser.add_argument("--pre_nms_top_n", type=int, default=proposal.pre_nms_top_n,
+                      help="boxes kept before NMS, best score first (per level with several "
+                      "levels; 0: all)")
+  parser.add_argument("--post_nms_top_n", type=int, default=proposal.post_nms_top_n,
+                      help="proposals kept after NMS (0: all)")
+  parser.add_argument("--nms_thresh", type=float, default=proposal.nms_thresh,
+                      help="NMS drops a box whose IoU with a kept, better box is above this")
+  parser.add_argument("--min_size", type=float, default=proposal.min_size,
+                      help="drop boxes narrower or lower than this, in pixels of the original "
+                      "image (scaled into the frame when it was resized)")
+  parser.add_argument("--anchors", choices=("inside", "all"), default=proposal.anchors,
+                      help="propose from the anchors inside the image (those training "
+                      "labels) or from all anchors, clipped")
+
+
+def check_proposal_flags(args: argparse.Namespace) -> None:
+  """add_proposal_arguments' flags in range, or a UsageError naming the flag."""
+  for flag in ("pre_nms_top_n", "post_nms_top_n"):
+    if getattr(args, flag) < 0:
+      raise cli.UsageError(f"--{flag}", getattr(args, flag), "must be >= 0")
+  if not 0 < args.nms_thresh <= 1:
+    raise cli.UsageError("--nms_thresh", args.nms_thresh, "must be in (0, 1]")
+  if args.min_size < 0:
+    raise cli.UsageError("--min_size", args.min_size, "must be >= 0")
+
+
+def proposal_config(args: argparse.Namespace) -> config.ProposalConfig:
+  """The ProposalConfig of add_proposal_arguments' parsed flags."""
+  return config.ProposalConfig(args.pre_nms_top_n, args.post_nms_top_n, args.nms_thresh,
+                               args.min_size, args.anchors)
 
 
 def model_job_dir(args: argparse.Namespace) -> Tuple[str, Optional[str]]:
@@ -290,9 +314,7 @@ def propose_args(args: argparse.Namespace, job_dir: str,
   return arguments.ProposeArgs(
       job_dir=job_dir, output=args.output, input=args.input, split=args.split,
       images=args.images, maps=args.maps, draw=args.draw, weights=weights,
-      formats=output_formats(args.formats),
-      proposal=config.ProposalConfig(args.pre_nms_top_n, args.post_nms_top_n, args.nms_thresh,
-                                     args.min_size, args.anchors))
+      formats=output_formats(args.formats), proposal=proposal_config(args))
 
 
 def output_formats(text: str) -> Tuple[str, ...]:
@@ -308,13 +330,9 @@ def check_propose(args: argparse.Namespace) -> arguments.ProposeArgs:
   """rpn-propose's checks: values in range, a finished job, images to propose
   for, backbone weights that exist, an output that can be written. Returns
   propose()'s arguments (propose_args)."""
-  if args.pre_nms_top_n < 0 or args.post_nms_top_n < 0 or args.draw < 0:
-    flag = next(f for f in ("pre_nms_top_n", "post_nms_top_n", "draw") if getattr(args, f) < 0)
-    raise cli.UsageError(f"--{flag}", getattr(args, flag), "must be >= 0")
-  if not 0 < args.nms_thresh <= 1:
-    raise cli.UsageError("--nms_thresh", args.nms_thresh, "must be in (0, 1]")
-  if args.min_size < 0:
-    raise cli.UsageError("--min_size", args.min_size, "must be >= 0")
+  check_proposal_flags(args)
+  if args.draw < 0:
+    raise cli.UsageError("--draw", args.draw, "must be >= 0")
   budget.check_flag(args.max_failed_fraction)
   output_formats(args.formats)
   job_dir, weights = model_job_dir(args)
@@ -418,7 +436,6 @@ EXPORT_EXAMPLES = (
 
 
 def export_parser() -> cli.Parser:
-  proposal = config.ProposalConfig()
   parser = cli.Parser(prog="rpn-export", description=(
       "A trained job as a TensorFlow SavedModel whose serving signature takes an encoded "
       "image and returns its proposals (boxes in the image's pixels, scores)."),
@@ -432,32 +449,15 @@ def export_parser() -> cli.Parser:
   parser.add_argument("--weights", default=None,
                       help="backbone weights instead of the manifest's (imagenet|none|PATH; "
                       "default: the manifest's)")
-  group = parser.add_argument_group("proposal settings, fixed in the graph (as rpn-propose's)")
-  group.add_argument("--pre_nms_top_n", type=int, default=proposal.pre_nms_top_n,
-                     help="boxes kept before NMS, best score first, per level (0: all)")
-  group.add_argument("--post_nms_top_n", type=int, default=proposal.post_nms_top_n,
-                     help="proposals kept after NMS (0: all)")
-  group.add_argument("--nms_thresh", type=float, default=proposal.nms_thresh,
-                     help="NMS drops a box whose IoU with a kept, better box is above this")
-  group.add_argument("--min_size", type=float, default=proposal.min_size,
-                     help="drop boxes narrower or lower than this, in pixels of the original "
-                     "image")
-  group.add_argument("--anchors", choices=("inside", "all"), default=proposal.anchors,
-                     help="propose from the anchors inside the image or from all anchors, "
-                     "clipped")
+  add_proposal_arguments(parser.add_argument_group(
+      "proposal settings, fixed in the graph (as rpn-propose's)"))
   return parser
 
 
 def check_export(args: argparse.Namespace) -> arguments.ExportArgs:
   """rpn-export's checks: values in range, a finished job (its best/ for
   --model best), backbone weights that exist, an output that is new or empty."""
-  for flag in ("pre_nms_top_n", "post_nms_top_n"):
-    if getattr(args, flag) < 0:
-      raise cli.UsageError(f"--{flag}", getattr(args, flag), "must be >= 0")
-  if not 0 < args.nms_thresh <= 1:
-    raise cli.UsageError("--nms_thresh", args.nms_thresh, "must be in (0, 1]")
-  if args.min_size < 0:
-    raise cli.UsageError("--min_size", args.min_size, "must be >= 0")
+  check_proposal_flags(args)
   job_dir, weights = model_job_dir(args)
   try:
     manifest = job.read_manifest(job_dir)
@@ -479,10 +479,8 @@ def check_export(args: argparse.Namespace) -> arguments.ExportArgs:
     raise cli.UsageError("--output", args.output, "is not empty: a SavedModel goes into a new "
                          "or empty directory")
   preflight.check_output(args.output)
-  return arguments.ExportArgs(
-      job_dir=job_dir, output=args.output, weights=weights,
-      proposal=config.ProposalConfig(args.pre_nms_top_n, args.post_nms_top_n, args.nms_thresh,
-                                     args.min_size, args.anchors))
+  return arguments.ExportArgs(job_dir=job_dir, output=args.output, weights=weights,
+                              proposal=proposal_config(args))
 
 
 def export_main(argv: Optional[Sequence[str]] = None) -> int:
