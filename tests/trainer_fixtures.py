@@ -113,6 +113,18 @@ JOB_BACKBONE, JOB_CHANNELS, JOB_MIN_INPUT_SIDE = "MobileNetV2", 1280, 32
 JOB_HIDDEN = 32  # a small head keeps the tests fast; the product's default is 512
 
 
+# The start of a `python -c` script in which this project cannot be imported:
+# what is loaded after it must need Keras or TensorFlow only.
+NO_PROJECT = """
+import importlib.abc, sys
+class NoProject(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in ("pipeline", "trainer", "tests", "bench"):
+      raise ImportError(f"{name}: this project must not be needed")
+sys.meta_path.insert(0, NoProject())
+"""
+
+
 def job_manifest(**changes) -> Dict:
   """The data manifest a job directory holds: MobileNetV2 features (weights "none")."""
   return make_manifest(channels=JOB_CHANNELS, **dict(

@@ -11,14 +11,27 @@ imported, with TensorFlow's start-up notices held back.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-from typing import Optional, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
 from pipeline.commands import backbone_check, budget, cli, console, failures, lock, preflight
 from pipeline.core import config
 from pipeline.io import manifest as manifest_lib
 from pipeline.io import storage
 from trainer import arguments, job, sampling
+
+
+@contextlib.contextmanager
+def working_on(prog: str, directory: str, flag: str, verbose: bool) -> Iterator[None]:
+  """A command's work on `directory` (named by `flag`): one run there at a time
+  (lock), TensorFlow's and Beam's logs held back unless `verbose`, the
+  directory marked as the run's, an earlier failure's log cleared."""
+  with lock.hold(directory, flag, prog), console.held_back(prog, enabled=not verbose):
+    cli.running(directory, flag)
+    failures.clear_log(directory)
+    yield
+
 
 # ---------------------------------------------------------------------------
 # rpn-train
@@ -187,10 +200,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     run = check_train(args)
     cli.import_tensorflow_quietly()
     from trainer import train  # lazy: TensorFlow, after the checks
-    with lock.hold(run.job_dir, "--job_dir", "rpn-train"), console.held_back(
-        "rpn-train", enabled=not args.verbose):  # one run per job; TF's logs to the log
-      cli.running(run.job_dir, "--job_dir")
-      failures.clear_log(run.job_dir)  # an earlier failure's: this run resumes it
+    with working_on("rpn-train", run.job_dir, "--job_dir", args.verbose):  # a rerun resumes
       last = train.train(run)
     print("final epoch: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(last.items())))
     print(f"model: {job.path(run.job_dir, job.WEIGHTS_NAME)}")
@@ -414,10 +424,7 @@ def propose_main(argv: Optional[Sequence[str]] = None) -> int:
     run = check_propose(args)
     cli.import_tensorflow_quietly()
     from trainer import propose_pipeline  # lazy: TensorFlow, after the checks
-    with lock.hold(run.output, "--output", "rpn-propose"), console.held_back(
-        "rpn-propose", enabled=not args.verbose):  # one run per directory
-      cli.running(run.output)
-      failures.clear_log(run.output)
+    with working_on("rpn-propose", run.output, "--output", args.verbose):
       settings = propose_pipeline.propose(run, beam_args)
       propose_pipeline.report(settings)
     return budget.exit_code("rpn-propose", settings["counts"], args.max_failed_fraction,
@@ -491,9 +498,7 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
     run = check_export(args)
     cli.import_tensorflow_quietly()
     from trainer import export  # lazy: TensorFlow, after the checks
-    with lock.hold(run.output, "--output", "rpn-export"), console.held_back(
-        "rpn-export", enabled=not args.verbose):
-      cli.running(run.output)
+    with working_on("rpn-export", run.output, "--output", args.verbose):
       settings = export.export(run)
     print(f"wrote the SavedModel into {settings['output']} (signature {export.SIGNATURE}: "
           f"image_bytes -> boxes, scores, num_proposals) and {export.EXPORT_SETTINGS_NAME}")

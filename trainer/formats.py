@@ -93,15 +93,6 @@ def iter_lines(output_dir: str) -> Iterator[Dict[str, Any]]:
           yield json.loads(text)
 
 
-def _atomic_writer(path: str):
-  """A binary file at path + ".tmp" and the rename that puts it in place."""
-  from apache_beam.io.filesystems import FileSystems  # lazy: a second's import
-  if storage.is_local(path):
-    storage.makedirs(os.path.dirname(path) or ".")
-  temp = path + ".tmp"
-  return FileSystems.create(temp), lambda: FileSystems.rename([temp], [path])
-
-
 def write_detectron2(output_dir: str) -> Dict[str, Any]:
   """proposals_detectron2.pkl of an output's shards; returns {"files", "images"}."""
   entries = []
@@ -119,11 +110,8 @@ def write_detectron2(output_dir: str) -> Dict[str, Any]:
       "image_sizes": [entry[3] for entry in entries],
   }
   del entries
-  path = storage.join(output_dir, DETECTRON2_NAME)
-  f, finish = _atomic_writer(path)
-  with f:
+  with storage.atomic_writer(storage.join(output_dir, DETECTRON2_NAME)) as f:
     pickle.dump(proposals, f, protocol=pickle.HIGHEST_PROTOCOL)
-  finish()
   return {"files": [DETECTRON2_NAME], "images": len(proposals["ids"])}
 
 
@@ -146,8 +134,7 @@ def write_coco(output_dir: str) -> Dict[str, Any]:
                      {"images": images, "categories": [COCO_CATEGORY]})
   del images
   results = 0
-  f, finish = _atomic_writer(storage.join(output_dir, COCO_RESULTS_NAME))
-  with f:
+  with storage.atomic_writer(storage.join(output_dir, COCO_RESULTS_NAME)) as f:
     f.write(b"[")
     for line in iter_lines(output_dir):
       number = numbers[line["image_id"]]
@@ -159,7 +146,6 @@ def write_coco(output_dir: str) -> Dict[str, Any]:
         f.write((("," if results else "") + "\n" + json.dumps(entry)).encode("utf-8"))
         results += 1
     f.write(b"\n]\n")
-  finish()
   return {"files": [COCO_RESULTS_NAME, COCO_IMAGES_NAME], "images": len(numbers),
           "results": results}
 

@@ -7,9 +7,10 @@ costs about a second that a plain `import pipeline.io.manifest` should not pay.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from typing import Any, List
+from typing import Any, Iterator, List
 
 
 def join(directory: str, *names: str) -> str:
@@ -67,15 +68,23 @@ def read_jsonl(path: str) -> List[Any]:
   return [json.loads(line) for line in read_text(path).splitlines() if line.strip()]
 
 
-def write_bytes(path: str, data: bytes) -> None:
-  """Writes `data` to `path` through a temp file and a rename (atomic on local disks)."""
+@contextlib.contextmanager
+def atomic_writer(path: str) -> Iterator[Any]:
+  """A binary file that appears at `path` only when written whole: written as
+  path + ".tmp", renamed when the block ends (atomic on local disks)."""
   from apache_beam.io.filesystems import FileSystems  # lazy: see the module doc
   if is_local(path):
     makedirs(os.path.dirname(path) or ".")
   temp = path + ".tmp"
   with FileSystems.create(temp) as f:
-    f.write(data)
+    yield f
   FileSystems.rename([temp], [path])
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  """Writes `data` to `path` through a temp file and a rename (atomic_writer)."""
+  with atomic_writer(path) as f:
+    f.write(data)
 
 
 def write_text(path: str, text: str) -> None:

@@ -286,7 +286,9 @@ def test_evaluate_mistakes(proposals, val_dataset, tmp_path):
   base = ["--proposals", proposals, "--input", val_dataset, "--output", str(out)]
   for args, flag, fragment in [
       (_replace(base, "--proposals", "/nonexistent"), "--proposals /nonexistent", "no such"),
-      (_replace(base, "--proposals", str(unfinished)), "--proposals", "has no proposals ("),
+      (_replace(base, "--proposals", str(unfinished)), "--proposals",
+       "has no proposals (proposals-*-of-*.jsonl or proposals.jsonl): not the --output of an "
+       "rpn-propose run"),
       (base + ["--split", "DET/vall"], "--split DET/vall", "found DET/val"),
       (base + ["--top_n", "0"], "--top_n 0", ">= 1"),
       (_replace(base, "--output", "/proc/recall"), "--output /proc/recall", "cannot write"),

@@ -22,13 +22,7 @@ PROPOSAL = config.ProposalConfig(post_nms_top_n=100, min_size=4)
 
 # Loads the SavedModel in a fresh Python in which this project cannot be
 # imported, serves every image file given, saves the outputs.
-FRESH_SERVE = """
-import importlib.abc, sys
-class NoProject(importlib.abc.MetaPathFinder):
-  def find_spec(self, name, path=None, target=None):
-    if name.split(".")[0] in ("pipeline", "trainer", "tests", "bench"):
-      raise ImportError(f"{name}: this project must not be needed")
-sys.meta_path.insert(0, NoProject())
+FRESH_SERVE = fixtures.NO_PROJECT + """
 import numpy as np, tensorflow as tf
 model_dir, out_path, *images = sys.argv[1:]
 serve = tf.saved_model.load(model_dir).signatures["serving_default"]

@@ -116,13 +116,7 @@ def test_save_untrained_rpn_defaults_to_identity_statistics_and_default_hidden(t
 
 # Loads JOB/rpn.keras with keras.models.load_model in a fresh Python in which
 # this project cannot be imported, runs it on the saved maps and saves its outputs.
-FRESH_LOAD = """
-import importlib.abc, sys
-class NoProject(importlib.abc.MetaPathFinder):
-  def find_spec(self, name, path=None, target=None):
-    if name.split(".")[0] in ("pipeline", "trainer", "tests", "bench"):
-      raise ImportError(f"{name}: this project must not be needed")
-sys.meta_path.insert(0, NoProject())
+FRESH_LOAD = fixtures.NO_PROJECT + """
 import keras, numpy as np
 model_path, maps_path, out_path = sys.argv[1:]
 model = keras.models.load_model(model_path)
