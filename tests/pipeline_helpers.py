@@ -59,9 +59,14 @@ def read_proposals(directory: str) -> List[dict]:
                  for line in read_jsonl(path)), key=lambda line: line["image_id"])
 
 
-def decode_record(serialized: bytes, channels: int, dtype: str = "float32") -> dict:
+def decode_record(serialized: bytes, channels, dtype: str = "float32") -> dict:
+  """A tiles record's fields; `channels` is C, or each level's C (manifest
+  level_channels), the tile then of its level's."""
   import tensorflow as tf
   feature = tf.train.Example.FromString(serialized).features.feature
+  level = int(feature["level"].int64_list.value[0]) if "level" in feature else 0
+  if isinstance(channels, (list, tuple)):
+    channels = channels[level]
   return {
       "tile": np.frombuffer(feature["tile"].bytes_list.value[0],
                             np.dtype(dtype).newbyteorder("<")).reshape(3, 3, channels),
@@ -70,7 +75,7 @@ def decode_record(serialized: bytes, channels: int, dtype: str = "float32") -> d
       "image_id": feature["image_id"].bytes_list.value[0].decode(),
       "location": tuple(feature["location"].int64_list.value),
       # records of several feature levels carry theirs; others are of level 0
-      "level": (int(feature["level"].int64_list.value[0]) if "level" in feature else 0),
+      "level": level,
       "has_level": "level" in feature,
   }
 

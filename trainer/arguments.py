@@ -25,6 +25,9 @@ class TrainConfig:
   learning_rate: float = 1e-3  # Adam
   box_loss_weight: float = settings.DEFAULT_BOX_LOSS_WEIGHT
   hidden: int = settings.DEFAULT_HIDDEN
+  # width of each level's 1x1 projection, for feature levels of different
+  # channel counts only
+  projection: int = settings.DEFAULT_PROJECTION
   weight_decay: float = 0.0  # AdamW's decoupled decay of the kernels; 0: Adam
   dropout: float = 0.0  # on the 3x3 conv's output, in training only
   early_stopping_patience: int = 0  # epochs without a better val_loss; 0: off

@@ -43,6 +43,8 @@ _TRAIN_HELP = {
     "learning_rate": "Adam learning rate",
     "box_loss_weight": "weight of the box (smooth L1) loss against the objectness loss",
     "hidden": "filters of the 3x3 conv",
+    "projection": "channels of each feature level's 1x1 projection in front of the shared "
+                  "head, for levels of different channel counts only (--feature_layers)",
     "weight_decay": "decoupled weight decay of the conv kernels (AdamW; 0: plain Adam)",
     "dropout": "dropout rate on the 3x3 conv's output while training (0: none)",
     "early_stopping_patience": "with --val_data, stop once val_loss has not improved for "
@@ -60,6 +62,7 @@ _TRAIN_HELP = {
 }
 # The least value of each numeric flag (learning_rate: more than 0).
 _TRAIN_LEAST = {"epochs": 1, "batch_size": 1, "box_loss_weight": 0, "hidden": 1,
+                "projection": 1,
                 "steps_per_epoch": 1, "shuffle_buffer_mb": 0, "weight_decay": 0, "dropout": 0,
                 "early_stopping_patience": 0}
 
@@ -386,7 +389,7 @@ def check_propose(args: argparse.Namespace) -> arguments.ProposeArgs:
 
 # What a maps dataset must share with the job to be proposed from: the features.
 MAPS_KEYS = ("backbone", "weights", "weights_seed", "feature_layer", "feature_layers",
-             "feature_channels", "dtype")
+             "feature_channels", "level_channels", "dtype")
 
 
 def check_maps(maps_dir: str, job_manifest: manifest_lib.Manifest, job_dir: str) -> None:

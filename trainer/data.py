@@ -1,6 +1,8 @@
 """tf.data input: the shards of rpn-preprocess -> batches for the RPN tile model.
 
 Shape shorthand: B batch, C feature channels, A anchors per point (9).
+With feature levels of different channel counts C is their most: a
+narrower level's tiles are padded with zero channels (schema.parse_examples).
 Each element is (tiles, targets) as the tile model's fit() takes them:
   tiles               float32 [B, 3, 3, C]   (float16 tiles are widened)
   targets["scores"]   float32 [B, A]         labels 1, 0, -1 (ignored)
@@ -219,8 +221,9 @@ def make_dataset(data_dir: str, manifest: manifest_lib.Manifest, batch_size: int
   ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=autotune,
                 deterministic=not shuffle)
   levels = manifest.num_levels > 1
-  ds = ds.map(lambda s: to_model_inputs(schema.parse_examples(s, num_anchors, channels, dtype),
-                                        levels),
+  level_channels = manifest.level_channels
+  ds = ds.map(lambda s: to_model_inputs(schema.parse_examples(s, num_anchors, channels, dtype,
+                                                              level_channels), levels),
               num_parallel_calls=autotune, deterministic=not shuffle)
   if num_records is not None and not (skip_corrupt or repeat):
     batches = num_records // batch_size if drop_remainder else -(-num_records // batch_size)

@@ -153,19 +153,20 @@ def check_record(where: str, feature_shape, nbytes: int, image_size, gt, channel
 
 
 def _targets_fn(anchors: config_lib.AnchorConfig, target_config: config_lib.TargetConfig,
-                channels: int, itemsize: int, log: Optional[EpochLog]):
+                level_channels, itemsize: int, log: Optional[EpochLog]):
   """The numpy side: one record's fields (feature_shape [L, 3] and nbytes [L]
-  of its L levels' maps) -> (locations [P, 2], labels [P, A], deltas [P, 4A],
-  levels [P]), the points level after level."""
+  of its L levels' maps, level l of level_channels[l] channels) ->
+  (locations [P, 2], labels [P, A], deltas [P, 4A], levels [P]), the points
+  level after level."""
   num_anchors = anchors.num_anchors
 
   def run(epoch, path, index, feature_shapes, nbytes, image_size, gt, image_id):
     image_id = image_id.decode("utf-8")
     where = f"{path.decode('utf-8')}: record {int(index)} (image {image_id})"
     try:
-      for level, (feature_shape, level_bytes) in enumerate(zip(
+      for level, (feature_shape, level_bytes, channels) in enumerate(zip(
           np.asarray(feature_shapes).reshape(-1, 3), np.asarray(nbytes).reshape(-1),
-          strict=True)):
+          level_channels, strict=True)):
         checked = check_record(where + (f" level {level}" if level else ""), feature_shape,
                                level_bytes, image_size, gt, channels, itemsize)
     except MapRecordError as e:
@@ -202,8 +203,11 @@ def image_records(epoch, path, index, record, manifest: manifest_lib.Manifest,
   """One maps record -> the tiles layout's records of its sampled points, as
   tensors: tile float32 [P, 3, 3, C], labels int32 [P, A], deltas float32
   [P, 4A], location int32 [P, 2], image_id string [P]; with several feature
-  levels also level int32 [P] (each tile cut from its level's map)."""
+  levels also level int32 [P] (each tile cut from its level's map; a level of
+  fewer channels than C, the manifest's level_channels, padded with zero
+  channels to C, as the tiles layout's tiles are when read)."""
   channels = int(manifest.feature_channels)
+  level_channels = manifest.channels_per_level
   dtype = tf.dtypes.as_dtype(manifest.dtype)
   num_anchors = anchors.num_anchors
   num_levels = manifest.num_levels
@@ -213,7 +217,7 @@ def image_records(epoch, path, index, record, manifest: manifest_lib.Manifest,
   raws = parsed[schema.FEATURE_MAP_KEY]
   raws = [raws] if num_levels == 1 else [raws[level] for level in range(num_levels)]
   locations, labels, deltas, levels = tf.numpy_function(
-      _targets_fn(anchors, target_config, channels, dtype.size, log),
+      _targets_fn(anchors, target_config, level_channels, dtype.size, log),
       [epoch, path, index, feature_shapes, tf.stack([tf.strings.length(r) for r in raws]),
        parsed[schema.IMAGE_SIZE_KEY], gt, parsed[schema.IMAGE_ID_KEY]],
       [tf.int32, tf.int32, tf.float32, tf.int32])
@@ -226,7 +230,10 @@ def image_records(epoch, path, index, record, manifest: manifest_lib.Manifest,
     with tf.control_dependencies([locations]):  # the record is checked before it is decoded
       feature_map = tf.reshape(tf.io.decode_raw(raw, dtype, little_endian=True),
                                tf.cast(feature_shapes[level], tf.int32))
-    feature_map = tf.ensure_shape(tf.cast(feature_map, tf.float32), [None, None, channels])
+    feature_map = tf.ensure_shape(tf.cast(feature_map, tf.float32),
+                                  [None, None, level_channels[level]])
+    if level_channels[level] < channels:
+      feature_map = tf.pad(feature_map, [[0, 0], [0, 0], [0, channels - level_channels[level]]])
     # the points come level after level: each level's tiles in their order
     at_level = locations if num_levels == 1 else tf.boolean_mask(locations, levels == level)
     tiles.append(cut_tiles(feature_map, at_level))

@@ -12,6 +12,16 @@ Hf, Wf feature-map height and width.
 Because a tile is the zero-padded 3x3 window around (y, x), the inference
 model's output at (y, x) equals the tile model's output for that tile.
 
+Feature levels of different channel counts (the manifest's level_channels)
+first go through a 1x1 projection of their own to one width P (rpn-train
+--projection), then the shared layers; tiles of every level come padded
+with zero channels to the most, C (trainer input):
+
+  tile model:      [tile [B, 3, 3, C], level [B]] --standardise (the level's)-->
+                   --project (the level's 1x1, C_l -> P)--> [B, 3, 3, P] --> as above
+  inference model: map of level l [B, Hf, Wf, C_l] --standardise_l, project_l-->
+                   the same layers
+
 Both models first standardise the features per channel with fixed statistics
 of the training shards (`feature_mean`, `feature_variance`: computed once by
 rpn-train, saved in train_config.json, not trained; identity by default),
@@ -34,7 +44,7 @@ from pipeline.core.config import MANIFEST_NAME, AnchorConfig
 from pipeline.io import manifest as manifest_lib
 from pipeline.io import schema, storage
 from trainer import job
-from trainer.settings import DEFAULT_HIDDEN
+from trainer.settings import DEFAULT_HIDDEN, DEFAULT_PROJECTION
 
 
 def _layers(channels_hidden: int, num_anchors: int, padding: str):
@@ -80,6 +90,60 @@ class LevelStandardise(keras.layers.Layer):
     return dict(super().get_config(), mean=self.mean.tolist(), variance=self.variance.tolist())
 
 
+@keras.saving.register_keras_serializable(package="rpn")
+class LevelProjection(keras.layers.Layer):
+  """[tile [B, 3, 3, C], level int [B]] -> [B, 3, 3, units]: each tile through
+  its own level's 1x1 projection (kernel [L, C, units], bias [L, units]), for
+  feature levels of different channel counts `level_channels` (C their most).
+  A tile's channels beyond its level's count are zero, so level l's kernel
+  rows past level_channels[l] never act; the inference model keeps only the
+  rows that do (a plain 1x1 Conv2D per level). Each level's kernel starts as
+  a Glorot-uniform Dense of its own fan-in and out."""
+
+  def __init__(self, level_channels, units: int, **kwargs):
+    super().__init__(**kwargs)
+    self.level_channels = [int(c) for c in level_channels]
+    self.units = int(units)
+
+  def build(self, input_shape):
+    channels = int(input_shape[0][-1])
+    levels = len(self.level_channels)
+    if channels != max(self.level_channels):
+      raise ValueError(f"tiles of {channels} channels for levels of {self.level_channels}")
+    def initial(shape, dtype=None):
+      kernel = np.zeros(shape, np.float32)
+      for level, count in enumerate(self.level_channels):
+        kernel[level, :count] = keras.ops.convert_to_numpy(
+            keras.initializers.GlorotUniform()((count, self.units)))
+      return keras.ops.convert_to_tensor(kernel, dtype=dtype)
+
+    self.kernel = self.add_weight(name="kernel", shape=(levels, channels, self.units),
+                                  initializer=initial)
+    self.bias = self.add_weight(name="bias", shape=(levels, self.units), initializer="zeros")
+
+  def call(self, inputs):
+    tile, level = inputs
+    level = keras.ops.cast(keras.ops.reshape(level, [-1]), "int32")
+    one_hot = keras.ops.one_hot(level, len(self.level_channels), dtype=tile.dtype)  # [B, L]
+    kernel = keras.ops.cast(self.kernel, tile.dtype)
+    bias = keras.ops.cast(self.bias, tile.dtype)
+    every = keras.ops.einsum("bhwc,lcp->bhwlp", tile, kernel) + bias  # each level's
+    return keras.ops.einsum("bhwlp,bl->bhwp", every, one_hot)
+
+  def compute_output_shape(self, input_shape):
+    return tuple(input_shape[0][:-1]) + (self.units,)
+
+  def level_weights(self, level: int):
+    """[kernel [1, 1, C_l, units], bias [units]]: level `level`'s projection as
+    the weights of a 1x1 Conv2D over its own C_l channels."""
+    count = self.level_channels[level]
+    kernel = keras.ops.convert_to_numpy(self.kernel)[level, :count]
+    return [kernel[None, None], keras.ops.convert_to_numpy(self.bias)[level]]
+
+  def get_config(self):
+    return dict(super().get_config(), level_channels=self.level_channels, units=self.units)
+
+
 def num_levels_of(feature_mean) -> int:
   """The feature levels a model's statistics are for: [L, C] statistics are of
   L levels (rpn-train --data of several levels), [C] or None of one."""
@@ -116,7 +180,8 @@ def feature_statistics(center_features, floor: float = 1e-3):
 
 def build_tile_model(channels: int, num_anchors: int = AnchorConfig().num_anchors,
                      hidden: int = DEFAULT_HIDDEN, feature_mean=None, feature_variance=None,
-                     logits: bool = False, dropout: float = 0.0):
+                     logits: bool = False, dropout: float = 0.0, level_channels=None,
+                     projection: int = DEFAULT_PROJECTION):
   """Tile [B, 3, 3, C] -> {"scores": [B, A], "deltas": [B, 4A]}.
 
   Layers rpn_conv (3x3 valid, ReLU), rpn_cls (1x1 linear: objectness logits),
@@ -132,7 +197,17 @@ def build_tile_model(channels: int, num_anchors: int = AnchorConfig().num_anchor
   Statistics of several feature levels (feature_mean, feature_variance [L, C])
   make a model of inputs {"tile": [B, 3, 3, C], "level": int32 [B]}: one head
   for every level, behind each level's own standardisation (LevelStandardise).
+  Levels of different channel counts (`level_channels`, finest first; C their
+  most, the tiles padded with zero channels) add each level's own 1x1
+  projection to `projection` channels (LevelProjection, "project") between
+  the standardisation and rpn_conv; its weights are in the weight files.
   """
+  mixed = bool(level_channels) and len({int(c) for c in level_channels}) > 1
+  if mixed and (num_levels_of(feature_mean) != len(level_channels)
+                or max(int(c) for c in level_channels) != channels):
+    raise ValueError(f"level_channels {list(level_channels)} need statistics of "
+                     f"{len(level_channels)} levels and tiles of {max(level_channels)} "
+                     f"channels, not {num_levels_of(feature_mean)} and {channels}")
   size = schema.TILE_SIZE
   tile = keras.Input((size, size, channels), name="tile")
   conv, cls, bbox = _layers(hidden, num_anchors, "valid")
@@ -143,8 +218,10 @@ def build_tile_model(channels: int, num_anchors: int = AnchorConfig().num_anchor
                        f"fit {channels} channels")
     level = keras.Input((), dtype="int32", name="level")
     inputs = {"tile": tile, "level": level}
-    x = conv(LevelStandardise(mean, variance, name="standardise", dtype="float32")(
-        [tile, level]))
+    x = LevelStandardise(mean, variance, name="standardise", dtype="float32")([tile, level])
+    if mixed:
+      x = LevelProjection(level_channels, projection, name="project")([x, level])
+    x = conv(x)
   else:
     inputs = tile
     x = conv(_standardise(channels, feature_mean, feature_variance)(tile))
@@ -170,6 +247,19 @@ def _level_statistics(tile_model, level: int):
   return norm.input_mean, norm.input_variance
 
 
+def _projection(tile_model):
+  """The tile model's LevelProjection, or None (levels of the same channels)."""
+  return {layer.name: layer for layer in tile_model.layers}.get("project")
+
+
+def level_channels_of_model(tile_model, channels: int) -> list:
+  """Each feature level's C, finest first: the projection's, else `channels` each."""
+  projection = _projection(tile_model)
+  if projection is not None:
+    return list(projection.level_channels)
+  return [channels] * num_levels_of_model(tile_model)
+
+
 def num_levels_of_model(tile_model) -> int:
   """The feature levels a tile model was built for (1 unless it has LevelStandardise)."""
   norm = {layer.name: layer for layer in tile_model.layers}["standardise"]
@@ -186,18 +276,30 @@ def tile_channels(tile_model) -> int:
 def _full_head(tile_model, channels: int, levels):
   """Keras inputs and outputs of the fully convolutional head over the feature
   maps of `levels`: one shared rpn_conv/rpn_cls/rpn_bbox, with the tile
-  model's weights, behind each level's own standardisation. Built-in layers
-  only, so that a saved model loads without this project's code. One level:
+  model's weights, behind each level's own standardisation (and, for levels
+  of different channel counts, its own 1x1 projection, a Conv2D "project"
+  with the rows of the level's channels). Built-in layers only, so that a
+  saved model loads without this project's code. One level:
   ([feature_map], [{"scores", "deltas"}]); several: feature_map_L, scores_L, deltas_L."""
   source = {layer.name: layer for layer in tile_model.layers}
   conv, cls, bbox = _layers(source["rpn_conv"].filters, source["rpn_cls"].filters, "valid")
-  inputs, outputs = [], {}
+  projection = _projection(tile_model)
+  per_level = level_channels_of_model(tile_model, channels)
+  inputs, outputs, projected = [], {}, []
   for level in levels:
     suffix = "" if len(levels) == 1 else f"_{level}"
-    feature_map = keras.Input((None, None, channels), name="feature_map" + suffix)
+    level_channels = per_level[level]
+    feature_map = keras.Input((None, None, level_channels), name="feature_map" + suffix)
     padded = keras.layers.ZeroPadding2D(1, name="pad" + suffix)(feature_map)
     mean, variance = _level_statistics(tile_model, level)
-    x = conv(_standardise(channels, mean, variance, "standardise" + suffix)(padded))
+    x = _standardise(level_channels, np.asarray(mean)[:level_channels],
+                     np.asarray(variance)[:level_channels], "standardise" + suffix)(padded)
+    if projection is not None:
+      project = keras.layers.Conv2D(projection.units, 1, name="project" + suffix,
+                                    dtype="float32")
+      x = project(x)
+      projected.append((project, projection.level_weights(level)))
+    x = conv(x)
     objectness = keras.layers.Activation("sigmoid", name="objectness" + suffix,
                                          dtype="float32")
     inputs.append(feature_map)
@@ -205,6 +307,8 @@ def _full_head(tile_model, channels: int, levels):
     outputs["deltas" + suffix] = bbox(x)
   for layer in (conv, cls, bbox):
     layer.set_weights(source[layer.name].get_weights())
+  for project, weights in projected:
+    project.set_weights(weights)
   return inputs, outputs
 
 
@@ -258,7 +362,8 @@ def save_untrained_rpn(job_dir: str, manifest: manifest_lib.Manifest,
   tile_model = build_tile_model(
       manifest.feature_channels, manifest.num_anchors,
       int(train_config.get("hidden", DEFAULT_HIDDEN)), train_config.get("feature_mean"),
-      train_config.get("feature_variance"))
+      train_config.get("feature_variance"), level_channels=manifest.level_channels,
+      projection=int(train_config.get("projection", DEFAULT_PROJECTION)))
   save_rpn(job_dir, tile_model, manifest, dict(train_config, epochs=0, epochs_run=[]))
 
 
@@ -275,7 +380,10 @@ def load_rpn(job_dir: str) -> Tuple[object, object, manifest_lib.Manifest, dict]
   tile_model = build_tile_model(channels, manifest.num_anchors,
                                 int(train_config.get("hidden", DEFAULT_HIDDEN)),
                                 train_config.get("feature_mean"),
-                                train_config.get("feature_variance"))
+                                train_config.get("feature_variance"),
+                                level_channels=manifest.level_channels,
+                                projection=int(train_config.get("projection",
+                                                                DEFAULT_PROJECTION)))
   with tempfile.TemporaryDirectory() as tmp:
     local = os.path.join(tmp, job.WEIGHTS_NAME)
     with open(local, "wb") as f:

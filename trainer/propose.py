@@ -90,7 +90,7 @@ class Head:
     manifest = manifest or job.read_manifest(job_dir)
     weights_path = job.path(job_dir, job.WEIGHTS_NAME)
     try:
-      tile_model, inference_model, _, train_config = model_lib.load_rpn(job_dir)
+      tile_model, _, _, train_config = model_lib.load_rpn(job_dir)
       level_models = model_lib.inference_models(tile_model, manifest.feature_channels)
     except (ValueError, OSError, KeyError, TypeError) as e:
       raise job.JobError(f"cannot load the RPN from {weights_path} "
@@ -102,26 +102,29 @@ class Head:
     self.level_models = level_models  # Keras: feature map -> scores, deltas, per level
     self.config = proposal_config or config.ProposalConfig()
     self.channels = manifest.feature_channels
+    self.level_channels = manifest.channels_per_level  # each level's C, finest first
     self.num_anchors = manifest.num_anchors
     self.anchors = manifest.anchor_config  # the scales and ratios it was trained with
-    model_channels = inference_model.inputs[0].shape[-1]
-    if model_channels is not None and int(model_channels) != self.channels:
-      raise job.JobError(f"the RPN in {weights_path} takes {model_channels} channels but the "
-                         f"manifest's backbone {manifest.backbone} gives {self.channels}")
+    for model, channels in zip(level_models, self.level_channels, strict=True):
+      model_channels = model.inputs[0].shape[-1]
+      if model_channels is not None and int(model_channels) != channels:
+        raise job.JobError(f"the RPN in {weights_path} takes {model_channels} channels but "
+                           f"the manifest's backbone {manifest.backbone} gives {channels}")
     # Features go through the dtype the tiles were stored in, as in training.
     self.feature_dtype = np.dtype(manifest.dtype)
     self.traces = 0
 
-    def forward_of(model):
+    def forward_of(model, channels):
       def forward(feature_map):
         self.traces += 1  # Python side effect: runs once per trace only
         outputs = model(feature_map, training=False)
         return outputs["scores"], outputs["deltas"]
       return tf.function(
-          forward, input_signature=[tf.TensorSpec([1, None, None, self.channels], tf.float32)])
+          forward, input_signature=[tf.TensorSpec([1, None, None, channels], tf.float32)])
 
-    # one head, behind each feature level's standardisation
-    self._forwards = [forward_of(model) for model in level_models]
+    # one head, behind each feature level's standardisation (and projection)
+    self._forwards = [forward_of(model, channels)
+                      for model, channels in zip(level_models, self.level_channels, strict=True)]
 
   def outputs(self, width: int, height: int, feature_maps):
     """(scores [K], deltas [K, 4], anchors [K, 4], levels [K] or None) of the
@@ -132,19 +135,20 @@ class Head:
     if len(maps) != len(self._forwards):
       raise job.JobError(f"{len(maps)} feature maps for an RPN of {len(self._forwards)} "
                          f"feature levels")
-    parts = [self._level(width, height, feature_map, forward)
-             for feature_map, forward in zip(maps, self._forwards, strict=True)]
+    parts = [self._level(width, height, feature_map, forward, channels)
+             for feature_map, forward, channels in zip(maps, self._forwards,
+                                                       self.level_channels, strict=True)]
     if not several:
       return parts[0] + (None,)
     levels = np.concatenate([np.full(len(scores), level, np.int64)
                              for level, (scores, _, _) in enumerate(parts)])
     return tuple(np.concatenate(values) for values in zip(*parts, strict=True)) + (levels,)
 
-  def _level(self, width: int, height: int, feature_map: np.ndarray, forward):
+  def _level(self, width: int, height: int, feature_map: np.ndarray, forward, channels: int):
     """(scores [K], deltas [K, 4], anchors [K, 4]) of one level's feature map."""
-    if feature_map.shape[-1] != self.channels:
+    if feature_map.shape[-1] != channels:
       raise job.JobError(f"a feature map of {feature_map.shape[-1]} channels; the "
-                         f"manifest's backbone {self.manifest.backbone} gives {self.channels}")
+                         f"manifest's backbone {self.manifest.backbone} gives {channels}")
     feature_map = np.asarray(feature_map).astype(self.feature_dtype).astype(np.float32)
     scores, deltas = forward(feature_map[np.newaxis])
     scores, deltas = scores.numpy()[0], deltas.numpy()[0]  # [Hf, Wf, A], [Hf, Wf, 4A]

@@ -6,6 +6,10 @@ from typing import List
 from pipeline.io import storage
 
 DEFAULT_HIDDEN = 512  # filters of the RPN's 3x3 conv, as in the paper
+# Feature levels of different channel counts go through a 1x1 projection
+# each, to this many channels, before the shared head (rpn-train
+# --projection): FPN's width.
+DEFAULT_PROJECTION = 256
 DEFAULT_BOX_LOSS_WEIGHT = 1.0
 DEFAULT_SHUFFLE_BUFFER_MB = 256
 

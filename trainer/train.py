@@ -126,7 +126,7 @@ def sample_centres(manifest: manifest_lib.Manifest, files: Sequence[str],
                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .batch(1024)
             .map(lambda records, index: _centres_and_levels(schema.parse_examples(
-                records, num_anchors, channels, dtype)) + (index,),
+                records, num_anchors, channels, dtype, manifest.level_channels)) + (index,),
                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
   centres, levels, used = [], [], set()
   for features, level, index in sample:
@@ -150,16 +150,23 @@ def _centres_and_levels(parsed):
   return parsed[schema.TILE_KEY][:, 1, 1, :], parsed[schema.LEVEL_KEY]
 
 
-def level_statistics(centres: np.ndarray, levels: Optional[np.ndarray], num_levels: int):
+def level_statistics(centres: np.ndarray, levels: Optional[np.ndarray], num_levels: int,
+                     level_channels=None):
   """(mean, variance) of the centre features: [C] each for one level; [L, C]
   each for several, every level's own (model.feature_statistics of its
-  centres; a level with no centre in the sample takes those of all levels)."""
+  centres; a level with no centre in the sample takes those of all levels).
+  With `level_channels` (levels of different channel counts, C their most)
+  a level's channels beyond its own count, zero padding in every tile, get
+  mean 0 and variance 1: they stay zero."""
   if num_levels == 1 or levels is None:
     return model_lib.feature_statistics(centres)
   pooled = model_lib.feature_statistics(centres)
   per_level = [model_lib.feature_statistics(centres[levels == level])
                if np.any(levels == level) else pooled for level in range(num_levels)]
-  return np.stack([m for m, _ in per_level]), np.stack([v for _, v in per_level])
+  mean, variance = np.stack([m for m, _ in per_level]), np.stack([v for _, v in per_level])
+  for level, channels in enumerate(level_channels or ()):
+    mean[level, int(channels):], variance[level, int(channels):] = 0.0, 1.0
+  return mean, variance
 
 
 def feature_statistics(data_dir: str, manifest: manifest_lib.Manifest, files,
@@ -174,7 +181,8 @@ def feature_statistics(data_dir: str, manifest: manifest_lib.Manifest, files,
         "records_per_shard"]
   centres, info = sample_centres(manifest, files, records_per_shard, max_tiles, seed,
                                  skip_corrupt)
-  return level_statistics(centres, info.get("levels"), manifest.num_levels)
+  return level_statistics(centres, info.get("levels"), manifest.num_levels,
+                          manifest.level_channels)
 
 
 def _job_statistics(run: TrainArgs, manifest: manifest_lib.Manifest, files, report,
@@ -200,7 +208,8 @@ def _job_statistics(run: TrainArgs, manifest: manifest_lib.Manifest, files, repo
     centres, info = sample_centres(manifest, files, report["records_per_shard"],
                                    STATISTICS_TILES, config.seed, config.skip_corrupt_shards)
   levels = info.pop("levels", None)
-  mean, variance = level_statistics(centres, levels, manifest.num_levels)
+  mean, variance = level_statistics(centres, levels, manifest.num_levels,
+                                    manifest.level_channels)
   if levels is not None:
     info["records_per_level"] = np.bincount(levels, minlength=manifest.num_levels).tolist()
   statistics = {"sample": dict(info, data=run.data), "feature_mean": np.asarray(mean).tolist(),
@@ -422,7 +431,9 @@ def train(run: TrainArgs, callbacks: Sequence = (),
       model = model_lib.build_tile_model(manifest.feature_channels,
                                          manifest.num_anchors, config.hidden,
                                          feature_mean, feature_variance, logits=True,
-                                         dropout=config.dropout)
+                                         dropout=config.dropout,
+                                         level_channels=manifest.level_channels,
+                                         projection=config.projection)
       compile_model(model, config.learning_rate, config.box_loss_weight, config.weight_decay)
   finally:
     keras.mixed_precision.set_global_policy(policy)

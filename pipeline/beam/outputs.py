@@ -113,8 +113,7 @@ class WriteOutputs(beam.PTransform):
     return (pbegin_of(records) | "Start" >> beam.Create([None])
             | "WriteManifest" >> beam.Map(
                 write_manifest, cfg=cfg,
-                feature_channels=layers.feature_channels(cfg.backbone.backbone,
-                                                           cfg.backbone.feature_layer),
+                feature_channels=layers.run_channels(cfg.backbone),
                 min_input_side=spec.min_input_side,
                 counts=beam.pvalue.AsSingleton(counts),
                 found=beam.pvalue.AsSingleton(outputs["found"]),

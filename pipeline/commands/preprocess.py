@@ -85,10 +85,11 @@ def add_frame_arguments(parser: argparse.ArgumentParser,
                          "(ResNet50): stride 16, see docs/choosing-settings.md"))
   model.add_argument("--feature_layers", type=_names, default=(),
                      help="several feature levels instead of --feature_layer: comma-separated "
-                     "layers, finest first, with growing strides and the same channels, e.g. "
+                     "layers, finest first, with growing strides, e.g. "
                      "block4_conv3,block5_conv3 (VGG16, strides 8 and 16); every level has "
                      "the anchors of --scales in units of its own stride, and one RPN head "
-                     "serves them all (docs/choosing-settings.md)")
+                     "serves them all, behind a 1x1 projection per level where their "
+                     "channel counts differ (docs/choosing-settings.md)")
   model.add_argument("--min_side", type=int, default=backbone.min_side,
                      help="resize so the shorter side is this (off by default)")
   model.add_argument("--max_side", type=int, default=backbone.max_side,
@@ -327,10 +328,7 @@ def check_space(args: argparse.Namespace, cfg: config_lib.PreprocessConfig) -> N
   """Prints the estimated output size; a cli.UsageError when the local output's
   disk clearly lacks the room (unless --no_space_check)."""
   spec = registry.backbone_spec(cfg.backbone.backbone)
-  layer = cfg.backbone.feature_layer
-  channels = (layers.check_feature_layer(cfg.backbone.backbone, layer).channels if layer
-              else spec.channels)
-  found = space.estimate(cfg, channels, spec.min_input_side)
+  found = space.estimate(cfg, layers.run_channels(cfg.backbone), spec.min_input_side)
   if found is None:
     return
   free = space.free_bytes(cfg.output)

@@ -70,10 +70,14 @@ def _listed_ids(image_set: str) -> int:
     return sum(1 for line in f if line.split())
 
 
-def image_bytes(width: int, height: int, cfg: config_lib.PreprocessConfig, channels: int,
+def image_bytes(width: int, height: int, cfg: config_lib.PreprocessConfig, channels,
                 min_input_side: int, id_length: int = 48) -> int:
   """The bytes one width x height image adds to the output (at most, for tiles);
-  with several feature levels, every level's map (maps) or points (tiles)."""
+  with several feature levels, every level's map (maps) or points (tiles).
+  `channels`: C, or each level's C (levels of different channel counts; a
+  tile is then counted at the most, an upper bound)."""
+  per_level = (list(channels) if isinstance(channels, (list, tuple))
+               else [channels] * len(config_lib.levels(cfg.backbone)))
   backbone = cfg.backbone
   frame = frame_lib.frame_size(width, height, min_input_side, backbone.min_side,
                                   backbone.max_side)
@@ -81,8 +85,8 @@ def image_bytes(width: int, height: int, cfg: config_lib.PreprocessConfig, chann
             for layer in config_lib.levels(backbone)]
   itemsize = np.dtype(cfg.output_format.tile_dtype).itemsize
   if cfg.output_format.layout == config_lib.MAPS_LAYOUT:
-    return (sum(h * w for h, w in shapes) * channels * itemsize + RECORD_OVERHEAD
-            + id_length)
+    return (sum(h * w * c for (h, w), c in zip(shapes, per_level, strict=True)) * itemsize
+            + RECORD_OVERHEAD + id_length)
   num_anchors = cfg.anchors.num_anchors
   points = 0
   for feature_height, feature_width in shapes:
@@ -93,12 +97,12 @@ def image_bytes(width: int, height: int, cfg: config_lib.PreprocessConfig, chann
     inside = anchors_lib.inside_mask(anchors, frame.width, frame.height)
     points += int(inside.reshape(-1, num_anchors).any(axis=1).sum())
   records = min(cfg.targets.batch_size, points)
-  record = (9 * channels * itemsize + num_anchors * (LABEL_BYTES + 4 * DELTA_BYTES)
+  record = (9 * max(per_level) * itemsize + num_anchors * (LABEL_BYTES + 4 * DELTA_BYTES)
             + id_length + RECORD_OVERHEAD + (LEVEL_BYTES if len(shapes) > 1 else 0))
   return records * record
 
 
-def estimate(cfg: config_lib.PreprocessConfig, channels: int, min_input_side: int
+def estimate(cfg: config_lib.PreprocessConfig, channels, min_input_side: int
              ) -> Optional[Estimate]:
   """The output's size for a local input, or None (an object store's input)."""
   if not storage.is_local(cfg.images_dir):

@@ -127,7 +127,7 @@ def compare(reference_dir: str, other_dir: str, limit: int = 10) -> Comparison:
   other = manifest_lib.Manifest.load(other_dir)
   result = Comparison(features_byte_identical_required=same_threads(reference, other))
   problems = result.problems
-  for key in ("layout", "dtype", "feature_channels"):
+  for key in ("layout", "dtype", "feature_channels", "level_channels"):
     if getattr(reference, key) != getattr(other, key):
       problems.append(f"manifest {key}: {getattr(reference, key)!r} != {getattr(other, key)!r}")
   if problems:

@@ -31,7 +31,7 @@ COMPRESSIONS = ("NONE", "GZIP")
 # Keys that must agree between manifests of data used with one model (the
 # tile dtype may differ: tiles are widened to float32 when read).
 COMPATIBLE_KEYS = ("backbone", "feature_layer", "feature_layers", "weights", "weights_seed",
-                   "feature_channels", "tile_size",
+                   "feature_channels", "level_channels", "tile_size",
                    "anchor", "stride_mode", "resize")
 PADDING_NOTE = "small images padded with zeros at the bottom and right up to min_input_side"
 
@@ -78,7 +78,13 @@ class Manifest:
   feature_layers: Optional[List[str]] = None
   weights: str
   weights_seed: int = 0
+  # C, the channels of a tile; with feature levels of different channel
+  # counts the most of any level (a tile of a narrower level is padded with
+  # zero channels when read: trainer input)
   feature_channels: int
+  # several feature levels of different channel counts: each level's C,
+  # finest first. None (the key absent): every level has feature_channels
+  level_channels: Optional[List[int]] = None
   tile_size: int
   dtype: str
   compression: str
@@ -187,6 +193,18 @@ class Manifest:
     return len(self.levels)
 
   @property
+  def channels_per_level(self) -> Tuple[int, ...]:
+    """Each feature level's C, finest first (level_channels, else feature_channels each)."""
+    if self.level_channels:
+      return tuple(int(c) for c in self.level_channels)
+    return (int(self.feature_channels),) * self.num_levels
+
+  @property
+  def mixed_channels(self) -> bool:
+    """Feature levels of different channel counts (the RPN projects each first)."""
+    return len(set(self.channels_per_level)) > 1
+
+  @property
   def num_anchors(self) -> int:
     """A, the anchors per feature-map point."""
     return int(self.anchor["num_anchors"])
@@ -242,11 +260,14 @@ def path_in(data_dir: str) -> str:
 
 
 def build(cfg: config.PreprocessConfig, counts: Dict[str, int], shard_files: List[str],
-          feature_channels: int, min_input_side: int,
+          feature_channels, min_input_side: int,
           shards: Optional[List[Dict]] = None,
           backbone_threads: Optional[Dict[str, int]] = None) -> Manifest:
   """The manifest of a finished run: `cfg`, the run's counts and its shard file names.
 
+  `feature_channels` is C, or each level's C (finest first) with several
+  levels: when those differ, feature_channels is their most and
+  level_channels lists them.
   `shards` ({"file", "bytes", "records"} of each shard, any order;
   pipeline.io.shards.describe_shard) become the "shards" key, in the order of
   shard_files; they must name the same files. `backbone_threads` ({"1": 13}:
@@ -255,6 +276,8 @@ def build(cfg: config.PreprocessConfig, counts: Dict[str, int], shard_files: Lis
   """
   fmt = cfg.output_format
   num_shards = len(shard_files)
+  per_level = ([int(c) for c in feature_channels]
+               if isinstance(feature_channels, (list, tuple)) else [int(feature_channels)])
   manifest = {
       "version": config.MANIFEST_VERSION,
       "created_by": "rpn-preprocess",
@@ -265,7 +288,7 @@ def build(cfg: config.PreprocessConfig, counts: Dict[str, int], shard_files: Lis
       "feature_layer": cfg.backbone.feature_layer,
       "weights": cfg.backbone.weights,
       "weights_seed": cfg.targets.seed,
-      "feature_channels": feature_channels,
+      "feature_channels": max(per_level),
       "tile_size": schema.TILE_SIZE,
       "dtype": fmt.tile_dtype,
       "compression": fmt.compression,
@@ -292,6 +315,8 @@ def build(cfg: config.PreprocessConfig, counts: Dict[str, int], shard_files: Lis
     manifest["flipped_copies"] = True
   if len(cfg.backbone.feature_layers) > 1:  # likewise
     manifest["feature_layers"] = list(cfg.backbone.feature_layers)
+  if len(set(per_level)) > 1:  # likewise: only levels of different channel counts
+    manifest["level_channels"] = per_level
   if shards is not None:
     by_file = {shard["file"]: shard for shard in shards}
     if sorted(by_file) != manifest["shard_files"] or len(shards) != num_shards:
@@ -361,7 +386,23 @@ def validate(manifest: Mapping[str, Any], path: str) -> None:
     raise ManifestError(f"{path}: feature_layers {levels!r:.200} is not a list of two or more "
                         f"layer names starting with feature_layer "
                         f"{manifest.get('feature_layer')!r}")
+  _validate_level_channels(manifest, path)
   _validate_shards(manifest, path)
+
+
+def _validate_level_channels(manifest: Mapping[str, Any], path: str) -> None:
+  """The optional "level_channels" key: one positive int per feature level,
+  their most feature_channels."""
+  if "level_channels" not in manifest:
+    return
+  channels, levels = manifest["level_channels"], manifest.get("feature_layers") or []
+  sound = (isinstance(channels, list) and len(channels) == len(levels) > 1
+           and all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels)
+           and max(channels) == manifest["feature_channels"])
+  if not sound:
+    raise ManifestError(f"{path}: level_channels {channels!r:.200} is not one channel count "
+                        f"per feature layer ({len(levels)}) whose most is feature_channels "
+                        f"{manifest['feature_channels']!r}")
 
 
 def _validate_shards(manifest: Mapping[str, Any], path: str) -> None:

@@ -2,6 +2,8 @@
 
 Layout tiles (the method): one tf.train.Example per sampled feature-map point:
   tile      bytes   raw little-endian [3, 3, C] array, dtype from the manifest
+                    (levels of different channel counts: C of the record's level,
+                    the manifest's level_channels; read back padded to the most)
   labels    int64   x A   1 positive, 0 negative, -1 not sampled/ignored/outside
   deltas    float   x 4A  (dx, dy, dw, dh) per anchor, anchor-major
   image_id  bytes   image path relative to the split root, no extension
@@ -25,7 +27,7 @@ No Beam here; TensorFlow is imported only where a function needs it.
 """
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -157,24 +159,68 @@ def feature_spec(num_anchors: int) -> Dict:
   }
 
 
-def parse_examples(serialized, num_anchors: int, channels: int, tile_dtype: str = "float32"):
+def parse_examples(serialized, num_anchors: int, channels: int, tile_dtype: str = "float32",
+                   level_channels: Optional[Sequence[int]] = None):
   """Parse a batch (1-D string tensor) of records into a dict of dense tensors.
 
   Works eagerly and inside Dataset.map. tile -> float32 [B, 3, 3, C] (float16
   tiles are widened), labels int32 [B, A], deltas float32 [B, 4A], level
   int32 [B] (0 for records without one).
+
+  `level_channels` (the manifest's, levels of different channel counts; C is
+  their most): each record's tile holds its level's channels, and is padded
+  with zero channels to C here (pad_tiles), so that tiles of every level
+  batch together; a tile whose size is not its level's stops the read
+  (InvalidArgumentError naming the sizes).
   """
   import tensorflow as tf  # lazy: the pipeline imports this module without TensorFlow
   if tile_dtype not in TILE_DTYPES:
     raise ValueError(f"tile dtype {tile_dtype!r} not in {TILE_DTYPES}")
   parsed = tf.io.parse_example(serialized, feature_spec(num_anchors))
-  tiles = tf.io.decode_raw(parsed[TILE_KEY], tf.dtypes.as_dtype(tile_dtype), little_endian=True)
-  tiles = tf.reshape(tiles, [-1, TILE_SIZE, TILE_SIZE, channels])
+  dtype = tf.dtypes.as_dtype(tile_dtype)
+  level = tf.cast(parsed[LEVEL_KEY], tf.int32)
+  if level_channels and len(set(level_channels)) > 1:
+    sizes = tf.constant([TILE_SIZE ** 2 * int(c) * dtype.size for c in level_channels],
+                        tf.int32)
+    with tf.control_dependencies([tf.debugging.assert_equal(
+        tf.strings.length(parsed[TILE_KEY]), tf.gather(sizes, level),
+        message="a tile's bytes are not 3 x 3 x its level's channels (manifest "
+                "level_channels)")]):
+      flat = tf.io.decode_raw(parsed[TILE_KEY], dtype, little_endian=True,
+                              fixed_length=TILE_SIZE ** 2 * channels * dtype.size)
+    tiles = pad_tiles(flat, level, level_channels)
+  else:
+    tiles = tf.io.decode_raw(parsed[TILE_KEY], dtype, little_endian=True)
+    tiles = tf.reshape(tiles, [-1, TILE_SIZE, TILE_SIZE, channels])
   return {
       TILE_KEY: tf.cast(tiles, tf.float32),
       LABELS_KEY: tf.cast(parsed[LABELS_KEY], tf.int32),
       DELTAS_KEY: parsed[DELTAS_KEY],
       IMAGE_ID_KEY: parsed[IMAGE_ID_KEY],
       LOCATION_KEY: tf.cast(parsed[LOCATION_KEY], tf.int32),
-      LEVEL_KEY: tf.cast(parsed[LEVEL_KEY], tf.int32),
+      LEVEL_KEY: level,
   }
+
+
+def padded_tile_index(level_channels: Sequence[int]) -> np.ndarray:
+  """int32 [L, 9 * C] (C the most of level_channels): where each value of a
+  tile padded to C channels comes from in its level's flat [3, 3, C_l] tile
+  followed by C values of padding and one zero; every padded channel points
+  at that zero (index 9 * C)."""
+  most = max(int(c) for c in level_channels)
+  points = TILE_SIZE ** 2
+  index = np.full((len(level_channels), points, most), points * most, np.int32)
+  for level, c in enumerate(level_channels):
+    index[level, :, :c] = np.arange(points)[:, None] * int(c) + np.arange(int(c))[None, :]
+  return index.reshape(len(level_channels), points * most)
+
+
+def pad_tiles(flat, level, level_channels: Sequence[int]):
+  """Tiles [B, 3, 3, C] of flat [B, 9 * C] tiles (each its level's [3, 3, C_l]
+  values, then zeros: decode_raw's fixed_length) and their level [B]: every
+  tile's channels beyond its level's C_l zero (padded_tile_index)."""
+  import tensorflow as tf  # lazy: see parse_examples
+  most = max(int(c) for c in level_channels)
+  flat = tf.concat([flat, tf.zeros_like(flat[:, :1])], axis=1)
+  index = tf.gather(tf.constant(padded_tile_index(level_channels)), level)
+  return tf.reshape(tf.gather(flat, index, batch_dims=1), [-1, TILE_SIZE, TILE_SIZE, most])

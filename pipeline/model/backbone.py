@@ -118,15 +118,16 @@ def check_manifest(manifest: manifest_lib.Manifest, path: str) -> None:
     raise ManifestError(f"{path}: {e}") from None
   if manifest.min_input_side is None:
     raise ManifestError(f"{path}: missing keys ['min_input_side']")
-  layer = manifest.feature_layer
-  try:
-    channels = layers.feature_channels(manifest.backbone, layer)
-  except ValueError as e:
-    raise ManifestError(f"{path}: {e}") from None
-  if int(manifest.feature_channels) != channels:
-    where = f" layer {layer}" if layer else ""
-    raise ManifestError(f"{path}: feature_channels {manifest.feature_channels} does not "
-                        f"match backbone {manifest.backbone}{where} ({channels} channels)")
+  for layer, expected in zip(manifest.levels, manifest.channels_per_level, strict=True):
+    try:
+      channels = layers.feature_channels(manifest.backbone, layer)
+    except ValueError as e:
+      raise ManifestError(f"{path}: {e}") from None
+    if expected != channels:
+      where = f" layer {layer}" if layer else ""
+      key = "level_channels" if manifest.level_channels else "feature_channels"
+      raise ManifestError(f"{path}: {key} {expected} does not match backbone "
+                          f"{manifest.backbone}{where} ({channels} channels)")
   if int(manifest.min_input_side) < spec.min_input_side:
     raise ManifestError(f"{path}: min_input_side {manifest.min_input_side} is below the "
                         f"{spec.min_input_side} px backbone {manifest.backbone} accepts")

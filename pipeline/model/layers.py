@@ -103,13 +103,21 @@ def feature_channels(backbone_name: str, feature_layer: Optional[str] = None) ->
   return check_feature_layer(backbone_name, feature_layer).channels
 
 
+def run_channels(backbone_config):
+  """C of a run's feature map (pipeline.core.config.BackboneConfig), or with
+  several feature levels the list of each level's C, finest first."""
+  names = tuple(backbone_config.feature_layers or ())
+  if len(names) > 1:
+    return [feature_channels(backbone_config.backbone, name) for name in names]
+  return feature_channels(backbone_config.backbone, backbone_config.feature_layer)
+
+
 def check_feature_levels(backbone_name: str, feature_layers) -> Tuple[LayerInfo, ...]:
   """The LayerInfo of each of several feature layers (--feature_layers, finest
   first), or a one-line FeatureLayerError naming the flag and the entry: a
   layer that does not exist (with the nearest names), the same layer twice,
-  a nominal stride that does not grow along the list, or channel counts that
-  differ (one RPN head serves every level; a projection per level for
-  backbones whose levels differ in channels is not built)."""
+  or a nominal stride that does not grow along the list. Levels may differ in
+  channels: the RPN then projects each level to one width first (trainer.model)."""
   names = [str(name) for name in feature_layers]
   shown = ",".join(names)
   infos = []
@@ -129,13 +137,6 @@ def check_feature_levels(backbone_name: str, feature_layers) -> Tuple[LayerInfo,
           f"--feature_layers {shown}: the stride must grow along the list, finest first: "
           f"{info.name} has stride {info.nominal_stride}, {previous.name} before it "
           f"{previous.nominal_stride}")
-  channels = sorted({info.channels for info in infos})
-  if len(channels) > 1:
-    raise FeatureLayerError(
-        f"--feature_layers {shown}: the levels have {', '.join(str(c) for c in channels)} "
-        f"channels ({', '.join(f'{i.name} {i.channels}' for i in infos)}); one RPN head "
-        f"serves every level, so they must have the same count (a projection per level is "
-        f"not built yet)")
   return tuple(infos)
 
 

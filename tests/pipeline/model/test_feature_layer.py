@@ -222,8 +222,6 @@ def test_levels_maps_follow_each_levels_shape_arithmetic(backbone_name, names):
     (("block5_conv3", "block4_conv3"), "the stride must grow along the list, finest first: "
      "block4_conv3 has stride 8, block5_conv3 before it 16"),
     (("block4_conv3", "block4_conv3"), "the stride must grow along the list"),
-    (("block3_conv3", "block5_conv3"), "the levels have 256, 512 channels (block3_conv3 256, "
-     "block5_conv3 512); one RPN head serves every level, so they must have the same count"),
     (("block4_conv3", "block5_conv9"), "block5_conv9: no such layer in VGG16; nearest: "),
 ])
 def test_bad_levels_are_one_line_naming_the_entry(names, problem):
@@ -232,6 +230,14 @@ def test_bad_levels_are_one_line_naming_the_entry(names, problem):
   message = str(raised.value)
   assert "\n" not in message
   assert message.startswith(f"--feature_layers {','.join(names)}: {problem}"), message
+
+
+def test_levels_of_different_channel_counts_are_accepted():
+  """The RPN projects each level to one width (trainer.model), so levels of
+  other channel counts pass: VGG16's block3_conv3 has 256, the others 512."""
+  infos = layers.check_feature_levels("VGG16", ("block3_conv3", "block4_conv3", "block5_conv3"))
+  assert [info.channels for info in infos] == [256, 512, 512]
+  assert [info.nominal_stride for info in infos] == [4, 8, 16]
 
 
 def test_recommended_layers_are_valid_levels_of_their_backbone():
