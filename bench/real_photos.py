@@ -150,6 +150,11 @@ RECIPES: Dict[str, Recipe] = {r.name: r for r in (
     Recipe("levels_flip_s5", "levels_flip with rpn-anchors searching 5 scales "
            "(--num_scales 5)", feature_layers=("block4_conv3", "block5_conv3"),
            train_split_flags=("--flip",), anchors_flags=("--num_scales", "5")),
+    Recipe("levels3_flip", "levels_flip with VGG16's stride-4 level too, --feature_layers "
+           "block3_conv3,block4_conv3,block5_conv3 (256, 512, 512 channels: a 1x1 projection "
+           "per level, rpn-train's default 256 wide)",
+           feature_layers=("block3_conv3", "block4_conv3", "block5_conv3"),
+           train_split_flags=("--flip",)),
     Recipe("recommended_minsize0", "recommended + rpn-propose --min_size 0",
            propose_flags=("--min_size", "0"), reuses="recommended", recommended=True),
     Recipe("stop", "readme trained on 80% of DET/train for up to 20 epochs, early stopping "

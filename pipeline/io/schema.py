@@ -182,12 +182,18 @@ def parse_examples(serialized, num_anchors: int, channels: int, tile_dtype: str 
   if level_channels and len(set(level_channels)) > 1:
     sizes = tf.constant([TILE_SIZE ** 2 * int(c) * dtype.size for c in level_channels],
                         tf.int32)
+    length = tf.strings.length(parsed[TILE_KEY])
+    most = TILE_SIZE ** 2 * channels * dtype.size
     with tf.control_dependencies([tf.debugging.assert_equal(
-        tf.strings.length(parsed[TILE_KEY]), tf.gather(sizes, level),
+        length, tf.gather(sizes, level),
         message="a tile's bytes are not 3 x 3 x its level's channels (manifest "
                 "level_channels)")]):
-      flat = tf.io.decode_raw(parsed[TILE_KEY], dtype, little_endian=True,
-                              fixed_length=TILE_SIZE ** 2 * channels * dtype.size)
+      # zero bytes appended up to the widest tile's (decode_raw's own padding
+      # has no float16 kernel)
+      zeros = tf.fill(tf.shape(length), tf.constant(b"\0" * most))
+      same = tf.strings.join([parsed[TILE_KEY],
+                              tf.strings.substr(zeros, tf.zeros_like(length), most - length)])
+    flat = tf.io.decode_raw(same, dtype, little_endian=True)
     tiles = pad_tiles(flat, level, level_channels)
   else:
     tiles = tf.io.decode_raw(parsed[TILE_KEY], dtype, little_endian=True)
@@ -217,7 +223,7 @@ def padded_tile_index(level_channels: Sequence[int]) -> np.ndarray:
 
 def pad_tiles(flat, level, level_channels: Sequence[int]):
   """Tiles [B, 3, 3, C] of flat [B, 9 * C] tiles (each its level's [3, 3, C_l]
-  values, then zeros: decode_raw's fixed_length) and their level [B]: every
+  values, then zeros) and their level [B]: every
   tile's channels beyond its level's C_l zero (padded_tile_index)."""
   import tensorflow as tf  # lazy: see parse_examples
   most = max(int(c) for c in level_channels)

@@ -196,3 +196,23 @@ def test_maps_of_mixed_levels_train(mixed, tmp_path):
   tile_model, _, _, train_config = model_lib.load_rpn(job)
   assert train_config["projection"] == 256  # the default width
   assert [h.inputs[0].shape[-1] for h in model_lib.inference_models(tile_model, 512)] == CHANNELS
+
+
+def test_space_estimate_counts_each_levels_channels(mixed):
+  """rpn-preprocess's size estimate before the run: the maps of each level
+  at that level's channels (the maps are the output's bytes, nearly all)."""
+  from pipeline.beam import preprocess as preprocess_beam
+  from pipeline.commands import space
+  from pipeline.model import layers, registry
+  root, maps_dir = mixed[0], mixed[4]
+  args, beam_args = preprocess_command.build_parser().parse_with_beam([
+      "--input", root, "--output", maps_dir, "--backbone", "VGG16", "--weights", "none",
+      "--feature_layers", ",".join(LEVELS), "--layout", "maps"])
+  cfg = preprocess_command.config_from_args(args, preprocess_beam.runner_setup(beam_args))
+  assert layers.run_channels(cfg.backbone) == CHANNELS
+  found = space.estimate(cfg, layers.run_channels(cfg.backbone),
+                         registry.backbone_spec("VGG16").min_input_side)
+  written = sum(os.path.getsize(os.path.join(maps_dir, name)) for name in os.listdir(maps_dir)
+                if name.startswith("maps-"))
+  assert found.images == len(SIZES)
+  assert 0.97 * found.total <= written <= 1.03 * found.total, (found.total, written)

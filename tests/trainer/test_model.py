@@ -55,6 +55,53 @@ def test_inference_model_equals_tile_model_on_every_point(standardised):
                                atol=1e-5)
 
 
+def test_projection_per_level_tile_model_equals_each_levels_map_model():
+  """Levels of 3, 6 and 4 channels: the tile model on tiles padded to 6 equals
+  level l's inference model (its standardisation, a 1x1 conv over its own
+  channels, the shared head) on the unpadded map, at every point."""
+  rng = np.random.default_rng(4)
+  level_channels = [3, 6, 4]
+  mean = rng.normal(size=(3, 6))
+  variance = rng.uniform(0.5, 2.0, (3, 6))
+  for level, count in enumerate(level_channels):
+    mean[level, count:], variance[level, count:] = 0.0, 1.0
+  tile_model = _randomise(model_lib.build_tile_model(
+      6, 9, HIDDEN, mean, variance, level_channels=level_channels, projection=5))
+  project = tile_model.get_layer("project")
+  assert tuple(project.kernel.shape) == (3, 6, 5) and tuple(project.bias.shape) == (3, 5)
+  heads = model_lib.inference_models(tile_model, 6)
+  assert [h.inputs[0].shape[-1] for h in heads] == level_channels
+  assert [h.get_layer("project").kernel.shape for h in heads] == [(1, 1, c, 5)
+                                                                 for c in level_channels]
+  for level, count in enumerate(level_channels):
+    feature_map = rng.normal(size=(4, 5, count)).astype(np.float32)
+    tiles = reference.tiles(feature_map)
+    padded = np.pad(tiles, ((0, 0), (0, 0), (0, 0), (0, 6 - count)))
+    expected = tile_model({"tile": padded, "level": np.full(len(tiles), level, np.int32)})
+    out = heads[level](feature_map[None])
+    np.testing.assert_allclose(out["scores"].numpy().reshape(-1, 9), expected["scores"],
+                               atol=1e-5)
+    np.testing.assert_allclose(out["deltas"].numpy().reshape(-1, 36), expected["deltas"],
+                               atol=1e-5)
+  # a mixed batch: each tile through its own level's projection
+  tiles = rng.normal(size=(6, 3, 3, 6)).astype(np.float32)
+  levels = np.array([0, 1, 2, 2, 1, 0], np.int32)
+  for i, level in enumerate(levels):
+    tiles[i, ..., level_channels[level]:] = 0.0
+  together = tile_model({"tile": tiles, "level": levels})["scores"].numpy()
+  alone = [tile_model({"tile": tiles[i:i + 1], "level": levels[i:i + 1]})["scores"].numpy()[0]
+           for i in range(6)]
+  np.testing.assert_allclose(together, np.stack(alone), atol=1e-6)
+
+
+def test_levels_of_one_channel_count_have_no_projection():
+  model = model_lib.build_tile_model(CHANNELS, 9, HIDDEN, np.zeros((2, CHANNELS)),
+                                     np.ones((2, CHANNELS)), level_channels=[CHANNELS] * 2)
+  assert "project" not in {layer.name for layer in model.layers}
+  with pytest.raises(ValueError, match="level_channels"):
+    model_lib.build_tile_model(CHANNELS, 9, HIDDEN, level_channels=[2, CHANNELS])
+
+
 def test_save_and_load_round_trip(tmp_path):
   job = str(tmp_path / "job")
   rng = np.random.default_rng(2)

@@ -34,6 +34,35 @@ def test_round_trip_eager_and_in_dataset_map(dtype):
       np.testing.assert_array_equal(parsed["location"][i].numpy(), [i, 2 * i])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_tiles_of_levels_of_different_channels_are_padded_when_read(dtype):
+  """level_channels [2, 5, 3]: each record holds its level's channels; read
+  back, every tile has 5, its own first and zeros after, eagerly and in
+  Dataset.map; a tile of another level's size stops the read."""
+  level_channels = [2, 5, 3]
+  records = [(level, _record(dtype, seed, level_channels[level]))
+             for seed, level in enumerate([1, 0, 2, 0, 1])]
+  serialized = [schema.make_example(tile, labels, deltas, f"img_{i}", (i, i), level=level)
+                for i, (level, (tile, labels, deltas)) in enumerate(records)]
+  eager = schema.parse_examples(tf.constant(serialized), 9, 5, dtype, level_channels)
+  mapped = next(iter(tf.data.Dataset.from_tensor_slices(serialized).batch(5).map(
+      lambda s: schema.parse_examples(s, 9, 5, dtype, level_channels))))
+  for parsed in (eager, mapped):
+    assert parsed["tile"].shape == (5, 3, 3, 5)
+    for i, (level, (tile, labels, deltas)) in enumerate(records):
+      count = level_channels[level]
+      got = parsed["tile"][i].numpy()
+      np.testing.assert_array_equal(got[..., :count], tile.astype(np.float32))
+      assert not got[..., count:].any()
+      assert int(parsed["level"][i]) == level
+      np.testing.assert_array_equal(parsed["labels"][i].numpy(), labels)
+      np.testing.assert_array_equal(parsed["deltas"][i].numpy(), deltas)
+  wrong = schema.make_example(_record(dtype, 9, 5)[0], *_record(dtype)[1:], "w", (0, 0),
+                              level=2)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="level's channels"):
+    schema.parse_examples(tf.constant([wrong]), 9, 5, dtype, level_channels)
+
+
 def test_serialization_is_deterministic():
   tile, labels, deltas = _record("float32")
   assert (schema.make_example(tile, labels, deltas, "x", (1, 2))
