@@ -110,6 +110,7 @@ class LevelProjection(keras.layers.Layer):
     levels = len(self.level_channels)
     if channels != max(self.level_channels):
       raise ValueError(f"tiles of {channels} channels for levels of {self.level_channels}")
+
     def initial(shape, dtype=None):
       kernel = np.zeros(shape, np.float32)
       for level, count in enumerate(self.level_channels):

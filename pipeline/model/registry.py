@@ -59,9 +59,11 @@ STRIDE16_LAYERS = {
 # (issue 21 part 4). VGG16: its stride-8 and stride-16 layers as two levels of
 # one head, the best of the settings measured on held-out real photographs
 # (BENCHMARKS.md sections 14 to 16: AR@1000 0.235 against 0.211 at
-# block5_conv3 alone, 0.202 at block4_conv3 alone). The other backbones' finer
-# layers have other channel counts than their stride-16 layer, which one head
-# cannot share (no per-level projection yet), so they get their stride-16
+# block5_conv3 alone, 0.202 at block4_conv3 alone); adding its stride-4
+# block3_conv3 through a projection lost recall (section 19). The other
+# backbones' finer layers have other channel counts than their stride-16
+# layer; they would go through a projection per level, but with no ImageNet
+# weights for them here that was never measured, so they get their stride-16
 # layer, Faster R-CNN's choice; TinyTestNet its stride-8 conv1, the finer of
 # its two maps (what make demo trains on without real weights). A backbone
 # missing here gets its final output.
