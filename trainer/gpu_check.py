@@ -89,7 +89,9 @@ def make_shards(work: str) -> Tuple[str, str]:
     _run(_command("pipeline.commands.preprocess", "--input", sample, "--split", f"DET/{split}",
                   "--output", out,
                   "--backbone", "TinyTestNet", "--weights", "none", "--feature_layer", "conv1",
-                  "--num_shards", shards),
+                  "--num_shards", shards,
+                  # a few small images: one process, no worker pool to start
+                  "--runner=DirectRunner", "--direct_running_mode=in_memory"),
          log=os.path.join(work, f"preprocess-{split}.log"))
     dirs.append(out)
   return dirs[0], dirs[1]
