@@ -80,6 +80,27 @@ def decode_record(serialized: bytes, channels, dtype: str = "float32") -> dict:
   }
 
 
+def level_windows(root: str, records: List[dict], image_id: str, backbone: str,
+                  feature_layers: Sequence[str], tolerance: float) -> list:
+  """Asserts that every decoded tiles record of image `image_id` (its JPEG
+  under root/Data/DET/train) is the zero-padded 3x3 window of its own
+  level's map at its location, within `tolerance`; returns the image's maps
+  (random weights, seed 0) and those records, for further checks."""
+  from pipeline.io import images as images_lib
+  from pipeline.model import extractor as extractor_lib
+  extractor = extractor_lib.FeatureExtractor(backbone, "none", seed=0,
+                                             feature_layers=tuple(feature_layers))
+  with open(os.path.join(root, "Data/DET/train", image_id + ".JPEG"), "rb") as f:
+    maps = extractor(images_lib.decode_image(f.read()))
+  padded = [np.pad(m, ((1, 1), (1, 1), (0, 0))) for m in maps]
+  mine = [r for r in records if r["image_id"] == image_id]
+  for record in mine:
+    y, x = record["location"]
+    np.testing.assert_allclose(record["tile"], padded[record["level"]][y:y + 3, x:x + 3],
+                               rtol=tolerance, atol=tolerance)
+  return maps, mine
+
+
 def check_records_follow_conventions(output: str) -> Dict[str, int]:
   """Asserts every record agrees with DESIGN.md; returns per-image record counts."""
   manifest = manifest_lib.Manifest.read(os.path.join(output, "manifest.json"))

@@ -200,11 +200,6 @@ class Manifest:
     return (int(self.feature_channels),) * self.num_levels
 
   @property
-  def mixed_channels(self) -> bool:
-    """Feature levels of different channel counts (the RPN projects each first)."""
-    return len(set(self.channels_per_level)) > 1
-
-  @property
   def num_anchors(self) -> int:
     """A, the anchors per feature-map point."""
     return int(self.anchor["num_anchors"])
