@@ -210,9 +210,10 @@ def parse_examples(serialized, num_anchors: int, channels: int, tile_dtype: str 
 
 def padded_tile_index(level_channels: Sequence[int]) -> np.ndarray:
   """int32 [L, 9 * C] (C the most of level_channels): where each value of a
-  tile padded to C channels comes from in its level's flat [3, 3, C_l] tile
-  followed by C values of padding and one zero; every padded channel points
-  at that zero (index 9 * C)."""
+  tile padded to C channels comes from in its level's flat [3, 3, C_l] tile,
+  zero-filled to 9 * C values, with one more zero appended (pad_tiles);
+  every padded channel points at that last zero (index 9 * C), which exists
+  for the widest level too."""
   most = max(int(c) for c in level_channels)
   points = TILE_SIZE ** 2
   index = np.full((len(level_channels), points, most), points * most, np.int32)
